@@ -1,0 +1,1 @@
+"""Prefect flows: the asset pipeline, catalog generation, retries, LoRA training."""

@@ -1,0 +1,112 @@
+"""The ``asset`` flow: claim one asset, run its stages from the first not done, release it.
+
+Runs in-process under the catalog flow, or on a GPU worker as the ``asset`` deployment (which
+takes a shard of asset ids, so models loaded by the first asset serve the rest).
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from sqlalchemy.orm import Session
+
+from storage import queries
+from tasks.config import PipelineConfig
+from tasks.errors import LeaseLost, error_class
+from tasks.resources import engine_for, store_for, worker_name
+from tasks.stages import (
+    bundle_task,
+    evaluate_task,
+    export_task,
+    init_task,
+    publish_task,
+    refine_task,
+    texture_task,
+)
+
+
+class AssetFailed(RuntimeError):
+    """The asset's pipeline stopped at a stage; the database holds the error."""
+
+
+def _claim(config: PipelineConfig, asset_id: str, owner: str) -> bool:
+    with Session(engine_for(config.database_url)) as session:
+        claimed = queries.claim_asset(session, asset_id, owner, config.lease_seconds)
+        session.commit()
+    return claimed
+
+
+def _renew(config: PipelineConfig, asset_id: str, owner: str) -> None:
+    with Session(engine_for(config.database_url)) as session:
+        held = queries.renew_lease(session, asset_id, owner, config.lease_seconds)
+        session.commit()
+    if not held:
+        raise LeaseLost(f"asset {asset_id}: lease lost to another worker")
+
+
+def _release(
+    config: PipelineConfig,
+    asset_id: str,
+    owner: str,
+    state: str,
+    exc: BaseException | None = None,
+) -> None:
+    with Session(engine_for(config.database_url)) as session:
+        queries.release_asset(
+            session,
+            asset_id,
+            owner,
+            state,
+            error_class=error_class(exc) if exc else None,
+            error_message=(str(exc) or type(exc).__name__)[:2000] if exc else None,
+        )
+        session.commit()
+
+
+def _clean_orphans(config: PipelineConfig, asset_id: str) -> int:
+    """Delete objects under the asset's prefix that no recorded stage claims (a crashed run's)."""
+    store = store_for(config.store_url)
+    with Session(engine_for(config.database_url)) as session:
+        recorded = set(queries.recorded_output_keys(session, asset_id))
+    orphans = [k for k in store.list(f"assets/{asset_id}/") if k not in recorded]
+    for key in orphans:
+        store.delete(key)
+    return len(orphans)
+
+
+@flow(name="asset", flow_run_name="asset-{asset_id}")
+def asset_flow(asset_id: str, config: PipelineConfig) -> str:
+    """Run one asset to the end. Returns ``succeeded``, or ``skipped`` when it cannot be claimed
+    (done already, or another worker holds it); raises :class:`AssetFailed` on failure."""
+    logger = get_run_logger()
+    owner = config.worker or worker_name()
+    if not _claim(config, asset_id, owner):
+        logger.info("asset %s: not claimable (done or held by another worker)", asset_id)
+        return "skipped"
+    try:
+        if removed := _clean_orphans(config, asset_id):
+            logger.info("asset %s: removed %d orphaned objects", asset_id, removed)
+        keys = bundle_task(asset_id, config)
+        for stage_task in (init_task, refine_task, texture_task, export_task, evaluate_task):
+            _renew(config, asset_id, owner)
+            keys = {**keys, **stage_task(asset_id, keys, config)}
+        _renew(config, asset_id, owner)
+        publish_task(asset_id, keys, config)
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        _release(config, asset_id, owner, "failed", exc)
+        raise AssetFailed(f"asset {asset_id} failed: {error_class(exc)}: {exc}") from exc
+    _release(config, asset_id, owner, "succeeded")
+    return "succeeded"
+
+
+@flow(name="asset-shard")
+def asset_shard_flow(asset_ids: list[str], config: PipelineConfig) -> dict[str, str]:
+    """Run several assets one after another in this process, sharing its loaded models."""
+    outcomes: dict[str, str] = {}
+    for asset_id in asset_ids:
+        try:
+            outcomes[asset_id] = asset_flow(asset_id, config)
+        except AssetFailed:
+            outcomes[asset_id] = "failed"
+    return outcomes

@@ -1,0 +1,85 @@
+"""The ``retry`` flow: re-run failed assets (and those whose worker died holding the lease).
+
+Each asset resumes at its first stage that is not done; ``reseed`` gives it a new seed, which
+changes every stage's parameters from the bundle on, so all of them run again.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow, get_run_logger
+from sqlalchemy.orm import Session
+
+from flows.asset import AssetFailed, asset_flow
+from storage import queries
+from tasks.config import PipelineConfig
+from tasks.resources import engine_for
+
+
+def select_retryable(
+    config: PipelineConfig,
+    *,
+    batch_id: str | None = None,
+    stage: str | None = None,
+    error_class: str | None = None,
+    older_than_s: float | None = None,
+    asset_ids: list[str] | None = None,
+) -> list[str]:
+    """Failed assets matching the filters, plus running ones whose lease has expired."""
+    older_than = (
+        datetime.now(UTC) - timedelta(seconds=older_than_s) if older_than_s else None
+    )
+    with Session(engine_for(config.database_url)) as session:
+        failed = queries.list_assets(
+            session, state="failed", batch_id=batch_id, stage=stage,
+            error_class=error_class, older_than=older_than,
+        )
+        stale = queries.list_expired_leases(session, batch_id=batch_id)
+        ids = [a.id for a in failed] + [a.id for a in stale]
+    if asset_ids:
+        wanted = set(asset_ids)
+        ids = [i for i in ids if i in wanted or any(i.startswith(w) for w in wanted)]
+    return list(dict.fromkeys(ids))
+
+
+@flow(name="retry")
+def retry_flow(
+    config: PipelineConfig,
+    batch_id: str | None = None,
+    stage: str | None = None,
+    error_class: str | None = None,
+    older_than_s: float | None = None,
+    asset_ids: list[str] | None = None,
+    reseed: bool = False,
+    concurrency: int = 2,
+) -> dict[str, str]:
+    """Re-run the selected assets from their failing stage; returns asset id -> outcome."""
+    logger = get_run_logger()
+    selected = select_retryable(
+        config, batch_id=batch_id, stage=stage, error_class=error_class,
+        older_than_s=older_than_s, asset_ids=asset_ids,
+    )
+    logger.info("retrying %d assets", len(selected))
+    with Session(engine_for(config.database_url)) as session:
+        for asset_id in selected:
+            new_seed = _new_seed() if reseed else None
+            queries.reset_for_retry(session, asset_id, new_seed=new_seed)
+        session.commit()
+
+    def one(asset_id: str) -> str:
+        try:
+            return asset_flow(asset_id, config)
+        except AssetFailed:
+            return "failed"
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        outcomes = dict(zip(selected, pool.map(one, selected), strict=True))
+    return outcomes
+
+
+def _new_seed() -> int:
+    import secrets
+
+    return secrets.randbelow(2**31 - 1)

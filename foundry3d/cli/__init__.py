@@ -1,0 +1,19 @@
+"""The ``foundry3d`` command line. Each area registers its commands on :data:`app`."""
+
+from __future__ import annotations
+
+import sys
+
+from foundry3d.cli.app import UserError, app, err_console
+
+# Importing the command modules registers their commands on `app`.
+from foundry3d.cli import core3d, db, generators, library, manifests, pipeline  # noqa: E402,F401,I001
+
+
+def main() -> None:
+    """Entry point of the console script: user errors print as a message, exit code 2."""
+    try:
+        app()
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)

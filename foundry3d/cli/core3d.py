@@ -1,0 +1,3 @@
+"""CLI commands: core3d."""
+
+from foundry3d.cli.app import app  # noqa: F401

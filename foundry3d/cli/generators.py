@@ -1,0 +1,3 @@
+"""CLI commands: generators."""
+
+from foundry3d.cli.app import app  # noqa: F401

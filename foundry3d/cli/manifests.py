@@ -1,0 +1,3 @@
+"""CLI commands: manifests."""
+
+from foundry3d.cli.app import app  # noqa: F401

@@ -1,0 +1,242 @@
+"""CLI commands of the pipeline: run, retry, search, serve."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from foundry3d.cli.app import UserError, app, console
+
+
+def _prepare(verbose: bool = False):
+    """Settings -> config, with the database migrated and Prefect quiet unless asked."""
+    from foundry3d.runtime import pipeline_config
+    from foundry3d.settings import get_settings
+    from storage.db import ensure_database
+
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_database(settings.resolved_database_url)
+    return settings, pipeline_config(settings)
+
+
+class _ProgressBoard:
+    """A live table: one row per asset with its current stage and step progress."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        self.started = time.perf_counter()
+
+    def __call__(self, event: dict) -> None:
+        with self.lock:
+            row = self.rows.setdefault(event["asset_id"], {"stage": "", "status": "", "done": 0})
+            row["stage"] = event["stage"]
+            kind = event["event"]
+            if kind == "step":
+                row["status"] = f"{event['step']}/{event['total']} {event.get('message', '')}"[:60]
+            elif kind == "done":
+                row["status"] = f"done in {event.get('seconds', 0):.1f} s"
+                row["done"] += 1
+            elif kind == "skipped":
+                row["status"] = "already done"
+                row["done"] += 1
+            else:
+                row["status"] = kind if kind != "failed" else f"failed: {event.get('message', '')}"
+
+    def render(self) -> Table:
+        from tasks.stage import STAGES
+
+        table = Table(title=f"foundry3d  {time.perf_counter() - self.started:5.0f} s", expand=False)
+        table.add_column("asset")
+        table.add_column("stage")
+        table.add_column("stages done", justify="right")
+        table.add_column("progress", overflow="fold")
+        with self.lock:
+            for asset_id, row in self.rows.items():
+                table.add_row(asset_id[:12], row["stage"], f"{row['done']}/{len(STAGES)}",
+                              row["status"])
+        return table
+
+
+def _print_summary(summary, store_url: str) -> None:
+    table = Table(title="catalog summary")
+    for column in ("asset", "prompt / input", "outcome", "asset.glb", "preview"):
+        table.add_column(column, overflow="fold")
+    for row in summary.assets:
+        style = {"succeeded": "green", "failed": "red"}.get(row["outcome"], "dim")
+        outcome = row["outcome"] if row["outcome"] != "failed" else f"failed: {row['error']}"
+        table.add_row(row["asset_id"][:12], row["prompt"], f"[{style}]{outcome}[/]",
+                      row["asset"], row["preview"])
+    for rejection in summary.rejections:
+        table.add_row("-", f"{Path(rejection['file']).name}:{rejection['line']}",
+                      f"[yellow]rejected: {rejection['reason']}[/]", "", "")
+    console.print(table)
+    console.print(summary.render_text())
+    if summary.nothing_new:
+        console.print("[bold]Nothing new:[/] every asset of this manifest was already done "
+                      "(or is being produced by another run).")
+    console.print(f"Files are in {store_url} under assets/<asset id>/ ; details: "
+                  "[bold]foundry3d show ASSET_ID[/]")
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="Manifest (YAML, JSONL or CSV).")],
+    concurrency: Annotated[int, typer.Option(help="Assets produced at once.")] = 0,
+    shard_size: Annotated[int, typer.Option(help="Assets per worker process (server mode).")] = 1,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
+) -> None:
+    """Generate every asset of MANIFEST: bundle -> mesh -> refine -> texture -> GLB + metrics.
+
+    Runs in this process on the embedded defaults, or on the asset deployment's work pool when
+    FOUNDRY_PREFECT_MODE=server. Assets already done are skipped; rejected rows are listed.
+    """
+    if not manifest.exists():
+        raise UserError(f"manifest {manifest} does not exist")
+    settings, config = _prepare(verbose)
+    _check_library(config)
+    from flows.catalog import catalog_flow
+    from tasks import progress
+
+    board = _ProgressBoard()
+    unsubscribe = progress.subscribe(board)
+    deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
+    try:
+        with Live(board.render(), console=console, refresh_per_second=2, transient=False) as live:
+            result: dict = {}
+            worker = threading.Thread(
+                target=lambda: result.update(summary=catalog_flow(
+                    str(manifest.resolve()), config,
+                    concurrency=concurrency or settings.concurrency,
+                    shard_size=shard_size, deployment=deployment,
+                )),
+                daemon=True,
+            )
+            worker.start()
+            while worker.is_alive():
+                live.update(board.render())
+                worker.join(0.5)
+            live.update(board.render())
+    finally:
+        unsubscribe()
+    if "summary" not in result:
+        raise UserError("the catalog flow stopped before producing a summary (see the log above)")
+    summary = result["summary"]
+    _print_summary(summary, config.store_url)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _check_library(config) -> None:
+    if not (Path(config.library_path) / "library.jsonl").exists():
+        raise UserError(
+            f"no mesh library at {config.library_path}; build the sample one with "
+            "`foundry3d library sample` or point FOUNDRY_LIBRARY_PATH at yours"
+        )
+
+
+@app.command()
+def retry(
+    batch: Annotated[str | None, typer.Option(help="Only assets of this batch id.")] = None,
+    stage: Annotated[str | None, typer.Option(help="Only failures at this stage.")] = None,
+    error: Annotated[str | None, typer.Option(help="Only this error class.")] = None,
+    older_than: Annotated[float | None, typer.Option(help="Only failures older than N s.")] = None,
+    asset: Annotated[list[str] | None, typer.Option(help="Only these asset ids.")] = None,
+    reseed: Annotated[bool, typer.Option(help="Give each asset a new seed.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Assets retried at once.")] = 0,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
+) -> None:
+    """Re-run failed assets (and those whose worker died) from their failing stage."""
+    settings, config = _prepare(verbose)
+    from flows.retry import retry_flow
+
+    outcomes = retry_flow(
+        config, batch_id=batch, stage=stage, error_class=error, older_than_s=older_than,
+        asset_ids=asset, reseed=reseed, concurrency=concurrency or settings.concurrency,
+    )
+    if not outcomes:
+        console.print("No failed assets match; nothing to retry.")
+        return
+    table = Table(title="retry")
+    table.add_column("asset")
+    table.add_column("outcome")
+    for asset_id, outcome in outcomes.items():
+        table.add_row(asset_id, outcome)
+    console.print(table)
+    if any(o == "failed" for o in outcomes.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Words to look for, e.g. 'red mug'.")],
+    limit: Annotated[int, typer.Option(help="Most results shown.")] = 10,
+    state: Annotated[str | None, typer.Option(help="Only assets in this state.")] = "succeeded",
+    tag: Annotated[str | None, typer.Option(help="Only assets with this tag.")] = None,
+    urls: Annotated[bool, typer.Option(help="Show presigned URLs of the GLB files.")] = False,
+) -> None:
+    """Find produced assets by prompt: keyword and semantic ranking combined."""
+    settings, config = _prepare()
+    from sqlalchemy.orm import Session
+
+    from models.text_embedding import embed_texts
+    from storage.search import hybrid_search
+    from tasks.resources import engine_for, store_for
+
+    embedding = embed_texts([query])[0]
+    with Session(engine_for(config.database_url)) as session:
+        hits = hybrid_search(session, query, embedding, limit=limit, state=state, tag=tag)
+    if not hits:
+        console.print(f"No assets match {query!r}.")
+        return
+    store = store_for(config.store_url)
+    table = Table(title=f"search: {query}")
+    for column in ("score", "keyword", "semantic", "asset", "prompt", "asset.glb"):
+        table.add_column(column, overflow="fold")
+    for hit in hits:
+        key = (hit.output_keys or {}).get("asset.glb", "")
+        location = store.presigned_url(key) if (urls and key) else key
+        table.add_row(f"{hit.score:.3f}", f"{hit.keyword_score:.3f}", f"{hit.semantic_score:.3f}",
+                      hit.asset_id, hit.text, location)
+    console.print(table)
+
+
+@app.command()
+def serve(
+    manifest: Annotated[Path, typer.Argument(help="Manifest to generate on each run.")],
+    cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 2 * * *'.")] = "0 2 * * *",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled-catalog",
+) -> None:
+    """Serve the catalog flow as a deployment that runs MANIFEST on a cron schedule.
+
+    Needs a Prefect API (PREFECT_API_URL, or `prefect server start` beside it); blocks until
+    interrupted, running each scheduled catalog in this process.
+    """
+    if not manifest.exists():
+        raise UserError(f"manifest {manifest} does not exist")
+    settings, config = _prepare()
+    from flows.catalog import catalog_flow
+
+    deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
+    console.print(f"Serving catalog deployment [bold]{name}[/] for {manifest} on cron {cron!r}")
+    catalog_flow.serve(
+        name=name,
+        cron=cron,
+        parameters={
+            "manifest": str(manifest.resolve()),
+            "config": config.model_dump(),
+            "concurrency": settings.concurrency,
+            "deployment": deployment,
+        },
+    )

@@ -1,0 +1,28 @@
+"""Deployment entry points that read the settings of the machine they run on.
+
+Flows take a :class:`tasks.config.PipelineConfig`; a scheduled deployment has no caller to
+build one, so these thin flows build it from the worker's ``FOUNDRY_*`` environment.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.catalog import catalog_flow
+from foundry3d.runtime import pipeline_config
+from foundry3d.settings import get_settings
+
+
+@flow(name="scheduled-catalog")
+def scheduled_catalog(manifest: str, concurrency: int | None = None, shard_size: int = 1) -> str:
+    """Run ``manifest`` with this worker's settings; in server mode assets go to the GPU pool."""
+    settings = get_settings()
+    deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
+    summary = catalog_flow(
+        manifest,
+        pipeline_config(settings),
+        concurrency=concurrency or settings.concurrency,
+        shard_size=shard_size,
+        deployment=deployment,
+    )
+    return summary.render_text()

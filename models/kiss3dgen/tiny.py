@@ -1,0 +1,146 @@
+"""Tiny random-weight Flux pipelines of the real architecture, for tests and smoke runs.
+
+:func:`save_tiny_flux` writes a complete diffusers folder (transformer, VAE, CLIP and T5
+encoders, their tokenizers, the flow-matching scheduler) with a few thousand random
+parameters, so that every code path that loads real weights from a folder runs on a CPU in
+well under a second. The tokenizers are built locally from a character vocabulary (nothing is
+downloaded). Every component is re-seeded before it is built, so the same ``seed`` writes the
+same weights.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+#: Transformer layout of the tiny model: one double-stream block, one single-stream block.
+TINY_TRANSFORMER = {
+    "patch_size": 1,
+    "in_channels": 16,  # packed 2x2 patches of the VAE's 4 latent channels
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,  # T5 hidden size
+    "pooled_projection_dim": 32,  # CLIP hidden size
+    "guidance_embeds": True,  # like Flux.1-dev
+    "axes_dims_rope": (4, 4, 8),  # sums to attention_head_dim
+}
+
+_CHARS = string.ascii_lowercase + string.digits + ".,-'"
+
+
+def _clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    # One token per character (word-final variants too), so any lower-case prompt tokenises.
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in _CHARS:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _t5_tokenizer():
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    chars = _CHARS + string.ascii_uppercase
+    pieces += [(ch, -3.0) for ch in chars] + [("\u2581" + ch, -2.5) for ch in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def build_tiny_flux(seed: int = 0):
+    """A :class:`diffusers.FluxPipeline` of tiny random models, every model in ``.eval()``.
+
+    The VAE has 3 resolution levels (``vae_scale_factor`` 4), so a 128 x 64 image is a
+    32 x 16 latent and 16 x 8 = 128 image tokens.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tok = _clip_tokenizer()
+    t5_tok = _t5_tokenizer()
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(**TINY_TRANSFORMER)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    torch.manual_seed(seed + 2)
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tok),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    torch.manual_seed(seed + 3)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    for model in (transformer, vae, clip, t5):
+        model.eval()
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=clip_tok,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
+        transformer=transformer,
+    )
+
+
+def save_tiny_flux(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Flux diffusers folder to ``path`` (created) and return it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    build_tiny_flux(seed).save_pretrained(path)
+    return path

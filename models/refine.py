@@ -1,0 +1,350 @@
+"""ISOMER-style refinement: fit a triangle mesh to a bundle's 4 normal maps and masks.
+
+The mesh starts from a sphere (or a given coarse mesh) and is optimised with
+:class:`models.optimise.VertexOptimiser`, which remeshes continuously toward a reference edge
+length. Each step renders the mesh from the bundle's 4 cameras (:mod:`models.raster`), compares
+
+- camera-space normals with the decoded normal maps inside the target masks,
+- anti-aliased silhouettes with the target masks,
+
+and adds a penalty on vertices that leave the unit box ``[-1, 1]^3``. A coarse phase at a long
+edge length and a low resolution finds the shape; a fine phase at a shorter edge length and the
+optimisation resolution adds detail. An optional last phase ("explicit target", after ISOMER's
+final step) projects the target normals onto the visible vertices once and pulls face normals
+toward them without rendering, with the topology frozen.
+
+Everything is in the bundle frame: +Y up, front facing +Z, object within ``[-0.9, 0.9]^3``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+
+from models import remesh as rm
+from models.bundle import Bundle, BundleSpec
+from models.cameras import BundleCameras
+from models.optimise import OptimiserConfig, VertexOptimiser
+
+#: An init mesh must lie within this box (bundle frame) to be accepted without normalisation.
+INIT_BOX = 1.0
+#: A target pixel counts as foreground for the normal loss when this share of it is covered.
+FULL_COVER = 0.999
+#: Depth tolerance (NDC) when deciding that a vertex is visible in a view.
+VISIBILITY_EPS = 2e-3
+#: Scale of the silhouette loss relative to the normal loss before ``mask_weight``.
+MASK_SCALE = 100.0
+
+Progress = Callable[[int, int, dict], None]
+
+
+@dataclass
+class RefineParams:
+    """Settings of :func:`refine_mesh`."""
+
+    coarse_edge: float = 0.08
+    """Reference edge length of the coarse phase (bundle-frame units; the object spans 1.8)."""
+    fine_edge: float = 0.03
+    """Reference edge length at the end of the fine phase."""
+    coarse_steps: int = 120
+    """Optimisation steps of the coarse phase."""
+    fine_steps: int = 120
+    """Optimisation steps of the fine phase."""
+    explicit_steps: int = 0
+    """Steps of the explicit-target phase (0 turns it off)."""
+    coarse_resolution: int = 128
+    """Render resolution of the coarse phase (pixels per side; targets are downsampled)."""
+    resolution: int = 256
+    """Render resolution of the fine phase (e.g. 256 for 512-pixel tiles)."""
+    lr: float = 0.3
+    """Optimiser step in units of the reference edge length."""
+    fine_lr: float = 0.2
+    """Optimiser step of the fine and explicit phases."""
+    smooth_lambda: float = 2.0
+    """Laplacian smoothing of each update (larger: stiffer, smoother surfaces)."""
+    normal_weight: float = 1.0
+    """Weight of the normal loss (squared difference of unit normals inside the masks)."""
+    mask_weight: float = 2.0
+    """Weight of the silhouette loss (squared difference of anti-aliased masks)."""
+    box_weight: float = 10.0
+    """Weight of the penalty on vertices outside the unit box."""
+    view_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    """Weight of each of the 4 views in every image loss."""
+    sphere_radius: float = 0.85
+    """Radius of the initial sphere."""
+    seed: int = 0
+    """Seed of torch's generator (the loop is deterministic; kept for reproducible variants)."""
+    device: str = "cpu"
+    """Torch device of the optimisation."""
+
+
+def sphere_init(radius: float = 0.85, subdivisions: int = 3) -> trimesh.Trimesh:
+    """An icosphere centred at the origin of the bundle frame (``(V, 3)`` float64 vertices)."""
+    return trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+
+
+def to_source_frame(mesh: trimesh.Trimesh, spec: BundleSpec) -> trimesh.Trimesh:
+    """Map a bundle-frame mesh back to the source's (+Y up) frame with the sidecar's scale/offset.
+
+    The sidecar says ``bundle_xyz = (source_xyz - offset) * scale``; the inverse is applied to
+    a copy of ``mesh``.
+    """
+    out = mesh.copy()
+    out.vertices = np.asarray(mesh.vertices) / spec.scale + np.asarray(spec.offset)[None, :]
+    return out
+
+
+# ----------------------------------------------------------------------------------- targets
+
+
+@dataclass
+class _Targets:
+    """Targets at one resolution: normals ``(4, R, R, 3)`` camera space, masks ``(4, R, R)``."""
+
+    normals: torch.Tensor
+    masks: torch.Tensor
+    full: torch.Tensor
+
+
+def _downsample_targets(bundle: Bundle, resolution: int, device: torch.device) -> _Targets:
+    """Area-average the bundle's normals and masks to ``resolution`` pixels per side."""
+    normals = torch.from_numpy(bundle.normals()).to(device)  # (4, T, T, 3), 0 on background
+    masks = torch.from_numpy(bundle.masks().astype(np.float32)).to(device)
+    tile = normals.shape[1]
+    if resolution != tile:
+        n = F.interpolate(normals.permute(0, 3, 1, 2), size=(resolution, resolution), mode="area")
+        m = F.interpolate(masks[:, None], size=(resolution, resolution), mode="area")[:, 0]
+        normals = n.permute(0, 2, 3, 1)
+        masks = m
+    normals = F.normalize(normals, dim=-1)
+    return _Targets(normals=normals, masks=masks, full=masks >= FULL_COVER)
+
+
+# --------------------------------------------------------------------------------- rendering
+
+
+def vertex_normals_t(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals ``(V, 3)``, differentiable."""
+    tri = vertices[faces]
+    cross = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
+    acc = torch.zeros_like(vertices)
+    for k in range(3):
+        acc = acc.index_add(0, faces[:, k], cross)
+    return F.normalize(acc, dim=1, eps=1e-12)
+
+
+def _clip(vertices: torch.Tensor, mvp: torch.Tensor) -> torch.Tensor:
+    """World ``(V, 3)`` -> clip ``(B, V, 4)`` for ``mvp`` ``(B, 4, 4)``."""
+    homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], dim=1)
+    return torch.einsum("bij,vj->bvi", mvp, homo)
+
+
+def _render(rasteriser, vertices, faces, mvp, rotations, resolution):
+    """Camera-space normals ``(B, R, R, 3)``, anti-aliased masks ``(B, R, R)``, the raster."""
+    clip = _clip(vertices, mvp)
+    raster = rasteriser.rasterise(clip, faces, (resolution, resolution))
+    vn = vertex_normals_t(vertices, faces)
+    n_world = rasteriser.interpolate(vn, raster)
+    n_cam = torch.einsum("bij,bhwj->bhwi", rotations, n_world)
+    n_cam = F.normalize(n_cam, dim=-1, eps=1e-12)
+    cover = raster.mask.to(vertices.dtype)[..., None]
+    mask = rasteriser.antialias(cover, raster)[..., 0]
+    return n_cam, mask, raster
+
+
+def _losses(params, rendered, targets, view_w, vertices):
+    n_cam, mask, raster = rendered
+    both = (targets.full & raster.mask).to(n_cam.dtype)
+    diff = (n_cam - targets.normals).square().sum(-1)
+    per_view_n = (diff * both).sum((1, 2)) / both.sum((1, 2)).clamp_min(1.0)
+    per_view_m = (mask - targets.masks).square().mean((1, 2))
+    normal = (per_view_n * view_w).sum() / view_w.sum()
+    sil = (per_view_m * view_w).sum() / view_w.sum()
+    box = F.relu(vertices.abs() - INIT_BOX).square().sum(1).mean()
+    # The silhouette error lives on a thin band of pixels; scale it to the normal term's size.
+    total = (
+        params.normal_weight * normal
+        + params.mask_weight * MASK_SCALE * sil
+        + params.box_weight * box
+    )
+    return total, {"normal": float(normal), "mask": float(sil), "box": float(box)}
+
+
+# ------------------------------------------------------------------------------ explicit target
+
+
+@torch.no_grad()
+def _project_targets(rasteriser, vertices, faces, mvp, rotations, targets, view_w, resolution):
+    """Per-vertex world-frame target normals ``(V, 3)`` and a ``(V,)`` bool of those found.
+
+    A vertex takes the target normal under its projection in every view where it is visible
+    (its depth matches the rendered depth) and inside the target mask, weighted by the view
+    weight times the squared cosine between the target normal and the view axis.
+    """
+    clip = _clip(vertices, mvp)
+    raster = rasteriser.rasterise(clip, faces, (resolution, resolution))
+    ndc = clip[..., :3] / clip[..., 3:4]
+    px = ((ndc[..., 0] + 1) * resolution / 2 - 0.5).round().long().clamp(0, resolution - 1)
+    py = ((1 - ndc[..., 1]) * resolution / 2 - 0.5).round().long().clamp(0, resolution - 1)
+    acc = torch.zeros_like(vertices)
+    weight = torch.zeros(vertices.shape[0], device=vertices.device)
+    for b in range(clip.shape[0]):
+        depth = raster.depth[b, py[b], px[b]]
+        visible = (ndc[b, :, 2] <= depth + VISIBILITY_EPS) & targets.full[b, py[b], px[b]]
+        n_cam = targets.normals[b, py[b], px[b]]
+        w = view_w[b] * n_cam[:, 2].clamp_min(0).square() * visible
+        acc += w[:, None] * (n_cam @ rotations[b])  # camera -> world: R^T n
+        weight += w
+    found = weight > 1e-6
+    return F.normalize(acc, dim=1, eps=1e-12), found
+
+
+# ------------------------------------------------------------------------------------- driver
+
+
+def _check_init(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    if len(faces) == 0:
+        raise ValueError("init_mesh has no faces")
+    extent = np.abs(vertices).max()
+    if not np.isfinite(extent) or extent > INIT_BOX + 0.05:
+        raise ValueError(
+            f"init_mesh must be in the bundle frame (within [-1, 1]^3), but reaches {extent:.3f}; "
+            "normalise it as the bundle spec says before refining"
+        )
+    merged = trimesh.Trimesh(vertices, faces, process=True)
+    merged.update_faces(merged.nondegenerate_faces())
+    merged.remove_unreferenced_vertices()
+    return np.asarray(merged.vertices), np.asarray(merged.faces, dtype=np.int64)
+
+
+def _clean_output(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
+    vertices, faces, _ = rm.compact(vertices, faces)
+    mesh = trimesh.Trimesh(vertices.astype(np.float64), faces, process=True)
+    mesh.update_faces(mesh.nondegenerate_faces())
+    mesh.remove_unreferenced_vertices()
+    mesh.fix_normals()
+    return mesh
+
+
+def refine_mesh(
+    bundle: Bundle,
+    init_mesh: trimesh.Trimesh | None,
+    params: RefineParams | None = None,
+    *,
+    rasteriser=None,
+    progress: Progress | None = None,
+) -> trimesh.Trimesh:
+    """Fit a mesh to ``bundle``'s normal maps and masks; returns a clean mesh in the bundle frame.
+
+    ``init_mesh``: a starting mesh already in the bundle frame (within ``[-1, 1]^3``), or
+    ``None`` for a sphere. ``rasteriser``: a :class:`models.raster.base.Rasteriser` (the
+    automatic choice of :func:`models.raster.get_rasteriser` when ``None``). ``progress`` is
+    called after every step with ``(step, total_steps, losses)`` where ``losses`` maps names to
+    floats. Map the result to the source frame with :func:`to_source_frame`.
+    """
+    # 1. Check inputs and set up.
+    params = params or RefineParams()
+    if len(params.view_weights) != len(bundle.spec.azimuths):
+        raise ValueError(
+            f"view_weights needs {len(bundle.spec.azimuths)} entries, got {params.view_weights}"
+        )
+    if params.fine_edge <= 0 or params.coarse_edge <= 0:
+        raise ValueError("edge lengths must be positive")
+    if rasteriser is None:
+        from models.raster import get_rasteriser
+
+        rasteriser = get_rasteriser()
+    torch.manual_seed(params.seed)
+    device = torch.device(params.device)
+    cams = BundleCameras.from_spec(bundle.spec)
+    mvp = torch.from_numpy(cams.mvp.astype(np.float32)).to(device)
+    rotations = torch.from_numpy(cams.rotations.astype(np.float32)).to(device)
+    view_w = torch.tensor(params.view_weights, dtype=torch.float32, device=device)
+
+    # 2. Initial mesh, remeshed to the coarse edge length.
+    if init_mesh is None:
+        sphere = sphere_init(params.sphere_radius, 3)
+        v0, f0 = np.asarray(sphere.vertices), np.asarray(sphere.faces, dtype=np.int64)
+    else:
+        v0, f0 = _check_init(init_mesh)
+    v0, f0 = rm.remesh_to(v0, f0, params.coarse_edge, iterations=5)
+
+    # 3. Phases: coarse (low resolution, long edges), fine (edge length ramps down).
+    total = params.coarse_steps + params.fine_steps + params.explicit_steps
+    config = OptimiserConfig(lr=params.lr, smooth_lambda=params.smooth_lambda)
+    opt = VertexOptimiser(v0, f0, params.coarse_edge, config, device=device)
+    phases = [
+        (params.coarse_steps, params.coarse_resolution, params.coarse_edge, params.coarse_edge,
+         params.lr),
+        (params.fine_steps, params.resolution, params.coarse_edge, params.fine_edge,
+         params.fine_lr),
+    ]
+    step = 0
+    start = time.perf_counter()
+    for steps, resolution, edge_from, edge_to, lr in phases:
+        if steps <= 0:
+            continue
+        targets = _downsample_targets(bundle, resolution, device)
+        opt.config.lr = lr
+        for i in range(steps):
+            # Geometric ramp over the first half of the phase, then hold.
+            t = min(1.0, i / max(1.0, 0.5 * steps))
+            opt.set_edge_length(edge_from * (edge_to / edge_from) ** t)
+            rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, rotations, resolution)
+            loss, parts = _losses(params, rendered, targets, view_w, opt.vertices)
+            loss.backward()
+            opt.step()
+            step += 1
+            if progress is not None:
+                parts.update(loss=float(loss), faces=int(opt.faces.shape[0]),
+                             seconds=time.perf_counter() - start)
+                progress(step, total, parts)
+
+    # 4. Optional explicit target: project target normals to the vertices once, then pull face
+    # normals toward them with the topology frozen (no rendering in the loop).
+    if params.explicit_steps > 0:
+        targets = _downsample_targets(bundle, params.resolution, device)
+        v = opt.vertices.detach()
+        t_v, found = _project_targets(rasteriser, v, opt.faces, mvp, rotations, targets, view_w,
+                                      params.resolution)
+        faces = opt.faces
+        face_found = found[faces].all(dim=1)
+        t_f = F.normalize(t_v[faces].sum(1), dim=1, eps=1e-12)
+        exp_cfg = OptimiserConfig(lr=params.fine_lr, smooth_lambda=params.smooth_lambda,
+                                  remesh_interval=0)
+        exp = VertexOptimiser(v, faces, opt.edge_length, exp_cfg, device=device)
+        for _ in range(params.explicit_steps):
+            tri = exp.vertices[faces]
+            n_f = F.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1),
+                              dim=1, eps=1e-12)
+            err = (n_f - t_f).square().sum(1)
+            loss = (err * face_found).sum() / face_found.sum().clamp_min(1)
+            box = F.relu(exp.vertices.abs() - INIT_BOX).square().sum(1).mean()
+            (loss + params.box_weight * box).backward()
+            exp.step()
+            step += 1
+            if progress is not None:
+                progress(step, total, {"explicit": float(loss), "loss": float(loss),
+                                       "faces": int(faces.shape[0]),
+                                       "seconds": time.perf_counter() - start})
+        opt = exp
+
+    # 5. Clean output in the bundle frame.
+    vertices, faces_np = opt.mesh()
+    return _clean_output(vertices, faces_np)
+
+
+__all__ = [
+    "RefineParams",
+    "refine_mesh",
+    "sphere_init",
+    "to_source_frame",
+]

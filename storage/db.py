@@ -1,0 +1,216 @@
+"""Engines, sessions and migrations of the application database.
+
+One engine per process (:func:`get_engine`); query functions take a session and never commit, the
+caller opens it with :func:`session_scope` and commits once. The schema comes only from Alembic:
+:func:`upgrade_database` runs the migrations programmatically, :func:`ensure_database` upgrades an
+embedded SQLite database on first use and refuses a server database that is behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import threading
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long an SQLite connection waits for another writer before failing."""
+
+UPGRADE_HINT = "foundry3d db upgrade"
+
+
+class DatabaseNotMigrated(RuntimeError):
+    """The database schema is not at the latest Alembic revision."""
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Parse ``url``; a bare ``postgresql://`` gets the installed psycopg 3 driver."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    """The file of an SQLite URL, or None for an in-memory database."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _on_sqlite_connect(dbapi_connection, _record) -> None:  # noqa: ANN001 (DBAPI objects)
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers (status, search) run while a worker writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str | URL, **kwargs: object) -> Engine:
+    """A new engine for ``url``; prefer :func:`get_engine`, which keeps one per process and URL.
+
+    SQLite connections use WAL, a busy timeout of :data:`SQLITE_BUSY_TIMEOUT_MS`, foreign keys,
+    and may be shared between threads; the parent folder of an SQLite file is created.
+    PostgreSQL connections are pinged before use.
+    """
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_path(parsed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(parsed, **kwargs)
+
+
+@cache
+def _cached_engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def get_engine(url: str | URL) -> Engine:
+    """The process-wide engine for ``url`` (created on first use)."""
+    return _cached_engine(normalise_url(url).render_as_string(hide_password=False))
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A sessionmaker bound to ``engine``; objects stay readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits once when the block ends, or rolls back if it raises."""
+    session = Session(bind=engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+
+def alembic_dir() -> Path:
+    """The ``alembic/`` folder of the repository (found beside the ``storage`` package)."""
+    path = Path(__file__).resolve().parent.parent / "alembic"
+    if not (path / "env.py").is_file():
+        raise FileNotFoundError(
+            f"alembic migrations not found at {path}; install foundry3d from its repository "
+            "(pip install -e .) so the migrations are available"
+        )
+    return path
+
+
+def alembic_config(url: str | URL | None = None):  # noqa: ANN201 (alembic imported lazily)
+    """An Alembic ``Config`` for the migrations; ``url`` (if given) overrides the settings."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(alembic_dir()))
+    if url is not None:
+        rendered = normalise_url(url).render_as_string(hide_password=False)
+        # ConfigParser interpolation would eat '%' in passwords.
+        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    """The latest migration revision id."""
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"expected one migration head, found {heads}")
+    return heads[0]
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for a database never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+@contextlib.contextmanager
+def _migration_lock(url: URL) -> Iterator[None]:
+    """Serialise migrations of one SQLite file between processes (a lock file beside it)."""
+    path = _sqlite_path(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".migrate.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def upgrade_database(url: str | URL, revision: str = "head") -> str | None:
+    """Run the Alembic migrations on ``url`` up to ``revision``; returns the new revision."""
+    from alembic import command
+
+    parsed = normalise_url(url)
+    with _migration_lock(parsed):
+        command.upgrade(alembic_config(parsed), revision)
+    engine = make_engine(parsed)
+    try:
+        return current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def check_migrated(engine: Engine) -> None:
+    """Raise :class:`DatabaseNotMigrated`, naming the command to run, unless at the head."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        where = engine.url.render_as_string(hide_password=True)
+        state = "has no schema" if current is None else f"is at revision {current}"
+        raise DatabaseNotMigrated(
+            f"database {where} {state}, expected {head}; run `{UPGRADE_HINT}`"
+        )
+
+
+_ensured: set[str] = set()
+_ensure_lock = threading.Lock()
+
+
+def ensure_database(url: str | URL) -> Engine:
+    """The process engine of ``url``, with the schema checked once per process.
+
+    An embedded SQLite database is created and upgraded automatically; a server database
+    (PostgreSQL) that is behind raises :class:`DatabaseNotMigrated`, since upgrading shared
+    production schemas is an explicit step (``foundry3d db upgrade``).
+    """
+    parsed = normalise_url(url)
+    key = parsed.render_as_string(hide_password=False)
+    engine = get_engine(parsed)
+    with _ensure_lock:
+        if key in _ensured:
+            return engine
+        if parsed.get_backend_name() == "sqlite" and _sqlite_path(parsed) is not None:
+            if current_revision(engine) != head_revision():
+                upgrade_database(parsed)
+        check_migrated(engine)
+        _ensured.add(key)
+    return engine

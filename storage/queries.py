@@ -1,0 +1,651 @@
+"""Query functions of the application database: requests, batches, claims, stage records, metrics.
+
+Every function takes the session first and never commits: the caller opens the session
+(``storage.db.session_scope``) and commits once. Writes that race between workers (upserting a
+request, claiming an asset) are single atomic statements, so they are safe on SQLite and
+PostgreSQL without extra locking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.schema import (
+    ASSET_STATES,
+    Asset,
+    Batch,
+    BatchItem,
+    Metric,
+    StageRun,
+    utcnow,
+)
+
+TERMINAL_STATES = ("succeeded", "failed")
+
+
+class UnknownAsset(LookupError):
+    """No asset matches the given id (or id prefix)."""
+
+
+class AmbiguousAssetId(LookupError):
+    """An id prefix matches more than one asset."""
+
+
+def dialect_insert(session: Session, table: sa.Table):  # noqa: ANN202 (dialect-specific Insert)
+    """A dialect ``INSERT`` construct that supports ``ON CONFLICT`` (SQLite and PostgreSQL)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"database dialect {dialect!r} is not supported")
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else utcnow()
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def upsert_asset(
+    session: Session,
+    *,
+    asset_id: str,
+    kind: str,
+    prompt: str | None = None,
+    image_ref: str | None = None,
+    image_sha256: str | None = None,
+    bundle_ref: str | None = None,
+    seed: int,
+    variant: int = 0,
+    generator: str,
+    init: str,
+    params: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
+) -> tuple[Asset, bool]:
+    """Insert the request ``asset_id`` unless it exists; returns ``(asset, created)``.
+
+    Idempotent on the identity hash: an existing asset is returned unchanged (whatever its
+    state), so running a manifest twice creates nothing new. Race-safe: concurrent callers issue
+    ``INSERT .. ON CONFLICT DO NOTHING`` and exactly one of them sees ``created=True``.
+    """
+    now = utcnow()
+    values = {
+        "id": asset_id,
+        "kind": kind,
+        "prompt": prompt,
+        "image_ref": image_ref,
+        "image_sha256": image_sha256,
+        "bundle_ref": bundle_ref,
+        "seed": int(seed),
+        "variant": int(variant),
+        "generator": generator,
+        "init": init,
+        "params": dict(params or {}),
+        "tags": list(tags or []),
+        "state": "pending",
+        "attempts": 0,
+        "output_keys": {},
+        "created_at": now,
+        "updated_at": now,
+    }
+    statement = (
+        dialect_insert(session, Asset.__table__)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    created = session.execute(statement).rowcount == 1
+    asset = session.get(Asset, asset_id, populate_existing=True)
+    assert asset is not None  # inserted above or already present
+    return asset, created
+
+
+def get_asset(session: Session, asset_id: str) -> Asset | None:
+    """The asset with exactly this id, or None."""
+    return session.get(Asset, asset_id)
+
+
+def resolve_asset_id(session: Session, prefix: str) -> str:
+    """The full id of the one asset whose id starts with ``prefix``.
+
+    Raises :class:`UnknownAsset` when none matches and :class:`AmbiguousAssetId` when several do.
+    """
+    prefix = prefix.strip()
+    if not prefix:
+        raise UnknownAsset("empty asset id")
+    if session.get(Asset, prefix) is not None:
+        return prefix
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    matches = session.scalars(
+        sa.select(Asset.id).where(Asset.id.like(escaped + "%", escape="\\")).limit(6)
+    ).all()
+    if not matches:
+        raise UnknownAsset(f"no asset with id {prefix!r}")
+    if len(matches) > 1:
+        shown = ", ".join(m[:16] for m in matches[:5])
+        raise AmbiguousAssetId(f"asset id prefix {prefix!r} matches several assets: {shown} ...")
+    return matches[0]
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def create_batch(
+    session: Session,
+    manifest_path: str,
+    manifest_sha256: str | None = None,
+    *,
+    batch_id: str | None = None,
+) -> Batch:
+    """Record a new running batch (one manifest run); its id is a fresh uuid hex unless given."""
+    batch = Batch(manifest_path=str(manifest_path), manifest_sha256=manifest_sha256)
+    if batch_id is not None:
+        batch.id = batch_id
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def add_batch_item(
+    session: Session,
+    batch_id: str,
+    line: int,
+    item_id: str | None,
+    asset_id: str | None,
+    status: str,
+    reason: str | None = None,
+    raw: str | None = None,
+) -> BatchItem:
+    """Record one manifest row of a batch: ``accepted`` with its asset, or ``rejected``.
+
+    ``line`` is the 1-based line (or row) number in the manifest; a rejected row has no asset and
+    a ``reason`` saying what is wrong with it.
+    """
+    if status == "accepted" and asset_id is None:
+        raise ValueError("an accepted batch item needs an asset_id")
+    if status == "rejected" and not reason:
+        raise ValueError("a rejected batch item needs a reason")
+    item = BatchItem(
+        batch_id=batch_id,
+        line=int(line),
+        item_id=item_id,
+        asset_id=asset_id,
+        status=status,
+        reason=reason,
+        raw=raw,
+    )
+    session.add(item)
+    session.flush()
+    return item
+
+
+def finish_batch(
+    session: Session, batch_id: str, summary: dict[str, Any], status: str = "finished"
+) -> Batch:
+    """Mark a batch ``finished`` (or ``failed``) now, storing its summary (JSON-serialisable)."""
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise LookupError(f"no batch with id {batch_id!r}")
+    batch.status = status
+    batch.summary = dict(summary)
+    batch.finished_at = utcnow()
+    session.flush()
+    return batch
+
+
+def list_batches(session: Session, limit: int | None = 20) -> list[Batch]:
+    """The most recent batches first."""
+    query = sa.select(Batch).order_by(Batch.created_at.desc(), Batch.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+# --- claims and leases ------------------------------------------------------------------------
+
+
+def claim_asset(
+    session: Session,
+    asset_id: str,
+    owner: str,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> bool:
+    """Try to take the asset for ``owner``; True when this caller won it.
+
+    One atomic conditional UPDATE: it succeeds when the asset is ``pending``, or ``running``
+    with an expired lease (a crashed worker); it sets ``running``, the owner, a lease ending
+    ``lease_seconds`` after ``now`` (UTC, default the current time), and counts an attempt. Of
+    two concurrent claimers exactly one wins, because the second UPDATE re-checks the condition
+    after the first one's write.
+    """
+    now = _now(now)
+    statement = (
+        sa.update(Asset)
+        .where(
+            Asset.id == asset_id,
+            sa.or_(
+                Asset.state == "pending",
+                sa.and_(Asset.state == "running", Asset.lease_expires_at < now),
+            ),
+        )
+        .values(
+            state="running",
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=Asset.attempts + 1,
+            updated_at=now,
+            finished_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    won = session.execute(statement).rowcount == 1
+    if won:
+        _refresh(session, asset_id)
+    return won
+
+
+def renew_lease(
+    session: Session,
+    asset_id: str,
+    owner: str,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> bool:
+    """Extend the lease of a running asset held by ``owner``; False if it is no longer theirs."""
+    now = _now(now)
+    statement = (
+        sa.update(Asset)
+        .where(Asset.id == asset_id, Asset.state == "running", Asset.lease_owner == owner)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    renewed = session.execute(statement).rowcount == 1
+    if renewed:
+        _refresh(session, asset_id)
+    return renewed
+
+
+def release_asset(
+    session: Session,
+    asset_id: str,
+    owner: str,
+    state: str,
+    error_class: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """End ``owner``'s claim, leaving the asset in ``state`` (succeeded, failed or pending).
+
+    Only the current owner of a running asset may release it (False otherwise: the lease ran
+    out and someone else took it). A terminal state stamps ``finished_at``; the error fields are
+    stored as given (None clears them).
+    """
+    if state not in ("succeeded", "failed", "pending"):
+        raise ValueError(f"cannot release an asset to state {state!r}")
+    now = utcnow()
+    statement = (
+        sa.update(Asset)
+        .where(Asset.id == asset_id, Asset.state == "running", Asset.lease_owner == owner)
+        .values(
+            state=state,
+            lease_owner=None,
+            lease_expires_at=None,
+            last_error_class=error_class,
+            last_error_message=error_message,
+            updated_at=now,
+            finished_at=now if state in TERMINAL_STATES else None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    released = session.execute(statement).rowcount == 1
+    if released:
+        _refresh(session, asset_id)
+    return released
+
+
+def reset_for_retry(session: Session, asset_id: str, new_seed: int | None = None) -> bool:
+    """Put a failed asset back to ``pending``; True if it was failed.
+
+    The stage history is kept, so a retry resumes at the first stage not done. With
+    ``new_seed`` the asset's seed changes and the old seed is appended to
+    ``params["previous_seeds"]``: parameter hashes computed from the asset then differ, so every
+    stage re-runs.
+    """
+    asset = session.get(Asset, asset_id, with_for_update=True, populate_existing=True)
+    if asset is None:
+        raise UnknownAsset(f"no asset with id {asset_id!r}")
+    if asset.state != "failed":
+        return False
+    asset.state = "pending"
+    asset.lease_owner = None
+    asset.lease_expires_at = None
+    asset.last_error_class = None
+    asset.last_error_message = None
+    asset.finished_at = None
+    if new_seed is not None and int(new_seed) != asset.seed:
+        params = dict(asset.params)
+        params["previous_seeds"] = [*params.get("previous_seeds", []), asset.seed]
+        asset.params = params
+        asset.seed = int(new_seed)
+    session.flush()
+    return True
+
+
+def _refresh(session: Session, asset_id: str) -> None:
+    """Reload an asset already in the identity map after a Core UPDATE changed its row."""
+    asset = session.identity_map.get(sa.inspect(Asset).identity_key_from_primary_key((asset_id,)))
+    if asset is not None:
+        session.refresh(asset)
+
+
+# --- stage records ----------------------------------------------------------------------------
+
+
+def set_current_stage(session: Session, asset_id: str, stage: str | None) -> None:
+    """Record the stage the asset is at (None when no stage is running)."""
+    asset = session.get(Asset, asset_id)
+    if asset is None:
+        raise UnknownAsset(f"no asset with id {asset_id!r}")
+    asset.current_stage = stage
+    session.flush()
+
+
+def _next_attempt(session: Session, asset_id: str, stage: str) -> int:
+    latest = session.scalar(
+        sa.select(sa.func.max(StageRun.attempt)).where(
+            StageRun.asset_id == asset_id, StageRun.stage == stage
+        )
+    )
+    return (latest or 0) + 1
+
+
+def record_stage_start(
+    session: Session,
+    asset_id: str,
+    stage: str,
+    params_hash: str | None,
+    host: str | None = None,
+    device: str | None = None,
+    flow_run_id: str | None = None,
+) -> StageRun:
+    """Open a ``running`` stage run (attempt = previous attempts of this stage + 1).
+
+    Also sets the asset's ``current_stage`` to ``stage``.
+    """
+    run = StageRun(
+        asset_id=asset_id,
+        stage=stage,
+        attempt=_next_attempt(session, asset_id, stage),
+        status="running",
+        params_hash=params_hash,
+        started_at=utcnow(),
+        host=host,
+        device=device,
+        flow_run_id=flow_run_id,
+        output_keys={},
+    )
+    session.add(run)
+    session.flush()
+    set_current_stage(session, asset_id, stage)
+    return run
+
+
+def _finish_run(session: Session, run_id: int, status: str) -> StageRun:
+    run = session.get(StageRun, run_id)
+    if run is None:
+        raise LookupError(f"no stage run with id {run_id!r}")
+    now = utcnow()
+    run.status = status
+    run.finished_at = now
+    run.duration_s = (now - run.started_at).total_seconds()
+    return run
+
+
+def record_stage_success(
+    session: Session,
+    run_id: int,
+    output_keys: dict[str, str],
+    peak_memory_mb: float | None = None,
+) -> StageRun:
+    """Close a stage run as ``succeeded`` with its outputs (artefact name -> object key).
+
+    The keys are merged into the asset's ``output_keys``; the duration is measured from the
+    start record, in seconds.
+    """
+    run = _finish_run(session, run_id, "succeeded")
+    run.output_keys = dict(output_keys)
+    run.peak_memory_mb = peak_memory_mb
+    asset = session.get(Asset, run.asset_id)
+    assert asset is not None
+    asset.output_keys = {**asset.output_keys, **output_keys}
+    session.flush()
+    return run
+
+
+def record_stage_failure(
+    session: Session,
+    run_id: int,
+    error_class: str,
+    error_message: str,
+    peak_memory_mb: float | None = None,
+) -> StageRun:
+    """Close a stage run as ``failed``; the error is also copied to the asset's last error."""
+    run = _finish_run(session, run_id, "failed")
+    run.error_class = error_class
+    run.error_message = error_message
+    run.peak_memory_mb = peak_memory_mb
+    asset = session.get(Asset, run.asset_id)
+    assert asset is not None
+    asset.last_error_class = error_class
+    asset.last_error_message = error_message
+    session.flush()
+    return run
+
+
+def record_stage_skipped(
+    session: Session,
+    asset_id: str,
+    stage: str,
+    params_hash: str | None,
+    host: str | None = None,
+    device: str | None = None,
+    flow_run_id: str | None = None,
+) -> StageRun:
+    """Record that a stage was skipped (already done with the same parameters): a 0 s run."""
+    now = utcnow()
+    run = StageRun(
+        asset_id=asset_id,
+        stage=stage,
+        attempt=_next_attempt(session, asset_id, stage),
+        status="skipped",
+        params_hash=params_hash,
+        started_at=now,
+        finished_at=now,
+        duration_s=0.0,
+        host=host,
+        device=device,
+        flow_run_id=flow_run_id,
+        output_keys={},
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def completed_stage(
+    session: Session, asset_id: str, stage: str, params_hash: str | None
+) -> StageRun | None:
+    """The latest ``succeeded`` run of ``stage`` with this parameter hash, or None (run it)."""
+    return session.scalars(
+        sa.select(StageRun)
+        .where(
+            StageRun.asset_id == asset_id,
+            StageRun.stage == stage,
+            StageRun.status == "succeeded",
+            StageRun.params_hash == params_hash
+            if params_hash is not None
+            else StageRun.params_hash.is_(None),
+        )
+        .order_by(StageRun.attempt.desc())
+        .limit(1)
+    ).first()
+
+
+def stage_runs(session: Session, asset_id: str) -> list[StageRun]:
+    """All stage runs of an asset in the order they started."""
+    return list(
+        session.scalars(
+            sa.select(StageRun).where(StageRun.asset_id == asset_id).order_by(StageRun.id)
+        )
+    )
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def set_metrics(session: Session, asset_id: str, values: dict[str, float]) -> None:
+    """Insert or overwrite the named metrics of an asset (others are left as they are)."""
+    if not values:
+        return
+    rows = [{"asset_id": asset_id, "name": k, "value": float(v)} for k, v in values.items()]
+    statement = dialect_insert(session, Metric.__table__).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=["asset_id", "name"], set_={"value": statement.excluded.value}
+    )
+    session.execute(statement)
+    # The Core upsert bypassed the identity map: expire what it may have made stale.
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, Metric) and obj.asset_id == asset_id:
+            session.expire(obj)
+        elif isinstance(obj, Asset) and obj.id == asset_id:
+            session.expire(obj, ["metrics"])
+
+
+def get_metrics(session: Session, asset_id: str) -> dict[str, float]:
+    """The metrics of an asset, by name."""
+    rows = session.execute(
+        sa.select(Metric.name, Metric.value)
+        .where(Metric.asset_id == asset_id)
+        .order_by(Metric.name)
+    )
+    return {name: value for name, value in rows}
+
+
+# --- listings and reports ---------------------------------------------------------------------
+
+
+def list_assets(
+    session: Session,
+    *,
+    state: str | None = None,
+    batch_id: str | None = None,
+    stage: str | None = None,
+    error_class: str | None = None,
+    older_than: datetime | timedelta | None = None,
+    limit: int | None = None,
+) -> list[Asset]:
+    """Assets matching every given filter, oldest first.
+
+    ``stage`` matches the asset's current (for a failed asset: failing) stage; ``error_class``
+    its last error class; ``older_than`` keeps assets last updated before a time (or before
+    that long ago, for a timedelta).
+    """
+    if state is not None and state not in ASSET_STATES:
+        raise ValueError(f"unknown asset state {state!r}; expected one of {ASSET_STATES}")
+    query = sa.select(Asset)
+    if state is not None:
+        query = query.where(Asset.state == state)
+    if batch_id is not None:
+        in_batch = sa.select(BatchItem.asset_id).where(
+            BatchItem.batch_id == batch_id, BatchItem.asset_id.is_not(None)
+        )
+        query = query.where(Asset.id.in_(in_batch))
+    if stage is not None:
+        query = query.where(Asset.current_stage == stage)
+    if error_class is not None:
+        query = query.where(Asset.last_error_class == error_class)
+    if older_than is not None:
+        cutoff = utcnow() - older_than if isinstance(older_than, timedelta) else older_than
+        query = query.where(Asset.updated_at < cutoff)
+    query = query.order_by(Asset.created_at, Asset.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def counts_by_state(session: Session) -> dict[str, int]:
+    """Number of assets in each state (every state present, zeros included)."""
+    counts = dict.fromkeys(ASSET_STATES, 0)
+    rows = session.execute(sa.select(Asset.state, sa.func.count()).group_by(Asset.state))
+    for state, count in rows:
+        counts[state] = count
+    return counts
+
+
+def counts_by_stage(session: Session) -> dict[str, dict[str, int]]:
+    """For each stage, how many assets have their latest attempt of it in each status.
+
+    Returns ``{stage: {status: count}}`` over stages that have any run.
+    """
+    latest = (
+        sa.select(
+            StageRun.asset_id,
+            StageRun.stage,
+            sa.func.max(StageRun.attempt).label("attempt"),
+        )
+        .group_by(StageRun.asset_id, StageRun.stage)
+        .subquery()
+    )
+    rows = session.execute(
+        sa.select(StageRun.stage, StageRun.status, sa.func.count())
+        .join(
+            latest,
+            sa.and_(
+                StageRun.asset_id == latest.c.asset_id,
+                StageRun.stage == latest.c.stage,
+                StageRun.attempt == latest.c.attempt,
+            ),
+        )
+        .group_by(StageRun.stage, StageRun.status)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for stage, status, count in rows:
+        counts.setdefault(stage, {})[status] = count
+    return counts
+
+
+@dataclass
+class AssetDetail:
+    """Everything recorded about one asset, for ``foundry3d show``."""
+
+    asset: Asset
+    """The asset row."""
+    stage_runs: list[StageRun] = field(default_factory=list)
+    """Every stage attempt, in the order they started."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Metric name -> value."""
+    batch_ids: list[str] = field(default_factory=list)
+    """Batches that requested this asset."""
+
+
+def get_asset_detail(session: Session, asset_id: str) -> AssetDetail | None:
+    """The asset with its stage runs, metrics and batches, or None if the id is unknown."""
+    asset = session.get(Asset, asset_id)
+    if asset is None:
+        return None
+    batch_ids = session.scalars(
+        sa.select(BatchItem.batch_id).where(BatchItem.asset_id == asset_id).distinct()
+    ).all()
+    return AssetDetail(
+        asset=asset,
+        stage_runs=stage_runs(session, asset_id),
+        metrics=get_metrics(session, asset_id),
+        batch_ids=sorted(batch_ids),
+    )

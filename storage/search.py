@@ -1,0 +1,399 @@
+"""Prompt search over produced assets: keyword, semantic and hybrid ranking.
+
+Keyword search uses the database's own full-text engine (SQLite FTS5 with bm25, PostgreSQL
+``ts_rank`` over ``to_tsvector('english', text)``); both are created by the migrations. Semantic
+search compares ``(384,)`` float32 prompt embeddings by cosine similarity: with pgvector's ``<=>``
+operator when the server has the extension, otherwise exactly, in numpy, over the stored vectors.
+Like :mod:`storage.queries`, every function takes the session first and never commits.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from storage.queries import dialect_insert
+from storage.schema import (
+    EMBEDDING_DIM,
+    PG_VECTOR_COLUMN,
+    SQLITE_FTS_TABLE,
+    Asset,
+    PromptIndex,
+    utcnow,
+)
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_ENGLISH = sa.literal_column("'english'")  # inlined so the planner matches the GIN index
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result; higher scores are better."""
+
+    asset_id: str
+    """Identity hash of the asset."""
+    score: float
+    """The ranking score of the search that produced the hit."""
+    keyword_score: float | None
+    """bm25 (SQLite, sign flipped) or ts_rank (PostgreSQL); None when the keywords missed."""
+    semantic_score: float | None
+    """Cosine similarity in [-1, 1] of the prompt embeddings; None without an embedding."""
+    text: str
+    """The indexed prompt text."""
+    state: str
+    """The asset's state."""
+    output_keys: dict[str, Any] = field(default_factory=dict)
+    """Artefact name -> object key of the asset."""
+
+
+# --- embeddings -------------------------------------------------------------------------------
+
+
+def encode_embedding(embedding: np.ndarray) -> bytes:
+    """``(EMBEDDING_DIM,)`` float array -> little-endian float32 bytes (the stored form)."""
+    vector = np.asarray(embedding, dtype=np.float32)
+    if vector.shape != (EMBEDDING_DIM,):
+        raise ValueError(f"embedding must have shape ({EMBEDDING_DIM},), got {vector.shape}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("embedding contains NaN or infinite values")
+    return vector.astype("<f4").tobytes()
+
+
+def decode_embedding(data: bytes) -> np.ndarray:
+    """Stored bytes -> ``(EMBEDDING_DIM,)`` float32 array."""
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; zero rows stay zero (their cosine is 0)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def has_pgvector(session: Session) -> bool:
+    """Whether this database has the pgvector column (PostgreSQL with the extension)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    info = session.connection().info  # lives as long as the pooled DBAPI connection
+    if "foundry3d_pgvector" not in info:
+        info["foundry3d_pgvector"] = bool(
+            session.scalar(
+                sa.text(
+                    "SELECT count(*) FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'prompt_index' "
+                    "AND column_name = :column"
+                ),
+                {"column": PG_VECTOR_COLUMN},
+            )
+        )
+    return info["foundry3d_pgvector"]
+
+
+def _vector_literal(embedding: np.ndarray) -> str:
+    return "[" + ",".join(repr(float(x)) for x in np.asarray(embedding, np.float32)) + "]"
+
+
+# --- indexing ---------------------------------------------------------------------------------
+
+
+def index_prompt(
+    session: Session,
+    asset_id: str,
+    text: str,
+    tags: list[str] | None = None,
+    embedding: np.ndarray | None = None,
+) -> None:
+    """Insert or replace the search entry of an asset.
+
+    ``embedding`` : ``(EMBEDDING_DIM,)`` float32 prompt embedding (all-MiniLM-L6-v2), or None
+    for keyword search only. The full-text structures follow through triggers (SQLite) or the
+    expression index (PostgreSQL); the pgvector copy is written here when the column exists.
+    """
+    data = encode_embedding(embedding) if embedding is not None else None
+    values = {
+        "asset_id": asset_id,
+        "text": text,
+        "tags": list(tags or []),
+        "embedding": data,
+        "updated_at": utcnow(),
+    }
+    statement = dialect_insert(session, PromptIndex.__table__).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["asset_id"],
+        set_={k: statement.excluded[k] for k in ("text", "tags", "embedding", "updated_at")},
+    )
+    session.execute(statement)
+    if has_pgvector(session):
+        session.execute(
+            sa.text(
+                f"UPDATE prompt_index SET {PG_VECTOR_COLUMN} = CAST(:vector AS vector) "
+                "WHERE asset_id = :asset_id"
+            ),
+            {
+                "vector": _vector_literal(embedding) if embedding is not None else None,
+                "asset_id": asset_id,
+            },
+        )
+
+
+def remove_from_index(session: Session, asset_id: str) -> None:
+    """Delete the search entry of an asset (nothing happens if it has none)."""
+    session.execute(sa.delete(PromptIndex).where(PromptIndex.asset_id == asset_id))
+
+
+# --- filters ----------------------------------------------------------------------------------
+
+
+def _filters(session: Session, state: str | None, tag: str | None) -> list[sa.ColumnElement]:
+    clauses: list[sa.ColumnElement] = []
+    if state is not None:
+        clauses.append(Asset.state == state)
+    if tag is not None:
+        if session.get_bind().dialect.name == "postgresql":
+            clauses.append(sa.cast(PromptIndex.tags, postgresql.JSONB).contains([tag]))
+        else:
+            each = sa.func.json_each(PromptIndex.tags).table_valued("value")
+            clauses.append(
+                sa.select(sa.literal(1)).select_from(each).where(each.c.value == tag).exists()
+            )
+    return clauses
+
+
+def _hit_columns() -> tuple:
+    return (PromptIndex.asset_id, PromptIndex.text, Asset.state, Asset.output_keys)
+
+
+# --- keyword ----------------------------------------------------------------------------------
+
+
+def query_words(query: str) -> list[str]:
+    """The words of a free-text query (letters, digits, underscore); operators are dropped."""
+    return _WORD.findall(query)
+
+
+def keyword_search(
+    session: Session,
+    query: str,
+    *,
+    limit: int = 10,
+    state: str | None = None,
+    tag: str | None = None,
+) -> list[SearchHit]:
+    """Assets whose prompt contains any word of ``query`` (stemmed), best match first.
+
+    The query is reduced to its words, so user input can never be a syntax error; an entry
+    matching more (and rarer) words ranks higher. ``score`` is the keyword score.
+    """
+    words = query_words(query)
+    if not words:
+        return []
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        fts = sa.table(SQLITE_FTS_TABLE, sa.column("rowid"))
+        rank = sa.func.bm25(sa.literal_column(SQLITE_FTS_TABLE))
+        match = " OR ".join('"' + w + '"' for w in words)
+        select = (
+            sa.select(*_hit_columns(), (-rank).label("keyword_score"))
+            .select_from(fts)
+            .join(PromptIndex, sa.literal_column("prompt_index.rowid") == fts.c.rowid)
+            .join(Asset, Asset.id == PromptIndex.asset_id)
+            .where(sa.literal_column(SQLITE_FTS_TABLE).op("MATCH")(match))
+            .order_by(rank, PromptIndex.asset_id)
+        )
+    elif dialect == "postgresql":
+        vector = sa.func.to_tsvector(_ENGLISH, PromptIndex.text)
+        tsquery = sa.func.to_tsquery(_ENGLISH, " | ".join(words))
+        rank = sa.func.ts_rank(vector, tsquery)
+        select = (
+            sa.select(*_hit_columns(), rank.label("keyword_score"))
+            .join(Asset, Asset.id == PromptIndex.asset_id)
+            .where(vector.op("@@")(tsquery))
+            .order_by(rank.desc(), PromptIndex.asset_id)
+        )
+    else:
+        raise NotImplementedError(f"keyword search is not implemented for {dialect!r}")
+    select = select.where(*_filters(session, state, tag)).limit(limit)
+    return [
+        SearchHit(
+            asset_id=row.asset_id,
+            score=float(row.keyword_score),
+            keyword_score=float(row.keyword_score),
+            semantic_score=None,
+            text=row.text,
+            state=row.state,
+            output_keys=row.output_keys or {},
+        )
+        for row in session.execute(select)
+    ]
+
+
+# --- semantic ---------------------------------------------------------------------------------
+
+
+def semantic_search(
+    session: Session,
+    embedding: np.ndarray,
+    *,
+    limit: int = 10,
+    state: str | None = None,
+    tag: str | None = None,
+    method: Literal["auto", "exact", "pgvector"] = "auto",
+) -> list[SearchHit]:
+    """Assets whose prompt embedding is closest (cosine) to ``embedding``, best first.
+
+    ``embedding`` : ``(EMBEDDING_DIM,)`` float32 query embedding. ``method="auto"`` uses
+    pgvector when the database has it and exact numpy search otherwise; ``score`` is the cosine
+    similarity. pgvector's HNSW index is approximate and applies filters after its candidate
+    scan, so with a selective ``state``/``tag`` filter it may return fewer than ``limit`` hits;
+    ask for ``method="exact"`` when completeness matters more than speed.
+    """
+    query = np.asarray(embedding, dtype=np.float32)
+    encode_embedding(query)  # validates shape and finiteness
+    use_pgvector = has_pgvector(session) if method == "auto" else method == "pgvector"
+    if use_pgvector:
+        if not has_pgvector(session):
+            raise RuntimeError("this database has no pgvector column; use method='exact'")
+        return _semantic_pgvector(session, query, limit, state, tag)
+    return _semantic_exact(session, query, limit, state, tag)
+
+
+def _semantic_exact(
+    session: Session, query: np.ndarray, limit: int, state: str | None, tag: str | None
+) -> list[SearchHit]:
+    select = (
+        sa.select(*_hit_columns(), PromptIndex.embedding)
+        .join(Asset, Asset.id == PromptIndex.asset_id)
+        .where(PromptIndex.embedding.is_not(None), *_filters(session, state, tag))
+    )
+    rows = session.execute(select).all()
+    if not rows:
+        return []
+    matrix = np.stack([decode_embedding(row.embedding) for row in rows])  # (N, D) float32
+    scores = _unit(matrix) @ _unit(query[None])[0]  # (N,) cosine similarities
+    # Stable order: score descending, then asset id, so ties rank the same on every run.
+    order = sorted(range(len(rows)), key=lambda i: (-float(scores[i]), rows[i].asset_id))
+    return [
+        SearchHit(
+            asset_id=rows[i].asset_id,
+            score=float(scores[i]),
+            keyword_score=None,
+            semantic_score=float(scores[i]),
+            text=rows[i].text,
+            state=rows[i].state,
+            output_keys=rows[i].output_keys or {},
+        )
+        for i in order[:limit]
+    ]
+
+
+def _semantic_pgvector(
+    session: Session, query: np.ndarray, limit: int, state: str | None, tag: str | None
+) -> list[SearchHit]:
+    from pgvector.sqlalchemy import VECTOR
+
+    column = sa.literal_column(f"prompt_index.{PG_VECTOR_COLUMN}", VECTOR(EMBEDDING_DIM))
+    target = sa.cast(sa.bindparam("query_vector", query, type_=VECTOR(EMBEDDING_DIM)), VECTOR)
+    distance = column.op("<=>", return_type=sa.Double)(target)
+    select = (
+        sa.select(*_hit_columns(), distance.label("distance"))
+        .join(Asset, Asset.id == PromptIndex.asset_id)
+        .where(column.is_not(None), *_filters(session, state, tag))
+        .order_by(distance, PromptIndex.asset_id)
+        .limit(limit)
+    )
+    hits = []
+    for row in session.execute(select):
+        # <=> is cosine distance (1 - cosine); NaN for a zero vector, which has no direction.
+        similarity = 0.0 if row.distance is None or np.isnan(row.distance) else 1 - row.distance
+        hits.append(
+            SearchHit(
+                asset_id=row.asset_id,
+                score=float(similarity),
+                keyword_score=None,
+                semantic_score=float(similarity),
+                text=row.text,
+                state=row.state,
+                output_keys=row.output_keys or {},
+            )
+        )
+    return hits
+
+
+# --- hybrid -----------------------------------------------------------------------------------
+
+
+def hybrid_search(
+    session: Session,
+    query: str,
+    embedding: np.ndarray | None,
+    *,
+    limit: int = 10,
+    state: str | None = None,
+    tag: str | None = None,
+    keyword_weight: float = 0.5,
+    candidates: int | None = None,
+) -> list[SearchHit]:
+    """One ranking from keyword and semantic search.
+
+    Each search proposes ``candidates`` hits (default ``max(4 * limit, 50)``); every candidate
+    gets its exact cosine similarity and its keyword score scaled by the best keyword score
+    (so in [0, 1], 0 when the keywords missed). ``score = keyword_weight * keyword +
+    (1 - keyword_weight) * max(cosine, 0)``. Without an embedding this is keyword search.
+    """
+    if not 0.0 <= keyword_weight <= 1.0:
+        raise ValueError(f"keyword_weight must be in [0, 1], got {keyword_weight}")
+    pool = candidates or max(4 * limit, 50)
+    keyword = keyword_search(session, query, limit=pool, state=state, tag=tag)
+    if embedding is None:
+        return keyword[:limit]
+    query_vector = _unit(np.asarray(embedding, dtype=np.float32)[None])[0]
+    semantic = semantic_search(session, query_vector, limit=pool, state=state, tag=tag)
+
+    by_id: dict[str, SearchHit] = {hit.asset_id: hit for hit in semantic}
+    for hit in keyword:
+        by_id.setdefault(hit.asset_id, hit)
+    cosines = _exact_cosines(session, list(by_id), query_vector)
+    best_keyword = max((h.keyword_score or 0.0 for h in keyword), default=0.0)
+    keyword_scores = {h.asset_id: h.keyword_score for h in keyword}
+
+    hits = []
+    for asset_id, hit in by_id.items():
+        raw_keyword = keyword_scores.get(asset_id)
+        scaled = (raw_keyword / best_keyword) if raw_keyword and best_keyword > 0 else 0.0
+        cosine = cosines.get(asset_id)
+        score = keyword_weight * scaled + (1 - keyword_weight) * max(cosine or 0.0, 0.0)
+        hits.append(
+            SearchHit(
+                asset_id=asset_id,
+                score=float(score),
+                keyword_score=raw_keyword,
+                semantic_score=cosine,
+                text=hit.text,
+                state=hit.state,
+                output_keys=hit.output_keys,
+            )
+        )
+    hits.sort(key=lambda h: (-h.score, h.asset_id))
+    return hits[:limit]
+
+
+def _exact_cosines(session: Session, asset_ids: list[str], query: np.ndarray) -> dict[str, float]:
+    """Cosine similarity of the stored embeddings of ``asset_ids`` to a unit ``query``."""
+    if not asset_ids:
+        return {}
+    rows = session.execute(
+        sa.select(PromptIndex.asset_id, PromptIndex.embedding).where(
+            PromptIndex.asset_id.in_(asset_ids), PromptIndex.embedding.is_not(None)
+        )
+    ).all()
+    if not rows:
+        return {}
+    matrix = _unit(np.stack([decode_embedding(row.embedding) for row in rows]))
+    scores = matrix @ query
+    return {row.asset_id: float(s) for row, s in zip(rows, scores, strict=True)}

@@ -1,0 +1,27 @@
+"""The plain values a pipeline run needs, passed down from the settings as flow parameters."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class PipelineConfig(BaseModel):
+    """Everything tasks need to know about their environment; serialisable as flow parameters."""
+
+    database_url: str = Field(description="SQLAlchemy URL of the application database.")
+    store_url: str = Field(description="Object store URL (file://... or s3://...).")
+    library_path: str = Field(description="Local folder of the captioned mesh library.")
+    device: str = Field("cpu", description="Torch device for learned models and refinement.")
+    rasteriser: str = Field("auto", description="Rasteriser backend name.")
+    tile: int = Field(512, description="Default bundle tile size (pixels).")
+    lease_seconds: int = Field(900, description="Claim lease length.")
+    flux_path: str | None = Field(None, description="Flux pipeline folder or checkpoint.")
+    lora_path: str | None = Field(None, description="Kiss3DGen LoRA file.")
+    lora_scale: float = Field(1.0, description="LoRA strength.")
+    lrm_path: str | None = Field(None, description="LRM checkpoint.")
+    lrm_variant: str = Field("prm", description="LRM architecture name.")
+    worker: str | None = Field(None, description="Lease owner name; default host:pid.")
+    image_roots: list[str] = Field(default_factory=list, description="Extra image folders.")
+    allow_url_fetch: bool = Field(False, description="Allow https:// images in manifests.")
+    url_hosts: list[str] = Field(default_factory=list, description="Allowed image URL hosts.")
+    max_image_pixels: int = Field(64_000_000, description="Largest accepted manifest image.")

@@ -1,0 +1,145 @@
+"""Manifest ingestion: validate rows, copy their inputs into the store, upsert the assets.
+
+Rejected rows are recorded with their line and reason; valid rows always go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from storage import queries
+from storage.identity import asset_identity
+from storage.manifest import AssetRequest, parse_manifest
+from storage.schema import Asset
+from tasks.config import PipelineConfig
+from tasks.resources import engine_for, store_for
+
+
+@dataclass
+class IngestResult:
+    """What one manifest run recorded: its batch, its assets and its rejected rows."""
+
+    batch_id: str
+    manifest: str
+    asset_ids: list[str] = field(default_factory=list)
+    to_run: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
+    failed_before: list[str] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+
+def generator_identity(generator: str, config: PipelineConfig, params: dict) -> str:
+    """What identifies a generator's weights (paths of the files it loads)."""
+    if generator == "kiss3dgen":
+        flux = params.get("flux_path", config.flux_path)
+        lora = params.get("lora_path", config.lora_path)
+        return f"kiss3dgen:{flux}:{lora}:{params.get('lora_scale', config.lora_scale)}"
+    if generator == "library":
+        return f"library:{_library_version(Path(config.library_path))}"
+    return generator
+
+
+def _library_version(folder: Path) -> str:
+    jsonl = folder / "library.jsonl"
+    if not jsonl.exists():
+        return "missing"
+    return hashlib.sha256(jsonl.read_bytes()).hexdigest()[:12]
+
+
+def _input_key(store, local: str, sha256: str) -> str:
+    """Copy a local input (image or bundle, plus a bundle's sidecar) into ``inputs/``."""
+    path = Path(local)
+    key = f"inputs/{sha256}{path.suffix.lower()}"
+    if not store.exists(key):
+        store.put_file(key, path)
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        store.put_file(f"inputs/{sha256}.json", sidecar)
+    return key
+
+
+def _stage_input(store, ref: str | None, sha256: str | None) -> str | None:
+    if ref is None:
+        return None
+    if ref.startswith(("s3://", "https://")):
+        from storage.manifest import fetch_remote_bytes
+
+        key = f"inputs/{sha256}{Path(ref.split('?')[0]).suffix.lower()}"
+        if not store.exists(key):
+            store.put_bytes(key, fetch_remote_bytes(ref))
+        return key
+    return _input_key(store, ref, sha256 or "")
+
+
+def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
+    """Parse and validate ``path``, record batch + assets, return what needs running."""
+    parsed = parse_manifest(
+        path,
+        image_roots=[Path(p) for p in config.image_roots],
+        allow_urls=config.allow_url_fetch,
+        url_hosts=config.url_hosts,
+        max_image_pixels=config.max_image_pixels,
+    )
+    store = store_for(config.store_url)
+    with Session(engine_for(config.database_url)) as session:
+        batch = queries.create_batch(session, manifest_path=str(path),
+                                     manifest_sha256=_sha256_file(path))
+        result = IngestResult(batch_id=batch.id, manifest=str(path))
+        for rejection in parsed.rejected:
+            queries.add_batch_item(
+                session, batch.id, rejection.line, None, None, "rejected",
+                rejection.reason, rejection.raw,
+            )
+            result.rejected.append(
+                {"file": str(rejection.file), "line": rejection.line, "reason": rejection.reason}
+            )
+        for request in parsed.requests:
+            asset_id = _upsert(session, store, request, config)
+            queries.add_batch_item(
+                session, batch.id, request.line, request.item_id, asset_id, "accepted", None, None
+            )
+            if asset_id not in result.asset_ids:
+                result.asset_ids.append(asset_id)
+        session.commit()
+        states = dict(
+            session.query(Asset.id, Asset.state).filter(Asset.id.in_(result.asset_ids)).all()
+        ) if result.asset_ids else {}
+    for asset_id in result.asset_ids:
+        state = states.get(asset_id)
+        if state == "succeeded":
+            result.already_done.append(asset_id)
+        elif state == "failed":
+            result.failed_before.append(asset_id)
+        else:
+            result.to_run.append(asset_id)
+    return result
+
+
+def _upsert(session: Session, store, request: AssetRequest, config: PipelineConfig) -> str:
+    asset_id = asset_identity(
+        request.canonical(), generator_identity(request.generator, config, dict(request.params))
+    )
+    queries.upsert_asset(
+        session,
+        asset_id=asset_id,
+        kind=request.kind,
+        prompt=request.prompt,
+        image_ref=_stage_input(store, request.image_ref, request.image_sha256),
+        image_sha256=request.image_sha256,
+        bundle_ref=_stage_input(store, request.bundle_ref, request.bundle_sha256),
+        seed=request.seed,
+        variant=request.variant,
+        generator=request.generator,
+        init=request.init,
+        params=dict(request.params),
+        tags=list(request.tags),
+    )
+    return asset_id
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

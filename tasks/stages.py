@@ -1,0 +1,229 @@
+"""The seven stage tasks of one asset. Each is glue: fetch inputs, call models/, publish outputs.
+
+Every task takes an asset id, the keys its upstream stages produced, and the pipeline config, and
+returns its own output keys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.runtime import flow_run
+
+from tasks.assets import AssetSnapshot, load_asset, split_params, stage_parameters
+from tasks.config import PipelineConfig
+from tasks.errors import retry_condition
+from tasks.stage import StageIO, run_stage
+
+RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_condition}
+
+
+def _run(config: PipelineConfig, asset: AssetSnapshot, stage: str, work) -> dict[str, str]:
+    params = stage_parameters(asset, config)[stage]
+    return run_stage(config, asset.id, stage, params, work, flow_run_id=_flow_run_id())
+
+
+def _flow_run_id() -> str | None:
+    run_id = flow_run.get_id()
+    return str(run_id) if run_id else None
+
+
+def _load_bundle(io: StageIO, keys: dict[str, str]):
+    from models.bundle import Bundle
+
+    png = io.fetch(keys["bundle.png"], "bundle.png")
+    io.fetch(keys["bundle.json"], "bundle.json")
+    return Bundle.load(png)
+
+
+def _load_mesh(io: StageIO, key: str):
+    from models.export import load_glb
+
+    return load_glb(io.fetch(key, Path(key).name))
+
+
+@task(name="bundle", **RETRIES)
+def bundle_task(asset_id: str, config: PipelineConfig) -> dict[str, str]:
+    """Stage I: the bundle image (``bundle.png`` + ``bundle.json``, ``match.json`` if any)."""
+    from models.generators import GenerationRequest, GeneratorContext, generate_bundle
+
+    asset = load_asset(config, asset_id)
+    tile = stage_parameters(asset, config)["bundle"]["tile"]
+
+    def work(io: StageIO) -> dict:
+        request = GenerationRequest(
+            kind=asset.kind,
+            prompt=asset.prompt,
+            image=_read_image(io, asset.image_ref) if asset.image_ref else None,
+            bundle_path=_fetch_bundle_file(io, asset.bundle_ref) if asset.bundle_ref else None,
+            seed=asset.seed,
+            tile=tile,
+            params=split_params(asset.params)["generator"],
+        )
+        context = GeneratorContext(
+            library_path=Path(config.library_path),
+            device=config.device,
+            flux_path=config.flux_path,
+            lora_path=config.lora_path,
+            lora_scale=config.lora_scale,
+        )
+        generated = generate_bundle(asset.generator, request, context)
+        generated.bundle.save(io.local("bundle.png"))
+        io.publish("bundle.png")
+        io.publish("bundle.json")
+        if generated.match is not None:
+            io.local("match.json").write_text(json.dumps(generated.match, indent=1))
+            io.publish("match.json")
+        return generated.metrics
+
+    return _run(config, asset, "bundle", work)
+
+
+@task(name="init", **RETRIES)
+def init_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+    """Stage II start: the coarse mesh ``coarse.glb`` (sphere, library mesh or LRM)."""
+    from models.export import export_glb
+    from models.initialisers import InitContext, initial_mesh
+    from models.refine import sphere_init
+
+    asset = load_asset(config, asset_id)
+
+    def work(io: StageIO) -> dict:
+        bundle = _load_bundle(io, inputs)
+        context = InitContext(
+            library_path=Path(config.library_path),
+            lrm_path=split_params(asset.params)["lrm"].get("path", config.lrm_path),
+            lrm_variant=split_params(asset.params)["lrm"].get("variant", config.lrm_variant),
+            device=config.device,
+        )
+        mesh = initial_mesh(asset.init, bundle, context)
+        if mesh is None:
+            mesh = sphere_init()
+        export_glb(mesh, io.local("coarse.glb"))
+        io.publish("coarse.glb")
+        return {"init_faces": float(len(mesh.faces))}
+
+    return _run(config, asset, "init", work)
+
+
+@task(name="refine", **RETRIES)
+def refine_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+    """ISOMER-style refinement of the coarse mesh against the normal maps: ``refined.glb``."""
+    from models.export import export_glb
+    from models.refine import RefineParams, refine_mesh
+
+    asset = load_asset(config, asset_id)
+
+    def work(io: StageIO) -> dict:
+        bundle = _load_bundle(io, inputs)
+        coarse = _load_mesh(io, inputs["coarse.glb"])
+        params = RefineParams(**{"seed": asset.seed, **split_params(asset.params)["refine"]})
+
+        def report(step: int, total: int, losses: dict) -> None:
+            io.progress(step, total, ", ".join(f"{k} {v:.3g}" for k, v in losses.items()))
+
+        refined = refine_mesh(bundle, coarse, params, progress=report)
+        export_glb(refined, io.local("refined.glb"))
+        io.publish("refined.glb")
+        return {"refined_faces": float(len(refined.faces))}
+
+    return _run(config, asset, "refine", work)
+
+
+@task(name="texture", **RETRIES)
+def texture_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+    """Colour projection from the 4 views onto the refined mesh: ``textured.glb``."""
+    from models.export import export_glb
+    from models.texture import project_colours
+
+    asset = load_asset(config, asset_id)
+
+    def work(io: StageIO) -> dict:
+        bundle = _load_bundle(io, inputs)
+        refined = _load_mesh(io, inputs["refined.glb"])
+        textured = project_colours(bundle, refined, **split_params(asset.params)["texture"])
+        export_glb(textured, io.local("textured.glb"))
+        io.publish("textured.glb")
+        return {}
+
+    return _run(config, asset, "texture", work)
+
+
+@task(name="export", **RETRIES)
+def export_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+    """The deliverables: ``asset.glb`` and the ``preview.png`` sheet."""
+    from models.export import export_glb, preview_sheet
+
+    asset = load_asset(config, asset_id)
+
+    def work(io: StageIO) -> dict:
+        mesh = _load_mesh(io, inputs["textured.glb"])
+        export_glb(mesh, io.local("asset.glb"))
+        preview_sheet(mesh, io.local("preview.png"))
+        io.publish("asset.glb")
+        io.publish("preview.png")
+        return {}
+
+    return _run(config, asset, "export", work)
+
+
+@task(name="evaluate", **RETRIES)
+def evaluate_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+    """Metrics of the asset against its bundle (and its reference mesh when one exists)."""
+    from models.evaluation import evaluate_asset
+
+    asset = load_asset(config, asset_id)
+
+    def work(io: StageIO) -> dict:
+        bundle = _load_bundle(io, inputs)
+        mesh = _load_mesh(io, inputs["asset.glb"])
+        metrics = evaluate_asset(bundle, mesh, library_path=Path(config.library_path))
+        io.local("metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        io.publish("metrics.json")
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+    return _run(config, asset, "evaluate", work)
+
+
+@task(name="publish", **RETRIES)
+def publish_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+    """Index the asset for search once every artefact it claims is really in the store."""
+    from models.text_embedding import embed_texts
+    from storage.search import index_prompt
+    from tasks.resources import engine_for, store_for
+
+    asset = load_asset(config, asset_id)
+
+    def work(io: StageIO) -> dict:
+        store = store_for(config.store_url)
+        missing = [key for key in inputs.values() if not store.exists(key)]
+        if missing:
+            raise FileNotFoundError(f"artefacts missing from the store: {', '.join(missing)}")
+        text = asset.prompt or f"{asset.kind} asset {asset.id}"
+        embedding = embed_texts([text])[0]
+        from sqlalchemy.orm import Session
+
+        with Session(engine_for(config.database_url)) as session:
+            index_prompt(session, asset.id, text, list(asset.tags), embedding)
+            session.commit()
+        return {}
+
+    return _run(config, asset, "publish", work)
+
+
+def _read_image(io: StageIO, key: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.fetch(key, "reference" + Path(key).suffix)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _fetch_bundle_file(io: StageIO, key: str) -> Path:
+    png = io.fetch(key, "supplied_bundle.png")
+    sidecar = str(Path(key).with_suffix(".json"))
+    if io.store.exists(sidecar):
+        io.fetch(sidecar, "supplied_bundle.json")
+    return png

@@ -1,0 +1,34 @@
+"""Test-session set-up: isolated data and Prefect home, and the shared server fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="foundry3d-tests-"))
+# Set before anything imports Prefect or reads settings.
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
+os.environ.setdefault("FOUNDRY_DATA_DIR", str(_SESSION_TMP / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.s3",
+    "tests.fixtures.prefect",
+]
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The team's ``shared/`` folder beside the checkout (golden bundles, LRM key lists)."""
+    if not SHARED.exists():
+        pytest.fail(f"shared folder not found at {SHARED}")
+    return SHARED

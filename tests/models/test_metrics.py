@@ -1,0 +1,206 @@
+"""Metrics on cases whose answer is known: geometry, topology, images, re-renders."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import trimesh
+
+from models.metrics import (
+    chamfer_fscore,
+    mesh_health,
+    normal_consistency,
+    psnr,
+    sample_surface,
+    ssim,
+)
+
+SAMPLES = 4096
+
+
+def _sphere(radius: float) -> trimesh.Trimesh:
+    return trimesh.creation.icosphere(subdivisions=4, radius=radius)
+
+
+# --------------------------------------------------------------------------- Chamfer / F-score
+
+
+def test_mesh_against_itself_scores_chamfer_zero_and_fscore_one():
+    mesh = trimesh.creation.box(extents=(1.2, 0.6, 1.8))
+    m = chamfer_fscore(mesh, mesh, samples=SAMPLES)
+    assert m["chamfer"] == 0.0
+    assert m["fscore@0.05"] == 1.0
+    assert m["fscore@0.1"] == 1.0
+
+
+def test_samples_lie_on_the_surface_and_are_area_weighted():
+    mesh = _sphere(0.7)
+    points, normals = sample_surface(mesh, SAMPLES, seed=3)
+    assert np.allclose(np.linalg.norm(points, axis=1), 0.7, atol=2e-3)
+    # Outward face normals of a sphere point along the position.
+    assert np.all(np.einsum("ij,ij->i", normals, points / 0.7) > 0.99)
+    # Area weighting: the two halves of a box split 1:3 in area get samples 1:3.
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    pts, _ = sample_surface(box, SAMPLES, seed=0)
+    top = np.mean(np.isclose(pts[:, 1], 0.5))
+    assert top == pytest.approx(1 / 6, abs=0.02)
+
+
+def test_chamfer_of_concentric_spheres_is_the_radius_difference():
+    m = chamfer_fscore(_sphere(0.6), _sphere(0.8), samples=SAMPLES, seed=1)
+    assert m["chamfer"] == pytest.approx(0.2, rel=0.05)
+    # Every point is 0.2 away: nothing within either threshold.
+    assert m["fscore@0.05"] == 0.0
+    assert m["fscore@0.1"] == 0.0
+
+
+def test_fscore_counts_points_within_tau_of_a_translated_plane():
+    plane = trimesh.Trimesh(
+        vertices=[[-0.9, -0.9, 0], [0.9, -0.9, 0], [0.9, 0.9, 0], [-0.9, 0.9, 0]],
+        faces=[[0, 1, 2], [0, 2, 3]],
+    )
+    shifted = plane.copy()
+    shifted.apply_translation((0.0, 0.0, 0.07))
+    m = chamfer_fscore(plane, shifted, samples=SAMPLES)
+    # Shifted along its normal by 0.07: beyond tau 0.05, within tau 0.1.
+    assert m["fscore@0.05"] == 0.0
+    assert m["fscore@0.1"] == 1.0
+    assert m["chamfer"] == pytest.approx(0.07, rel=0.05)
+
+
+def test_fscore_of_a_translated_sphere_follows_the_analytic_share():
+    # A sphere moved by d lies within tau of the original where d*|cos(theta)| < tau, and
+    # |cos(theta)| is uniform on a sphere, so P = R = F = min(1, tau / d) (d << radius).
+    sphere = _sphere(0.8)
+    for d in (0.03, 0.08, 0.2):
+        moved = sphere.copy()
+        moved.apply_translation((d, 0.0, 0.0))
+        m = chamfer_fscore(sphere, moved)
+        for tau in (0.05, 0.1):
+            assert m[f"fscore@{tau:g}"] == pytest.approx(min(1.0, tau / d), abs=0.03)
+
+
+def test_precision_and_recall_follow_prediction_and_reference():
+    # Prediction = the top face of the reference box: precise but incomplete.
+    full = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    top = full.submesh([np.flatnonzero(full.face_normals[:, 1] > 0.5)], append=True)
+    m = chamfer_fscore(top, full)
+    # Sampled surfaces: a few points fall between the reference's samples.
+    assert m["precision@0.05"] > 0.99
+    assert m["recall@0.05"] < 0.3
+
+
+# --------------------------------------------------------------------------- normal consistency
+
+
+def test_normal_consistency_is_one_for_a_mesh_against_itself():
+    mesh = trimesh.creation.box(extents=(1.0, 0.5, 1.5))
+    assert normal_consistency(mesh, mesh, samples=SAMPLES) == pytest.approx(1.0)
+
+
+def test_normal_consistency_ignores_orientation_but_sees_wrong_shapes():
+    sphere = _sphere(0.8)
+    flipped = sphere.copy()
+    flipped.invert()
+    assert normal_consistency(sphere, flipped, samples=SAMPLES) == pytest.approx(1.0, abs=1e-3)
+    cube = trimesh.creation.box(extents=(1.6, 1.6, 1.6))
+    assert normal_consistency(sphere, cube, samples=SAMPLES) < 0.95
+
+
+# --------------------------------------------------------------------------- mesh health
+
+
+def test_cube_is_healthy():
+    h = mesh_health(trimesh.creation.box(extents=(1.0, 1.0, 1.0)))
+    assert h["faces"] == 12
+    assert h["vertices"] == 8
+    assert h["components"] == 1
+    assert h["watertight"] is True
+    assert h["non_manifold_edges"] == 0
+    assert h["boundary_edges"] == 0
+    assert h["degenerate_faces"] == 0
+    assert h["volume"] == pytest.approx(1.0)
+
+
+def test_seams_split_for_uvs_do_not_count_as_holes():
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    unmerged = trimesh.Trimesh(
+        vertices=cube.vertices[cube.faces].reshape(-1, 3),
+        faces=np.arange(36).reshape(-1, 3),
+        process=False,
+    )
+    h = mesh_health(unmerged)
+    assert h["vertices"] == 36
+    assert h["watertight"] is True
+    assert h["components"] == 1
+
+
+def test_broken_mesh_reports_its_defects():
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    faces = cube.faces[1:]  # a hole: one triangle missing
+    extra_v = np.array([[2.0, 2.0, 2.0], [3.0, 2.0, 2.0], [2.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
+    vertices = np.vstack([cube.vertices, extra_v])
+    e0, e1 = cube.faces[1][0], cube.faces[1][1]
+    faces = np.vstack(
+        [
+            faces,
+            [[8, 9, 10]],  # a second, separate component
+            [[e0, e1, 11]],  # a third face on an existing edge: non-manifold
+            [[8, 8, 9]],  # a degenerate (collapsed) face
+        ]
+    )
+    h = mesh_health(trimesh.Trimesh(vertices=vertices, faces=faces, process=False))
+    assert h["watertight"] is False
+    assert h["components"] == 2
+    assert h["non_manifold_edges"] == 1
+    assert h["boundary_edges"] > 0
+    assert h["degenerate_faces"] == 1
+
+
+def test_empty_mesh_has_no_components_and_is_not_watertight():
+    h = mesh_health(trimesh.Trimesh())
+    assert h["faces"] == 0 and h["components"] == 0 and h["watertight"] is False
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_psnr_of_a_known_error():
+    a = np.zeros((16, 16, 3))
+    b = np.full((16, 16, 3), 0.1)
+    assert psnr(a, b) == pytest.approx(20.0)
+    assert psnr(a, a) == math.inf
+
+
+def test_psnr_with_mask_counts_only_masked_pixels():
+    a = np.zeros((16, 16, 3))
+    b = a.copy()
+    b[:8] = 1.0
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[8:] = True
+    assert psnr(a, b, mask) == math.inf
+    assert psnr(a, b) == pytest.approx(10 * math.log10(2))
+
+
+def test_ssim_is_one_for_identical_images():
+    rng = np.random.default_rng(0)
+    img = rng.random((32, 32, 3))
+    assert ssim(img, img) == pytest.approx(1.0)
+
+
+def test_ssim_of_two_flat_images_is_the_luminance_term():
+    a = np.full((24, 24, 3), 0.2)
+    b = np.full((24, 24, 3), 0.6)
+    c1 = 0.01**2
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
+    assert ssim(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ssim_falls_with_noise():
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.random((1, 32, 32, 1)) * 0.5 + 0.25, 0, 1)
+    noisy = [np.clip(img + rng.normal(0, s, img.shape), 0, 1) for s in (0.02, 0.1, 0.3)]
+    scores = [ssim(img, n) for n in noisy]
+    assert 1.0 > scores[0] > scores[1] > scores[2]

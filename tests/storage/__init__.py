@@ -1,0 +1,1 @@
+"""Tests of storage/: application database, object store, manifests, search."""

@@ -1,0 +1,400 @@
+"""Query functions of the application database, on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from storage import queries as q
+from storage.db import make_engine, session_scope
+from storage.schema import Asset
+
+
+def _request(asset_id: str = "a" * 64, **overrides) -> dict:
+    values = dict(
+        asset_id=asset_id,
+        kind="prompt",
+        prompt="a red chair",
+        seed=7,
+        variant=0,
+        generator="library",
+        init="library",
+        params={"tile": 64},
+        tags=["furniture"],
+    )
+    values.update(overrides)
+    return values
+
+
+def _add(engine: sa.Engine, asset_id: str = "a" * 64, **overrides) -> str:
+    with session_scope(engine) as session:
+        q.upsert_asset(session, **_request(asset_id, **overrides))
+    return asset_id
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+def test_upsert_asset_creates_a_pending_request_once(db_engine):
+    with session_scope(db_engine) as session:
+        asset, created = q.upsert_asset(session, **_request())
+        assert created
+        assert (asset.state, asset.attempts, asset.params, asset.tags) == (
+            "pending",
+            0,
+            {"tile": 64},
+            ["furniture"],
+        )
+    with session_scope(db_engine) as session:
+        again, created_again = q.upsert_asset(session, **_request(prompt="something else"))
+        assert not created_again
+        assert again.prompt == "a red chair"
+        assert session.scalar(sa.select(sa.func.count()).select_from(Asset)) == 1
+
+
+def test_upsert_asset_leaves_a_running_asset_untouched(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        assert q.claim_asset(session, asset_id, "worker-1", 60)
+    with session_scope(db_engine) as session:
+        asset, created = q.upsert_asset(session, **_request(asset_id))
+        assert not created
+        assert (asset.state, asset.lease_owner) == ("running", "worker-1")
+
+
+def test_concurrent_upserts_create_the_asset_exactly_once(db_url):
+    engines = [make_engine(db_url) for _ in range(4)]
+    barrier = threading.Barrier(len(engines))
+    created: list[bool] = []
+
+    def upsert(engine: sa.Engine) -> None:
+        barrier.wait()
+        with session_scope(engine) as session:
+            created.append(q.upsert_asset(session, **_request())[1])
+
+    threads = [threading.Thread(target=upsert, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for engine in engines:
+        engine.dispose()
+    assert sorted(created) == [False, False, False, True]
+
+
+def test_timestamps_read_back_timezone_aware_utc(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        asset = session.get(Asset, asset_id)
+        assert asset.created_at.tzinfo is not None
+        assert asset.created_at.utcoffset() == timedelta(0)
+        assert abs(datetime.now(UTC) - asset.created_at) < timedelta(minutes=1)
+
+
+def test_resolve_asset_id_accepts_a_unique_prefix(db_engine):
+    _add(db_engine, "abc1" + "0" * 60)
+    _add(db_engine, "abc2" + "0" * 60)
+    with session_scope(db_engine) as session:
+        assert q.resolve_asset_id(session, "abc1") == "abc1" + "0" * 60
+        with pytest.raises(q.AmbiguousAssetId):
+            q.resolve_asset_id(session, "abc")
+        with pytest.raises(q.UnknownAsset):
+            q.resolve_asset_id(session, "ffff")
+        with pytest.raises(q.UnknownAsset):
+            q.resolve_asset_id(session, "ab_%")  # wildcards are taken literally
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+def test_batches_record_accepted_and_rejected_rows_and_share_assets(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        first = q.create_batch(session, "m1.yaml", "f" * 64)
+        second = q.create_batch(session, "m2.yaml")
+        q.add_batch_item(session, first.id, 3, "chair", asset_id, "accepted", raw="{}")
+        q.add_batch_item(session, first.id, 4, None, None, "rejected", reason="negative seed")
+        q.add_batch_item(session, second.id, 1, "chair", asset_id, "accepted")
+        q.finish_batch(session, first.id, {"produced": 1, "rejected": 1})
+        ids = (first.id, second.id)
+    with session_scope(db_engine) as session:
+        first = session.get(q.Batch, ids[0])
+        assert first.status == "finished" and first.finished_at is not None
+        assert first.summary == {"produced": 1, "rejected": 1}
+        assert [(i.line, i.status, i.reason) for i in first.items] == [
+            (3, "accepted", None),
+            (4, "rejected", "negative seed"),
+        ]
+        assert [a.id for a in q.list_assets(session, batch_id=ids[1])] == [asset_id]
+        assert q.get_asset_detail(session, asset_id).batch_ids == sorted(ids)
+
+
+def test_a_rejected_batch_item_needs_a_reason(db_engine):
+    with session_scope(db_engine) as session:
+        batch = q.create_batch(session, "m.yaml")
+        with pytest.raises(ValueError, match="reason"):
+            q.add_batch_item(session, batch.id, 1, None, None, "rejected")
+
+
+# --- claims -------------------------------------------------------------------------------------
+
+
+def test_claim_takes_a_pending_asset_and_counts_an_attempt(db_engine):
+    asset_id = _add(db_engine)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    with session_scope(db_engine) as session:
+        assert q.claim_asset(session, asset_id, "worker-1", 60, now=now)
+    with session_scope(db_engine) as session:
+        asset = session.get(Asset, asset_id)
+        assert (asset.state, asset.lease_owner, asset.attempts) == ("running", "worker-1", 1)
+        assert asset.lease_expires_at == now + timedelta(seconds=60)
+
+
+def test_claim_fails_while_the_lease_is_live_and_succeeds_once_it_expired(db_engine):
+    asset_id = _add(db_engine)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    with session_scope(db_engine) as session:
+        assert q.claim_asset(session, asset_id, "worker-1", 60, now=now)
+    with session_scope(db_engine) as session:
+        assert not q.claim_asset(session, asset_id, "worker-2", 60, now=now + timedelta(seconds=59))
+    with session_scope(db_engine) as session:
+        assert q.claim_asset(session, asset_id, "worker-2", 60, now=now + timedelta(seconds=61))
+        asset = session.get(Asset, asset_id)
+        assert (asset.lease_owner, asset.attempts) == ("worker-2", 2)
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed"])
+def test_claim_refuses_finished_assets(db_engine, state):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "w", 60)
+        q.release_asset(session, asset_id, "w", state)
+    with session_scope(db_engine) as session:
+        assert not q.claim_asset(session, asset_id, "w2", 60)
+
+
+def test_claim_of_an_unknown_asset_fails(db_engine):
+    with session_scope(db_engine) as session:
+        assert not q.claim_asset(session, "nope", "w", 60)
+
+
+def test_concurrent_claimers_exactly_one_wins(db_url):
+    """Separate engines (connections) race on the same pending asset, several rounds."""
+    claimers = 6
+    engines = [make_engine(db_url) for _ in range(claimers)]
+    asset_ids = [_add(engines[0], f"{i:064x}") for i in range(4)]
+    for asset_id in asset_ids:
+        barrier = threading.Barrier(claimers)
+        winners: list[str] = []
+        errors: list[BaseException] = []
+
+        def claim(engine: sa.Engine, owner: str, asset_id: str = asset_id) -> None:
+            try:
+                barrier.wait()
+                with session_scope(engine) as session:
+                    if q.claim_asset(session, asset_id, owner, 300):
+                        winners.append(owner)
+            except BaseException as exc:  # surfaced below, with the thread's error
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=claim, args=(engine, f"worker-{i}"))
+            for i, engine in enumerate(engines)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(winners) == 1
+        with session_scope(engines[0]) as session:
+            asset = session.get(Asset, asset_id)
+            assert (asset.lease_owner, asset.attempts) == (winners[0], 1)
+    for engine in engines:
+        engine.dispose()
+
+
+def test_only_the_owner_can_renew_or_release(db_engine):
+    asset_id = _add(db_engine)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "worker-1", 60, now=now)
+    with session_scope(db_engine) as session:
+        assert not q.renew_lease(session, asset_id, "intruder", 600, now=now)
+        assert not q.release_asset(session, asset_id, "intruder", "succeeded")
+        assert q.renew_lease(session, asset_id, "worker-1", 600, now=now)
+    with session_scope(db_engine) as session:
+        assert session.get(Asset, asset_id).lease_expires_at == now + timedelta(seconds=600)
+        assert q.release_asset(session, asset_id, "worker-1", "failed", "OOM", "out of memory")
+    with session_scope(db_engine) as session:
+        asset = session.get(Asset, asset_id)
+        assert (asset.state, asset.lease_owner, asset.last_error_class) == ("failed", None, "OOM")
+        assert asset.finished_at is not None
+
+
+def test_a_worker_whose_lease_was_taken_over_cannot_release(db_engine):
+    asset_id = _add(db_engine)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "slow", 10, now=now)
+        q.claim_asset(session, asset_id, "fast", 10, now=now + timedelta(seconds=11))
+    with session_scope(db_engine) as session:
+        assert not q.release_asset(session, asset_id, "slow", "failed")
+        assert session.get(Asset, asset_id).lease_owner == "fast"
+
+
+def test_reset_for_retry_makes_a_failed_asset_claimable_again(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "w", 60)
+        q.release_asset(session, asset_id, "w", "failed", "BadInput", "no")
+    with session_scope(db_engine) as session:
+        assert q.reset_for_retry(session, asset_id)
+        assert not q.reset_for_retry(session, asset_id)  # already pending
+    with session_scope(db_engine) as session:
+        asset = session.get(Asset, asset_id)
+        assert (asset.state, asset.seed, asset.last_error_class) == ("pending", 7, None)
+        assert q.claim_asset(session, asset_id, "w2", 60)
+
+
+def test_reset_for_retry_with_a_new_seed_records_the_old_one(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "w", 60)
+        q.release_asset(session, asset_id, "w", "failed")
+        q.reset_for_retry(session, asset_id, new_seed=99)
+    with session_scope(db_engine) as session:
+        asset = session.get(Asset, asset_id)
+        assert asset.seed == 99
+        assert asset.params == {"tile": 64, "previous_seeds": [7]}
+
+
+# --- stage records ------------------------------------------------------------------------------
+
+
+def test_stage_attempts_count_up_per_stage(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        first = q.record_stage_start(session, asset_id, "bundle", "h1", host="box", device="cpu")
+        q.record_stage_failure(session, first.id, "OutOfMemory", "CUDA OOM")
+        second = q.record_stage_start(session, asset_id, "bundle", "h1")
+        other = q.record_stage_start(session, asset_id, "init", "h2")
+        assert (first.attempt, second.attempt, other.attempt) == (1, 2, 1)
+        assert session.get(Asset, asset_id).current_stage == "init"
+
+
+def test_stage_success_records_outputs_duration_and_memory(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        run = q.record_stage_start(session, asset_id, "bundle", "h1", flow_run_id="fr-1")
+        q.record_stage_success(session, run.id, {"bundle.png": "assets/x/bundle.png"}, 512.5)
+    with session_scope(db_engine) as session:
+        (run,) = q.stage_runs(session, asset_id)
+        assert (run.status, run.peak_memory_mb, run.flow_run_id) == ("succeeded", 512.5, "fr-1")
+        assert run.finished_at >= run.started_at and run.duration_s >= 0
+        assert session.get(Asset, asset_id).output_keys == {"bundle.png": "assets/x/bundle.png"}
+
+
+def test_stage_failure_is_copied_to_the_asset(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        run = q.record_stage_start(session, asset_id, "refine", "h")
+        q.record_stage_failure(session, run.id, "ValueError", "bad normals")
+    with session_scope(db_engine) as session:
+        asset = session.get(Asset, asset_id)
+        assert (asset.last_error_class, asset.last_error_message) == ("ValueError", "bad normals")
+        assert q.stage_runs(session, asset_id)[0].status == "failed"
+
+
+def test_completed_stage_matches_only_succeeded_runs_with_the_same_params(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        assert q.completed_stage(session, asset_id, "bundle", "h1") is None
+        failed = q.record_stage_start(session, asset_id, "bundle", "h1")
+        q.record_stage_failure(session, failed.id, "E", "x")
+        assert q.completed_stage(session, asset_id, "bundle", "h1") is None
+        done = q.record_stage_start(session, asset_id, "bundle", "h1")
+        q.record_stage_success(session, done.id, {"bundle.png": "k"})
+        q.record_stage_skipped(session, asset_id, "bundle", "h1")
+        assert q.completed_stage(session, asset_id, "bundle", "h1").id == done.id
+        assert q.completed_stage(session, asset_id, "bundle", "h2") is None
+        assert q.completed_stage(session, asset_id, "init", "h1") is None
+
+
+# --- metrics, listings, reports -----------------------------------------------------------------
+
+
+def test_set_metrics_inserts_and_overwrites_by_name(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        q.set_metrics(session, asset_id, {"mask_iou": 0.5, "faces": 100})
+        q.set_metrics(session, asset_id, {"mask_iou": 0.75})
+    with session_scope(db_engine) as session:
+        assert q.get_metrics(session, asset_id) == {"faces": 100.0, "mask_iou": 0.75}
+
+
+def test_list_assets_filters_by_state_stage_error_and_age(db_engine):
+    ok, bad, new = (_add(db_engine, f"{i:064x}") for i in range(3))
+    with session_scope(db_engine) as session:
+        for asset_id in (ok, bad):
+            q.claim_asset(session, asset_id, "w", 60)
+        run = q.record_stage_start(session, bad, "refine", "h")
+        q.record_stage_failure(session, run.id, "OutOfMemory", "oom")
+        q.release_asset(session, bad, "w", "failed", "OutOfMemory", "oom")
+        q.release_asset(session, ok, "w", "succeeded")
+    with session_scope(db_engine) as session:
+        assert [a.id for a in q.list_assets(session, state="failed")] == [bad]
+        assert [a.id for a in q.list_assets(session, stage="refine")] == [bad]
+        assert [a.id for a in q.list_assets(session, error_class="OutOfMemory")] == [bad]
+        assert q.list_assets(session, error_class="Other") == []
+        assert {a.id for a in q.list_assets(session)} == {ok, bad, new}
+        assert len(q.list_assets(session, limit=2)) == 2
+        assert q.list_assets(session, older_than=timedelta(hours=1)) == []
+        future = datetime.now(UTC) + timedelta(hours=1)
+        assert len(q.list_assets(session, older_than=future)) == 3
+        with pytest.raises(ValueError, match="unknown asset state"):
+            q.list_assets(session, state="done")
+
+
+def test_counts_by_state_and_by_latest_stage_attempt(db_engine):
+    first, second = _add(db_engine, "1" * 64), _add(db_engine, "2" * 64)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, first, "w", 60)
+        retried = q.record_stage_start(session, first, "bundle", "h")
+        q.record_stage_failure(session, retried.id, "E", "x")
+        q.record_stage_success(session, q.record_stage_start(session, first, "bundle", "h").id, {})
+        q.record_stage_start(session, second, "bundle", "h")
+    with session_scope(db_engine) as session:
+        assert q.counts_by_state(session) == {
+            "pending": 1,
+            "running": 1,
+            "succeeded": 0,
+            "failed": 0,
+        }
+        assert q.counts_by_stage(session) == {"bundle": {"succeeded": 1, "running": 1}}
+
+
+def test_asset_detail_gathers_runs_and_metrics(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        run = q.record_stage_start(session, asset_id, "bundle", "h")
+        q.record_stage_success(session, run.id, {"bundle.png": "k"})
+        q.set_metrics(session, asset_id, {"psnr": 30.0})
+    with session_scope(db_engine) as session:
+        detail = q.get_asset_detail(session, asset_id)
+        assert detail.asset.id == asset_id
+        assert [(r.stage, r.status) for r in detail.stage_runs] == [("bundle", "succeeded")]
+        assert detail.metrics == {"psnr": 30.0}
+        assert q.get_asset_detail(session, "missing") is None
+
+
+def test_query_functions_never_commit(db_engine):
+    with session_scope(db_engine) as session:
+        q.upsert_asset(session, **_request())
+        q.create_batch(session, "m.yaml")
+        session.rollback()
+    with session_scope(db_engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Asset)) == 0
