@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from logging.config import fileConfig
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from alembic import context
@@ -38,7 +39,9 @@ def database_url() -> str:
     return normalise_url(url).render_as_string(hide_password=False)
 
 
-def include_object(obj, name, type_, reflected, compare_to) -> bool:  # noqa: ANN001
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
     """Leave the dialect-specific search objects (created by migrations only) to the migrations.
 
     FTS5 creates shadow tables named ``prompt_fts_*``; the PostgreSQL full-text index, the pgvector
@@ -49,7 +52,7 @@ def include_object(obj, name, type_, reflected, compare_to) -> bool:  # noqa: AN
     return name not in UNMANAGED_NAMES
 
 
-def render_item(type_: str, obj: object, autogen_context) -> str | bool:  # noqa: ANN001
+def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
     """Render UTCDateTime as a plain timestamptz so migrations do not import live types."""
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
@@ -91,7 +94,7 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
-def _run_with(connection) -> None:  # noqa: ANN001
+def _run_with(connection: Connection) -> None:
     # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
     _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
     with context.begin_transaction():

@@ -22,12 +22,17 @@ from models.raster import get_rasteriser
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--res", type=int, default=256, help="pixels per side")
-    parser.add_argument("--subdiv", type=int, default=5, help="icosphere subdivisions (5: 20k faces)")
+    parser.add_argument(
+        "--subdiv", type=int, default=5, help="icosphere subdivisions (5: 20k faces)"
+    )
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--backend", default="cpu", help="rasteriser name (cpu, nvdiffrast, auto)")
     parser.add_argument("--coverage", default="numba", help="cpu coverage: numba or egl")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     mesh = trimesh.creation.icosphere(subdivisions=args.subdiv, radius=0.8)
     # a bumpy sphere so that silhouettes and interior folds are not trivial
@@ -38,16 +43,20 @@ def main() -> None:
     device = torch.device("cuda" if rast.name == "nvdiffrast" else "cpu")
     cams = BundleCameras.from_spec(BundleSpec(tile=args.res))
     mvp = torch.tensor(cams.mvp[: args.views], dtype=torch.float32, device=device)
-    faces = torch.tensor(mesh.faces, dtype=torch.int32 if device.type == "cuda" else torch.int64,
-                         device=device)
+    faces = torch.tensor(
+        mesh.faces, dtype=torch.int32 if device.type == "cuda" else torch.int64, device=device
+    )
     v = torch.tensor(verts, dtype=torch.float32, device=device, requires_grad=True)
     normals = torch.tensor(mesh.vertex_normals, dtype=torch.float32, device=device)
-    print(f"backend {rast.name} ({args.coverage if rast.name == 'cpu' else ''}), "
-          f"{len(mesh.faces)} faces, {args.views} views x {args.res}^2, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"backend {rast.name} ({args.coverage if rast.name == 'cpu' else ''}), "
+        f"{len(mesh.faces)} faces, {args.views} views x {args.res}^2, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
-    times: dict[str, list[float]] = {k: [] for k in ("rasterise", "interpolate", "antialias",
-                                                     "backward", "total")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("rasterise", "interpolate", "antialias", "backward", "total")
+    }
     for it in range(args.repeats + 2):
         t0 = time.perf_counter()
         vh = torch.cat([v, torch.ones_like(v[:, :1])], 1)

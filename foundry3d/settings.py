@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     def resolved_store_url(self) -> str:
         if self.store_url:
             return self.store_url
-        return f"file://{(self.data_dir / 'objects').resolve()}"
+        return (self.data_dir / "objects").resolve().as_uri()
 
     @property
     def resolved_library_path(self) -> Path:

@@ -77,10 +77,8 @@ class DescriptorConfig:
     def version(self) -> str:
         """Names the layout, so stored descriptors can be checked against the current code."""
         lb = "x".join(str(b) for b in self.lab_bins)
-        w = ",".join(
-            f"{x:g}"
-            for x in (self.weight_layout, self.weight_radial, self.weight_moments, self.weight_colour)
-        )
+        weights = (self.weight_layout, self.weight_radial, self.weight_moments, self.weight_colour)
+        w = ",".join(f"{x:g}" for x in weights)
         return (
             f"shape-lab-v1:g{self.grid}@{self.grid_extent:g}:r{self.radial_bins}"
             f"@{self.radial_extent:g}:lab{lb}:w{w}"

@@ -130,7 +130,7 @@ def load_glb(path: str | Path) -> trimesh.Trimesh:
     for name, geom in list(scene.geometry.items()):
         linear = _loaded_colour_0(geom)
         if linear is not None:
-            srgb = _linear_rgba_to_srgb_u8(linear.astype(np.float64) / 255.0)
+            srgb = _linear_rgba_to_srgb_u8(linear)
             scene.geometry[name] = _with_srgb_colours(geom, srgb)
     if len(scene.geometry) == 1:
         return _only_geometry(scene)
@@ -138,13 +138,20 @@ def load_glb(path: str | Path) -> trimesh.Trimesh:
 
 
 def _loaded_colour_0(geom: trimesh.Trimesh) -> np.ndarray | None:
-    """trimesh's verbatim uint8 copy of a primitive's ``COLOR_0``, or None."""
+    """The linear RGBA ``(V, 4)`` float64 in [0, 1] of trimesh's verbatim copy of a
+    primitive's ``COLOR_0`` (integers or floats, as the file stored them), or None."""
     visual = geom.visual
     if isinstance(visual, trimesh.visual.TextureVisuals):
-        return visual.vertex_attributes.get("color")
-    if visual.kind == "vertex":
-        return visual.vertex_colors
-    return None
+        if "color" not in visual.vertex_attributes:
+            return None
+        raw = np.asarray(visual.vertex_attributes["color"])
+    elif visual.kind == "vertex":
+        raw = np.asarray(visual.vertex_colors)
+    else:
+        return None
+    if np.issubdtype(raw.dtype, np.integer):
+        return raw.astype(np.float64) / np.iinfo(raw.dtype).max
+    return raw.astype(np.float64)
 
 
 def _with_srgb_colours(mesh: trimesh.Trimesh, srgb: np.ndarray) -> trimesh.Trimesh:

@@ -114,7 +114,7 @@ class LibraryBuildReport:
     rendered: int
     """Meshes rendered and described by this build (the rest were unchanged or not rendered)."""
     unchanged: int
-    """Entries whose caption embedding and view descriptors were both reused."""
+    """Entries this build neither embedded nor rendered (everything reused)."""
     seconds: float
     """Wall time of the build."""
 
@@ -468,6 +468,7 @@ def build_library_index(
     descriptors = np.zeros((n, NUM_VIEWS, DEFAULT_CONFIG.length), dtype=np.float32)
     has_views = np.zeros(n, dtype=bool)
     rendered = unchanged = 0
+    embedded = set(to_embed)
     for i, (entry, key) in enumerate(zip(entries, keys, strict=True)):
         j = old_rows.get(entry.id)
         reusable = (
@@ -489,7 +490,7 @@ def build_library_index(
             action = "rendered"
         else:
             action = "not-rendered"
-        if action == "unchanged" and i not in to_embed:
+        if action != "rendered" and i not in embedded:
             unchanged += 1
         if progress is not None:
             progress(i + 1, n, entry.id, action)
@@ -598,8 +599,6 @@ def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Gene
     :class:`models.generators.GeneratorInputError` for requests it cannot serve.
     """
     from models.generators import Generated, GeneratorInputError
-    from models.mesh import load_mesh
-    from models.render import render_bundle
 
     try:
         match, how = retrieve(
@@ -615,6 +614,9 @@ def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Gene
         raise GeneratorInputError(
             f"library entry {entry.id!r}: mesh file not found: {match.mesh_path}"
         )
+    from models.mesh import load_mesh
+    from models.render import render_bundle
+
     bundle = render_bundle(load_mesh(match.mesh_path), tile=request.tile, up=entry.up)
     extra = dict(bundle.spec.extra)
     extra.update(

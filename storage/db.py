@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import sys
 import threading
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long an SQLite connection waits for another writer before failing."""
@@ -44,7 +49,7 @@ def _sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _on_sqlite_connect(dbapi_connection, _record) -> None:  # noqa: ANN001 (DBAPI objects)
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         # WAL lets readers (status, search) run while a worker writes.
@@ -119,11 +124,12 @@ def alembic_dir() -> Path:
     return path
 
 
-def alembic_config(url: str | URL | None = None):  # noqa: ANN201 (alembic imported lazily)
+def alembic_config(url: str | URL | None = None) -> Config:
     """An Alembic ``Config`` for the migrations; ``url`` (if given) overrides the settings."""
     from alembic.config import Config
 
-    config = Config()
+    # Alembic's default stdout is bound when alembic is first imported; pass the current one.
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(alembic_dir()))
     if url is not None:
         rendered = normalise_url(url).render_as_string(hide_password=False)

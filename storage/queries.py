@@ -37,7 +37,7 @@ class AmbiguousAssetId(LookupError):
     """An id prefix matches more than one asset."""
 
 
-def dialect_insert(session: Session, table: sa.Table):  # noqa: ANN202 (dialect-specific Insert)
+def dialect_insert(session: Session, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """A dialect ``INSERT`` construct that supports ``ON CONFLICT`` (SQLite and PostgreSQL)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -101,7 +101,8 @@ def upsert_asset(
         .values(**values)
         .on_conflict_do_nothing(index_elements=["id"])
     )
-    created = session.execute(statement).rowcount == 1
+    # RETURNING rather than rowcount: the driver may not report rowcount for ON CONFLICT.
+    created = session.execute(statement.returning(Asset.id)).first() is not None
     asset = session.get(Asset, asset_id, populate_existing=True)
     assert asset is not None  # inserted above or already present
     return asset, created
@@ -246,7 +247,7 @@ def claim_asset(
         )
         .execution_options(synchronize_session=False)
     )
-    won = session.execute(statement).rowcount == 1
+    won = session.execute(statement.returning(Asset.id)).first() is not None
     if won:
         _refresh(session, asset_id)
     return won
@@ -267,7 +268,7 @@ def renew_lease(
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    renewed = session.execute(statement).rowcount == 1
+    renewed = session.execute(statement.returning(Asset.id)).first() is not None
     if renewed:
         _refresh(session, asset_id)
     return renewed
@@ -304,7 +305,7 @@ def release_asset(
         )
         .execution_options(synchronize_session=False)
     )
-    released = session.execute(statement).rowcount == 1
+    released = session.execute(statement.returning(Asset.id)).first() is not None
     if released:
         _refresh(session, asset_id)
     return released

@@ -1,3 +1,219 @@
-"""CLI commands: db."""
+"""CLI commands of the application database: `db upgrade`, `db current`, `status`, `show`."""
 
-from foundry3d.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from foundry3d.cli.app import UserError, app, console
+
+db_app = typer.Typer(help="The application database (schema migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _database_url() -> str:
+    from foundry3d.settings import get_settings
+
+    return get_settings().resolved_database_url
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@contextlib.contextmanager
+def _session() -> Iterator:
+    """A read session on the settings' database, migrated (SQLite) or checked (server)."""
+    from storage.db import DatabaseNotMigrated, ensure_database, session_scope
+
+    try:
+        engine = ensure_database(_database_url())
+    except DatabaseNotMigrated as exc:
+        raise UserError(str(exc)) from exc
+    with session_scope(engine) as session:
+        yield session
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.2f}{unit}"
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Migrate the application database (FOUNDRY_DATABASE_URL) to the latest schema."""
+    from storage.db import upgrade_database
+
+    url = _database_url()
+    try:
+        reached = upgrade_database(url, revision)
+    except Exception as exc:  # one line: unreachable server, bad URL...
+        raise UserError(f"could not upgrade {_shown_url(url)}: {exc}") from exc
+    console.print(f"database {_shown_url(url)} is at revision [bold]{reached}[/]")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision of the application database and the latest one."""
+    from storage.db import current_revision, get_engine, head_revision
+
+    url = _database_url()
+    current = current_revision(get_engine(url))
+    head = head_revision()
+    note = "up to date" if current == head else "run `foundry3d db upgrade`"
+    console.print(
+        f"database {_shown_url(url)}: revision {current or 'none'} (latest {head}; {note})"
+    )
+
+
+@app.command("status")
+def status(
+    failures: Annotated[int, typer.Option(help="How many recent failures to list.")] = 10,
+) -> None:
+    """Counts of assets per state and per stage, and the latest failures."""
+    from storage import queries
+
+    with _session() as session:
+        by_state = queries.counts_by_state(session)
+        by_stage = queries.counts_by_stage(session)
+        failed = queries.list_assets(session, state="failed")[-failures:] if failures else []
+
+    states = Table(title="Assets by state")
+    states.add_column("state")
+    states.add_column("assets", justify="right")
+    for state, count in by_state.items():
+        states.add_row(state, str(count))
+    states.add_row("[bold]total[/]", f"[bold]{sum(by_state.values())}[/]")
+    console.print(states)
+
+    statuses = ("succeeded", "failed", "running", "skipped")
+    stages = Table(title="Stages (latest attempt per asset)")
+    stages.add_column("stage")
+    for name in statuses:
+        stages.add_column(name, justify="right")
+    for stage, counts in by_stage.items():
+        stages.add_row(stage, *(str(counts.get(name, 0)) for name in statuses))
+    if not by_stage:
+        stages.add_row("(no stage has run yet)", *("" for _ in statuses))
+    console.print(stages)
+
+    if failed:
+        table = Table(title="Latest failures")
+        for column in ("asset", "stage", "error", "message", "updated"):
+            table.add_column(column, overflow="fold")
+        for asset in failed:
+            table.add_row(
+                asset.id[:12],
+                asset.current_stage or "-",
+                asset.last_error_class or "-",
+                (asset.last_error_message or "")[:80],
+                _when(asset.updated_at),
+            )
+        console.print(table)
+
+
+@app.command("show")
+def show(
+    asset_id: Annotated[str, typer.Argument(help="Asset id, or a unique prefix of it.")],
+) -> None:
+    """Everything recorded about one asset: request, stages, errors, metrics, object keys."""
+    from storage import queries
+
+    with _session() as session:
+        try:
+            full_id = queries.resolve_asset_id(session, asset_id)
+        except LookupError as exc:
+            raise UserError(str(exc)) from exc
+        detail = queries.get_asset_detail(session, full_id)
+    assert detail is not None
+    asset = detail.asset
+
+    about = Table(title=f"Asset {asset.id}", show_header=False)
+    about.add_column("field", style="bold")
+    about.add_column("value", overflow="fold")  # ids and paths wrap, never an ellipsis
+    request = asset.prompt if asset.kind == "prompt" else asset.image_ref or asset.bundle_ref
+    rows = [
+        ("kind", asset.kind),
+        ("request", request or "-"),
+        ("seed / variant", f"{asset.seed} / {asset.variant}"),
+        ("generator / init", f"{asset.generator} / {asset.init}"),
+        ("tags", ", ".join(asset.tags) or "-"),
+        ("state", asset.state),
+        ("current stage", asset.current_stage or "-"),
+        ("attempts", str(asset.attempts)),
+        (
+            "lease",
+            f"{asset.lease_owner} until {_when(asset.lease_expires_at)}"
+            if asset.lease_owner
+            else "-",
+        ),  # fmt: skip
+        (
+            "last error",
+            f"{asset.last_error_class}: {asset.last_error_message}"
+            if asset.last_error_class
+            else "-",
+        ),  # fmt: skip
+        ("created / updated", f"{_when(asset.created_at)} / {_when(asset.updated_at)}"),
+        ("finished", _when(asset.finished_at)),
+        ("batches", ", ".join(detail.batch_ids) or "-"),
+    ]
+    for name, value in rows:
+        about.add_row(name, value)
+    console.print(about)
+
+    runs = Table(title="Stage runs (times in UTC)")
+    for column in ("stage", "#", "status", "started", "duration"):
+        runs.add_column(column, no_wrap=True)
+    runs.add_column("host / device", overflow="fold")
+    runs.add_column("peak MB", justify="right", no_wrap=True)
+    for run in detail.stage_runs:
+        runs.add_row(
+            run.stage,
+            str(run.attempt),
+            run.status,
+            _when(run.started_at),
+            _num(run.duration_s, " s"),
+            f"{run.host or '-'} / {run.device or '-'}",
+            _num(run.peak_memory_mb),
+        )
+    if not detail.stage_runs:
+        runs.add_row("(none yet)", *("" for _ in range(6)))
+    console.print(runs)
+
+    failed_runs = [run for run in detail.stage_runs if run.error_class]
+    if failed_runs:
+        errors = Table(title="Errors")
+        errors.add_column("stage", no_wrap=True)
+        errors.add_column("#")
+        errors.add_column("error", overflow="fold")
+        for run in failed_runs:
+            errors.add_row(run.stage, str(run.attempt), f"{run.error_class}: {run.error_message}")
+        console.print(errors)
+
+    if detail.metrics:
+        metrics = Table(title="Metrics")
+        metrics.add_column("name")
+        metrics.add_column("value", justify="right")
+        for name, value in detail.metrics.items():
+            metrics.add_row(name, f"{value:.6g}")
+        console.print(metrics)
+
+    if asset.output_keys:
+        keys = Table(title="Objects")
+        keys.add_column("artefact")
+        keys.add_column("key", overflow="fold")
+        for name, key in sorted(asset.output_keys.items()):
+            keys.add_row(name, str(key))
+        console.print(keys)

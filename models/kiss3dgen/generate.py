@@ -337,3 +337,69 @@ def generate_bundles(
 def generate_bundle(caption: str, seed: int, params: Kiss3DGenParams) -> GeneratedBundle:
     """One caption, one seed: :func:`generate_bundles` for a single item."""
     return generate_bundles([caption], [seed], replace(params, batch_size=1))[0]
+
+
+def params_for_request(request, context) -> Kiss3DGenParams:
+    """:class:`Kiss3DGenParams` for a :class:`models.generators.GenerationRequest`.
+
+    Precedence: the manifest's ``request.params`` over the context (settings: flux/LoRA paths,
+    LoRA scale, device) over the dataclass defaults. The size defaults to the request's tile
+    (``height = 2 tile``, ``width = 4 tile``). Bad values raise
+    :class:`models.generators.GeneratorInputError` (permanent) naming them.
+    """
+    from models.generators import GeneratorInputError
+    from models.kiss3dgen.params import Kiss3DGenParamsError
+
+    defaults = {
+        "flux_path": context.flux_path,
+        "lora_path": context.lora_path,
+        "lora_scale": context.lora_scale,
+        "device": context.device,
+        "height": 2 * request.tile,
+        "width": 4 * request.tile,
+    }
+    try:
+        return Kiss3DGenParams.from_mapping(request.params, **defaults)
+    except Kiss3DGenParamsError as exc:
+        raise GeneratorInputError(str(exc)) from exc
+
+
+def generate_for_requests(requests: list, context) -> list:
+    """The ``kiss3dgen`` generator for several text requests sharing the same params.
+
+    Returns one :class:`models.generators.Generated` per request, in order. Requests must be
+    text requests (``prompt``); image prompts raise ``GeneratorInputError``. Errors as
+    :func:`generate_bundles` (``WeightsMissingError`` permanent, ``DegenerateBundleError``
+    retryable).
+    """
+    from models.generators import Generated, GeneratorInputError
+
+    if not requests:
+        return []
+    for r in requests:
+        if not r.prompt or not r.prompt.strip():
+            raise GeneratorInputError(
+                "the kiss3dgen generator needs a text prompt (image prompts are not supported)"
+            )
+    params = params_for_request(requests[0], context)
+    for r in requests[1:]:
+        if params_for_request(r, context) != params:
+            raise ValueError("generate_for_requests needs requests with identical params")
+    results = generate_bundles([r.prompt for r in requests], [r.seed for r in requests], params)
+    return [
+        Generated(
+            bundle=g.bundle,
+            metrics={
+                "kiss3dgen_seconds": round(g.seconds, 4),
+                "foreground_fraction": round(float(g.masks.mean()), 6),
+            },
+        )
+        for g in results
+    ]
+
+
+def generate_for_request(request, context):
+    """The ``kiss3dgen`` entry of :data:`models.generators.GENERATORS`: one request -> one
+    :class:`models.generators.Generated` (bundle + metrics ``kiss3dgen_seconds``,
+    ``foreground_fraction``)."""
+    return generate_for_requests([request], context)[0]

@@ -167,6 +167,15 @@ def check_lora_file(path: Path) -> None:
         raise WeightsMissingError(path, expected)
 
 
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    # diffusers >= 0.36 renamed from_pretrained's ``torch_dtype`` to ``dtype``.
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
 def load_flux(params: Kiss3DGenParams):
     """Load a :class:`diffusers.FluxPipeline` (+ LoRA) as ``params`` say; no caching.
 
@@ -189,11 +198,11 @@ def load_flux(params: Kiss3DGenParams):
                 str(single_file),
                 config=str(folder),
                 subfolder="transformer",
-                torch_dtype=dtype,
                 local_files_only=True,
+                **_dtype_kwarg(dtype),
             )
         pipe = FluxPipeline.from_pretrained(
-            str(folder), torch_dtype=dtype, local_files_only=True, **extra
+            str(folder), local_files_only=True, **_dtype_kwarg(dtype), **extra
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         what = single_file or folder

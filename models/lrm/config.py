@@ -70,8 +70,6 @@ class LRMConfig:
     """Side in pixels of each view fed to the encoder (320 InstantMesh, 512 PRM)."""
     camera_radius: float = 4.0
     """Camera distance the model was trained with, model units (4.0 InstantMesh, 3.5 PRM)."""
-    camera_fov: float = 30.0
-    """Vertical field of view of the input cameras, degrees."""
 
     def with_(self, **changes: object) -> LRMConfig:
         """A copy with some fields replaced (e.g. a smaller ``grid_res`` for a quick run)."""

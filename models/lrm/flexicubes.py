@@ -15,15 +15,19 @@ Conventions shared with the released weights (they index the network's outputs):
 - The 12 edges, in the order of beta's columns: :data:`CUBE_EDGES`.
 - Inside is ``sdf < 0``; faces wind counter-clockwise seen from outside (outward normals).
 
-The patch grouping comes from the cube's faces: on each face the crossing edges pair up (on an
-ambiguous face, with two diagonal inside corners, each inside corner is cut off on its own), and
-edges linked through faces form one patch. Adjacent cubes therefore agree on every shared face.
-A rare configuration in which one patch crosses an ambiguous face twice on both sides of it can
-leave a non-manifold edge; the paper's extra disambiguation of those cases is not implemented.
+The patch grouping comes from the cube's faces: on each face the crossing edges pair up, and
+edges linked through faces form one patch. On an ambiguous face (two diagonal inside corners)
+the pairing cuts off each inside corner by default; where that would put both arcs of the face
+into one patch on both sides of it (a dual edge shared by four quads), the face's pairing is
+flipped for both cubes. A face is shared by just those two cubes, so neighbours always agree
+and the quads close up into a watertight surface. This replaces the reference code's case-table
+disambiguation; only the corner and edge orders above, which the weights depend on, are shared
+with it, and every table here is derived at run time from the rules above.
 """
 
 from __future__ import annotations
 
+import functools
 from itertools import permutations
 
 import numpy as np
@@ -51,33 +55,59 @@ def _union(parent: list[int], i: int, j: int) -> None:
     parent[_find(parent, i)] = _find(parent, j)
 
 
-def _build_patch_table() -> np.ndarray:
-    """``(256, 12)`` int8: patch id of each crossing edge for each corner case, -1 elsewhere."""
-    faces = []
-    for axis in range(3):
-        for side in (0, 1):
-            corners = {k for k in range(8) if _corner_offset(k)[axis] == side}
-            faces.append([e for e, (a, b) in enumerate(CUBE_EDGES) if {a, b} <= corners])
-    table = np.full((256, 12), -1, dtype=np.int8)
+#: Local faces ``axis * 2 + side``: the edges on each face.
+FACE_EDGES = tuple(
+    tuple(e for e, (a, b) in enumerate(CUBE_EDGES)
+          if _corner_offset(a)[axis] == side and _corner_offset(b)[axis] == side)
+    for axis in range(3) for side in (0, 1)
+)
+
+
+def _build_patch_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Patch grouping of every corner case under every choice of ambiguous-face pairing.
+
+    Index ``[case, options]``: ``case`` has bit k set when corner k is inside; bit f of
+    ``options`` picks the pairing on local face f when it is ambiguous (0: each inside corner
+    cut off on its own, 1: each outside corner). Returns ``patch`` ``(256, 64, 12)`` int8 (patch
+    id of each crossing edge, -1 elsewhere) and ``twice`` ``(256, 64, 6)`` bool (face f is
+    ambiguous and both its arcs belong to one patch).
+    """
+    patch = np.full((256, 64, 12), -1, dtype=np.int8)
+    twice = np.zeros((256, 64, 6), dtype=bool)
     for case in range(256):
         inside = [(case >> k) & 1 for k in range(8)]
         crossing = [inside[a] != inside[b] for a, b in CUBE_EDGES]
-        parent = list(range(12))
+        for options in range(64):
+            parent = list(range(12))
+            arcs: dict[int, list[int]] = {}
+            for f, face_edges in enumerate(FACE_EDGES):
+                hits = [e for e in face_edges if crossing[e]]
+                if len(hits) == 2:
+                    _union(parent, *hits)
+                elif len(hits) == 4:
+                    cut = 1 - ((options >> f) & 1)  # the corners cut off: inside (1) or outside
+                    corners = {c for e in face_edges for c in CUBE_EDGES[e]}
+                    pairs = [[e for e in face_edges if c in CUBE_EDGES[e]]
+                             for c in sorted(corners) if inside[c] == cut]
+                    for pair in pairs:
+                        _union(parent, *pair)
+                    arcs[f] = [pair[0] for pair in pairs]
+            roots: dict[int, int] = {}
+            for e in range(12):
+                if crossing[e]:
+                    patch[case, options, e] = roots.setdefault(_find(parent, e), len(roots))
+            for f, (e1, e2) in arcs.items():
+                twice[case, options, f] = _find(parent, e1) == _find(parent, e2)
+    return patch, twice
 
-        for face_edges in faces:
-            hits = [e for e in face_edges if crossing[e]]
-            if len(hits) == 2:
-                _union(parent, *hits)
-            elif len(hits) == 4:  # ambiguous face: cut off each inside corner separately
-                corners = {c for e in face_edges for c in CUBE_EDGES[e]}
-                for c in corners:
-                    if inside[c]:
-                        _union(parent, *[e for e in face_edges if c in CUBE_EDGES[e]])
-        roots: dict[int, int] = {}
-        for e in range(12):
-            if crossing[e]:
-                table[case, e] = roots.setdefault(_find(parent, e), len(roots))
-    return table
+
+@functools.cache
+def patch_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(patch (256*64, 12) int64, count (256*64,) int64, twice (256*64, 6) bool)`` on the CPU,
+    indexed by ``case * 64 + options`` (built on first use, about a second)."""
+    patch, twice = _build_patch_tables()
+    patch_t = torch.from_numpy(patch.reshape(-1, 12).astype(np.int64))
+    return patch_t, patch_t.max(dim=1).values + 1, torch.from_numpy(twice.reshape(-1, 6))
 
 
 def _edge_index(a: int, b: int) -> int:
@@ -87,8 +117,6 @@ def _edge_index(a: int, b: int) -> int:
     raise ValueError((a, b))
 
 
-PATCH_TABLE = _build_patch_table()
-PATCH_COUNT = (PATCH_TABLE.max(axis=1) + 1).astype(np.int64)
 LOCAL_EDGE = np.zeros((3, 2, 2), dtype=np.int64)
 for _axis in range(3):
     for _db in (0, 1):
@@ -201,8 +229,10 @@ def flexicubes(
 
     # 1. patches of each surface cube and a global id per dual vertex
     surf_case = case[cube_ids]
-    patch = torch.as_tensor(PATCH_TABLE, device=device).long()[surf_case]  # (S, 12)
-    n_patch = torch.as_tensor(PATCH_COUNT, device=device)[surf_case]  # (S,)
+    table = surf_case * 64 + _face_options(surf_case, cube_ids, res)
+    patch_table, count_table, _ = (x.to(device) for x in patch_tables())
+    patch = patch_table[table]  # (S, 12)
+    n_patch = count_table[table]  # (S,)
     first = torch.cumsum(n_patch, 0) - n_patch
     n_dual = int(n_patch.sum())
     if n_dual == 0:
@@ -284,6 +314,45 @@ def flexicubes(
     return _compact(dual, faces)
 
 
+#: Rounds of flipping ambiguous-face pairings; each round fixes the faces it finds, and a
+#: flip only changes the two cubes on that face, so one or two rounds suffice in practice.
+FACE_FLIP_ROUNDS = 4
+
+
+def _face_options(case: torch.Tensor, cube_ids: torch.Tensor, res: int) -> torch.Tensor:
+    """``(S,)`` int64 pairing choices (6 bits) of the surface cubes' faces.
+
+    An ambiguous face whose two arcs belong to one patch on *both* sides would give a dual edge
+    shared by four quads. Flipping that face's pairing (it is shared by exactly those two cubes,
+    so they stay consistent) splits the patches; repeat for faces the flips expose.
+    """
+    device = case.device
+    _, _, twice_table = (x.to(device) for x in patch_tables())
+    n = res + 1
+    cube = torch.stack([cube_ids // (res * res), cube_ids // res % res, cube_ids % res], dim=1)
+    face_ids = []
+    for axis in range(3):
+        for side in (0, 1):
+            pos = cube.clone()
+            pos[:, axis] += side
+            face_ids.append(axis * n**3 + pos[:, 0] * n * n + pos[:, 1] * n + pos[:, 2])
+    face_ids = torch.stack(face_ids, dim=1)  # (S, 6) global face ids
+    flipped = torch.zeros(3 * n**3, dtype=torch.long, device=device)
+    shifts = torch.arange(6, device=device)
+    options = torch.zeros_like(case)
+    for _ in range(FACE_FLIP_ROUNDS):
+        options = (flipped[face_ids] << shifts).sum(dim=1)
+        twice = twice_table[case * 64 + options]  # (S, 6)
+        hits = torch.zeros_like(flipped).index_add_(
+            0, face_ids[twice], torch.ones_like(face_ids[twice])
+        )
+        bad = hits >= 2
+        if not bad.any():
+            break
+        flipped = torch.where(bad, 1 - flipped, flipped)
+    return options
+
+
 def _compact(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop vertices no face uses; renumber faces."""
     used = torch.zeros(vertices.shape[0], dtype=torch.bool, device=vertices.device)
@@ -356,11 +425,13 @@ def marching_tetrahedra(
     a, b = uniq // vertices.shape[0], uniq % vertices.shape[0]
     sa, sb = s[a], s[b]
     verts = (sa[:, None] * vertices[b] - sb[:, None] * vertices[a]) / (sa - sb)[:, None]
-    # orient: the normal must point from the inside end to the outside end of a crossing edge
+    # orient: the normal must point from the inside end to the outside end of a crossing edge.
+    # Judge it on the edges' midpoints, whose triangle is never degenerate (a crossing point may
+    # sit on a grid vertex when the SDF is exactly zero there) and has the same orientation.
     fa, fb = a[faces[:, 0]], b[faces[:, 0]]
     out_dir = torch.where(inside[fa][:, None], vertices[fb] - vertices[fa],
                           vertices[fa] - vertices[fb])
-    p = verts[faces]
+    p = ((vertices[a] + vertices[b]) / 2.0)[faces]
     normal = torch.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=1)
     wrong = (normal * out_dir).sum(1) < 0
     faces = torch.where(wrong[:, None], faces.flip(1), faces)

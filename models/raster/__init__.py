@@ -43,7 +43,9 @@ def get_rasteriser(
         )
         name = "nvdiffrast" if wants_cuda and nvdiffrast_available() else "cpu"
     if name not in RASTERISERS:
-        raise ValueError(f"unknown rasteriser {name!r}; choose one of {sorted(RASTERISERS)} or auto")
+        raise ValueError(
+            f"unknown rasteriser {name!r}; choose one of {sorted(RASTERISERS)} or auto"
+        )
     if name == "nvdiffrast" and device is not None:
         kwargs.setdefault("device", device)
     return RASTERISERS[name](**kwargs)

@@ -44,7 +44,9 @@ class NvdiffrastRasteriser:
         try:
             import nvdiffrast.torch as dr
         except Exception as exc:
-            raise RasteriserUnavailable(f"cannot import nvdiffrast.torch ({exc}): {INSTALL_HINT}") from exc
+            raise RasteriserUnavailable(
+                f"cannot import nvdiffrast.torch ({exc}): {INSTALL_HINT}"
+            ) from exc
         self.device = torch.device(device) if device is not None else torch.device("cuda")
         if self.device.type != "cuda":
             raise RasteriserUnavailable(f"nvdiffrast renders on CUDA, got device {self.device}")

@@ -181,40 +181,48 @@ def test_claim_of_an_unknown_asset_fails(db_engine):
         assert not q.claim_asset(session, "nope", "w", 60)
 
 
+def _race_to_claim(engines: list[sa.Engine], asset_id: str) -> list[str]:
+    """Every engine's thread claims ``asset_id`` at the same moment; returns the winners."""
+    barrier = threading.Barrier(len(engines))
+    winners: list[str] = []
+    errors: list[BaseException] = []
+
+    def claim(engine: sa.Engine, owner: str) -> None:
+        try:
+            barrier.wait()
+            with session_scope(engine) as session:
+                if q.claim_asset(session, asset_id, owner, 300):
+                    winners.append(owner)
+        except BaseException as exc:  # re-raised in the test thread below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=claim, args=(engine, f"worker-{i}"))
+        for i, engine in enumerate(engines)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return winners
+
+
 def test_concurrent_claimers_exactly_one_wins(db_url):
     """Separate engines (connections) race on the same pending asset, several rounds."""
-    claimers = 6
-    engines = [make_engine(db_url) for _ in range(claimers)]
-    asset_ids = [_add(engines[0], f"{i:064x}") for i in range(4)]
-    for asset_id in asset_ids:
-        barrier = threading.Barrier(claimers)
-        winners: list[str] = []
-        errors: list[BaseException] = []
-
-        def claim(engine: sa.Engine, owner: str, asset_id: str = asset_id) -> None:
-            try:
-                barrier.wait()
-                with session_scope(engine) as session:
-                    if q.claim_asset(session, asset_id, owner, 300):
-                        winners.append(owner)
-            except BaseException as exc:  # surfaced below, with the thread's error
-                errors.append(exc)
-
-        threads = [
-            threading.Thread(target=claim, args=(engine, f"worker-{i}"))
-            for i, engine in enumerate(engines)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert len(winners) == 1
-        with session_scope(engines[0]) as session:
-            asset = session.get(Asset, asset_id)
-            assert (asset.lease_owner, asset.attempts) == (winners[0], 1)
-    for engine in engines:
-        engine.dispose()
+    engines = [make_engine(db_url) for _ in range(6)]
+    try:
+        for i in range(4):
+            asset_id = _add(engines[0], f"{i:064x}")
+            winners = _race_to_claim(engines, asset_id)
+            assert len(winners) == 1
+            with session_scope(engines[0]) as session:
+                asset = session.get(Asset, asset_id)
+                assert (asset.lease_owner, asset.attempts) == (winners[0], 1)
+    finally:
+        for engine in engines:
+            engine.dispose()
 
 
 def test_only_the_owner_can_renew_or_release(db_engine):

@@ -1,0 +1,61 @@
+"""Shared pieces of the kiss3dgen tests: a tiny Flux folder, params at test size, bundles."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from models.bundle import Bundle, BundleSpec, encode_normals
+from models.kiss3dgen.params import Kiss3DGenParams
+
+#: Test bundle size: tile 32 -> 128 x 64 image, 16 x 8 = 128 image tokens in the tiny model.
+TEST_TILE = 32
+#: The tiny tokenizers are per character; 160 T5 tokens hold the bundle sentence + a caption.
+TEST_SEQ = 160
+
+
+def tiny_params(flux_path: Path, **overrides) -> Kiss3DGenParams:
+    """Params at test size: 128 x 64, 2 steps, CPU float32, degenerate check off (random
+    weights produce noise, which is what these tests compare)."""
+    base = Kiss3DGenParams(
+        flux_path=flux_path,
+        width=4 * TEST_TILE,
+        height=2 * TEST_TILE,
+        steps=2,
+        max_sequence_length=TEST_SEQ,
+        dtype="float32",
+        device="cpu",
+        check_degenerate=False,
+    )
+    return replace(base, **overrides)
+
+
+def disc_bundle(tile: int = TEST_TILE, radius: float = 0.3, colour=(200, 60, 30)) -> Bundle:
+    """A bundle of a flat-shaded disc facing the camera in every view (white background)."""
+    yy, xx = np.mgrid[:tile, :tile]
+    inside = (xx + 0.5 - tile / 2) ** 2 + (yy + 0.5 - tile / 2) ** 2 < (radius * tile) ** 2
+    colours = np.full((4, tile, tile, 3), 255, np.uint8)
+    normals = np.full((4, tile, tile, 3), 255, np.uint8)
+    colours[:, inside] = colour
+    normals[:, inside] = encode_normals(np.array([0.0, 0.0, 1.0]))
+    return Bundle.from_tiles(colours, normals, BundleSpec())
+
+
+def write_tiny_library(folder: Path) -> Path:
+    """A library of 2 trimesh primitives (GLB and STL, one z-up) with captions."""
+    import trimesh
+
+    folder.mkdir(parents=True, exist_ok=True)
+    trimesh.creation.box(extents=(1.0, 0.5, 0.8)).export(folder / "box.glb")
+    trimesh.creation.cylinder(radius=0.3, height=1.2).export(folder / "cylinder.stl")
+    rows = [
+        {"id": "box", "path": "box.glb", "caption": "a flat wooden box", "tags": ["box"],
+         "up": "y", "licence": "CC0"},
+        {"id": "cylinder", "path": "cylinder.stl", "caption": "a tall metal can",
+         "tags": ["can"], "up": "z", "licence": "CC0"},
+    ]
+    (folder / "library.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder

@@ -1,0 +1,246 @@
+"""Prompt search (keyword, semantic, hybrid) on SQLite and on a real PostgreSQL server.
+
+Embeddings are synthetic: random unit vectors, and vectors built to sit at known angles from a
+query, so the expected ranking follows from geometry rather than from a model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from storage import queries as q
+from storage import search
+from storage.db import make_engine, session_scope
+from storage.schema import EMBEDDING_DIM, PG_FTS_INDEX
+
+PROMPTS = {
+    "chair": ("a red wooden chair", ["furniture"]),
+    "chairs": ("two red chairs and a table", ["furniture", "set"]),
+    "lamp": ("a brass desk lamp", ["lighting"]),
+    "mug": ("a ceramic coffee mug", ["kitchen"]),
+}
+
+
+def _asset_id(name: str) -> str:
+    return name.ljust(64, "0")
+
+
+def _basis(seed: int = 0) -> np.ndarray:
+    """Two orthonormal (D,) float32 directions."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(2, EMBEDDING_DIM))
+    a /= np.linalg.norm(a)
+    b -= (b @ a) * a
+    b /= np.linalg.norm(b)
+    return np.stack([a, b]).astype(np.float32)
+
+
+def _at_angle(degrees: float) -> np.ndarray:
+    """A unit vector at ``degrees`` from the query direction ``_basis()[0]``."""
+    a, b = _basis()
+    t = np.radians(degrees)
+    return (np.cos(t) * a + np.sin(t) * b).astype(np.float32)
+
+
+ANGLES = {"chair": 10.0, "chairs": 40.0, "lamp": 80.0, "mug": 150.0}
+
+
+def _index_prompts(engine: sa.Engine) -> sa.Engine:
+    """The four prompts indexed, with embeddings at ANGLES from the query; the mug succeeded."""
+    with session_scope(engine) as session:
+        for name, (text, tags) in PROMPTS.items():
+            q.upsert_asset(
+                session,
+                asset_id=_asset_id(name),
+                kind="prompt",
+                prompt=text,
+                seed=0,
+                generator="library",
+                init="library",
+                tags=tags,
+            )
+            search.index_prompt(session, _asset_id(name), text, tags, _at_angle(ANGLES[name]))
+        q.claim_asset(session, _asset_id("mug"), "w", 60)
+        q.release_asset(session, _asset_id("mug"), "w", "succeeded")
+    return engine
+
+
+@pytest.fixture
+def indexed(db_engine):
+    return _index_prompts(db_engine)
+
+
+@pytest.fixture
+def indexed_postgres(new_postgres_database):
+    engine = _index_prompts(make_engine(new_postgres_database(migrated=True)))
+    yield engine
+    engine.dispose()
+
+
+def _names(hits: list[search.SearchHit]) -> list[str]:
+    return [h.asset_id.rstrip("0") for h in hits]
+
+
+# --- keyword ------------------------------------------------------------------------------------
+
+
+def test_keyword_search_matches_stemmed_words(indexed):
+    with session_scope(indexed) as session:
+        assert set(_names(search.keyword_search(session, "chair"))) == {"chair", "chairs"}
+        assert _names(search.keyword_search(session, "lamps")) == ["lamp"]
+
+
+def test_keyword_search_ranks_entries_matching_more_words_first(indexed):
+    with session_scope(indexed) as session:
+        hits = search.keyword_search(session, "red table")
+    assert _names(hits)[0] == "chairs"
+    assert hits[0].score > hits[1].score
+    assert all(h.keyword_score == h.score and h.semantic_score is None for h in hits)
+
+
+def test_keyword_search_filters_by_state_and_tag(indexed):
+    with session_scope(indexed) as session:
+        assert _names(search.keyword_search(session, "chair mug", state="succeeded")) == ["mug"]
+        assert _names(search.keyword_search(session, "red", tag="set")) == ["chairs"]
+        assert search.keyword_search(session, "red", tag="kitchen") == []
+
+
+def test_keyword_search_treats_operators_and_punctuation_as_plain_words(indexed):
+    with session_scope(indexed) as session:
+        assert search.keyword_search(session, '") OR NOT * mug:"') != []
+        assert search.keyword_search(session, "!!! ???") == []
+
+
+def test_keyword_hits_carry_state_text_and_output_keys(indexed):
+    with session_scope(indexed) as session:
+        run = q.record_stage_start(session, _asset_id("mug"), "export", "h")
+        q.record_stage_success(session, run.id, {"asset.glb": "assets/mug/asset.glb"})
+    with session_scope(indexed) as session:
+        (hit,) = search.keyword_search(session, "coffee")
+    assert (hit.state, hit.text) == ("succeeded", "a ceramic coffee mug")
+    assert hit.output_keys == {"asset.glb": "assets/mug/asset.glb"}
+
+
+def test_reindexing_replaces_the_searchable_text(indexed):
+    with session_scope(indexed) as session:
+        search.index_prompt(session, _asset_id("lamp"), "a floor lamp of steel", ["lighting"])
+    with session_scope(indexed) as session:
+        assert search.keyword_search(session, "brass") == []
+        assert _names(search.keyword_search(session, "steel")) == ["lamp"]
+        search.remove_from_index(session, _asset_id("lamp"))
+    with session_scope(indexed) as session:
+        assert search.keyword_search(session, "steel") == []
+
+
+# --- semantic -----------------------------------------------------------------------------------
+
+
+def test_semantic_search_ranks_by_angle_to_the_query(indexed):
+    query = _basis()[0]
+    with session_scope(indexed) as session:
+        hits = search.semantic_search(session, query, limit=3)
+    assert _names(hits) == ["chair", "chairs", "lamp"]
+    expected = [np.cos(np.radians(ANGLES[n])) for n in _names(hits)]
+    np.testing.assert_allclose([h.score for h in hits], expected, atol=1e-4)
+
+
+def test_semantic_search_ignores_the_query_length(indexed):
+    query = _basis()[0]
+    with session_scope(indexed) as session:
+        short = search.semantic_search(session, query, method="exact")
+        long = search.semantic_search(session, 5.0 * query, method="exact")
+    assert _names(short) == _names(long)
+    np.testing.assert_allclose([h.score for h in short], [h.score for h in long], atol=1e-5)
+
+
+def test_semantic_search_filters_by_state_and_tag(indexed):
+    query = _basis()[0]
+    with session_scope(indexed) as session:
+        assert _names(search.semantic_search(session, query, state="succeeded")) == ["mug"]
+        assert _names(search.semantic_search(session, query, tag="lighting")) == ["lamp"]
+
+
+def test_index_prompt_rejects_an_embedding_of_the_wrong_shape(db_engine):
+    with session_scope(db_engine) as session:
+        with pytest.raises(ValueError, match="shape"):
+            search.index_prompt(session, "x", "text", [], np.zeros(EMBEDDING_DIM + 1, np.float32))
+
+
+def test_embeddings_round_trip_as_float32_bytes():
+    vector = np.random.default_rng(1).normal(size=EMBEDDING_DIM).astype(np.float32)
+    data = search.encode_embedding(vector)
+    assert len(data) == 4 * EMBEDDING_DIM
+    np.testing.assert_array_equal(search.decode_embedding(data), vector)
+
+
+@pytest.mark.postgres
+def test_pgvector_and_exact_search_agree(indexed_postgres):
+    """On PostgreSQL the migration enabled pgvector; its ranking equals the exact one."""
+    rng = np.random.default_rng(3)
+    with session_scope(indexed_postgres) as session:
+        assert search.has_pgvector(session)
+        for _ in range(3):
+            query = rng.normal(size=EMBEDDING_DIM).astype(np.float32)
+            exact = search.semantic_search(session, query, method="exact")
+            vector = search.semantic_search(session, query, method="pgvector")
+            assert _names(vector) == _names(exact)
+            np.testing.assert_allclose(
+                [h.score for h in vector], [h.score for h in exact], atol=1e-5
+            )
+
+
+@pytest.mark.postgres
+def test_postgres_keyword_search_can_use_the_full_text_index(indexed_postgres):
+    """The query's to_tsvector expression is the indexed one (else the index is dead weight)."""
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "to_tsvector" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(indexed_postgres, "before_cursor_execute", capture)
+    with session_scope(indexed_postgres) as session:
+        search.keyword_search(session, "red chair")
+    sa.event.remove(indexed_postgres, "before_cursor_execute", capture)
+    ((statement, parameters),) = statements
+    with indexed_postgres.connect() as connection:
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        plan = connection.exec_driver_sql("EXPLAIN " + statement, parameters).scalars().all()
+    assert any(PG_FTS_INDEX in line for line in plan), plan
+
+
+# --- hybrid -------------------------------------------------------------------------------------
+
+
+def test_hybrid_search_combines_keyword_and_semantic_evidence(indexed):
+    """'mug' matches only the mug's words but points at the chair: the weight decides."""
+    query = _basis()[0]
+    with session_scope(indexed) as session:
+        words = search.hybrid_search(session, "mug", query, keyword_weight=0.9)
+        meaning = search.hybrid_search(session, "mug", query, keyword_weight=0.1)
+    assert _names(words)[0] == "mug"
+    assert _names(meaning)[0] == "chair"
+    mug = next(h for h in words if h.asset_id == _asset_id("mug"))
+    assert mug.keyword_score is not None and mug.semantic_score is not None
+    assert mug.semantic_score == pytest.approx(np.cos(np.radians(150.0)), abs=1e-4)
+
+
+def test_hybrid_scores_follow_the_stated_formula(indexed):
+    query = _basis()[0]
+    with session_scope(indexed) as session:
+        hits = search.hybrid_search(session, "red chair", query, keyword_weight=0.3)
+    best_keyword = max(h.keyword_score or 0.0 for h in hits)
+    for hit in hits:
+        keyword = (hit.keyword_score or 0.0) / best_keyword
+        expected = 0.3 * keyword + 0.7 * max(hit.semantic_score, 0.0)
+        assert hit.score == pytest.approx(expected, abs=1e-6)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_hybrid_search_without_an_embedding_is_keyword_search(indexed):
+    with session_scope(indexed) as session:
+        hybrid = search.hybrid_search(session, "red", None)
+        keyword = search.keyword_search(session, "red")
+    assert _names(hybrid) == _names(keyword)
