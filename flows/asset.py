@@ -31,6 +31,8 @@ class AssetFailed(RuntimeError):
 def _claim(config: PipelineConfig, asset_id: str, owner: str) -> bool:
     with Session(engine_for(config.database_url)) as session:
         claimed = queries.claim_asset(session, asset_id, owner, config.lease_seconds)
+        if claimed:
+            queries.abandon_running_stages(session, asset_id)
         session.commit()
     return claimed
 

@@ -50,7 +50,7 @@ class RefineParams:
 
     coarse_edge: float = 0.08
     """Reference edge length of the coarse phase (bundle-frame units; the object spans 1.8)."""
-    fine_edge: float = 0.03
+    fine_edge: float = 0.04
     """Reference edge length at the end of the fine phase."""
     coarse_steps: int = 120
     """Optimisation steps of the coarse phase."""
@@ -74,6 +74,11 @@ class RefineParams:
     """Weight of the silhouette loss (squared difference of anti-aliased masks)."""
     box_weight: float = 10.0
     """Weight of the penalty on vertices outside the unit box."""
+    laplacian_weight: float = 0.05
+    """Weight of the membrane term (squared uniform Laplacian over squared edge length): it
+    flattens regions that no view constrains, such as the bottom of an object."""
+    remesh_interval: int = 2
+    """Remesh after every this many steps (1: every step)."""
     view_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     """Weight of each of the 4 views in every image loss."""
     sphere_radius: float = 0.85
@@ -158,7 +163,16 @@ def _render(rasteriser, vertices, faces, mvp, rotations, resolution):
     return n_cam, mask, raster
 
 
-def _losses(params, rendered, targets, view_w, vertices):
+def uniform_laplacian(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """``(V, 3)``: each vertex minus the mean of its neighbours (``edges`` ``(E, 2)``)."""
+    acc = torch.zeros_like(vertices)
+    acc = acc.index_add(0, edges[:, 0], vertices[edges[:, 1]])
+    acc = acc.index_add(0, edges[:, 1], vertices[edges[:, 0]])
+    deg = torch.bincount(edges.reshape(-1), minlength=vertices.shape[0]).clamp_min(1)
+    return vertices - acc / deg[:, None].to(vertices.dtype)
+
+
+def _losses(params, rendered, targets, view_w, vertices, edges, edge_length):
     n_cam, mask, raster = rendered
     both = (targets.full & raster.mask).to(n_cam.dtype)
     diff = (n_cam - targets.normals).square().sum(-1)
@@ -167,13 +181,16 @@ def _losses(params, rendered, targets, view_w, vertices):
     normal = (per_view_n * view_w).sum() / view_w.sum()
     sil = (per_view_m * view_w).sum() / view_w.sum()
     box = F.relu(vertices.abs() - INIT_BOX).square().sum(1).mean()
+    lap = uniform_laplacian(vertices, edges).square().sum(1).mean() / edge_length**2
     # The silhouette error lives on a thin band of pixels; scale it to the normal term's size.
     total = (
         params.normal_weight * normal
         + params.mask_weight * MASK_SCALE * sil
         + params.box_weight * box
+        + params.laplacian_weight * lap
     )
-    return total, {"normal": float(normal), "mask": float(sil), "box": float(box)}
+    return total, {"normal": float(normal.detach()), "mask": float(sil.detach()),
+                   "box": float(box.detach()), "laplacian": float(lap.detach())}
 
 
 # ------------------------------------------------------------------------------ explicit target
@@ -279,7 +296,8 @@ def refine_mesh(
 
     # 3. Phases: coarse (low resolution, long edges), fine (edge length ramps down).
     total = params.coarse_steps + params.fine_steps + params.explicit_steps
-    config = OptimiserConfig(lr=params.lr, smooth_lambda=params.smooth_lambda)
+    config = OptimiserConfig(lr=params.lr, smooth_lambda=params.smooth_lambda,
+                             remesh_interval=params.remesh_interval)
     opt = VertexOptimiser(v0, f0, params.coarse_edge, config, device=device)
     phases = [
         (params.coarse_steps, params.coarse_resolution, params.coarse_edge, params.coarse_edge,
@@ -299,12 +317,13 @@ def refine_mesh(
             t = min(1.0, i / max(1.0, 0.5 * steps))
             opt.set_edge_length(edge_from * (edge_to / edge_from) ** t)
             rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, rotations, resolution)
-            loss, parts = _losses(params, rendered, targets, view_w, opt.vertices)
+            loss, parts = _losses(params, rendered, targets, view_w, opt.vertices, opt.edges,
+                                  opt.edge_length)
             loss.backward()
             opt.step()
             step += 1
             if progress is not None:
-                parts.update(loss=float(loss), faces=int(opt.faces.shape[0]),
+                parts.update(loss=float(loss.detach()), faces=int(opt.faces.shape[0]),
                              seconds=time.perf_counter() - start)
                 progress(step, total, parts)
 
@@ -332,7 +351,7 @@ def refine_mesh(
             exp.step()
             step += 1
             if progress is not None:
-                progress(step, total, {"explicit": float(loss), "loss": float(loss),
+                progress(step, total, {"explicit": float(loss.detach()), "loss": float(loss.detach()),
                                        "faces": int(faces.shape[0]),
                                        "seconds": time.perf_counter() - start})
         opt = exp

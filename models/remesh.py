@@ -63,10 +63,16 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals ``(V, 3)``."""
     tri = vertices[faces]
     cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    acc = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(acc, faces[:, k], cross)
+    acc = _scatter_sum(faces.ravel(), np.repeat(cross, 3, axis=0), len(vertices))
     return acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-20)
+
+
+def _scatter_sum(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """``out[index[i]] += values[i]`` for ``values`` ``(N, C)``, via bincount (faster than add.at)."""
+    return np.stack(
+        [np.bincount(index, weights=values[:, c], minlength=size) for c in range(values.shape[1])],
+        axis=1,
+    )
 
 
 def _irregular_vertices(num_vertices: int, edges: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -94,7 +100,13 @@ def compact(
         (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
     ]
     if len(faces):
-        _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+        # Pack each sorted triple into one int64 key (21 bits per index) for a fast unique.
+        srt = np.sort(faces, axis=1).astype(np.int64)
+        if len(vertices) < (1 << 21):
+            key = (srt[:, 0] << 42) | (srt[:, 1] << 21) | srt[:, 2]
+            _, first = np.unique(key, return_index=True)
+        else:
+            _, first = np.unique(srt, axis=0, return_index=True)
         faces = faces[np.sort(first)]
     used = np.zeros(len(vertices), dtype=bool)
     used[faces.ravel()] = True
@@ -358,9 +370,7 @@ def tangential_smooth(
     edges, face_edges = edges_unique(faces, num_v)
     counts = np.bincount(face_edges.ravel(), minlength=len(edges))
     bad = _irregular_vertices(num_v, edges, counts)
-    acc = np.zeros_like(vertices)
-    np.add.at(acc, edges[:, 0], vertices[edges[:, 1]])
-    np.add.at(acc, edges[:, 1], vertices[edges[:, 0]])
+    acc = _scatter_sum(edges.ravel(), vertices[edges[:, ::-1].ravel()], num_v)
     deg = np.bincount(edges.ravel(), minlength=num_v)
     centroid = acc / np.maximum(deg, 1)[:, None]
     delta = centroid - vertices

@@ -339,6 +339,16 @@ def reset_for_retry(session: Session, asset_id: str, new_seed: int | None = None
     return True
 
 
+def list_expired_leases(
+    session: Session, *, batch_id: str | None = None, now: datetime | None = None
+) -> list[Asset]:
+    """Running assets whose lease ran out before ``now`` (their worker is presumed lost)."""
+    query = sa.select(Asset).where(Asset.state == "running", Asset.lease_expires_at < _now(now))
+    if batch_id is not None:
+        query = query.where(Asset.id.in_(_batch_asset_ids(batch_id)))
+    return list(session.scalars(query.order_by(Asset.lease_expires_at, Asset.id)))
+
+
 def _refresh(session: Session, asset_id: str) -> None:
     """Reload an asset already in the identity map after a Core UPDATE changed its row."""
     asset = session.identity_map.get(sa.inspect(Asset).identity_key_from_primary_key((asset_id,)))
@@ -423,11 +433,28 @@ def record_stage_success(
     run = _finish_run(session, run_id, "succeeded")
     run.output_keys = dict(output_keys)
     run.peak_memory_mb = peak_memory_mb
-    asset = session.get(Asset, run.asset_id)
-    assert asset is not None
-    asset.output_keys = {**asset.output_keys, **output_keys}
-    session.flush()
+    merge_output_keys(session, run.asset_id, output_keys)
     return run
+
+
+def merge_output_keys(session: Session, asset_id: str, output_keys: dict[str, str]) -> None:
+    """Add ``output_keys`` (artefact name -> object key) to the asset's, replacing same names."""
+    asset = session.get(Asset, asset_id)
+    if asset is None:
+        raise UnknownAsset(f"no asset with id {asset_id!r}")
+    asset.output_keys = {**asset.output_keys, **output_keys}  # a new dict, so the ORM sees it
+    session.flush()
+
+
+def recorded_output_keys(session: Session, asset_id: str) -> set[str]:
+    """Every object key the database records for an asset (its own and any stage run's)."""
+    asset = session.get(Asset, asset_id)
+    keys = set((asset.output_keys or {}).values()) if asset is not None else set()
+    for run_keys in session.scalars(
+        sa.select(StageRun.output_keys).where(StageRun.asset_id == asset_id)
+    ):
+        keys.update((run_keys or {}).values())
+    return keys
 
 
 def record_stage_failure(
@@ -448,6 +475,25 @@ def record_stage_failure(
     asset.last_error_message = error_message
     session.flush()
     return run
+
+
+def abandon_running_stages(
+    session: Session, asset_id: str, reason: str = "the worker running it was lost"
+) -> int:
+    """Close the asset's stage runs still marked ``running`` as failed (``retryable:LostWorker``).
+
+    Called by the new owner right after a claim: a run left ``running`` then belongs to a worker
+    whose lease expired. Returns how many runs were closed.
+    """
+    runs = session.scalars(
+        sa.select(StageRun).where(StageRun.asset_id == asset_id, StageRun.status == "running")
+    ).all()
+    for run in runs:
+        _finish_run(session, run.id, "failed")
+        run.error_class = "retryable:LostWorker"
+        run.error_message = reason
+    session.flush()
+    return len(runs)
 
 
 def record_stage_skipped(
@@ -542,6 +588,12 @@ def get_metrics(session: Session, asset_id: str) -> dict[str, float]:
 # --- listings and reports ---------------------------------------------------------------------
 
 
+def _batch_asset_ids(batch_id: str) -> sa.Select:
+    return sa.select(BatchItem.asset_id).where(
+        BatchItem.batch_id == batch_id, BatchItem.asset_id.is_not(None)
+    )
+
+
 def list_assets(
     session: Session,
     *,
@@ -564,10 +616,7 @@ def list_assets(
     if state is not None:
         query = query.where(Asset.state == state)
     if batch_id is not None:
-        in_batch = sa.select(BatchItem.asset_id).where(
-            BatchItem.batch_id == batch_id, BatchItem.asset_id.is_not(None)
-        )
-        query = query.where(Asset.id.in_(in_batch))
+        query = query.where(Asset.id.in_(_batch_asset_ids(batch_id)))
     if stage is not None:
         query = query.where(Asset.current_stage == stage)
     if error_class is not None:

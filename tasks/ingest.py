@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from storage import queries
 from storage.identity import asset_identity
-from storage.manifest import AssetRequest, parse_manifest
+from storage.manifest import AssetRequest, default_fetcher, parse_manifest
 from storage.schema import Asset
 from tasks.config import PipelineConfig
 from tasks.resources import engine_for, store_for
@@ -62,15 +62,16 @@ def _input_key(store, local: str, sha256: str) -> str:
     return key
 
 
-def _stage_input(store, ref: str | None, sha256: str | None) -> str | None:
+def _stage_input(store, ref: str | None, sha256: str | None, config: PipelineConfig) -> str | None:
+    """Copy a request's image or bundle into the store's ``inputs/`` (workers read it there)."""
     if ref is None:
         return None
     if ref.startswith(("s3://", "https://")):
-        from storage.manifest import fetch_remote_bytes
-
-        key = f"inputs/{sha256}{Path(ref.split('?')[0]).suffix.lower()}"
+        data = default_fetcher(config.url_hosts)(ref)
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        key = f"inputs/{digest}{Path(ref.split('?')[0]).suffix.lower()}"
         if not store.exists(key):
-            store.put_bytes(key, fetch_remote_bytes(ref))
+            store.put_bytes(key, data)
         return key
     return _input_key(store, ref, sha256 or "")
 
@@ -83,11 +84,13 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
         allow_urls=config.allow_url_fetch,
         url_hosts=config.url_hosts,
         max_image_pixels=config.max_image_pixels,
+        fetch=config.allow_url_fetch,
     )
     store = store_for(config.store_url)
     with Session(engine_for(config.database_url)) as session:
-        batch = queries.create_batch(session, manifest_path=str(path),
-                                     manifest_sha256=_sha256_file(path))
+        batch = queries.create_batch(
+            session, manifest_path=str(path), manifest_sha256=parsed.sha256
+        )
         result = IngestResult(batch_id=batch.id, manifest=str(path))
         for rejection in parsed.rejected:
             queries.add_batch_item(
@@ -128,9 +131,9 @@ def _upsert(session: Session, store, request: AssetRequest, config: PipelineConf
         asset_id=asset_id,
         kind=request.kind,
         prompt=request.prompt,
-        image_ref=_stage_input(store, request.image_ref, request.image_sha256),
+        image_ref=_stage_input(store, request.image_ref, request.image_sha256, config),
         image_sha256=request.image_sha256,
-        bundle_ref=_stage_input(store, request.bundle_ref, request.bundle_sha256),
+        bundle_ref=_stage_input(store, request.bundle_ref, request.bundle_sha256, config),
         seed=request.seed,
         variant=request.variant,
         generator=request.generator,
@@ -139,7 +142,3 @@ def _upsert(session: Session, store, request: AssetRequest, config: PipelineConf
         tags=list(request.tags),
     )
     return asset_id
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

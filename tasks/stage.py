@@ -127,7 +127,6 @@ def run_stage(
         queries.record_stage_success(session, run_id, io.outputs, peak_memory_mb=_peak_rss_mb())
         if metrics:
             queries.set_metrics(session, asset_id, metrics)
-        queries.merge_output_keys(session, asset_id, io.outputs)
         session.commit()
     progress.emit(asset_id, stage, "done", seconds=time.perf_counter() - started)
     return dict(io.outputs)

@@ -234,7 +234,13 @@ def _create_search_objects() -> None:
 
 
 def _try_create_vector_extension(bind: sa.Connection) -> bool:
-    """Enable pgvector when the server has it; a server without it gets exact search only."""
+    """Enable pgvector when the server has it; a server without it gets exact search only.
+
+    Offline (``alembic upgrade --sql``) there is no server to ask, so the script leaves pgvector
+    out; run ``foundry3d db upgrade`` against the server to get it.
+    """
+    if op.get_context().as_sql:
+        return False
     try:
         with bind.begin_nested():
             bind.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")

@@ -283,30 +283,31 @@ def _winding(clip, faces, b, f):
     return det > 0.0
 
 
+#: Faces walked from the front pixel's triangle toward the other pixel in search of the
+#: silhouette edge (small triangles often sit between a pixel centre and the silhouette).
+MAX_WALK = 16
+
+
 @numba.njit(cache=True, nogil=True)
 def silhouette_pairs(clip, faces, neigh, tri, depth):
-    """Every adjacent pixel pair whose front triangle leaves through a silhouette edge.
+    """Every adjacent pixel pair that a silhouette edge separates, with where it crosses.
 
-    Horizontal pairs handle edges steeper than 45 degrees on screen, vertical pairs the
-    others. Returns ``(front, back, face, edge, t)``: flat pixel indices over the batch, the front
-    triangle, the corner opposite the exit edge, and the fraction ``t`` of the way from the
-    front pixel's centre to the back pixel's centre where that edge crosses (in [0, 1]).
+    From the front pixel's centre (smaller depth; covered beats empty) toward the other
+    pixel's centre, the segment is followed through its triangle and, across non-silhouette
+    edges, up to ``MAX_WALK`` faces; the first silhouette edge it leaves through (a boundary
+    edge or one between faces of opposite screen winding) is recorded if it is crossed before
+    the other centre. Horizontal pairs handle edges steeper than 45 degrees on screen,
+    vertical pairs the others. Returns ``(front, back, face, edge, t)``: flat pixel indices
+    over the batch, the face owning the edge, the corner opposite it, and the fraction
+    ``t`` in [0, 1] of the way from the front centre where the edge crosses.
     """
     nb, h, w = tri.shape
     nf = faces.shape[0]
-    # per view: each face's screen winding, and whether it owns any silhouette edge
+    # per view: each face's screen winding
     wind = np.empty((nb, nf), np.bool_)
     for b in range(nb):
         for f in range(nf):
             wind[b, f] = _winding(clip, faces, b, f)
-    owns = np.zeros((nb, nf), np.bool_)
-    for b in range(nb):
-        for f in range(nf):
-            for e in range(3):
-                g = neigh[f, e]
-                if g < 0 or wind[b, g] != wind[b, f]:
-                    owns[b, f] = True
-                    break
     cap = 2 * nb * h * w
     front_o = np.empty(cap, np.int64)
     back_o = np.empty(cap, np.int64)
@@ -335,46 +336,51 @@ def silhouette_pairs(clip, faces, neigh, tri, depth):
                         f, jf, i_f, jb, ib = ta, j, i, j2, i2
                     else:
                         f, jf, i_f, jb, ib = tb, j2, i2, j, i
-                    if not owns[b, f]:  # cheap reject: no silhouette edge on the front face
-                        continue
                     pxf = (2.0 * i_f + 1.0) / w - 1.0
                     pyf = 1.0 - (2.0 * jf + 1.0) / h
                     pxb = (2.0 * ib + 1.0) / w - 1.0
                     pyb = 1.0 - (2.0 * jb + 1.0) / h
-                    up = np.empty(3)
-                    uq = np.empty(3)
-                    for e in range(3):
-                        va = faces[f, (e + 1) % 3]
-                        vb = faces[f, (e + 2) % 3]
-                        nx, ny, nz = _cross(
-                            np.float64(clip[b, va, 0]),
-                            np.float64(clip[b, va, 1]),
-                            np.float64(clip[b, va, 3]),
-                            np.float64(clip[b, vb, 0]),
-                            np.float64(clip[b, vb, 1]),
-                            np.float64(clip[b, vb, 3]),
-                        )
-                        up[e] = pxf * nx + pyf * ny + nz
-                        uq[e] = pxb * nx + pyb * ny + nz
-                    sgn = 1.0 if up[0] + up[1] + up[2] >= 0.0 else -1.0
-                    best = -1
-                    tbest = np.inf
-                    for e in range(3):
-                        if uq[e] * sgn < 0.0 and up[e] * sgn >= 0.0:
-                            te = up[e] / (up[e] - uq[e])
-                            if te < tbest:
-                                tbest = te
-                                best = e
-                    if best < 0:
-                        continue
-                    nbf = neigh[f, best]
-                    if nbf >= 0 and wind[b, nbf] == wind[b, f]:
+                    found = -1
+                    tfound = 0.0
+                    for _ in range(MAX_WALK):
+                        # u_e is linear along the segment: u_e(t) = up + t (uq - up); the
+                        # segment leaves the face where the first decreasing u_e hits 0
+                        sgn = 1.0 if wind[b, f] else -1.0
+                        best = -1
+                        tbest = np.inf
+                        for e in range(3):
+                            va = faces[f, (e + 1) % 3]
+                            vb = faces[f, (e + 2) % 3]
+                            nx, ny, nz = _cross(
+                                np.float64(clip[b, va, 0]),
+                                np.float64(clip[b, va, 1]),
+                                np.float64(clip[b, va, 3]),
+                                np.float64(clip[b, vb, 0]),
+                                np.float64(clip[b, vb, 1]),
+                                np.float64(clip[b, vb, 3]),
+                            )
+                            up = pxf * nx + pyf * ny + nz
+                            uq = pxb * nx + pyb * ny + nz
+                            if (uq - up) * sgn < 0.0:
+                                te = up / (up - uq)
+                                if te < tbest:
+                                    tbest = te
+                                    best = e
+                        if best < 0 or tbest >= 1.0:
+                            break  # the other centre is inside this face: no edge between
+                        g = neigh[f, best]
+                        if g < 0 or wind[b, g] != wind[b, f]:
+                            found = best
+                            tfound = tbest
+                            break
+                        f = g
+                    if found < 0:
                         continue
                     # Each edge is handled by one pair direction only (as nvdiffrast does):
                     # horizontal pairs for edges steeper than 45 degrees on screen, vertical
                     # pairs for flatter ones, so a straight edge's area comes out exact.
-                    va = faces[f, (best + 1) % 3]
-                    vb = faces[f, (best + 2) % 3]
+                    va = faces[f, (found + 1) % 3]
+                    vb = faces[f, (found + 2) % 3]
                     ex = (clip[b, va, 0] / clip[b, va, 3] - clip[b, vb, 0] / clip[b, vb, 3]) * w
                     ey = (clip[b, va, 1] / clip[b, va, 3] - clip[b, vb, 1] / clip[b, vb, 3]) * h
                     if (abs(ex) <= abs(ey)) != (d == 0):
@@ -382,8 +388,8 @@ def silhouette_pairs(clip, faces, neigh, tri, depth):
                     front_o[n] = (b * h + jf) * w + i_f
                     back_o[n] = (b * h + jb) * w + ib
                     face_o[n] = f
-                    edge_o[n] = best
-                    t_o[n] = min(max(tbest, 0.0), 1.0)
+                    edge_o[n] = found
+                    t_o[n] = min(max(tfound, 0.0), 1.0)
                     n += 1
     return front_o[:n], back_o[:n], face_o[:n], edge_o[:n], t_o[:n]
 

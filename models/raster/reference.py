@@ -102,28 +102,31 @@ def reference_interpolate(attributes: torch.Tensor, raster: Rasterisation) -> to
 
 
 def reference_antialias(
-    image: torch.Tensor, raster: Rasterisation, neighbours: torch.Tensor
+    image: torch.Tensor, raster: Rasterisation, neighbours: torch.Tensor, max_walk: int = 3
 ) -> torch.Tensor:
     """Analytic silhouette anti-aliasing in torch (vectorised over pixel pairs).
 
-    For every horizontally or vertically adjacent pixel pair with different triangle ids, the
-    front pixel (smaller depth; any covered pixel beats an empty one) is followed toward the
-    other pixel's centre; if it leaves its triangle through a silhouette edge at fraction
-    ``t`` of the way, the far pixel takes ``max(0, t - 1/2)`` of the front colour and the
-    front pixel takes ``max(0, 1/2 - t)`` of the far colour. ``t`` comes from the clip-space
-    vertices, so gradients of image losses reach vertex positions. ``neighbours`` is
-    :func:`models.raster.cpu.face_neighbours` of ``raster.faces``.
+    Same rule as :meth:`models.raster.cpu.CpuRasteriser.antialias`: for adjacent pixels with
+    different triangle ids, the segment from the front pixel's centre toward the other centre
+    is followed through its face and across non-silhouette edges (up to ``max_walk`` faces);
+    where it leaves through a silhouette edge at fraction ``t`` of the way, the far pixel takes
+    ``max(0, t - 1/2)`` of the front colour and the front pixel ``max(0, 1/2 - t)`` of the far
+    colour. Horizontal pairs handle steep edges, vertical pairs flat ones. ``neighbours`` is
+    :func:`models.raster.cpu.face_neighbours` of ``raster.faces`` (as a tensor).
     """
     bsz, h, w, ch = image.shape
     if raster.tri_id.shape != (bsz, h, w):
         raise ValueError(
             f"image {tuple(image.shape)} does not match raster {tuple(raster.tri_id.shape)}"
         )
-    planes = edge_planes(raster.clip, raster.faces)
+    faces = raster.faces
+    planes = edge_planes(raster.clip, faces)
     nf = planes.shape[1]
-    sil = silhouette_edges(raster.clip, raster.faces, neighbours, planes)  # (B, F, 3)
-    sil_face = sil.any(-1).view(-1)  # faces with at least one silhouette edge
-    sil = sil.view(-1, 3)
+    with torch.no_grad():
+        c0 = raster.clip[..., [0, 1, 3]][:, faces[:, 0]]
+        wind = ((planes[:, :, 0] * c0).sum(-1) > 0).reshape(-1)  # (B*F,) screen winding
+        sil = silhouette_edges(raster.clip, faces, neighbours, planes).reshape(-1, 3)
+        ndc = raster.clip[..., :2] / raster.clip[..., 3:]
     planes = planes.reshape(-1, 3, 3)
     grid = pixel_ndc(torch.arange(h * w), h, w).to(planes.dtype)
     flat_img = image.reshape(-1, ch)
@@ -139,42 +142,45 @@ def reference_antialias(
         b_idx = a_idx + step
         ta, tb = flat_tri[a_idx], flat_tri[b_idx]
         a_front = (ta >= 0) & ((tb < 0) | (flat_depth[a_idx] <= flat_depth[b_idx]))
-        fid = b_ * nf + torch.where(a_front, ta, tb)  # front face over the batch
-        # Cheap integer filter first: only faces owning a silhouette edge can blend.
-        keep = torch.nonzero(sil_face[fid]).squeeze(1)
-        if keep.numel() == 0:
-            continue
-        a_front, a_idx, b_idx, fid, b_ = (
-            a_front[keep],
-            a_idx[keep],
-            b_idx[keep],
-            fid[keep],
-            b_[keep],
-        )
         front = torch.where(a_front, a_idx, b_idx)
         back = torch.where(a_front, b_idx, a_idx)
-        pl = planes[fid]  # (N, 3, 3)
         base = b_ * (h * w)
-        u_p = torch.bmm(pl, grid[front - base][:, :, None])[..., 0]  # (N, 3)
-        u_q = torch.bmm(pl, grid[back - base][:, :, None])[..., 0]
+        p_f = grid[front - base][:, :, None]
+        p_b = grid[back - base][:, :, None]
         with torch.no_grad():
-            sign = torch.sign(u_p.sum(-1, keepdim=True))
-            leaving = (u_q * sign < 0) & (u_p * sign >= 0)
-            t_pick = torch.where(leaving, u_p / (u_p - u_q), torch.full_like(u_p, math.inf))
-            edge = torch.argmin(t_pick, dim=1)
-            rows = torch.arange(edge.shape[0], device=edge.device)
-            # one pair direction per edge: horizontal pairs for steep edges, vertical for flat
-            va = raster.faces[fid % nf, (edge + 1) % 3]
-            vb = raster.faces[fid % nf, (edge + 2) % 3]
-            ndc = raster.clip[..., :2] / raster.clip[..., 3:]
+            cur = b_ * nf + torch.where(a_front, ta, tb)  # current face over the batch
+            rows = torch.arange(cur.shape[0])
+            active = torch.ones_like(cur, dtype=torch.bool)
+            found_face = torch.full_like(cur, -1)
+            found_edge = torch.full_like(cur, -1)
+            for _ in range(max_walk):
+                u_p = torch.bmm(planes[cur], p_f)[..., 0]
+                u_q = torch.bmm(planes[cur], p_b)[..., 0]
+                sgn = torch.where(wind[cur], 1.0, -1.0)[:, None]
+                dec = (u_q - u_p) * sgn < 0
+                t_e = torch.where(dec, u_p / torch.where(dec, u_p - u_q, 1.0), math.inf)
+                best = torch.argmin(t_e, dim=1)
+                stop = t_e[rows, best] >= 1.0  # no exit before the other centre (or none)
+                hit = active & ~stop & sil[cur, best]
+                found_face[hit] = cur[hit]
+                found_edge[hit] = best[hit]
+                active = active & ~stop & ~sil[cur, best]
+                nxt = neighbours[cur % nf, best].clamp(min=0) + b_ * nf
+                cur = torch.where(active, nxt, cur)
+            ok = found_face >= 0
+            fe = found_edge.clamp(min=0)
+            ff = found_face.clamp(min=0)
+            va = faces[ff % nf, (fe + 1) % 3]
+            vb = faces[ff % nf, (fe + 2) % 3]
             ex = (ndc[b_, va, 0] - ndc[b_, vb, 0]).abs() * w
             ey = (ndc[b_, va, 1] - ndc[b_, vb, 1]).abs() * h
             right_way = (ex <= ey) if step == 1 else (ex > ey)
-            ok = torch.nonzero(leaving[rows, edge] & sil[fid, edge] & right_way).squeeze(1)
+            ok = torch.nonzero(ok & right_way).squeeze(1)
         if ok.numel() == 0:
             continue
-        e = edge[ok]
-        up, uq = u_p[ok, e], u_q[ok, e]
+        plane = planes[found_face[ok], found_edge[ok]]  # (M, 3), differentiable
+        up = (plane * p_f[ok, :, 0]).sum(-1)
+        uq = (plane * p_b[ok, :, 0]).sum(-1)
         t = (up / (up - uq)).clamp(0.0, 1.0)[:, None].to(image.dtype)
         front, back = front[ok], back[ok]
         diff = flat_img[front] - flat_img[back]  # (M, C)

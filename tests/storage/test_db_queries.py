@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -225,6 +226,36 @@ def test_concurrent_claimers_exactly_one_wins(db_url):
             engine.dispose()
 
 
+def _claim_in_process(url: str, asset_id: str, owner: str, barrier, results) -> None:
+    """Child process: its own engine, wait for the others, claim, report."""
+    engine = make_engine(url)
+    try:
+        barrier.wait(timeout=60)
+        with session_scope(engine) as session:
+            results.put((owner, q.claim_asset(session, asset_id, owner, 300)))
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_claimers_in_separate_processes_exactly_one_wins(db_engine, db_url):
+    asset_id = _add(db_engine)
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(3), context.Queue()
+    processes = [
+        context.Process(
+            target=_claim_in_process, args=(db_url, asset_id, f"p{i}", barrier, results)
+        )
+        for i in range(3)
+    ]
+    for p in processes:
+        p.start()
+    outcomes = dict(results.get(timeout=120) for _ in processes)
+    for p in processes:
+        p.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    assert sum(outcomes.values()) == 1
+
+
 def test_only_the_owner_can_renew_or_release(db_engine):
     asset_id = _add(db_engine)
     now = datetime(2030, 1, 1, tzinfo=UTC)
@@ -252,6 +283,23 @@ def test_a_worker_whose_lease_was_taken_over_cannot_release(db_engine):
     with session_scope(db_engine) as session:
         assert not q.release_asset(session, asset_id, "slow", "failed")
         assert session.get(Asset, asset_id).lease_owner == "fast"
+
+
+def test_list_expired_leases_finds_running_assets_whose_worker_is_gone(db_engine):
+    live, lost, idle = (_add(db_engine, f"{i:064x}") for i in range(3))
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, live, "w", 600, now=now)
+        q.claim_asset(session, lost, "w", 10, now=now)
+        batch = q.create_batch(session, "m.yaml")
+        q.add_batch_item(session, batch.id, 1, None, lost, "accepted")
+    later = now + timedelta(seconds=60)
+    with session_scope(db_engine) as session:
+        assert [a.id for a in q.list_expired_leases(session, now=later)] == [lost]
+        assert [a.id for a in q.list_expired_leases(session, batch_id=batch.id, now=later)] == [
+            lost
+        ]
+        assert q.list_expired_leases(session, now=now) == []
 
 
 def test_reset_for_retry_makes_a_failed_asset_claimable_again(db_engine):
@@ -304,6 +352,20 @@ def test_stage_success_records_outputs_duration_and_memory(db_engine):
         assert (run.status, run.peak_memory_mb, run.flow_run_id) == ("succeeded", 512.5, "fr-1")
         assert run.finished_at >= run.started_at and run.duration_s >= 0
         assert session.get(Asset, asset_id).output_keys == {"bundle.png": "assets/x/bundle.png"}
+
+
+def test_recorded_output_keys_cover_the_asset_and_every_stage_run(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        run = q.record_stage_start(session, asset_id, "bundle", "h")
+        q.record_stage_success(session, run.id, {"bundle.png": "k/bundle.png"})
+        q.merge_output_keys(session, asset_id, {"extra": "k/extra.bin"})
+    with session_scope(db_engine) as session:
+        assert q.recorded_output_keys(session, asset_id) == {"k/bundle.png", "k/extra.bin"}
+        assert session.get(Asset, asset_id).output_keys == {
+            "bundle.png": "k/bundle.png",
+            "extra": "k/extra.bin",
+        }
 
 
 def test_stage_failure_is_copied_to_the_asset(db_engine):
