@@ -67,7 +67,7 @@ def build_transformer(config: dict, device: torch.device, dtype: torch.dtype):
             model = FluxTransformer2DModel(**config)
     finally:
         torch.set_default_dtype(previous)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def make_inputs(config: dict, batch: int, width: int, height: int, txt_len: int,
@@ -157,7 +157,7 @@ def bench(model, config: dict, batch: int, compiled: bool, args, device, dtype,
 def print_table(rows: list[Row], args, device_name: str, flops_per_sample: float) -> None:
     print()
     print(f"device: {device_name}; image {args.width} x {args.height}, {args.txt_len} text "
-          f"tokens, {args.steps} steps; {flops_per_sample / 1e12:.1f} TFLOP per sample forward; "
+          f"tokens, {args.steps} steps; {flops_per_sample / 1e9:,.1f} GFLOP per sample forward; "
           f"peak {args.peak_tflops:g} TFLOPS")
     head = (f"{'batch':>5} {'compile':>7} {'s/bundle':>9} {'fwd/s':>7} {'sample fwd/s':>12} "
             f"{'peak GiB':>9} {'TFLOPS':>8} {'MFU':>6}")
@@ -166,7 +166,7 @@ def print_table(rows: list[Row], args, device_name: str, flops_per_sample: float
     for r in rows:
         print(f"{r.batch:>5} {'yes' if r.compiled else 'no':>7} {r.seconds_per_bundle:>9.3f} "
               f"{r.forwards_per_second:>7.2f} {r.sample_forwards_per_second:>12.2f} "
-              f"{r.peak_gib:>9.2f} {r.tflops:>8.1f} {100 * r.mfu:>5.1f}%")
+              f"{r.peak_gib:>9.2f} {r.tflops:>8.3g} {100 * r.mfu:>5.1f}%")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

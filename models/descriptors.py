@@ -1,6 +1,6 @@
 """Appearance and shape descriptors of object images, for retrieving library meshes by image.
 
-:func:`image_descriptor` turns one picture of one object on a white background into a
+:func:`image_descriptor` turns one picture of one object on a plain background into a
 fixed-length, L2-normalised float32 vector; the dot product of two descriptors is their
 similarity in [-1, 1] (in practice [0, 1], every block being non-negative). The same function
 describes a query image and the rendered views of each library mesh.
@@ -17,13 +17,14 @@ What it captures, in weighted blocks (weights in :class:`DescriptorConfig`):
 - **colour**: a joint histogram of CIELAB colour of the foreground pixels (perceptual space,
   coarse bins), square-rooted so that the dot product is the Bhattacharyya coefficient.
 
-Limits: one object per image; the background must be white (or given by ``mask`` / an
-alpha channel); a near-white object on white loses the parts the white test cannot see;
+Limits: one object per image; the background must be plain (white, or one colour filling the
+image border) or given by ``mask`` / an alpha channel; an object close to the background colour
+loses the parts the test cannot see, and an object touching most of the border is misread;
 silhouettes do not capture interior detail or depth, so objects with similar outlines from the
 chosen view (a can and a box seen head on) are confused; it is not rotation invariant in the
 image plane (on purpose: library renders and most photos are upright); colour is only as good
-as the lighting (library renders of uncoloured meshes are grey, so colour then only says
-"light" or "dark").
+as the lighting of the photo, and library renders show unlit base colour, so an uncoloured mesh
+(the YCB scans) is flat grey and the colour block then adds the same amount to every match.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import numpy as np
 WHITE_TOLERANCE = 12
 #: Query images are reduced to at most this many pixels on their longest side first.
 WORKING_SIZE = 256
+#: Share of border pixels that must match their median for it to count as a plain backdrop.
+PLAIN_BORDER_SHARE = 0.9
 #: Fewest foreground pixels a descriptor is computed from.
 MIN_FOREGROUND_PIXELS = 16
 
@@ -94,6 +97,22 @@ def foreground_from_white(image: np.ndarray, tolerance: int = WHITE_TOLERANCE) -
     return (255 - rgb.astype(np.int16)).max(axis=-1) > tolerance
 
 
+def foreground_from_background(image: np.ndarray, tolerance: int = WHITE_TOLERANCE) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(H, W)`` bool foreground, against a plain background.
+
+    The background colour is the median of the image's border pixels when at least
+    :data:`PLAIN_BORDER_SHARE` of them lie within ``tolerance`` of it (a plain backdrop of any
+    colour); otherwise white is assumed. Textured or gradient backgrounds are not handled.
+    """
+    rgb = np.asarray(image).astype(np.int16)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
+    background = np.median(border, axis=0)
+    plain = (np.abs(border - background).max(axis=-1) <= tolerance).mean() >= PLAIN_BORDER_SHARE
+    if not plain:
+        return foreground_from_white(image, tolerance)
+    return np.abs(rgb - background).max(axis=-1) > tolerance
+
+
 def image_descriptor(
     image: np.ndarray,
     mask: np.ndarray | None = None,
@@ -101,8 +120,9 @@ def image_descriptor(
 ) -> np.ndarray:
     """Describe one object image -> ``(config.length,)`` float32, unit L2 norm.
 
-    ``image``: ``(H, W, 3)`` uint8 sRGB on a white background, or ``(H, W, 4)`` uint8 RGBA
-    whose alpha (> 127) is the foreground. ``mask``: optional ``(H, W)`` bool foreground that
+    ``image``: ``(H, W, 3)`` uint8 sRGB on a white (or other plain, see
+    :func:`foreground_from_background`) background, or ``(H, W, 4)`` uint8 RGBA whose alpha
+    (> 127) is the foreground. ``mask``: optional ``(H, W)`` bool foreground that
     overrides both (library renders pass the bundle's mask). Raises :class:`DescriptorError`
     when the foreground has fewer than 16 pixels.
     """
@@ -159,7 +179,7 @@ def _prepare(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np
     elif img.shape[2] == 4:
         fg = img[..., 3] > 127
     else:
-        fg = foreground_from_white(rgb)
+        fg = foreground_from_background(rgb)
     longest = max(img.shape[:2])
     if longest > WORKING_SIZE:
         step = int(np.ceil(longest / WORKING_SIZE))

@@ -271,6 +271,11 @@ def _read_accessor(gltf: dict, blob: bytes, index: int) -> np.ndarray:
 # --------------------------------------------------------------------------- preview sheet
 
 
+def preview_caption_height(tile: int) -> int:
+    """Height in pixels of the preview sheet's caption strip for a ``tile``."""
+    return max(14, tile // 12)
+
+
 def preview_sheet(
     mesh: trimesh.Trimesh,
     path: str | Path,
@@ -283,9 +288,10 @@ def preview_sheet(
     ``mesh`` is normalised into the bundle frame for framing (bounding box centred, longest
     side 1.8) and rendered unlit over white with the default bundle cameras at ``tile`` pixels
     per view; the 3/4 view sits at azimuth 45, elevation 20 degrees. The sheet is one row of
-    5 tiles under a caption strip. Returns ``path``.
+    5 tiles under a caption strip of :func:`preview_caption_height` pixels, so the sheet is
+    ``(tile + caption)`` high and ``5 * tile`` wide. Returns ``path``.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     from models.bundle import BundleSpec
     from models.render import render_colour_views
@@ -299,14 +305,19 @@ def preview_sheet(
     labels = [f"view {i} (az {a:g})" for i, a in enumerate(spec.azimuths)]
     labels.append(f"3/4 (az {PREVIEW_34_AZIMUTH:g}, el {PREVIEW_34_ELEVATION:g})")
 
-    caption = max(14, tile // 12)
+    caption = preview_caption_height(tile)
+    try:
+        font = ImageFont.load_default(size=max(10, int(caption * 0.7)))
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        font = ImageFont.load_default()
     sheet = Image.new("RGB", (tile * len(views), tile + caption), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, (view, label) in enumerate(zip(views, labels, strict=True)):
         sheet.paste(Image.fromarray(np.asarray(view, dtype=np.uint8), "RGB"), (i * tile, caption))
-        draw.text((i * tile + 4, 2), label, fill=(0, 0, 0))
+        draw.text((i * tile + 4, 2), label, fill=(0, 0, 0), font=font)
         if i:
-            draw.line([(i * tile, 0), (i * tile, tile + caption)], fill=(200, 200, 200))
+            # A divider in the caption strip only: the tiles stay exact renders.
+            draw.line([(i * tile, 0), (i * tile, caption - 1)], fill=(200, 200, 200))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, format="PNG")

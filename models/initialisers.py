@@ -75,11 +75,29 @@ INITIALISERS: dict[str, Callable[[Bundle, InitContext], trimesh.Trimesh | None]]
 }
 
 
+#: Refinement works inside [-1, 1]^3; an initial mesh is shrunk to fit within this extent.
+INIT_BOX_LIMIT = 0.95
+
+
+def fit_in_box(mesh: trimesh.Trimesh, limit: float = INIT_BOX_LIMIT) -> trimesh.Trimesh:
+    """A copy of ``mesh`` scaled about the origin so it lies within ``[-limit, limit]^3``.
+
+    Only ever shrinks: a learned initialiser (LRM) may overshoot the normalised box slightly,
+    and refinement must start inside it.
+    """
+    reach = float(np.abs(np.asarray(mesh.vertices)).max()) if len(mesh.vertices) else 0.0
+    out = mesh.copy()
+    if reach > limit:
+        out.vertices = np.asarray(mesh.vertices) * (limit / reach)
+    return out
+
+
 def initial_mesh(name: str, bundle: Bundle, context: InitContext) -> trimesh.Trimesh | None:
-    """Run the initialiser called ``name``; None means "start from a sphere"."""
+    """Run the initialiser called ``name``, fitted into the unit box; None means "a sphere"."""
     try:
         fn = INITIALISERS[name]
     except KeyError:
         known = ", ".join(sorted(INITIALISERS))
         raise InitInputError(f"unknown init {name!r}; known: {known}") from None
-    return fn(bundle, context)
+    mesh = fn(bundle, context)
+    return None if mesh is None else fit_in_box(mesh)

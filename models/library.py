@@ -47,6 +47,8 @@ UP_AXES = ("y", "z")
 #: Tile size of the renders whose views are described; small, descriptors are coarse anyway.
 DEFAULT_INDEX_TILE = 256
 NUM_VIEWS = 4
+#: Supersampling of index renders (part of each entry's content key).
+INDEX_SUPERSAMPLE = 1
 
 _FIELDS = ("id", "path", "caption", "tags", "up", "licence")
 _REQUIRED = ("id", "path", "caption")
@@ -530,7 +532,8 @@ def describe_mesh_views(
         mesh = load_mesh(mesh_path)
     except Exception as exc:  # trimesh raises many types for unreadable files
         raise LibraryError(f"{name}: cannot read mesh {mesh_path}: {exc}") from exc
-    bundle = render_bundle(mesh, tile=tile, up=up)
+    # No supersampling: descriptors are far coarser than a pixel, so it would only cost time.
+    bundle = render_bundle(mesh, tile=tile, up=up, supersample=INDEX_SUPERSAMPLE)
     return describe_bundle_views(bundle, name=name)
 
 
@@ -625,7 +628,7 @@ def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Gene
         library_id=entry.id,
         library_similarity=round(match.similarity, 6),
     )
-    bundle.spec = replace(bundle.spec, producer="library", extra=extra)
+    bundle.spec = replace(bundle.spec, producer="foundry3d.library", extra=extra)
     record = {
         "id": entry.id,
         "caption": entry.caption,
@@ -663,7 +666,7 @@ def _renderer_tag() -> str:
         import models.render as render
     except ImportError:
         return "none"
-    return str(getattr(render, "RENDER_VERSION", "1"))
+    return f'{getattr(render, "RENDER_VERSION", "1")}:ss{INDEX_SUPERSAMPLE}'
 
 
 def _unit_query(vector: np.ndarray, width: int, what: str) -> np.ndarray:

@@ -15,7 +15,6 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import trimesh
 from scipy.spatial import cKDTree
 
@@ -208,10 +207,22 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
-    w = torch.exp(-(x**2) / (2.0 * sigma**2))
+def _gaussian_window(size: int, sigma: float) -> np.ndarray:
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    w = np.exp(-(x**2) / (2.0 * sigma**2))
     return w / w.sum()
+
+
+def _filter_valid(image: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
+    """Correlate ``image`` with 1D ``taps`` along ``axis``, keeping only the valid region
+    (where the window lies inside the image)."""
+    from scipy.ndimage import correlate1d
+
+    half = len(taps) // 2
+    out = correlate1d(image, taps, axis=axis, mode="constant")
+    index = [slice(None)] * image.ndim
+    index[axis] = slice(half, image.shape[axis] - (len(taps) - 1 - half))
+    return out[tuple(index)]
 
 
 def ssim(
@@ -235,24 +246,18 @@ def ssim(
         a, b = a[None], b[None]
     if a.ndim != 4 or min(a.shape[1:3]) < window:
         raise ValueError(f"ssim needs (N, H, W, C) images of at least {window} px, got {a.shape}")
-    x = torch.from_numpy(a).permute(0, 3, 1, 2)  # (N, C, H, W)
-    y = torch.from_numpy(b).permute(0, 3, 1, 2)
-    channels = x.shape[1]
-    w = _gaussian_window(window, sigma)
-    kx = w.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    ky = w.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    taps = _gaussian_window(window, sigma)
 
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        t = torch.nn.functional.conv2d(t, kx, groups=channels)
-        return torch.nn.functional.conv2d(t, ky, groups=channels)
+    def blur(t: np.ndarray) -> np.ndarray:
+        return _filter_valid(_filter_valid(t, taps, 1), taps, 2)
 
     c1, c2 = SSIM_K1**2, SSIM_K2**2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
     return float((num / den).mean())
 
 
@@ -299,7 +304,8 @@ def render_metrics(
         "normal_angle_deg": _mean_angle_deg(ref_normals[inter], got_normals[inter]),
         "colour_psnr": psnr(ref_colours, got_colours),
         "colour_psnr_fg": psnr(ref_colours, got_colours, union),
-        "colour_ssim": ssim(ref_colours, got_colours),
+        # Every view has the same size, so the pooled mean is the mean of the views' means.
+        "colour_ssim": float(np.mean([p["colour_ssim"] for p in per_view])),
         "per_view": per_view,
     }
 

@@ -71,7 +71,9 @@ class RefineParams:
     normal_weight: float = 1.0
     """Weight of the normal loss (squared difference of unit normals inside the masks)."""
     mask_weight: float = 2.0
-    """Weight of the silhouette loss (squared difference of anti-aliased masks)."""
+    """Weight of the silhouette loss (squared difference of anti-aliased masks), coarse phase."""
+    fine_mask_weight: float = 0.5
+    """Weight of the silhouette loss in the fine phase."""
     box_weight: float = 10.0
     """Weight of the penalty on vertices outside the unit box."""
     laplacian_weight: float = 0.05
@@ -87,6 +89,9 @@ class RefineParams:
     """Seed of torch's generator (the loop is deterministic; kept for reproducible variants)."""
     device: str = "cpu"
     """Torch device of the optimisation."""
+    torch_threads: int | None = 1
+    """Torch CPU threads while refining, restored afterwards (small-tensor work on a loaded
+    CPU runs faster on one thread); ``None`` keeps torch's setting."""
 
 
 def sphere_init(radius: float = 0.85, subdivisions: int = 3) -> trimesh.Trimesh:
@@ -121,14 +126,18 @@ def _downsample_targets(bundle: Bundle, resolution: int, device: torch.device) -
     """Area-average the bundle's normals and masks to ``resolution`` pixels per side."""
     normals = torch.from_numpy(bundle.normals()).to(device)  # (4, T, T, 3), 0 on background
     masks = torch.from_numpy(bundle.masks().astype(np.float32)).to(device)
+    # Silhouette pixels of a bundle blend the normal with the white background, which decodes
+    # to a tilted normal: the normal loss only trusts pixels whose 3x3 neighbourhood is inside.
+    inner = -F.max_pool2d(-masks[:, None], 3, stride=1, padding=1)[:, 0]
     tile = normals.shape[1]
     if resolution != tile:
-        n = F.interpolate(normals.permute(0, 3, 1, 2), size=(resolution, resolution), mode="area")
-        m = F.interpolate(masks[:, None], size=(resolution, resolution), mode="area")[:, 0]
-        normals = n.permute(0, 2, 3, 1)
-        masks = m
+        size = (resolution, resolution)
+        normals = F.interpolate(normals.permute(0, 3, 1, 2), size=size, mode="area")
+        normals = normals.permute(0, 2, 3, 1)
+        masks = F.interpolate(masks[:, None], size=size, mode="area")[:, 0]
+        inner = F.interpolate(inner[:, None], size=size, mode="area")[:, 0]
     normals = F.normalize(normals, dim=-1)
-    return _Targets(normals=normals, masks=masks, full=masks >= FULL_COVER)
+    return _Targets(normals=normals, masks=masks, full=inner >= FULL_COVER)
 
 
 # --------------------------------------------------------------------------------- rendering
@@ -154,8 +163,14 @@ def _render(rasteriser, vertices, faces, mvp, rotations, resolution):
     """Camera-space normals ``(B, R, R, 3)``, anti-aliased masks ``(B, R, R)``, the raster."""
     clip = _clip(vertices, mvp)
     raster = rasteriser.rasterise(clip, faces, (resolution, resolution))
-    vn = vertex_normals_t(vertices, faces)
-    n_world = rasteriser.interpolate(vn, raster)
+    # Flat shading: each pixel takes its triangle's normal. Smooth vertex normals would let
+    # the normal loss of a visible face bend the unseen faces beside a crease (an object's
+    # bottom bulges down); face normals keep every gradient on the faces that are seen.
+    tri = vertices[faces]
+    fn = F.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1), dim=1,
+                     eps=1e-12)
+    covered = raster.tri_id >= 0
+    n_world = torch.where(covered[..., None], fn[raster.tri_id.clamp_min(0)], 0.0)
     n_cam = torch.einsum("bij,bhwj->bhwi", rotations, n_world)
     n_cam = F.normalize(n_cam, dim=-1, eps=1e-12)
     cover = raster.mask.to(vertices.dtype)[..., None]
@@ -172,7 +187,7 @@ def uniform_laplacian(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tens
     return vertices - acc / deg[:, None].to(vertices.dtype)
 
 
-def _losses(params, rendered, targets, view_w, vertices, edges, edge_length):
+def _losses(params, mask_weight, rendered, targets, view_w, vertices, edges, edge_length):
     n_cam, mask, raster = rendered
     both = (targets.full & raster.mask).to(n_cam.dtype)
     diff = (n_cam - targets.normals).square().sum(-1)
@@ -185,7 +200,7 @@ def _losses(params, rendered, targets, view_w, vertices, edges, edge_length):
     # The silhouette error lives on a thin band of pixels; scale it to the normal term's size.
     total = (
         params.normal_weight * normal
-        + params.mask_weight * MASK_SCALE * sil
+        + mask_weight * MASK_SCALE * sil
         + params.box_weight * box
         + params.laplacian_weight * lap
     )
@@ -267,8 +282,24 @@ def refine_mesh(
     called after every step with ``(step, total_steps, losses)`` where ``losses`` maps names to
     floats. Map the result to the source frame with :func:`to_source_frame`.
     """
-    # 1. Check inputs and set up.
     params = params or RefineParams()
+    threads = torch.get_num_threads()
+    if params.torch_threads is not None:
+        torch.set_num_threads(params.torch_threads)
+    try:
+        return _refine(bundle, init_mesh, params, rasteriser, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _refine(
+    bundle: Bundle,
+    init_mesh: trimesh.Trimesh | None,
+    params: RefineParams,
+    rasteriser,
+    progress: Progress | None,
+) -> trimesh.Trimesh:
+    # 1. Check inputs and set up.
     if len(params.view_weights) != len(bundle.spec.azimuths):
         raise ValueError(
             f"view_weights needs {len(bundle.spec.azimuths)} entries, got {params.view_weights}"
@@ -301,13 +332,13 @@ def refine_mesh(
     opt = VertexOptimiser(v0, f0, params.coarse_edge, config, device=device)
     phases = [
         (params.coarse_steps, params.coarse_resolution, params.coarse_edge, params.coarse_edge,
-         params.lr),
+         params.lr, params.mask_weight),
         (params.fine_steps, params.resolution, params.coarse_edge, params.fine_edge,
-         params.fine_lr),
+         params.fine_lr, params.fine_mask_weight),
     ]
     step = 0
     start = time.perf_counter()
-    for steps, resolution, edge_from, edge_to, lr in phases:
+    for steps, resolution, edge_from, edge_to, lr, mask_weight in phases:
         if steps <= 0:
             continue
         targets = _downsample_targets(bundle, resolution, device)
@@ -317,8 +348,8 @@ def refine_mesh(
             t = min(1.0, i / max(1.0, 0.5 * steps))
             opt.set_edge_length(edge_from * (edge_to / edge_from) ** t)
             rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, rotations, resolution)
-            loss, parts = _losses(params, rendered, targets, view_w, opt.vertices, opt.edges,
-                                  opt.edge_length)
+            loss, parts = _losses(params, mask_weight, rendered, targets, view_w, opt.vertices,
+                                  opt.edges, opt.edge_length)
             loss.backward()
             opt.step()
             step += 1
@@ -351,7 +382,8 @@ def refine_mesh(
             exp.step()
             step += 1
             if progress is not None:
-                progress(step, total, {"explicit": float(loss.detach()), "loss": float(loss.detach()),
+                value = float(loss.detach())
+                progress(step, total, {"explicit": value, "loss": value,
                                        "faces": int(faces.shape[0]),
                                        "seconds": time.perf_counter() - start})
         opt = exp

@@ -50,26 +50,34 @@ def packaged_model_path() -> Path:
 class TextEmbedder:
     """all-MiniLM-L6-v2 on CPU (or ``device``): texts -> ``(N, 384)`` float32 unit vectors.
 
-    Use :func:`get_text_embedder` to share one loaded model per process.
+    The weights load on the first :meth:`embed_texts` call, so :attr:`identity` (enough to
+    check stored embeddings) costs no model load. Use :func:`get_text_embedder` to share one
+    instance per process.
     """
 
     def __init__(self, model_path: str | Path | None = None, device: str = "cpu") -> None:
-        try:
-            import torch
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as exc:  # pragma: no cover - both are project dependencies
-            raise EmbedderUnavailable("text embeddings need torch and transformers") from exc
         path = Path(model_path) if model_path is not None else packaged_model_path()
-        if not path.is_dir():
-            raise EmbedderUnavailable(f"text embedding model folder not found: {path}")
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise EmbedderUnavailable(
+                f"no text embedding model (config.json + model.safetensors) in {path}"
+            )
         self.model_path = path
         self.device = device
-        self._torch = torch
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self._model = AutoModel.from_pretrained(str(path), local_files_only=True)
-        self._model.to(device).eval()
-        # Tokenizers are not safe to share across threads; Prefect may run tasks in threads.
+        self._model = None
+        self._tokenizer = None
+        # Loading and tokenising are not safe to share across threads; Prefect may use threads.
         self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        """Load tokenizer and weights from :attr:`model_path` (local files only)."""
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as exc:  # pragma: no cover - a project dependency
+            raise EmbedderUnavailable("text embeddings need transformers") from exc
+        path = str(self.model_path)
+        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+        self._model = model.to(self.device).eval()
 
     @cached_property
     def identity(self) -> str:
@@ -91,9 +99,12 @@ class TextEmbedder:
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        torch = self._torch
+        import torch
+
         chunks = []
         with self._lock, torch.inference_mode():
+            if self._model is None:
+                self._load()
             for start in range(0, len(texts), BATCH_SIZE):
                 batch = self._tokenizer(
                     texts[start : start + BATCH_SIZE],

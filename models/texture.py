@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 DEPTH_TOLERANCE = 0.01
 #: Surface slope (tan of the view angle) is capped here when widening the depth tolerance.
 MAX_SLOPE = 3.0
+#: Neighbouring pixels whose surfaces' eye depths differ by more than the larger of this
+#: (bundle-frame units) and ``DEPTH_EDGE_PX`` pixel footprints lie on an occlusion edge.
+DEPTH_EDGE = 0.05
+DEPTH_EDGE_PX = 3.0
 #: Colour of a connected piece of the mesh that no view sees at all (sRGB, mid grey).
 UNSEEN_COLOUR = (0.5, 0.5, 0.5)
 #: Texels of gutter filled around each UV chart so that mip-mapping does not bleed background.
@@ -224,7 +228,7 @@ class _ViewSampler:
         masks = bundle.masks()
         if erosion > 0:
             masks = np.stack([ndimage.binary_erosion(m, iterations=erosion) for m in masks])
-        self.masks = masks
+        self.masks = masks.copy()
         self.colours = bundle.colours().astype(np.float64)  # (N, T, T, 3) sRGB
 
         rasteriser = rasteriser or get_rasteriser()
@@ -239,6 +243,16 @@ class _ViewSampler:
         ndc_depth = raster.depth.detach().cpu().numpy().astype(np.float64)
         covered = raster.tri_id.cpu().numpy() >= 0
         self.depth = np.where(covered, self._eye_depth(ndc_depth), np.inf)  # (N, T, T)
+        # Occlusion edges inside the mask (a part in front of another) blend two surfaces'
+        # colours just like the outer silhouette does: erode them away too.
+        footprint = 2.0 * bundle.spec.distance / (self.cameras.projection[1, 1] * self.tile)
+        jump = max(DEPTH_EDGE, DEPTH_EDGE_PX * footprint)
+        for v in range(n_views if erosion > 0 else 0):
+            # The edge pixels on both sides are the first pixel of the band.
+            edges = _depth_edges(self.depth[v], jump)
+            if erosion > 1:
+                edges = ndimage.binary_dilation(edges, iterations=erosion - 1)
+            self.masks[v] &= ~edges
 
     def _eye_depth(self, ndc_z: np.ndarray) -> np.ndarray:
         """NDC depth -> distance along the view axis (``-z_eye``), bundle-frame units."""
@@ -268,9 +282,9 @@ class _ViewSampler:
             cos = np.abs(np.einsum("ij,ij->i", normals, to_eye))
 
             inside = (px >= 0) & (px <= t - 1) & (py >= 0) & (py <= t - 1)
-            ix = np.clip(np.round(px), 0, t - 1).astype(np.int64)
-            iy = np.clip(np.round(py), 0, t - 1).astype(np.int64)
-            in_mask = inside & self.masks[v, iy, ix]
+            # Every pixel the bilinear colour lookup touches must be inside the eroded mask,
+            # or a half-covered edge pixel (blended with white) leaks into the colour.
+            in_mask = inside & _all_neighbours(self.masks[v], px, py)
 
             # Visible when not behind the depth buffer; the tolerance covers one pixel of
             # surface slope (the buffer is sampled at pixel centres, creases bend it) plus a
@@ -292,6 +306,33 @@ class _ViewSampler:
         seen = total > 0
         mean = (weights[..., None] * colours).sum(0) / np.maximum(total, 1e-12)[:, None]
         return np.where(seen[:, None], mean, 0.0), seen
+
+
+def _depth_edges(depth: np.ndarray, jump: float) -> np.ndarray:
+    """``(T, T)`` bool: pixels whose eye depth differs from a 4-neighbour's by more than
+    ``jump`` (background, ``inf``, differs from everything)."""
+    edges = np.zeros(depth.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        dy = np.abs(depth[1:] - depth[:-1])
+        dx = np.abs(depth[:, 1:] - depth[:, :-1])
+    # inf - inf is nan: two background pixels are no edge.
+    dy = np.where(np.isnan(dy), 0.0, dy) > jump
+    dx = np.where(np.isnan(dx), 0.0, dx) > jump
+    edges[1:] |= dy
+    edges[:-1] |= dy
+    edges[:, 1:] |= dx
+    edges[:, :-1] |= dx
+    return edges
+
+
+def _all_neighbours(mask: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """True where all 4 pixels around each fractional position are set in ``mask`` ``(T, T)``."""
+    t = mask.shape[0]
+    x0 = np.clip(np.floor(px), 0, t - 1).astype(np.int64)
+    y0 = np.clip(np.floor(py), 0, t - 1).astype(np.int64)
+    x1 = np.minimum(x0 + 1, t - 1)
+    y1 = np.minimum(y0 + 1, t - 1)
+    return mask[y0, x0] & mask[y0, x1] & mask[y1, x0] & mask[y1, x1]
 
 
 def _sample_depth(depth: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:

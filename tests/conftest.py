@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.s3",
     "tests.fixtures.prefect",
+    "tests.fixtures.prefect_server",
 ]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

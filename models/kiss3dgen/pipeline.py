@@ -54,7 +54,9 @@ FLUX_FOLDER_PARTS = (
 MODEL_CACHE_SIZE = 1
 
 _FOLDER_EXPECTED = (
-    "a Flux diffusers folder (model_index.json and sub-folders " + ", ".join(FLUX_FOLDER_PARTS) + ")"
+    "a Flux diffusers folder (model_index.json and sub-folders "
+    + ", ".join(FLUX_FOLDER_PARTS)
+    + ")"
 )
 
 

@@ -529,11 +529,13 @@ def train_lora(
         if progress is not None:
             progress(done, config.steps, loss_value)
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-            _save_checkpoint(out_dir, transformer, optimizer, lr_scheduler, done, losses, rng, config)
+            _save_checkpoint(out_dir, transformer, optimizer, lr_scheduler, done, losses, rng,
+                             config)
 
     transformer.eval()
     eval_end = evaluation_loss(transformer, enc, config)
-    _save_checkpoint(out_dir, transformer, optimizer, lr_scheduler, config.steps, losses, rng, config)
+    _save_checkpoint(out_dir, transformer, optimizer, lr_scheduler, config.steps, losses, rng,
+                     config)
     lora_path = save_lora(transformer, out_dir / LORA_FILE)
     (out_dir / "train_config.json").write_text(
         json.dumps({**asdict(config), "flux_path": str(flux_path), "samples": len(samples),

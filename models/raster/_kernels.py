@@ -289,7 +289,7 @@ MAX_WALK = 16
 
 
 @numba.njit(cache=True, nogil=True)
-def silhouette_pairs(clip, faces, neigh, tri, depth):
+def silhouette_pairs(clip, faces, neigh, tri, depth, cap):
     """Every adjacent pixel pair that a silhouette edge separates, with where it crosses.
 
     From the front pixel's centre (smaller depth; covered beats empty) toward the other
@@ -299,16 +299,56 @@ def silhouette_pairs(clip, faces, neigh, tri, depth):
     the other centre. Horizontal pairs handle edges steeper than 45 degrees on screen,
     vertical pairs the others. Returns ``(front, back, face, edge, t)``: flat pixel indices
     over the batch, the face owning the edge, the corner opposite it, and the fraction
-    ``t`` in [0, 1] of the way from the front centre where the edge crosses.
+    ``t`` in [0, 1] of the way from the front centre where the edge crosses. ``cap`` bounds
+    the number of pairs (the count of adjacent pixel pairs with different triangle ids).
     """
     nb, h, w = tri.shape
     nf = faces.shape[0]
-    # per view: each face's screen winding
+    # per view: each face's screen winding, its edge planes, and its distance (in faces)
+    # to the nearest face owning a silhouette edge, by a breadth-first search
     wind = np.empty((nb, nf), np.bool_)
+    planes = np.empty((nb, nf, 3, 3))
     for b in range(nb):
         for f in range(nf):
             wind[b, f] = _winding(clip, faces, b, f)
-    cap = 2 * nb * h * w
+            for e in range(3):
+                va = faces[f, (e + 1) % 3]
+                vb = faces[f, (e + 2) % 3]
+                nx, ny, nz = _cross(
+                    np.float64(clip[b, va, 0]),
+                    np.float64(clip[b, va, 1]),
+                    np.float64(clip[b, va, 3]),
+                    np.float64(clip[b, vb, 0]),
+                    np.float64(clip[b, vb, 1]),
+                    np.float64(clip[b, vb, 3]),
+                )
+                planes[b, f, e, 0] = nx
+                planes[b, f, e, 1] = ny
+                planes[b, f, e, 2] = nz
+    dist = np.full((nb, nf), MAX_WALK, np.int64)
+    queue = np.empty(nf, np.int64)
+    for b in range(nb):
+        head = 0
+        tail = 0
+        for f in range(nf):
+            for e in range(3):
+                g = neigh[f, e]
+                if g < 0 or wind[b, g] != wind[b, f]:
+                    dist[b, f] = 0
+                    queue[tail] = f
+                    tail += 1
+                    break
+        while head < tail:
+            f = queue[head]
+            head += 1
+            if dist[b, f] + 1 >= MAX_WALK:
+                continue
+            for e in range(3):
+                g = neigh[f, e]
+                if g >= 0 and dist[b, g] > dist[b, f] + 1:
+                    dist[b, g] = dist[b, f] + 1
+                    queue[tail] = g
+                    tail += 1
     front_o = np.empty(cap, np.int64)
     back_o = np.empty(cap, np.int64)
     face_o = np.empty(cap, np.int64)
@@ -336,6 +376,8 @@ def silhouette_pairs(clip, faces, neigh, tri, depth):
                         f, jf, i_f, jb, ib = ta, j, i, j2, i2
                     else:
                         f, jf, i_f, jb, ib = tb, j2, i2, j, i
+                    if dist[b, f] >= MAX_WALK:  # cheap reject: no silhouette within reach
+                        continue
                     pxf = (2.0 * i_f + 1.0) / w - 1.0
                     pyf = 1.0 - (2.0 * jf + 1.0) / h
                     pxb = (2.0 * ib + 1.0) / w - 1.0
@@ -349,16 +391,7 @@ def silhouette_pairs(clip, faces, neigh, tri, depth):
                         best = -1
                         tbest = np.inf
                         for e in range(3):
-                            va = faces[f, (e + 1) % 3]
-                            vb = faces[f, (e + 2) % 3]
-                            nx, ny, nz = _cross(
-                                np.float64(clip[b, va, 0]),
-                                np.float64(clip[b, va, 1]),
-                                np.float64(clip[b, va, 3]),
-                                np.float64(clip[b, vb, 0]),
-                                np.float64(clip[b, vb, 1]),
-                                np.float64(clip[b, vb, 3]),
-                            )
+                            nx, ny, nz = planes[b, f, e, 0], planes[b, f, e, 1], planes[b, f, e, 2]
                             up = pxf * nx + pyf * ny + nz
                             uq = pxb * nx + pyb * ny + nz
                             if (uq - up) * sgn < 0.0:
@@ -489,3 +522,41 @@ def aa_backward(
         g_clip[b, vb, 0] += cx
         g_clip[b, vb, 1] += cy
         g_clip[b, vb, 3] += cz
+
+
+@numba.njit(cache=True, nogil=True)
+def blend_box(tri, bary, corner, background, encode_normal, s, out):
+    """Blend per-corner values at every sample and box-average ``s`` x ``s`` samples.
+
+    ``tri`` ``(H, W)`` int64, ``bary`` ``(H, W, 3)``, ``corner`` ``(F, 3, C)`` float64;
+    empty samples contribute ``background``. With ``encode_normal`` the blended value is
+    normalised and encoded as the bundle spec's normal colour (``C`` = 3, values 0..255).
+    ``out`` ``(H // s, W // s, C)`` float64 is accumulated into (start from zeros).
+    """
+    h, w = tri.shape
+    nc = corner.shape[2]
+    inv = 1.0 / (s * s)
+    val = np.empty(nc)
+    for j in range(h):
+        oj = j // s
+        for i in range(w):
+            oi = i // s
+            f = tri[j, i]
+            if f < 0:
+                for c in range(nc):
+                    out[oj, oi, c] += background * inv
+                continue
+            b0 = np.float64(bary[j, i, 0])
+            b1 = np.float64(bary[j, i, 1])
+            b2 = np.float64(bary[j, i, 2])
+            for c in range(nc):
+                val[c] = b0 * corner[f, 0, c] + b1 * corner[f, 1, c] + b2 * corner[f, 2, c]
+            if encode_normal:
+                norm = math.sqrt(val[0] * val[0] + val[1] * val[1] + val[2] * val[2])
+                if norm < 1e-12:
+                    norm = 1e-12
+                val[0] = 255.0 * (1.0 - val[0] / norm) / 2.0
+                val[1] = 255.0 * (1.0 + val[1] / norm) / 2.0
+                val[2] = 255.0 * (1.0 + val[2] / norm) / 2.0
+            for c in range(nc):
+                out[oj, oi, c] += val[c] * inv

@@ -230,8 +230,12 @@ class _AntialiasFn(torch.autograd.Function):
     def forward(ctx, image, clip, faces_np, neigh_np, tri_np, depth_np):  # type: ignore[override]
         k = _kernels()
         clip_np = np.ascontiguousarray(clip.detach().cpu().numpy(), dtype=np.float32)
+        cap = int(
+            np.count_nonzero(tri_np[:, :, 1:] != tri_np[:, :, :-1])
+            + np.count_nonzero(tri_np[:, 1:] != tri_np[:, :-1])
+        )
         front, back, face, edge, t = k.silhouette_pairs(
-            clip_np, faces_np, neigh_np, tri_np, depth_np
+            clip_np, faces_np, neigh_np, tri_np, depth_np, cap
         )
         shape = image.shape
         img = np.ascontiguousarray(image.detach().cpu().numpy(), dtype=np.float32).reshape(

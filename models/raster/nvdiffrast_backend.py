@@ -8,6 +8,8 @@ row 0 is ``y_ndc = -1`` (the bottom), so results are flipped vertically here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from models.raster.base import Rasterisation, RasteriserUnavailable
@@ -27,6 +29,18 @@ def nvdiffrast_available() -> bool:
     except Exception:
         return False
     return True
+
+
+@dataclass
+class NvdiffrastRasterisation(Rasterisation):
+    """A :class:`Rasterisation` that keeps nvdiffrast's own output for interpolate/antialias.
+
+    ``native``: ``(B, H, W, 4)`` nvdiffrast ``rast`` (row 0 at the bottom);
+    ``native_tri``: ``(F, 3)`` int32 CUDA faces.
+    """
+
+    native: torch.Tensor | None = None
+    native_tri: torch.Tensor | None = None
 
 
 class NvdiffrastRasteriser:
@@ -62,32 +76,39 @@ class NvdiffrastRasteriser:
         clip = clip.to(self.device, torch.float32).contiguous()
         tri = faces.to(self.device, torch.int32).contiguous()
         h, w = int(resolution[0]), int(resolution[1])
-        rast, _ = self._dr.rasterize(self._ctx, clip, tri, resolution=[h, w])
-        rast = rast.flip(1)  # nvdiffrast's row 0 is the bottom
+        native, _ = self._dr.rasterize(self._ctx, clip, tri, resolution=[h, w])
+        rast = native.flip(1)  # nvdiffrast's row 0 is the bottom
         u, v, zw, tid = rast.unbind(-1)
         tri_id = tid.round().to(torch.int64) - 1
         covered = tri_id >= 0
         bary = torch.stack([u, v, 1.0 - u - v], -1) * covered[..., None]
         depth = torch.where(covered, zw, torch.ones_like(zw))
-        out = Rasterisation(tri_id=tri_id, bary=bary, depth=depth, clip=clip, faces=tri.long())
-        out.native = rast  # type: ignore[attr-defined]  # nvdiffrast's own output, bottom row first
-        out.native_tri = tri  # type: ignore[attr-defined]
-        return out
+        return NvdiffrastRasterisation(
+            tri_id=tri_id,
+            bary=bary,
+            depth=depth,
+            clip=clip,
+            faces=tri.long(),
+            native=native,
+            native_tri=tri,
+        )
 
     def interpolate(self, attributes: torch.Tensor, raster: Rasterisation) -> torch.Tensor:
         """Vertex attributes ``(V, C)`` or ``(B, V, C)`` -> ``(B, H, W, C)``, 0 where empty."""
         attributes = attributes.to(self.device, torch.float32).contiguous()
-        native = getattr(raster, "native", None)
-        if native is None:
-            raise ValueError("raster did not come from the nvdiffrast backend")
-        out, _ = self._dr.interpolate(attributes, native, raster.native_tri)  # type: ignore[attr-defined]
+        raster = _native(raster)
+        out, _ = self._dr.interpolate(attributes, raster.native, raster.native_tri)
         return out.flip(1)
 
     def antialias(self, image: torch.Tensor, raster: Rasterisation) -> torch.Tensor:
         """nvdiffrast's silhouette anti-aliasing of ``image`` ``(B, H, W, C)``."""
-        native = getattr(raster, "native", None)
-        if native is None:
-            raise ValueError("raster did not come from the nvdiffrast backend")
+        raster = _native(raster)
         img = image.to(self.device, torch.float32).flip(1).contiguous()
-        out = self._dr.antialias(img, native, raster.clip, raster.native_tri)  # type: ignore[attr-defined]
+        out = self._dr.antialias(img, raster.native, raster.clip, raster.native_tri)
         return out.flip(1)
+
+
+def _native(raster: Rasterisation) -> NvdiffrastRasterisation:
+    if not isinstance(raster, NvdiffrastRasterisation):
+        raise ValueError("this Rasterisation did not come from the nvdiffrast backend")
+    return raster

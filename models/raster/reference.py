@@ -102,7 +102,7 @@ def reference_interpolate(attributes: torch.Tensor, raster: Rasterisation) -> to
 
 
 def reference_antialias(
-    image: torch.Tensor, raster: Rasterisation, neighbours: torch.Tensor, max_walk: int = 3
+    image: torch.Tensor, raster: Rasterisation, neighbours: torch.Tensor, max_walk: int = 16
 ) -> torch.Tensor:
     """Analytic silhouette anti-aliasing in torch (vectorised over pixel pairs).
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from storage import queries
 from storage.objects import open_store
 from tasks.resources import engine_for
-from tests.flows.conftest import write_manifest
+from tests.flows.conftest import FAST_PARAMS, write_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -165,3 +165,56 @@ def test_an_image_request_and_a_bundle_file_request_are_produced(pipeline_config
     ])
     summary = catalog_flow(str(manifest), pipeline_config)
     assert (summary.produced, summary.failed, summary.rejected) == (2, 0, 0), summary.assets
+
+
+def test_init_lrm_runs_with_a_tiny_checkpoint_file(pipeline_config, tmp_path):
+    import torch
+
+    from flows.catalog import catalog_flow
+    from models.lrm import LRM, get_config, save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(LRM(get_config("tiny")).eval(), tmp_path / "tiny_lrm.ckpt")
+    manifest = write_manifest(tmp_path, [
+        {"prompt": "a soda can", "init": "lrm",
+         "params": {**FAST_PARAMS, "lrm_path": str(checkpoint), "lrm_variant": "tiny"}},
+    ])
+    summary = catalog_flow(str(manifest), pipeline_config)
+    assert summary.produced == 1, summary.assets
+    _, keys, metrics, _ = _detail(pipeline_config, summary.assets[0]["asset_id"])
+    assert metrics["init_faces"] > 0
+    assert "coarse.glb" in keys
+
+
+def test_kiss3dgen_generator_draws_the_bundle_with_local_weights(pipeline_config, tmp_path):
+    from flows.catalog import catalog_flow
+    from models.kiss3dgen.tiny import save_tiny_flux
+
+    flux = save_tiny_flux(tmp_path / "tiny-flux")
+    generator_params = {"flux_path": str(flux), "steps": 2, "check_degenerate": False}
+    manifest = write_manifest(tmp_path, [
+        {"prompt": "a wooden chair", "generator": "kiss3dgen", "init": "sphere",
+         "params": {**FAST_PARAMS, **generator_params}},
+    ])
+    summary = catalog_flow(str(manifest), pipeline_config)
+    assert summary.produced == 1, summary.assets
+    _, keys, metrics, _ = _detail(pipeline_config, summary.assets[0]["asset_id"])
+    assert "kiss3dgen_seconds" in metrics
+    sidecar = open_store(pipeline_config.store_url).get_bytes(keys["bundle.json"])
+    assert b'"producer": "kiss3dgen"' in sidecar
+
+
+def test_kiss3dgen_without_weights_fails_permanently_naming_the_path(pipeline_config, tmp_path):
+    from flows.catalog import catalog_flow
+
+    missing = tmp_path / "no-such-flux"
+    manifest = write_manifest(tmp_path, [
+        {"prompt": "a wooden chair", "generator": "kiss3dgen",
+         "params": {**FAST_PARAMS, "flux_path": str(missing)}},
+    ])
+    summary = catalog_flow(str(manifest), pipeline_config)
+    assert summary.failed == 1
+    with Session(engine_for(pipeline_config.database_url)) as session:
+        asset = queries.get_asset(session, summary.assets[0]["asset_id"])
+        assert asset.last_error_class == "permanent:WeightsMissingError"
+        assert str(missing) in asset.last_error_message

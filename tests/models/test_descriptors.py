@@ -98,3 +98,10 @@ def test_lab_of_white_black_and_grey_has_no_chroma():
     lab = srgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [119, 119, 119]], np.uint8))
     np.testing.assert_allclose(lab[:, 0], [100.0, 0.0, 50.0], atol=0.5)
     np.testing.assert_allclose(lab[:, 1:], 0.0, atol=1e-3)
+
+
+def test_a_plain_coloured_backdrop_is_treated_like_white():
+    on_white = _disc(48, 48, 20, BLUE)
+    on_beige = on_white.copy()
+    on_beige[foreground_from_white(on_white) == 0] = (230, 215, 180)
+    assert image_descriptor(on_white) @ image_descriptor(on_beige) > 0.999

@@ -117,3 +117,42 @@ def test_obj_export_writes_vertex_colours(tmp_path):
     back = trimesh.load(export_obj(mesh, tmp_path / "a.obj"), process=False)
     assert len(back.vertices) == len(mesh.vertices)
     assert np.array_equal(back.visual.vertex_colors[:, :3], mesh.visual.vertex_colors[:, :3])
+
+
+def test_reloaded_glb_renders_like_the_bundle_from_view_0(tmp_path):
+    from models.mesh import normalise_mesh
+    from models.render import render_bundle, render_views
+
+    source = _asymmetric_object()
+    bundle = render_bundle(source, tile=TILE)
+    asset, _, _ = normalise_mesh(source)  # the bundle frame, as the pipeline's meshes are
+    back = load_glb(export_glb(asset, tmp_path / "asset.glb"))
+    views = render_views(back, bundle.spec)
+    ref_colour = bundle.colour_tiles()[0].astype(int)
+    assert np.abs(views.colour_tiles()[0].astype(int) - ref_colour).max() <= 2
+    assert np.abs(views.normal_tiles()[0].astype(int) - bundle.normal_tiles()[0]).max() <= 2
+    # The comparison does catch a mirrored or turned asset.
+    for transform in (np.diag([-1.0, 1.0, 1.0, 1.0]), np.diag([-1.0, 1.0, -1.0, 1.0])):
+        wrong = asset.copy()
+        wrong.apply_transform(transform)
+        wrong_view = render_views(wrong, bundle.spec).colour_tiles()[0].astype(int)
+        assert np.abs(wrong_view - ref_colour).mean() > 10
+
+
+def test_preview_sheet_shows_the_four_bundle_views_and_a_three_quarter_view(tmp_path):
+    from models.export import preview_caption_height
+    from models.render import render_bundle
+
+    mesh = _asymmetric_object()
+    path = preview_sheet(mesh, tmp_path / "preview.png", tile=TILE)
+    sheet = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    caption = preview_caption_height(TILE)
+    assert sheet.shape == (TILE + caption, 5 * TILE, 3)
+    tiles = [sheet[caption:, i * TILE : (i + 1) * TILE] for i in range(5)]
+    bundle_views = render_bundle(mesh, tile=TILE).colour_tiles().astype(int)
+    for i in range(4):
+        assert np.abs(tiles[i] - bundle_views[i]).max() <= 1
+    assert all(np.abs(tiles[4] - bundle_views[i]).mean() > 5 for i in range(4))
+    # Every tile has a dark caption above it.
+    for i in range(5):
+        assert sheet[:caption, i * TILE : (i + 1) * TILE].min() < 100

