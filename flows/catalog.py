@@ -12,10 +12,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from flows.asset import AssetFailed, asset_shard_flow
+from storage.schema import Asset
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult, ingest_manifest
+from tasks.resources import engine_for
 from tasks.summary import BatchSummary, summarise_batch
 
 
@@ -48,6 +52,8 @@ def _run_in_process(shard: list[str], config: PipelineConfig) -> dict[str, str]:
 
 
 def _run_on_deployment(shard: list[str], config: PipelineConfig, deployment: str) -> dict[str, str]:
+    """Run a shard on the deployment's work pool; outcomes come from the database, since the
+    worker's flow-run result lives on another machine."""
     from prefect.deployments import run_deployment
 
     flow_run = run_deployment(
@@ -55,9 +61,19 @@ def _run_on_deployment(shard: list[str], config: PipelineConfig, deployment: str
         parameters={"asset_ids": shard, "config": config.model_dump()},
         timeout=None,
     )
-    if flow_run.state is not None and flow_run.state.is_completed():
-        return flow_run.state.result()
-    return {asset_id: "failed" for asset_id in shard}
+    completed = flow_run.state is not None and flow_run.state.is_completed()
+    with Session(engine_for(config.database_url)) as session:
+        states = dict(
+            session.execute(select(Asset.id, Asset.state).where(Asset.id.in_(shard))).all()
+        )
+    outcomes = {}
+    for asset_id in shard:
+        state = states.get(asset_id)
+        if state in ("succeeded", "failed"):
+            outcomes[asset_id] = state
+        else:
+            outcomes[asset_id] = "skipped" if completed else "failed"
+    return outcomes
 
 
 @flow(name="catalog", log_prints=True)

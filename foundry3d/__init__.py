@@ -1,3 +1,3 @@
-"""foundry3d: the user's entry points (CLI, settings, HTTP API) over models/, storage/, tasks/ and flows/."""
+"""foundry3d: the user's entry points (CLI, settings) over models/, storage/, tasks/, flows/."""
 
 __version__ = "0.1.0"

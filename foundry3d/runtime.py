@@ -12,7 +12,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         database_url=settings.resolved_database_url,
         store_url=settings.resolved_store_url,
         library_path=str(settings.resolved_library_path.resolve()),
-        device=_device(settings.device),
+        device=settings.device,
         rasteriser=settings.rasteriser,
         tile=settings.tile,
         lease_seconds=settings.lease_seconds,
@@ -26,11 +26,3 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         url_hosts=list(settings.url_hosts),
         max_image_pixels=settings.max_image_pixels,
     )
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         "deployment with run_deployment.",
     )
     asset_deployment: str = Field(
-        "asset/foundry3d-asset", description="Deployment the catalog calls in server mode."
+        "asset-shard/foundry3d-asset",
+        description="Deployment (flow/name) the catalog calls in server mode.",
     )
     concurrency: int = Field(2, ge=1, description="Assets run at once by the catalog flow.")
     lease_seconds: int = Field(900, ge=5, description="How long a claim on an asset lasts.")

@@ -63,7 +63,9 @@ class BundleSpec:
         if "azimuths" in kwargs:
             kwargs["azimuths"] = tuple(float(a) for a in kwargs["azimuths"])
             if len(kwargs["azimuths"]) != NUM_VIEWS:
-                raise BundleError(f"sidecar must list {NUM_VIEWS} azimuths, got {kwargs['azimuths']}")
+                raise BundleError(
+                    f"sidecar must list {NUM_VIEWS} azimuths, got {kwargs['azimuths']}"
+                )
         if "offset" in kwargs:
             kwargs["offset"] = tuple(float(o) for o in kwargs["offset"])
         for name in ("elevation", "fov", "distance", "scale"):
@@ -113,7 +115,9 @@ def join_tiles(colours: np.ndarray, normals: np.ndarray) -> np.ndarray:
     colours = np.asarray(colours)
     normals = np.asarray(normals)
     if colours.shape != normals.shape or colours.shape[0] != NUM_VIEWS or colours.ndim != 4:
-        raise BundleError(f"need two (4, T, T, 3) tile stacks, got {colours.shape} and {normals.shape}")
+        raise BundleError(
+            f"need two (4, T, T, 3) tile stacks, got {colours.shape} and {normals.shape}"
+        )
     t = colours.shape[1]
     rows = np.stack([colours, normals])  # (2, 4, T, T, 3)
     return rows.transpose(0, 2, 1, 3, 4).reshape(2 * t, NUM_VIEWS * t, 3).astype(np.uint8)
@@ -195,7 +199,8 @@ class Bundle:
         check_layout(image)
         data = dict(sidecar or {})
         data.setdefault("tile", image.shape[0] // 2)
-        return cls(image=np.ascontiguousarray(image, dtype=np.uint8), spec=BundleSpec.from_dict(data))
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        return cls(image=image, spec=BundleSpec.from_dict(data))
 
 
 def sidecar_path(image_path: str | Path) -> Path:

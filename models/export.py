@@ -71,7 +71,9 @@ def export_glb(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     visual = mesh.visual
     if isinstance(visual, trimesh.visual.TextureVisuals):
         textured = trimesh.Trimesh(
-            vertices=mesh.vertices, faces=mesh.faces, process=False,
+            vertices=mesh.vertices,
+            faces=mesh.faces,
+            process=False,
             visual=trimesh.visual.TextureVisuals(uv=visual.uv, material=visual.material),
         )
         path.write_bytes(textured.export(file_type="glb"))
@@ -260,7 +262,10 @@ def _read_accessor(gltf: dict, blob: bytes, index: int) -> np.ndarray:
     start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
     stride = view.get("byteStride", dtype.itemsize * width)
     rows = np.ndarray(
-        shape=(acc["count"], width), dtype=dtype, buffer=blob, offset=start,
+        shape=(acc["count"], width),
+        dtype=dtype,
+        buffer=blob,
+        offset=start,
         strides=(stride, dtype.itemsize),
     ).astype(np.float64)
     if acc["componentType"] != _FLOAT:

@@ -32,13 +32,21 @@ class MeshLoadError(ValueError):
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
     """Read OBJ/GLB/GLTF/STL/PLY/OFF... into one ``trimesh.Trimesh`` in the file's frame.
 
-    Duplicate vertices are merged (except across UV seams). Multi-part scenes are flattened with each node's transform applied; per-part materials
-    survive: textured parts keep their textures (trimesh packs several into one atlas), and
-    when textured and untextured parts are mixed, every part is turned into vertex colours
-    (textures sampled at the vertices). Point clouds and empty files raise
-    :class:`MeshLoadError`.
+    Duplicate vertices are merged (except across UV seams). Multi-part scenes are flattened
+    with each node's transform applied; per-part materials survive: textured parts keep their
+    textures (trimesh packs several into one atlas), and when textured and untextured parts
+    are mixed, every part is turned into vertex colours (textures sampled at the vertices).
+    Point clouds and empty files raise :class:`MeshLoadError`.
     """
     path = Path(path)
+    if path.suffix.lower() == ".glb" and _glb_colours_only(path):
+        # glTF COLOR_0 is linear; trimesh keeps it verbatim as a vertex attribute and would
+        # render the material instead: read it as sRGB vertex colours
+        from models.export import load_glb
+
+        mesh = load_glb(path)
+        mesh.merge_vertices()
+        return mesh
     try:
         # trimesh's processing merges duplicate vertices (an STL is a triangle soup) but keeps
         # vertices apart where their UVs differ, so textures survive
@@ -52,6 +60,26 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise MeshLoadError(f"{path} holds no triangles ({type(mesh).__name__})")
     return mesh
+
+
+def _glb_colours_only(path: Path) -> bool:
+    """True for a GLB whose primitives carry ``COLOR_0`` and whose materials have no texture."""
+    import json
+    import struct
+
+    try:
+        with path.open("rb") as f:
+            magic, _, _ = struct.unpack("<4sII", f.read(12))
+            length, kind = struct.unpack("<I4s", f.read(8))
+            if magic != b"glTF" or kind != b"JSON":
+                return False
+            gltf = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError):
+        return False
+    primitives = [p for m in gltf.get("meshes", []) for p in m.get("primitives", [])]
+    return bool(primitives) and not gltf.get("textures") and all(
+        "COLOR_0" in p.get("attributes", {}) for p in primitives
+    )
 
 
 def flatten_scene(scene: trimesh.Scene) -> trimesh.Trimesh:
@@ -69,20 +97,79 @@ def flatten_scene(scene: trimesh.Scene) -> trimesh.Trimesh:
         raise MeshLoadError("the scene holds no triangle meshes")
     if len(parts) == 1:
         return parts[0]
-    kinds = {_visual_kind(p) for p in parts}
-    if kinds != {"texture"}:
-        # Mixed textured / coloured parts cannot share one visual: bake textures to vertex
-        # colours so every part keeps its look (at vertex resolution).
-        for p in parts:
-            p.visual = trimesh.visual.ColorVisuals(p, vertex_colors=part_vertex_colours(p))
+    if all(_visual_kind(p) == "texture" for p in parts):
+        return _concatenate_textured(parts)
+    # Mixed textured / coloured parts cannot share one visual: bake textures to vertex colours
+    # so every part keeps its look (at vertex resolution).
+    for p in parts:
+        p.visual = trimesh.visual.ColorVisuals(p, vertex_colors=part_vertex_colours(p))
     return trimesh.util.concatenate(parts)
 
 
+#: Texels of edge padding around each part's image in a packed atlas (stops bilinear bleeding).
+ATLAS_PAD = 2
+
+
+def _concatenate_textured(parts: list[trimesh.Trimesh]) -> trimesh.Trimesh:
+    """One textured mesh from textured parts: their images stacked into one atlas (each part's
+    baseColorFactor baked into its texels), UVs remapped into the part's band.
+
+    trimesh's own material packing is not used: it mismatched images and UVs in testing.
+    UVs outside [0, 1] (repeating textures) are wrapped per vertex, which is exact unless a
+    face straddles a repeat boundary.
+    """
+    from PIL import Image
+
+    from models.render import apply_factor, linear_material
+
+    images, uvs = [], []
+    for p in parts:
+        material = p.visual.material
+        rgb = np.asarray(_material_image(material).convert("RGB"), dtype=np.float64)
+        base = getattr(material, "baseColorFactor", None)
+        if base is not None:
+            rgb = apply_factor(rgb.reshape(-1, 3), linear_material(base)).reshape(rgb.shape)
+        pad = ((ATLAS_PAD, ATLAS_PAD), (ATLAS_PAD, ATLAS_PAD), (0, 0))
+        images.append(np.pad(np.round(rgb), pad, mode="edge"))
+        uv = np.asarray(p.visual.uv, dtype=np.float64)
+        if uv.min() < 0.0 or uv.max() > 1.0:
+            uv = np.mod(uv, 1.0)
+        uvs.append(uv)
+    width = max(im.shape[1] for im in images)
+    height = sum(im.shape[0] for im in images)
+    atlas = np.full((height, width, 3), 255.0)
+    top = 0
+    for k, im in enumerate(images):
+        h, w = im.shape[:2]
+        atlas[top : top + h, :w] = im
+        inner_h, inner_w = h - 2 * ATLAS_PAD, w - 2 * ATLAS_PAD
+        u, v = uvs[k][:, 0], uvs[k][:, 1]
+        # texel coordinates inside the padding, rows counted from the atlas top
+        x = ATLAS_PAD + u * inner_w
+        y = top + ATLAS_PAD + (1.0 - v) * inner_h
+        uvs[k] = np.stack([x / width, 1.0 - y / height], axis=1)
+        top += h
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=Image.fromarray(atlas.astype(np.uint8))
+    )
+    vertices = np.concatenate([np.asarray(p.vertices) for p in parts])
+    offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
+    faces = np.concatenate([np.asarray(p.faces) + o for p, o in zip(parts, offsets, strict=True)])
+    visual = trimesh.visual.TextureVisuals(uv=np.concatenate(uvs), material=material)
+    return trimesh.Trimesh(vertices, faces, visual=visual, process=False)
+
+
 def _visual_kind(mesh: trimesh.Trimesh) -> str:
+    """ "texture" (UVs and an image), "material" (flat material colour), "vertex", "face" or
+    "none"."""
     visual = mesh.visual
     if isinstance(visual, trimesh.visual.TextureVisuals):
-        return "texture"
-    return str(visual.kind)
+        uv = getattr(visual, "uv", None)
+        has_image = _material_image(visual.material) is not None
+        if uv is not None and len(uv) == len(mesh.vertices) and has_image:
+            return "texture"
+        return "material"
+    return str(visual.kind or "none")
 
 
 def part_vertex_colours(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -177,8 +264,7 @@ def crease_normals(
     Around each vertex the fan of faces is cut at every edge whose two faces meet at more
     than ``angle_deg`` (and at boundary or non-manifold edges); each piece of the fan shares
     one normal, the corner-angle-weighted mean of its face normals. So the surface is smooth
-    across gentle edges and sharp at creases. Degenerate faces get their neighbours' normal
-    where they have one, else +Z.
+    across gentle edges and sharp at creases. Zero-area faces (never drawn) get +Z.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -231,9 +317,8 @@ def crease_normals(
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(3 * nf, 3 * nf))
     _, label = connected_components(graph, directed=False)
 
-    # Orient each face normal consistently inside a group: with inconsistent winding, a smooth
-    # neighbour's normal may point the other way; the dot test above used signed normals, so
-    # such pairs were not joined and keep their own groups.
+    # Faces with inconsistent winding have opposite signed normals, fail the dot test above and
+    # stay in separate groups; rendering is double-sided, so each still shades correctly.
     contrib = (face_n[:, None, :] * weights[:, :, None]).reshape(-1, 3)
     sums = np.zeros((label.max() + 1, 3))
     np.add.at(sums, label, contrib)

@@ -293,8 +293,12 @@ def render_metrics(
     for v in range(len(ref_masks)):
         per_view.append(
             _compare_view(
-                ref_masks[v], got_masks[v], ref_normals[v], got_normals[v],
-                ref_colours[v], got_colours[v],
+                ref_masks[v],
+                got_masks[v],
+                ref_normals[v],
+                got_normals[v],
+                ref_colours[v],
+                got_colours[v],
             )
         )
     inter = np.logical_and(ref_masks, got_masks)

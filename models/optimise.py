@@ -141,6 +141,13 @@ class VertexOptimiser:
         self._set_mesh(torch.from_numpy(v.astype(np.float32)).to(self.device),
                        torch.from_numpy(f).to(self.device))
 
+    @torch.no_grad()
+    def set_vertices(self, vertices: torch.Tensor) -> None:
+        """Replace the positions ``(V, 3)`` (same topology); the moments are kept."""
+        if vertices.shape != self.vertices.shape:
+            raise ValueError(f"need {tuple(self.vertices.shape)} vertices, got {tuple(vertices.shape)}")
+        self._set_mesh(vertices.to(self.device, torch.float32), self.faces)
+
     def set_edge_length(self, edge_length: float) -> None:
         """Change the reference edge length (the next remeshing moves toward it)."""
         if not math.isfinite(edge_length) or edge_length <= 0:

@@ -38,6 +38,8 @@ INIT_BOX = 1.0
 FULL_COVER = 0.999
 #: Depth tolerance (NDC) when deciding that a vertex is visible in a view.
 VISIBILITY_EPS = 2e-3
+#: NDC depth tolerance of :func:`hidden_vertices` (about 0.03 bundle units at the cameras).
+HIDDEN_DEPTH_EPS = 3e-4
 #: Scale of the silhouette loss relative to the normal loss before ``mask_weight``.
 MASK_SCALE = 100.0
 
@@ -76,7 +78,15 @@ class RefineParams:
     """Weight of the silhouette loss in the fine phase."""
     box_weight: float = 10.0
     """Weight of the penalty on vertices outside the unit box."""
-    laplacian_weight: float = 0.05
+    coarse_flat: bool = False
+    """Compare flat-shaded (face) normals in the coarse phase instead of smooth vertex normals."""
+    fine_flat: bool = True
+    """Compare flat-shaded (face) normals in the fine phase (keeps unseen faces beside creases
+    from bending toward the visible ones)."""
+    hidden_relax: int = 3
+    """Jacobi iterations per step that move vertices no view sees to the mean of their
+    neighbours (a membrane over unseen regions: flat caps and bottoms); 0 turns it off."""
+    laplacian_weight: float = 0.0
     """Weight of the membrane term (squared uniform Laplacian over squared edge length): it
     flattens regions that no view constrains, such as the bottom of an object."""
     remesh_interval: int = 2
@@ -159,18 +169,21 @@ def _clip(vertices: torch.Tensor, mvp: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,vj->bvi", mvp, homo)
 
 
-def _render(rasteriser, vertices, faces, mvp, rotations, resolution):
+def _render(rasteriser, vertices, faces, mvp, rotations, resolution, flat):
     """Camera-space normals ``(B, R, R, 3)``, anti-aliased masks ``(B, R, R)``, the raster."""
     clip = _clip(vertices, mvp)
     raster = rasteriser.rasterise(clip, faces, (resolution, resolution))
-    # Flat shading: each pixel takes its triangle's normal. Smooth vertex normals would let
-    # the normal loss of a visible face bend the unseen faces beside a crease (an object's
-    # bottom bulges down); face normals keep every gradient on the faces that are seen.
-    tri = vertices[faces]
-    fn = F.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1), dim=1,
-                     eps=1e-12)
-    covered = raster.tri_id >= 0
-    n_world = torch.where(covered[..., None], fn[raster.tri_id.clamp_min(0)], 0.0)
+    if flat:
+        # Flat shading: each pixel takes its triangle's normal. Smooth vertex normals let the
+        # normal loss of a visible face bend the unseen faces beside a crease (an object's
+        # bottom bulges down); face normals keep every gradient on the faces that are seen.
+        tri = vertices[faces]
+        fn = F.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1),
+                         dim=1, eps=1e-12)
+        covered = raster.tri_id >= 0
+        n_world = torch.where(covered[..., None], fn[raster.tri_id.clamp_min(0)], 0.0)
+    else:
+        n_world = rasteriser.interpolate(vertex_normals_t(vertices, faces), raster)
     n_cam = torch.einsum("bij,bhwj->bhwi", rotations, n_world)
     n_cam = F.normalize(n_cam, dim=-1, eps=1e-12)
     cover = raster.mask.to(vertices.dtype)[..., None]
@@ -206,6 +219,34 @@ def _losses(params, mask_weight, rendered, targets, view_w, vertices, edges, edg
     )
     return total, {"normal": float(normal.detach()), "mask": float(sil.detach()),
                    "box": float(box.detach()), "laplacian": float(lap.detach())}
+
+
+@torch.no_grad()
+def hidden_vertices(
+    vertices: torch.Tensor, mvp: torch.Tensor, depth: torch.Tensor, tol: float = HIDDEN_DEPTH_EPS
+) -> torch.Tensor:
+    """``(V,)`` bool: vertices that no view sees, judged against rendered NDC ``depth``
+    ``(B, R, R)`` (a vertex is seen when it is not behind the depth at its pixel)."""
+    res = depth.shape[-1]
+    clip = _clip(vertices, mvp)
+    ndc = clip[..., :3] / clip[..., 3:4]
+    px = ((ndc[..., 0] + 1) * res / 2 - 0.5).round().long().clamp(0, res - 1)
+    py = ((1 - ndc[..., 1]) * res / 2 - 0.5).round().long().clamp(0, res - 1)
+    b = torch.arange(depth.shape[0], device=depth.device)[:, None]
+    seen = ndc[..., 2] <= depth[b, py, px] + tol
+    return ~seen.any(dim=0)
+
+
+@torch.no_grad()
+def relax_hidden(
+    vertices: torch.Tensor, edges: torch.Tensor, hidden: torch.Tensor, iterations: int
+) -> torch.Tensor:
+    """Move ``hidden`` vertices to the mean of their neighbours (Jacobi), others fixed."""
+    v = vertices
+    for _ in range(iterations):
+        mean = v - uniform_laplacian(v, edges)
+        v = torch.where(hidden[:, None], mean, v)
+    return v
 
 
 # ------------------------------------------------------------------------------ explicit target
@@ -332,13 +373,13 @@ def _refine(
     opt = VertexOptimiser(v0, f0, params.coarse_edge, config, device=device)
     phases = [
         (params.coarse_steps, params.coarse_resolution, params.coarse_edge, params.coarse_edge,
-         params.lr, params.mask_weight),
+         params.lr, params.mask_weight, params.coarse_flat),
         (params.fine_steps, params.resolution, params.coarse_edge, params.fine_edge,
-         params.fine_lr, params.fine_mask_weight),
+         params.fine_lr, params.fine_mask_weight, params.fine_flat),
     ]
     step = 0
     start = time.perf_counter()
-    for steps, resolution, edge_from, edge_to, lr, mask_weight in phases:
+    for steps, resolution, edge_from, edge_to, lr, mask_weight, flat in phases:
         if steps <= 0:
             continue
         targets = _downsample_targets(bundle, resolution, device)
@@ -347,11 +388,18 @@ def _refine(
             # Geometric ramp over the first half of the phase, then hold.
             t = min(1.0, i / max(1.0, 0.5 * steps))
             opt.set_edge_length(edge_from * (edge_to / edge_from) ** t)
-            rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, rotations, resolution)
+            rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, rotations, resolution,
+                               flat)
             loss, parts = _losses(params, mask_weight, rendered, targets, view_w, opt.vertices,
                                   opt.edges, opt.edge_length)
             loss.backward()
             opt.step()
+            if params.hidden_relax > 0:
+                # Judged against this step's depth maps; vertices moved by less than a pixel.
+                hidden = hidden_vertices(opt.vertices.detach(), mvp, rendered[2].depth.detach())
+                if bool(hidden.any()):
+                    opt.set_vertices(relax_hidden(opt.vertices.detach(), opt.edges, hidden,
+                                                  params.hidden_relax))
             step += 1
             if progress is not None:
                 parts.update(loss=float(loss.detach()), faces=int(opt.faces.shape[0]),

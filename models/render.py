@@ -34,6 +34,8 @@ from models.raster import Rasteriser, get_rasteriser
 UNTEXTURED_RGB = np.array([179.0, 179.0, 179.0])
 #: Samples per pixel side for anti-aliasing (the golden bundles use 2 x 2).
 DEFAULT_SUPERSAMPLE = 2
+#: Bumped whenever the renderer's output changes, so caches of renders (library index) refresh.
+RENDER_VERSION = "1"
 #: ``producer`` written into the sidecar by :func:`render_bundle`.
 PRODUCER = "foundry3d.render_bundle"
 _WHITE = 255.0

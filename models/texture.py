@@ -40,6 +40,8 @@ DEPTH_EDGE = 0.05
 DEPTH_EDGE_PX = 3.0
 #: Colour of a connected piece of the mesh that no view sees at all (sRGB, mid grey).
 UNSEEN_COLOUR = (0.5, 0.5, 0.5)
+#: Empty texels xatlas leaves between UV charts.
+ATLAS_PADDING_PX = 2
 #: Texels of gutter filled around each UV chart so that mip-mapping does not bleed background.
 TEXTURE_PADDING_PX = 4
 
@@ -120,9 +122,13 @@ def bake_texture(
     vcol = fill_unseen(vcol, vseen, faces)
 
     # 2. UV atlas; vmapping maps each atlas vertex to its source vertex.
-    vmapping, atlas_faces, uv = xatlas.parametrize(
-        vertices.astype(np.float32), faces.astype(np.uint32)
-    )
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(vertices.astype(np.float32), faces.astype(np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = size
+    pack.padding = ATLAS_PADDING_PX  # texels between charts, so lookups do not mix charts
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vmapping, atlas_faces, uv = atlas[0]
     vmapping = vmapping.astype(np.int64)
     atlas_faces = atlas_faces.astype(np.int64)
 
@@ -290,8 +296,9 @@ class _ViewSampler:
             # surface slope (the buffer is sampled at pixel centres, creases bend it) plus a
             # constant.
             ref = _sample_depth(self.depth[v], px, py)
-            slope = np.minimum(np.sqrt(np.maximum(1.0 - cos**2, 0.0)) / np.maximum(cos, 1e-6),
-                               MAX_SLOPE)
+            slope = np.minimum(
+                np.sqrt(np.maximum(1.0 - cos**2, 0.0)) / np.maximum(cos, 1e-6), MAX_SLOPE
+            )
             tol = DEPTH_TOLERANCE + w * pixel_angle * slope
             visible = in_mask & (w <= ref + tol)
 
@@ -309,15 +316,16 @@ class _ViewSampler:
 
 
 def _depth_edges(depth: np.ndarray, jump: float) -> np.ndarray:
-    """``(T, T)`` bool: pixels whose eye depth differs from a 4-neighbour's by more than
-    ``jump`` (background, ``inf``, differs from everything)."""
+    """``(T, T)`` bool: covered pixels whose eye depth differs from a covered 4-neighbour's by
+    more than ``jump``. The outer silhouette (a neighbour is background, ``inf``) is left to
+    the mask erosion, so it is not eroded twice."""
     edges = np.zeros(depth.shape, dtype=bool)
     with np.errstate(invalid="ignore"):
         dy = np.abs(depth[1:] - depth[:-1])
         dx = np.abs(depth[:, 1:] - depth[:, :-1])
-    # inf - inf is nan: two background pixels are no edge.
-    dy = np.where(np.isnan(dy), 0.0, dy) > jump
-    dx = np.where(np.isnan(dx), 0.0, dx) > jump
+    # Anything minus inf is inf or nan: not an occlusion edge between two surfaces.
+    dy = np.isfinite(dy) & (dy > jump)
+    dx = np.isfinite(dx) & (dx > jump)
     edges[1:] |= dy
     edges[:-1] |= dy
     edges[:, 1:] |= dx
@@ -380,8 +388,10 @@ def _pad_charts(image: np.ndarray, filled: np.ndarray) -> np.ndarray:
     for _ in range(TEXTURE_PADDING_PX):
         weight = ndimage.uniform_filter(filled.astype(np.float64), size=3, mode="constant")
         total = np.stack(
-            [ndimage.uniform_filter(image[..., c] * filled, size=3, mode="constant")
-             for c in range(3)],
+            [
+                ndimage.uniform_filter(image[..., c] * filled, size=3, mode="constant")
+                for c in range(3)
+            ],
             axis=-1,
         )
         grow = ~filled & (weight > 0)

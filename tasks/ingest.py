@@ -9,12 +9,13 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from storage import queries
 from storage.identity import asset_identity
 from storage.manifest import AssetRequest, default_fetcher, parse_manifest
-from storage.schema import Asset
+from storage.schema import Asset, BatchItem
 from tasks.config import PipelineConfig
 from tasks.resources import engine_for, store_for
 
@@ -87,30 +88,36 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
         fetch=config.allow_url_fetch,
     )
     store = store_for(config.store_url)
+    identities: dict[tuple, str] = {}  # generator identity per generator + weight params
     with Session(engine_for(config.database_url)) as session:
         batch = queries.create_batch(
             session, manifest_path=str(path), manifest_sha256=parsed.sha256
         )
         result = IngestResult(batch_id=batch.id, manifest=str(path))
+        items = []
         for rejection in parsed.rejected:
-            queries.add_batch_item(
-                session, batch.id, rejection.line, None, None, "rejected",
-                rejection.reason, rejection.raw,
-            )
+            items.append({"line": rejection.line, "status": "rejected",
+                          "reason": rejection.reason, "raw": rejection.raw})
             result.rejected.append(
                 {"file": str(rejection.file), "line": rejection.line, "reason": rejection.reason}
             )
+        assets: dict[str, dict] = {}  # asset id -> upsert arguments, in manifest order
         for request in parsed.requests:
-            asset_id = _upsert(session, store, request, config)
-            queries.add_batch_item(
-                session, batch.id, request.line, request.item_id, asset_id, "accepted", None, None
-            )
-            if asset_id not in result.asset_ids:
-                result.asset_ids.append(asset_id)
+            values = _asset_values(store, request, config, identities)
+            assets.setdefault(values["asset_id"], values)
+            items.append({"line": request.line, "item_id": request.item_id,
+                          "asset_id": values["asset_id"], "status": "accepted"})
+        queries.upsert_assets(session, list(assets.values()))
+        queries.add_batch_items(session, batch.id, items)
         session.commit()
+        result.asset_ids = list(assets)
         states = dict(
-            session.query(Asset.id, Asset.state).filter(Asset.id.in_(result.asset_ids)).all()
-        ) if result.asset_ids else {}
+            session.execute(
+                sa.select(Asset.id, Asset.state)
+                .join(BatchItem, BatchItem.asset_id == Asset.id)
+                .where(BatchItem.batch_id == batch.id)
+            ).all()
+        )
     for asset_id in result.asset_ids:
         state = states.get(asset_id)
         if state == "succeeded":
@@ -122,23 +129,26 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
     return result
 
 
-def _upsert(session: Session, store, request: AssetRequest, config: PipelineConfig) -> str:
-    asset_id = asset_identity(
-        request.canonical(), generator_identity(request.generator, config, dict(request.params))
-    )
-    queries.upsert_asset(
-        session,
-        asset_id=asset_id,
-        kind=request.kind,
-        prompt=request.prompt,
-        image_ref=_stage_input(store, request.image_ref, request.image_sha256, config),
-        image_sha256=request.image_sha256,
-        bundle_ref=_stage_input(store, request.bundle_ref, request.bundle_sha256, config),
-        seed=request.seed,
-        variant=request.variant,
-        generator=request.generator,
-        init=request.init,
-        params=dict(request.params),
-        tags=list(request.tags),
-    )
-    return asset_id
+def _asset_values(
+    store, request: AssetRequest, config: PipelineConfig, identities: dict[tuple, str]
+) -> dict:
+    """The :func:`storage.queries.upsert_asset` arguments of a request (inputs copied)."""
+    params = dict(request.params)
+    key = (request.generator, *(str(params.get(k)) for k in ("flux_path", "lora_path",
+                                                              "lora_scale")))
+    if key not in identities:  # reading the library's version once, not once per row
+        identities[key] = generator_identity(request.generator, config, params)
+    return {
+        "asset_id": asset_identity(request.canonical(), identities[key]),
+        "kind": request.kind,
+        "prompt": request.prompt,
+        "image_ref": _stage_input(store, request.image_ref, request.image_sha256, config),
+        "image_sha256": request.image_sha256,
+        "bundle_ref": _stage_input(store, request.bundle_ref, request.bundle_sha256, config),
+        "seed": request.seed,
+        "variant": request.variant,
+        "generator": request.generator,
+        "init": request.init,
+        "params": params,
+        "tags": list(request.tags),
+    }

@@ -27,3 +27,23 @@ def store_for(url: str) -> ObjectStore:
 def worker_name() -> str:
     """``host:pid`` of this process, used as the lease owner."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def torch_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``; other names unchanged.
+
+    Resolved in the process that does the work, so a GPU worker uses its GPU even when the
+    catalog that sent the asset ran on a CPU machine.
+    """
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rasteriser_for(name: str, device: str):  # noqa: ANN201 - a models.raster backend
+    """The rasteriser backend called ``name`` (``auto``: nvdiffrast on CUDA, else cpu)."""
+    from models.raster import get_rasteriser
+
+    return get_rasteriser(name, device=device)

@@ -23,7 +23,7 @@ from storage.objects import ObjectStore
 from tasks import progress
 from tasks.config import PipelineConfig
 from tasks.errors import error_class
-from tasks.resources import engine_for, store_for, worker_name
+from tasks.resources import engine_for, store_for, torch_device, worker_name
 
 STAGES = ("bundle", "init", "refine", "texture", "export", "evaluate", "publish")
 
@@ -105,7 +105,7 @@ def run_stage(
             stage,
             params_hash=phash,
             host=worker_name(),
-            device=config.device,
+            device=torch_device(config.device),
             flow_run_id=flow_run_id,
         )
         queries.set_current_stage(session, asset_id, stage)

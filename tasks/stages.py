@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from tasks.assets import AssetSnapshot, load_asset, split_params, stage_parameters
 from tasks.config import PipelineConfig
 from tasks.errors import retry_condition
+from tasks.resources import rasteriser_for, torch_device
 from tasks.stage import StageIO, run_stage
 
 RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_condition}
@@ -65,7 +66,7 @@ def bundle_task(asset_id: str, config: PipelineConfig) -> dict[str, str]:
         )
         context = GeneratorContext(
             library_path=Path(config.library_path),
-            device=config.device,
+            device=torch_device(config.device),
             flux_path=config.flux_path,
             lora_path=config.lora_path,
             lora_scale=config.lora_scale,
@@ -97,7 +98,7 @@ def init_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> 
             library_path=Path(config.library_path),
             lrm_path=split_params(asset.params)["lrm"].get("path", config.lrm_path),
             lrm_variant=split_params(asset.params)["lrm"].get("variant", config.lrm_variant),
-            device=config.device,
+            device=torch_device(config.device),
         )
         mesh = initial_mesh(asset.init, bundle, context)
         if mesh is None:
@@ -120,12 +121,17 @@ def refine_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
         coarse = _load_mesh(io, inputs["coarse.glb"])
-        params = RefineParams(**{"seed": asset.seed, **split_params(asset.params)["refine"]})
+        device = torch_device(config.device)
+        overrides = split_params(asset.params)["refine"]
+        params = RefineParams(**{"seed": asset.seed, "device": device, **overrides})
 
         def report(step: int, total: int, losses: dict) -> None:
             io.progress(step, total, ", ".join(f"{k} {v:.3g}" for k, v in losses.items()))
 
-        refined = refine_mesh(bundle, coarse, params, progress=report)
+        refined = refine_mesh(
+            bundle, coarse, params, rasteriser=rasteriser_for(config.rasteriser, device),
+            progress=report,
+        )
         export_glb(refined, io.local("refined.glb"))
         io.publish("refined.glb")
         return {"refined_faces": float(len(refined.faces))}
@@ -144,7 +150,11 @@ def texture_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) 
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
         refined = _load_mesh(io, inputs["refined.glb"])
-        textured = project_colours(bundle, refined, **split_params(asset.params)["texture"])
+        textured = project_colours(
+            bundle, refined,
+            rasteriser=rasteriser_for(config.rasteriser, torch_device(config.device)),
+            **split_params(asset.params)["texture"],
+        )
         export_glb(textured, io.local("textured.glb"))
         io.publish("textured.glb")
         return {}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from foundry3d.cli.app import UserError, app, err_console
-
 # Importing the command modules registers their commands on `app`.
-from foundry3d.cli import core3d, db, generators, library, manifests, pipeline  # noqa: E402,F401,I001
+from foundry3d.cli import core3d, db, generators, library, manifests, pipeline  # noqa: F401
+from foundry3d.cli.app import UserError, app, err_console
 
 
 def main() -> None:

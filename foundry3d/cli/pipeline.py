@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -21,9 +22,11 @@ def _prepare(verbose: bool = False):
     from foundry3d.settings import get_settings
     from storage.db import ensure_database
 
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        # Prefect configured its loggers when it was imported; quiet them for the live table.
+        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_database(settings.resolved_database_url)

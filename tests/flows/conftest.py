@@ -24,7 +24,8 @@ FAST_PARAMS = {
 
 LIBRARY = [
     ("crate", "a wooden crate box", trimesh.creation.box(extents=(1.0, 0.6, 0.8)), (150, 100, 50)),
-    ("can", "a tall metal soda can", trimesh.creation.cylinder(radius=0.3, height=1.0), (200, 30, 30)),
+    ("can", "a tall metal soda can", trimesh.creation.cylinder(radius=0.3, height=1.0),
+     (200, 30, 30)),
     ("ball", "a round rubber ball", trimesh.creation.icosphere(subdivisions=3, radius=0.5),
      (40, 90, 220)),
 ]

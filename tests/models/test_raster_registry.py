@@ -70,3 +70,35 @@ def test_every_backend_renders_a_triangle_at_toy_size(name):
     assert ((img >= -1e-6) & (img <= 1 + 1e-6)).all()
     img.sum().backward()
     assert clip.grad is not None and torch.isfinite(clip.grad).all()
+
+
+def test_cpu_and_nvdiffrast_agree_on_the_same_scene():
+    if not (torch.cuda.is_available() and nvdiffrast_available()):
+        pytest.skip("needs CUDA and nvdiffrast")
+    import numpy as np
+    import trimesh
+
+    from models.bundle import BundleSpec
+    from models.cameras import BundleCameras
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
+    mvp = torch.tensor(BundleCameras.from_spec(BundleSpec(tile=128)).mvp, dtype=torch.float32)
+    v = torch.tensor(sphere.vertices, dtype=torch.float32)
+    faces = torch.tensor(sphere.faces, dtype=torch.int32)
+    colours = torch.tensor(np.abs(sphere.vertex_normals), dtype=torch.float32)
+    results = {}
+    for name, device in (("cpu", "cpu"), ("nvdiffrast", "cuda")):
+        rast = get_rasteriser(name)
+        vv = v.to(device).requires_grad_(True)
+        clip = torch.einsum(
+            "bij,vj->bvi", mvp.to(device), torch.cat([vv, torch.ones_like(vv[:, :1])], 1)
+        )
+        r = rast.rasterise(clip, faces.to(device), (128, 128))
+        img = rast.antialias(rast.interpolate(colours.to(device), r), r)
+        img.square().sum().backward()
+        results[name] = (r.tri_id.cpu(), img.detach().cpu(), vv.grad.cpu())
+    (tri_c, img_c, grad_c), (tri_g, img_g, grad_g) = results["cpu"], results["nvdiffrast"]
+    assert (tri_c == tri_g).float().mean() > 0.99
+    assert (img_c - img_g).abs().mean() < 0.01
+    cosine = torch.nn.functional.cosine_similarity(grad_c.reshape(-1), grad_g.reshape(-1), dim=0)
+    assert cosine > 0.9

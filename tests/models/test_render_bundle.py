@@ -13,7 +13,14 @@ from PIL import Image
 from models.bundle import Bundle, BundleSpec
 from models.cameras import BundleCameras
 from models.mesh import crease_normals, load_mesh, normalise_mesh, to_y_up
-from models.render import PRODUCER, UNTEXTURED_RGB, orbit_cameras, render_bundle, render_views
+from models.render import (
+    PRODUCER,
+    UNTEXTURED_RGB,
+    orbit_cameras,
+    render_bundle,
+    render_colour_views,
+    render_views,
+)
 
 #: golden README: normal rows agree to "a few levels" per channel where both are foreground
 NORMAL_MEAN_ABS_LEVELS = 3.0
@@ -234,6 +241,37 @@ def test_multi_part_scene_keeps_part_transforms_and_colours(tmp_path):
     right = _face_centre_colour(bundle, 0, (1.5 * s, 0, 0.5 * s))
     assert np.abs(left - cells[4]).max() <= 12  # texture baked to vertex colours: near, not exact
     assert np.abs(right - [30, 220, 30]).max() <= 2
+
+
+def test_scene_of_differently_textured_parts_keeps_each_texture(tmp_path):
+    left, cells = _textured_cube()
+    right, _ = _textured_cube()
+    inverted = 255 - np.asarray(right.visual.material.image)
+    right.visual.material = trimesh.visual.material.SimpleMaterial(
+        image=Image.fromarray(inverted), diffuse=[255, 255, 255, 255]
+    )
+    scene = trimesh.Scene()
+    move = trimesh.transformations.translation_matrix
+    scene.add_geometry(left, node_name="left", transform=move([-1.5, 0, 0]))
+    scene.add_geometry(right, node_name="right", transform=move([1.5, 0, 0]))
+    scene.export(tmp_path / "pair.glb")
+    bundle = render_bundle(load_mesh(tmp_path / "pair.glb"), tile=SMALL)
+    s = 1.8 / 4.0
+    left_front = _face_centre_colour(bundle, 0, (-1.5 * s, 0, 0.5 * s))
+    right_front = _face_centre_colour(bundle, 0, (1.5 * s, 0, 0.5 * s))
+    assert np.abs(left_front - cells[4]).max() <= 2
+    assert np.abs(right_front - (255 - cells[4])).max() <= 2
+
+
+def test_colour_views_at_the_bundle_cameras_equal_the_bundle_colour_row():
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    mesh.apply_scale([1.0, 0.6, 0.8])
+    spec = BundleSpec(tile=48)
+    bundle = render_bundle(mesh, spec=spec)
+    extra = render_colour_views(mesh, [*spec.azimuths, 45.0], [spec.elevation] * 4 + [20.0], spec)
+    assert extra.shape == (5, 48, 48, 3) and extra.dtype == np.uint8
+    assert np.array_equal(extra[:4], bundle.colour_tiles())
+    assert (extra[4] != 255).any()
 
 
 def test_render_bundle_cli_writes_png_and_sidecar(tmp_path):

@@ -104,8 +104,9 @@ def test_hidden_surfaces_take_no_colour_from_the_view_that_cannot_see_them():
     plate = _uniform(trimesh.creation.box(extents=(1.8, 1.8, 0.1)), (230, 20, 20))
     plate.apply_translation((0.0, 0.0, 0.5))
     # Subdivided so that most of its vertices lie inside faces, away from its outline.
-    box = _uniform(trimesh.creation.box(extents=(0.5, 0.5, 0.5)).subdivide().subdivide(),
-                   (20, 20, 230))
+    box = _uniform(
+        trimesh.creation.box(extents=(0.5, 0.5, 0.5)).subdivide().subdivide(), (20, 20, 230)
+    )
     box.apply_translation((0.0, 0.0, -0.4))
     scene = trimesh.util.concatenate([plate, box])
     bundle = render_bundle(scene, tile=TILE, normalise=False)
