@@ -14,6 +14,7 @@ seconds of refinement and peak memory, then the medians.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib.util
 import resource
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coarse-steps", type=int, default=None)
     parser.add_argument("--fine-steps", type=int, default=None)
     parser.add_argument("--explicit-steps", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override any RefineParams field, e.g. --set fine_edge=0.03")
     parser.add_argument("--backend", default="auto", help="rasteriser: auto, cpu, nvdiffrast")
     parser.add_argument("--device", default="cpu", help="torch device of the optimisation")
     parser.add_argument("--no-psnr", action="store_true", help="skip colour projection")
@@ -91,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         "fine_steps": args.fine_steps,
         "explicit_steps": args.explicit_steps,
     }
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in {f.name for f in dataclasses.fields(RefineParams)}:
+            parser.error(f"--set: RefineParams has no field {key!r}")
+        changes[key] = type(getattr(params, key))(ast.literal_eval(value))
     params = dataclasses.replace(params, **{k: v for k, v in changes.items() if v is not None})
     rasteriser = get_rasteriser(args.backend)
     print(f"rasteriser {rasteriser.name}, tile {args.tile}, params {params}")

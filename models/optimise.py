@@ -145,7 +145,9 @@ class VertexOptimiser:
     def set_vertices(self, vertices: torch.Tensor) -> None:
         """Replace the positions ``(V, 3)`` (same topology); the moments are kept."""
         if vertices.shape != self.vertices.shape:
-            raise ValueError(f"need {tuple(self.vertices.shape)} vertices, got {tuple(vertices.shape)}")
+            raise ValueError(
+                f"need {tuple(self.vertices.shape)} vertices, got {tuple(vertices.shape)}"
+            )
         self._set_mesh(vertices.to(self.device, torch.float32), self.faces)
 
     def set_edge_length(self, edge_length: float) -> None:

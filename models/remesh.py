@@ -26,6 +26,9 @@ COLLAPSE_RATIO = 4.0 / 5.0
 COLLAPSE_MIN_NORMAL_COS = 0.2
 #: A flip is refused across creases sharper than this (cosine of the dihedral angle).
 FLIP_MIN_DIHEDRAL_COS = 0.5
+#: Tangential smoothing leaves a vertex alone when one of its faces turns further than this
+#: (cosine; 30 degrees) from its normal.
+CREASE_COS = 0.866
 #: Ideal valence of an interior vertex.
 TARGET_VALENCE = 6
 
@@ -68,7 +71,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def _scatter_sum(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
-    """``out[index[i]] += values[i]`` for ``values`` ``(N, C)``, via bincount (faster than add.at)."""
+    """``out[index[i]] += values[i]`` for ``values`` ``(N, C)`` (bincount: faster than add.at)."""
     return np.stack(
         [np.bincount(index, weights=values[:, c], minlength=size) for c in range(values.shape[1])],
         axis=1,
@@ -363,7 +366,8 @@ def tangential_smooth(
     """Move vertices toward their neighbours' centroid within their tangent plane.
 
     Relocation evens out triangle shapes without shrinking the surface: the normal component of
-    the uniform Laplacian is removed. Irregular (boundary, non-manifold) vertices stay put.
+    the uniform Laplacian is removed. Irregular (boundary, non-manifold) vertices and vertices on
+    creases stay put.
     Returns new ``(V, 3)`` vertices.
     """
     num_v = len(vertices)
@@ -376,7 +380,13 @@ def tangential_smooth(
     delta = centroid - vertices
     n = vertex_normals(vertices, faces)
     delta -= np.sum(delta * n, axis=1, keepdims=True) * n
-    delta[bad | (deg == 0)] = 0.0
+    # Vertices on a crease (a face turned more than CREASE_COS from the vertex normal) stay put:
+    # sliding them within an averaged tangent plane would round the crease off.
+    fn, _ = face_normals(vertices, faces)
+    corner_cos = np.sum(fn[:, None, :] * n[faces], axis=2).ravel()
+    min_cos = np.full(num_v, np.inf)
+    np.minimum.at(min_cos, faces.ravel(), corner_cos)
+    delta[bad | (deg == 0) | (min_cos < CREASE_COS)] = 0.0
     return vertices + weight * delta
 
 

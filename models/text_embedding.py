@@ -72,8 +72,10 @@ class TextEmbedder:
         """Load tokenizer and weights from :attr:`model_path` (local files only)."""
         try:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
         except ImportError as exc:  # pragma: no cover - a project dependency
             raise EmbedderUnavailable("text embeddings need transformers") from exc
+        hf_logging.disable_progress_bar()  # a 0.1 s load needs no bar in the middle of a run
         path = str(self.model_path)
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True)

@@ -237,4 +237,4 @@ class PromptIndex(Base):
     text: Mapped[str] = mapped_column(sa.Text)
     tags: Mapped[list[str]] = mapped_column(default=list)
     embedding: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)

@@ -5,11 +5,22 @@ Keyword search uses the database's own full-text engine (SQLite FTS5 with bm25, 
 search compares ``(384,)`` float32 prompt embeddings by cosine similarity: with pgvector's ``<=>``
 operator when the server has the extension, otherwise exactly, in numpy, over the stored vectors.
 Like :mod:`storage.queries`, every function takes the session first and never commits.
+
+Exact search keeps a per-process cache, per database URL, of the asset ids and the ``(N, 384)``
+float32 unit embedding matrix. Every query first reads the stamp ``(count(*), max(updated_at))``
+of ``prompt_index`` (two look-ups in the ``updated_at`` index) and reloads the matrix when the
+stamp changed, so an entry indexed and committed by any process is visible to the next query.
+Known limit: an update of an existing entry whose transaction took its ``updated_at`` before
+another writer's later, already committed change leaves the stamp unchanged; the cache then
+shows the old embedding of that entry until the next change of the index. New and deleted entries
+always change the count.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -266,30 +277,194 @@ def semantic_search(
 def _semantic_exact(
     session: Session, query: np.ndarray, limit: int, state: str | None, tag: str | None
 ) -> list[SearchHit]:
-    select = (
-        sa.select(*_hit_columns(), PromptIndex.embedding)
-        .join(Asset, Asset.id == PromptIndex.asset_id)
-        .where(PromptIndex.embedding.is_not(None), *_filters(session, state, tag))
-    )
-    rows = session.execute(select).all()
-    if not rows:
-        return []
-    matrix = np.stack([decode_embedding(row.embedding) for row in rows])  # (N, D) float32
-    scores = _unit(matrix) @ _unit(query[None])[0]  # (N,) cosine similarities
-    # Stable order: score descending, then asset id, so ties rank the same on every run.
-    order = sorted(range(len(rows)), key=lambda i: (-float(scores[i]), rows[i].asset_id))
-    return [
-        SearchHit(
-            asset_id=rows[i].asset_id,
-            score=float(scores[i]),
-            keyword_score=None,
-            semantic_score=float(scores[i]),
-            text=rows[i].text,
-            state=rows[i].state,
-            output_keys=rows[i].output_keys or {},
+    matrix = embedding_matrix(session)
+    scores = matrix.scores(query)
+    return _ranked_hits(session, matrix, scores, limit, state, tag)
+
+
+# --- cached embedding matrix ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingMatrix:
+    """The stored prompt embeddings of one database, as read at one freshness stamp."""
+
+    stamp: tuple
+    """``(count(*), max(updated_at))`` of ``prompt_index`` when the rows were read."""
+    ids: np.ndarray
+    """``(N,)`` str asset ids of the entries that have an embedding, in no particular order."""
+    unit: np.ndarray
+    """``(N, EMBEDDING_DIM)`` float32 embeddings scaled to unit length (zero rows stay zero)."""
+    position: dict[str, int]
+    """Asset id -> row of ``ids`` and ``unit``."""
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """``(N,)`` float32 cosine similarities of every row to a ``(EMBEDDING_DIM,)`` query."""
+        return self.unit @ _unit(np.asarray(query, dtype=np.float32)[None])[0]
+
+
+EMBEDDING_CACHE_SIZE = 4
+"""Databases whose embedding matrix a process keeps (least recently used ones are dropped)."""
+_cache: OrderedDict[str, EmbeddingMatrix] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def clear_embedding_cache() -> None:
+    """Forget every cached embedding matrix of this process (the next query reloads)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _cache_key(session: Session) -> str | None:
+    """The database URL, or None for an in-memory SQLite database (one per connection)."""
+    url = session.get_bind().engine.url
+    if url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+    ):
+        return None
+    return url.render_as_string(hide_password=False)
+
+
+def _freshness_stamp(session: Session) -> tuple:
+    # count(*) and max() over all rows (not only those with an embedding) so that both come
+    # from the updated_at index; any insert, delete or re-index changes the pair.
+    row = session.execute(
+        sa.select(sa.func.count(), sa.func.max(PromptIndex.updated_at)).select_from(PromptIndex)
+    ).one()
+    return (int(row[0]), row[1])
+
+
+def _load_matrix(session: Session, stamp: tuple) -> EmbeddingMatrix:
+    rows = session.execute(
+        sa.select(PromptIndex.asset_id, PromptIndex.embedding).where(
+            PromptIndex.embedding.is_not(None)
         )
-        for i in order[:limit]
-    ]
+    ).all()
+    width = 4 * EMBEDDING_DIM
+    if any(len(row.embedding) != width for row in rows):
+        raise ValueError(f"prompt_index holds an embedding that is not {width} bytes long")
+    data = b"".join(row.embedding for row in rows)
+    matrix = np.frombuffer(data, dtype="<f4").reshape(len(rows), EMBEDDING_DIM)
+    ids = np.array([row.asset_id for row in rows], dtype=str)
+    return EmbeddingMatrix(
+        stamp=stamp,
+        ids=ids,
+        unit=_unit(matrix.astype(np.float32)),
+        position={asset_id: i for i, asset_id in enumerate(ids.tolist())},
+    )
+
+
+def embedding_matrix(session: Session) -> EmbeddingMatrix:
+    """The embeddings visible to ``session``, from this process's cache when still fresh.
+
+    One stamp query per call; a changed stamp (or an uncached database) reads every embedding
+    (about 1.5 kB per entry). The rows are read after the stamp, so a matrix is never older than
+    its stamp; a newer one is simply reloaded by the next call.
+    """
+    stamp = _freshness_stamp(session)
+    key = _cache_key(session)
+    if key is not None:
+        with _cache_lock:
+            cached = _cache.get(key)
+            if cached is not None and cached.stamp == stamp:
+                _cache.move_to_end(key)
+                return cached
+    matrix = _load_matrix(session, stamp)
+    if key is not None:
+        with _cache_lock:
+            _cache[key] = matrix
+            _cache.move_to_end(key)
+            while len(_cache) > EMBEDDING_CACHE_SIZE:
+                _cache.popitem(last=False)
+    return matrix
+
+
+def _top_positions(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` best scores, best first; ties go to the smaller asset id."""
+    if k < len(scores):
+        part = np.argpartition(-scores, k - 1)[:k]
+        # Every row tied with the k-th score competes on its id, as in a full sort.
+        candidates = np.flatnonzero(scores >= scores[part].min())
+    else:
+        candidates = np.arange(len(scores))
+    order = np.lexsort((ids[candidates], -scores[candidates]))
+    return candidates[order][:k]
+
+
+FILTER_ROUNDS_BEFORE_MASK = 3
+"""Widenings of the best-first candidate list tried before a filter is applied as an id mask."""
+
+
+def _ranked_hits(
+    session: Session,
+    matrix: EmbeddingMatrix,
+    scores: np.ndarray,
+    limit: int,
+    state: str | None,
+    tag: str | None,
+) -> list[SearchHit]:
+    """The ``limit`` best-scoring entries that pass the filters, as hits, best first.
+
+    Filters are checked in SQL on the best candidates only, widening the list 8-fold until
+    ``limit`` pass (one round for a common filter such as ``state='succeeded'``); a rare filter
+    falls back to fetching the ids that pass and masking the scores. Either way the result is
+    the exact filtered ranking.
+    """
+    if limit <= 0 or len(scores) == 0:
+        return []
+    filters = _filters(session, state, tag)
+    k = limit if not filters else max(4 * limit, 64)
+    for _ in range(FILTER_ROUNDS_BEFORE_MASK):
+        top = _top_positions(scores, matrix.ids, k)
+        rows = _hit_rows(session, matrix.ids[top].tolist(), filters)
+        passed = [i for i in top.tolist() if matrix.ids[i] in rows]
+        if len(passed) >= limit or k >= len(scores):
+            return _hits(passed[:limit], matrix, scores, rows)
+        k *= 8
+    allowed = session.scalars(
+        sa.select(PromptIndex.asset_id)
+        .join(Asset, Asset.id == PromptIndex.asset_id)
+        .where(PromptIndex.embedding.is_not(None), *filters)
+    ).all()
+    positions = np.array(
+        [matrix.position[a] for a in allowed if a in matrix.position], dtype=np.intp
+    )
+    if len(positions) == 0:
+        return []
+    top = positions[_top_positions(scores[positions], matrix.ids[positions], limit)]
+    rows = _hit_rows(session, matrix.ids[top].tolist(), filters)
+    return _hits([i for i in top.tolist() if matrix.ids[i] in rows], matrix, scores, rows)
+
+
+def _hit_rows(session: Session, asset_ids: list[str], filters: list) -> dict[str, sa.Row]:
+    """Text, state and output keys of those of ``asset_ids`` that pass ``filters``."""
+    select = (
+        sa.select(*_hit_columns())
+        .join(Asset, Asset.id == PromptIndex.asset_id)
+        .where(PromptIndex.asset_id.in_(asset_ids), *filters)
+    )
+    return {row.asset_id: row for row in session.execute(select)}
+
+
+def _hits(
+    positions: list[int], matrix: EmbeddingMatrix, scores: np.ndarray, rows: dict[str, sa.Row]
+) -> list[SearchHit]:
+    hits = []
+    for i in positions:
+        row = rows[str(matrix.ids[i])]
+        score = float(scores[i])
+        hits.append(
+            SearchHit(
+                asset_id=row.asset_id,
+                score=score,
+                keyword_score=None,
+                semantic_score=score,
+                text=row.text,
+                state=row.state,
+                output_keys=row.output_keys or {},
+            )
+        )
+    return hits
 
 
 def _semantic_pgvector(
@@ -352,13 +527,28 @@ def hybrid_search(
     keyword = keyword_search(session, query, limit=pool, state=state, tag=tag)
     if embedding is None:
         return keyword[:limit]
-    query_vector = _unit(np.asarray(embedding, dtype=np.float32)[None])[0]
-    semantic = semantic_search(session, query_vector, limit=pool, state=state, tag=tag)
-
-    by_id: dict[str, SearchHit] = {hit.asset_id: hit for hit in semantic}
-    for hit in keyword:
-        by_id.setdefault(hit.asset_id, hit)
-    cosines = _exact_cosines(session, list(by_id), query_vector)
+    query_vector = np.asarray(embedding, dtype=np.float32)
+    encode_embedding(query_vector)  # validates shape and finiteness
+    query_vector = _unit(query_vector[None])[0]
+    if has_pgvector(session):
+        semantic = _semantic_pgvector(session, query_vector, pool, state, tag)
+        by_id: dict[str, SearchHit] = {hit.asset_id: hit for hit in semantic}
+        for hit in keyword:
+            by_id.setdefault(hit.asset_id, hit)
+        cosines = _exact_cosines(session, list(by_id), query_vector)
+    else:
+        # One scoring pass serves both the semantic candidates and the keyword hits' cosines.
+        matrix = embedding_matrix(session)
+        scores = matrix.scores(query_vector)
+        semantic = _ranked_hits(session, matrix, scores, pool, state, tag)
+        by_id = {hit.asset_id: hit for hit in semantic}
+        for hit in keyword:
+            by_id.setdefault(hit.asset_id, hit)
+        cosines = {
+            asset_id: float(scores[matrix.position[asset_id]])
+            for asset_id in by_id
+            if asset_id in matrix.position
+        }
     best_keyword = max((h.keyword_score or 0.0 for h in keyword), default=0.0)
     keyword_scores = {h.asset_id: h.keyword_score for h in keyword}
 

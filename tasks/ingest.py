@@ -31,6 +31,8 @@ class IngestResult:
     already_done: list[str] = field(default_factory=list)
     failed_before: list[str] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    """asset id -> what the user wrote: manifest id, prompt or input file name (for reports)."""
 
 
 def generator_identity(generator: str, config: PipelineConfig, params: dict) -> str:
@@ -105,6 +107,7 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
         for request in parsed.requests:
             values = _asset_values(store, request, config, identities)
             assets.setdefault(values["asset_id"], values)
+            result.labels.setdefault(values["asset_id"], _label(request))
             items.append({"line": request.line, "item_id": request.item_id,
                           "asset_id": values["asset_id"], "status": "accepted"})
         queries.upsert_assets(session, list(assets.values()))
@@ -152,3 +155,13 @@ def _asset_values(
         "params": params,
         "tags": list(request.tags),
     }
+
+
+def _label(request: AssetRequest) -> str:
+    """A short human name for a request: its manifest id, else its prompt or input file."""
+    text = request.prompt or Path(request.image_ref or request.bundle_ref or "").name
+    if request.item_id:
+        text = f"{request.item_id}: {text}"
+    if request.variant:
+        text = f"{text} (variant {request.variant})"
+    return text

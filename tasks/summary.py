@@ -77,9 +77,11 @@ def summarise_batch(
             )
         ).all() if outcomes else []
         per_stage: dict[str, list[float]] = defaultdict(list)
+        run_seconds: dict[str, list[float]] = defaultdict(list)
         for run in runs:
             if run.duration_s is not None:
                 per_stage[run.stage].append(run.duration_s)
+                run_seconds[run.asset_id].append(run.duration_s)
         from tasks.stage import STAGES
 
         summary.stage_seconds = {
@@ -105,13 +107,14 @@ def summarise_batch(
             summary.assets.append(
                 {
                     "asset_id": asset_id,
-                    "prompt": (asset.prompt or asset.image_ref or asset.bundle_ref or "")[:60]
-                    if asset else "",
+                    "prompt": ingest.labels.get(asset_id, asset.prompt if asset else "")[:60],
                     "outcome": outcome,
                     "state": asset.state if asset else "?",
                     "error": asset.last_error_message if asset else None,
                     "asset": keys.get("asset.glb", ""),
                     "preview": keys.get("preview.png", ""),
+                    "folder": f"assets/{asset_id}/" if keys else "",
+                    "seconds": sum(run_seconds.get(asset_id, [])),
                 }
             )
     return summary

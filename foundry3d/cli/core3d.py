@@ -1,4 +1,4 @@
-"""CLI commands of the 3D core: ``foundry3d render-bundle`` (and, later, ``reconstruct``)."""
+"""CLI commands of the 3D core: ``foundry3d render-bundle`` and ``foundry3d reconstruct``."""
 
 from __future__ import annotations
 
@@ -62,4 +62,109 @@ def render_bundle_command(
 
 
 # -- reconstruct -------------------------------------------------------------------------------
-# (the `reconstruct` command is added here by the reconstruction work)
+
+
+@app.command("reconstruct")
+def reconstruct_command(
+    bundle_path: Annotated[Path, typer.Argument(help="Bundle PNG (sidecar beside it, if any).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="GLB to write.")],
+    init: Annotated[
+        str, typer.Option(help="'sphere', or a mesh file in the bundle's source frame.")
+    ] = "sphere",
+    init_up: Annotated[str, typer.Option(help="Up axis of an --init mesh: y or z.")] = "y",
+    preview: Annotated[Path | None, typer.Option(help="Also write a preview sheet PNG.")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Ground-truth mesh (source frame) for Chamfer/F-score.")
+    ] = None,
+    reference_up: Annotated[str, typer.Option(help="Up axis of --reference: y or z.")] = "y",
+    coarse_steps: Annotated[int | None, typer.Option(help="Coarse-phase steps.")] = None,
+    fine_steps: Annotated[int | None, typer.Option(help="Fine-phase steps.")] = None,
+    texture: Annotated[bool, typer.Option(help="Project the colour views onto the mesh.")] = True,
+) -> None:
+    """Reconstruct a textured GLB from a bundle image: ISOMER-style refinement against its normal
+    maps and masks (from a sphere or a given mesh), then colour projection from its 4 views.
+
+    The GLB is in the bundle frame (+Y up, front +Z, object within [-0.9, 0.9]^3); the sidecar's
+    scale/offset map it back to the source. Ends with a report of the metrics.
+    """
+    import dataclasses
+    import time
+
+    import numpy as np
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from foundry3d.settings import get_settings
+    from models.bundle import Bundle, BundleError
+    from models.evaluation import evaluate_asset
+    from models.export import export_glb, preview_sheet
+    from models.initialisers import fit_in_box
+    from models.mesh import MeshLoadError, load_mesh, to_y_up
+    from models.metrics import chamfer_fscore
+    from models.raster import RasteriserUnavailable, get_rasteriser
+    from models.refine import RefineParams, refine_mesh
+    from models.texture import project_colours
+
+    if not bundle_path.exists():
+        raise UserError(f"bundle {bundle_path} does not exist")
+    if out.suffix.lower() != ".glb":
+        raise UserError(f"-o must end in .glb, got {out}")
+    try:
+        bundle = Bundle.load(bundle_path)
+    except (BundleError, OSError) as exc:
+        raise UserError(f"cannot read bundle {bundle_path}: {exc}") from exc
+    settings = get_settings()
+    try:
+        rasteriser = get_rasteriser(settings.rasteriser)
+    except RasteriserUnavailable as exc:
+        raise UserError(str(exc)) from exc
+
+    def into_bundle_frame(path: Path, up: str):
+        try:
+            mesh = to_y_up(load_mesh(path), up)
+        except MeshLoadError as exc:
+            raise UserError(str(exc)) from exc
+        mesh.vertices = (np.asarray(mesh.vertices) - np.asarray(bundle.spec.offset)) * (
+            bundle.spec.scale
+        )
+        return mesh
+
+    init_mesh = None if init == "sphere" else fit_in_box(into_bundle_frame(Path(init), init_up))
+    params = RefineParams()
+    overrides = {"coarse_steps": coarse_steps, "fine_steps": fine_steps}
+    params = dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    start = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]refine"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), console=console,
+    ) as bar:
+        task = bar.add_task("refine", total=None, losses="")
+
+        def report(step: int, total: int, losses: dict) -> None:
+            text = " ".join(f"{k} {v:.3g}" for k, v in losses.items())
+            bar.update(task, completed=step, total=total, losses=text)
+
+        mesh = refine_mesh(bundle, init_mesh, params, rasteriser=rasteriser, progress=report)
+    refine_s = time.perf_counter() - start
+    if texture:
+        mesh = project_colours(bundle, mesh, rasteriser=rasteriser)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_glb(mesh, out)
+    if preview is not None:
+        preview_sheet(mesh, preview, rasteriser=rasteriser)
+    metrics = evaluate_asset(bundle, mesh)
+    if reference is not None:
+        scores = chamfer_fscore(mesh, into_bundle_frame(reference, reference_up))
+        metrics.update({k: scores[k] for k in ("chamfer", "fscore@0.05", "fscore@0.1")})
+    metrics["refine_seconds"] = refine_s
+    table = Table(title=f"reconstruction of {bundle_path.name}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("mask_iou", "normal_angle_deg", "colour_psnr", "colour_ssim", "chamfer",
+                "fscore@0.05", "fscore@0.1", "mesh_faces", "mesh_vertices", "mesh_components",
+                "mesh_watertight", "mesh_non_manifold_edges", "refine_seconds"):
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:.4g}")
+    console.print(table)
+    written = f"wrote {out}" + (f" and {preview}" if preview else "")
+    console.print(f"{written} ({time.perf_counter() - start:.1f} s in all)")

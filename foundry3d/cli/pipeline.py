@@ -24,9 +24,10 @@ def _prepare(verbose: bool = False):
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
-        # Prefect configured its loggers when it was imported; quiet them for the live table.
+        # The live table shows progress; Prefect's per-run INFO lines would scroll it away.
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_database(settings.resolved_database_url)
@@ -74,13 +75,14 @@ class _ProgressBoard:
 
 def _print_summary(summary, store_url: str) -> None:
     table = Table(title="catalog summary")
-    for column in ("asset", "prompt / input", "outcome", "asset.glb", "preview"):
+    for column in ("asset", "request", "outcome", "seconds", "files (asset.glb, preview.png, ...)"):
         table.add_column(column, overflow="fold")
     for row in summary.assets:
         style = {"succeeded": "green", "failed": "red"}.get(row["outcome"], "dim")
         outcome = row["outcome"] if row["outcome"] != "failed" else f"failed: {row['error']}"
-        table.add_row(row["asset_id"][:12], row["prompt"], f"[{style}]{outcome}[/]",
-                      row["asset"], row["preview"])
+        seconds = f"{row['seconds']:.1f}" if row["outcome"] == "succeeded" else ""
+        table.add_row(row["asset_id"][:12], row["prompt"], f"[{style}]{outcome}[/]", seconds,
+                      row["folder"])
     for rejection in summary.rejections:
         table.add_row("-", f"{Path(rejection['file']).name}:{rejection['line']}",
                       f"[yellow]rejected: {rejection['reason']}[/]", "", "")

@@ -147,12 +147,17 @@ def test_preview_sheet_shows_the_four_bundle_views_and_a_three_quarter_view(tmp_
     path = preview_sheet(mesh, tmp_path / "preview.png", tile=TILE)
     sheet = np.asarray(Image.open(path).convert("RGB")).astype(int)
     caption = preview_caption_height(TILE)
-    assert sheet.shape == (TILE + caption, 5 * TILE, 3)
-    tiles = [sheet[caption:, i * TILE : (i + 1) * TILE] for i in range(5)]
+    assert sheet.shape == (2 * TILE + caption, 5 * TILE, 3)
+    tiles = [sheet[caption : caption + TILE, i * TILE : (i + 1) * TILE] for i in range(5)]
     bundle_views = render_bundle(mesh, tile=TILE).colour_tiles().astype(int)
     for i in range(4):
         assert np.abs(tiles[i] - bundle_views[i]).max() <= 1
     assert all(np.abs(tiles[4] - bundle_views[i]).mean() > 5 for i in range(4))
+    shaded = [sheet[caption + TILE :, i * TILE : (i + 1) * TILE] for i in range(5)]
+    for flat, lit in zip(tiles, shaded, strict=True):
+        background = (flat == 255).all(axis=-1)
+        assert (lit[background] == 255).all()  # shading leaves the background white
+        assert np.abs(lit - flat)[~background].mean() > 5  # and changes the object
     # Every tile has a dark caption above it.
     for i in range(5):
         assert sheet[:caption, i * TILE : (i + 1) * TILE].min() < 100

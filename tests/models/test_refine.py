@@ -8,8 +8,8 @@ import pytest
 import trimesh
 
 from models.bundle import BundleSpec
-from models.metrics import chamfer_fscore
 from models.mesh import normalise_mesh
+from models.metrics import chamfer_fscore
 from models.refine import RefineParams, refine_mesh, sphere_init, to_source_frame
 from models.render import render_bundle
 

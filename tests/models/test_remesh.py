@@ -1,4 +1,4 @@
-"""Continuous remeshing: the edge operations keep meshes manifold and move edge lengths to target."""
+"""Continuous remeshing: edge operations keep meshes manifold and move edge lengths to target."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from storage import queries as q
 from storage import search
 from storage.db import make_engine, session_scope
-from storage.schema import EMBEDDING_DIM, PG_FTS_INDEX
+from storage.schema import EMBEDDING_DIM, PG_FTS_INDEX, Asset, PromptIndex
 
 PROMPTS = {
     "chair": ("a red wooden chair", ["furniture"]),
@@ -244,3 +244,131 @@ def test_hybrid_search_without_an_embedding_is_keyword_search(indexed):
         hybrid = search.hybrid_search(session, "red", None)
         keyword = search.keyword_search(session, "red")
     assert _names(hybrid) == _names(keyword)
+
+
+# --- cached exact search ------------------------------------------------------------------------
+
+MANY = 200
+"""Entries of the cache tests: enough that top-k selection and filter widening matter."""
+RARE_TAG = "rare"
+
+
+@pytest.fixture
+def many(db_engine):
+    """MANY entries with random embeddings; every 3rd succeeded, every 50th tagged RARE_TAG."""
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(MANY, EMBEDDING_DIM)).astype(np.float32)
+    with session_scope(db_engine) as session:
+        for i, vector in enumerate(vectors):
+            asset_id = f"m{i:04d}".ljust(64, "0")
+            tags = [RARE_TAG] if i % 50 == 0 else ["common"]
+            q.upsert_asset(
+                session,
+                asset_id=asset_id,
+                kind="prompt",
+                prompt=f"thing {i}",
+                seed=i,
+                generator="library",
+                init="library",
+                tags=tags,
+            )
+            search.index_prompt(session, asset_id, f"thing {i}", tags, vector)
+            if i % 3 == 0:
+                q.claim_asset(session, asset_id, "w", 60)
+                q.release_asset(session, asset_id, "w", "succeeded")
+    search.clear_embedding_cache()
+    return db_engine
+
+
+def _plain_ranking(session, query, state=None, tag=None) -> list[tuple[str, float]]:
+    """The uncached computation: every stored embedding decoded, filtered, scored, sorted."""
+    rows = session.execute(
+        sa.select(PromptIndex.asset_id, PromptIndex.embedding, PromptIndex.tags, Asset.state)
+        .join(Asset, Asset.id == PromptIndex.asset_id)
+        .where(PromptIndex.embedding.is_not(None))
+    ).all()
+    rows = [
+        r for r in rows if (state is None or r.state == state) and (tag is None or tag in r.tags)
+    ]
+    matrix = np.stack([search.decode_embedding(r.embedding) for r in rows])
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    scores = matrix @ (query / np.linalg.norm(query))
+    return sorted(
+        ((r.asset_id, float(s)) for r, s in zip(rows, scores, strict=True)),
+        key=lambda pair: (-pair[1], pair[0]),
+    )
+
+
+FILTER_CASES = [(None, None), ("succeeded", None), (None, RARE_TAG), ("succeeded", RARE_TAG)]
+
+
+def test_cached_exact_search_returns_the_plain_ranking(many, monkeypatch):
+    """Unfiltered, a common filter, rare filters; widening the candidates or masking by id."""
+    rng = np.random.default_rng(11)
+    for rounds in (3, 1):
+        monkeypatch.setattr(search, "FILTER_ROUNDS_BEFORE_MASK", rounds)
+        for state, tag in FILTER_CASES:
+            query = rng.normal(size=EMBEDDING_DIM).astype(np.float32)
+            with session_scope(many) as session:
+                hits = search.semantic_search(
+                    session, query, limit=12, state=state, tag=tag, method="exact"
+                )
+                expected = _plain_ranking(session, query, state, tag)[:12]
+            case = (rounds, state, tag)
+            assert [h.asset_id for h in hits] == [a for a, _ in expected], case
+            np.testing.assert_allclose(
+                [h.score for h in hits], [s for _, s in expected], atol=1e-6, err_msg=str(case)
+            )
+
+
+def test_the_embedding_matrix_is_read_once_while_the_index_is_unchanged(many):
+    with session_scope(many) as session:
+        first = search.embedding_matrix(session)
+    with session_scope(many) as session:
+        assert search.embedding_matrix(session) is first
+    assert first.unit.shape == (MANY, EMBEDDING_DIM)
+
+
+def test_a_prompt_indexed_by_another_connection_is_found_right_after_its_commit(many):
+    query = np.random.default_rng(5).normal(size=EMBEDDING_DIM).astype(np.float32)
+    with session_scope(many) as session:
+        before = search.semantic_search(session, query, limit=1, method="exact")
+    writer = make_engine(many.url)  # another engine: nothing shared with the reader's cache
+    try:
+        with session_scope(writer) as session:
+            q.upsert_asset(
+                session,
+                asset_id="new".ljust(64, "0"),
+                kind="prompt",
+                prompt="new",
+                seed=1,
+                generator="library",
+                init="library",
+            )
+            search.index_prompt(session, "new".ljust(64, "0"), "new", [], query)
+        with session_scope(many) as session:
+            (hit,) = search.semantic_search(session, query, limit=1, method="exact")
+        assert hit.asset_id == "new".ljust(64, "0") != before[0].asset_id
+        assert hit.score == pytest.approx(1.0, abs=1e-6)
+        with session_scope(writer) as session:
+            search.index_prompt(session, "new".ljust(64, "0"), "new", [], -query)
+        with session_scope(many) as session:
+            (hit,) = search.semantic_search(session, query, limit=1, method="exact")
+        assert hit.asset_id == before[0].asset_id
+        with session_scope(writer) as session:
+            search.remove_from_index(session, before[0].asset_id)
+        with session_scope(many) as session:
+            (hit,) = search.semantic_search(session, query, limit=1, method="exact")
+        assert hit.asset_id != before[0].asset_id
+    finally:
+        writer.dispose()
+
+
+def test_hybrid_search_scores_keyword_hits_with_the_cached_cosines(many):
+    query = np.random.default_rng(9).normal(size=EMBEDDING_DIM).astype(np.float32)
+    with session_scope(many) as session:
+        plain = dict(_plain_ranking(session, query))
+        hits = search.hybrid_search(session, "thing 7", query, limit=20)
+    assert hits
+    for hit in hits:
+        assert hit.semantic_score == pytest.approx(plain[hit.asset_id], abs=1e-6)
