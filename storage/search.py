@@ -229,7 +229,12 @@ def keyword_search(
         )
     else:
         raise NotImplementedError(f"keyword search is not implemented for {dialect!r}")
-    select = select.where(*_filters(session, state, tag)).limit(limit)
+    filters = _filters(session, state, tag)
+    rows = None
+    if dialect == "sqlite":
+        rows = _keyword_candidates_sqlite(session, match, limit, filters)
+    if rows is None:
+        rows = session.execute(select.where(*filters).limit(limit)).all()
     return [
         SearchHit(
             asset_id=row.asset_id,
@@ -240,8 +245,62 @@ def keyword_search(
             state=row.state,
             output_keys=row.output_keys or {},
         )
-        for row in session.execute(select)
+        for row in rows
     ]
+
+
+def _keyword_candidates_sqlite(
+    session: Session, match: str, limit: int, filters: list[sa.ColumnElement]
+) -> list | None:
+    """The best ``limit`` keyword rows, ranking in FTS5 alone and joining only the best.
+
+    Same result as ordering the joined query by ``(bm25, asset_id)``: every entry tied with the
+    last candidate is a candidate too, and the candidates widen until ``limit`` pass the
+    filters. None when the candidates grow past :data:`MAX_FILTER_CANDIDATES` (the joined
+    query is then the cheaper one).
+    """
+    ranked = session.execute(
+        sa.text(
+            f"SELECT rowid, bm25({SQLITE_FTS_TABLE}) FROM {SQLITE_FTS_TABLE} "
+            f"WHERE {SQLITE_FTS_TABLE} MATCH :match"
+        ),
+        {"match": match},
+    ).all()
+    if not ranked or limit <= 0:
+        return []
+    rowids = np.array([r[0] for r in ranked], dtype=np.int64)
+    ranks = np.array([r[1] for r in ranked], dtype=np.float64)  # bm25: lower is better
+    rowid = sa.literal_column("prompt_index.rowid", sa.Integer)
+    k = limit if not filters else 2 * limit + 16
+    while True:
+        if k < len(ranks):
+            candidates = np.flatnonzero(ranks <= np.partition(ranks, k - 1)[k - 1])
+        else:
+            candidates = np.arange(len(ranks))
+        if len(candidates) > MAX_FILTER_CANDIDATES:
+            return None
+        rank_of = dict(zip(rowids[candidates].tolist(), ranks[candidates].tolist(), strict=True))
+        found = session.execute(
+            sa.select(*_hit_columns(), rowid.label("fts_rowid"))
+            .join(Asset, Asset.id == PromptIndex.asset_id)
+            .where(rowid.in_(list(rank_of)), *filters)
+        ).all()
+        if len(found) >= limit or len(candidates) == len(ranks):
+            found.sort(key=lambda row: (rank_of[row.fts_rowid], row.asset_id))
+            return [
+                _KeywordRow(r.asset_id, r.text, r.state, r.output_keys, -rank_of[r.fts_rowid])
+                for r in found[:limit]
+            ]
+        k = max(2 * k, int(2 * limit * len(candidates) / max(len(found), 1)))
+
+
+@dataclass(frozen=True)
+class _KeywordRow:
+    asset_id: str
+    text: str
+    state: str
+    output_keys: dict[str, Any] | None
+    keyword_score: float
 
 
 # --- semantic ---------------------------------------------------------------------------------
@@ -328,8 +387,12 @@ def _cache_key(session: Session) -> str | None:
 def _freshness_stamp(session: Session) -> tuple:
     # count(*) and max() over all rows (not only those with an embedding) so that both come
     # from the updated_at index; any insert, delete or re-index changes the pair.
+    # Two scalar subqueries: SQLite answers max() from the index only when it is alone.
     row = session.execute(
-        sa.select(sa.func.count(), sa.func.max(PromptIndex.updated_at)).select_from(PromptIndex)
+        sa.select(
+            sa.select(sa.func.count()).select_from(PromptIndex).scalar_subquery(),
+            sa.select(sa.func.max(PromptIndex.updated_at)).scalar_subquery(),
+        )
     ).one()
     return (int(row[0]), row[1])
 
@@ -393,6 +456,8 @@ def _top_positions(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
 
 FILTER_ROUNDS_BEFORE_MASK = 3
 """Widenings of the best-first candidate list tried before a filter is applied as an id mask."""
+MAX_FILTER_CANDIDATES = 4096
+"""Largest candidate list whose filters are checked by id; beyond it the filter becomes a mask."""
 
 
 def _ranked_hits(
@@ -403,24 +468,48 @@ def _ranked_hits(
     state: str | None,
     tag: str | None,
 ) -> list[SearchHit]:
-    """The ``limit`` best-scoring entries that pass the filters, as hits, best first.
+    """The ``limit`` best-scoring entries that pass the filters, as hits, best first."""
+    positions = _ranked_positions(session, matrix, scores, limit, _filters(session, state, tag))
+    ids = matrix.ids[positions].tolist() if positions else []
+    rows = _hit_rows(session, ids, [])
+    return _hits([i for i in positions if matrix.ids[i] in rows], matrix, scores, rows)
 
-    Filters are checked in SQL on the best candidates only, widening the list 8-fold until
-    ``limit`` pass (one round for a common filter such as ``state='succeeded'``); a rare filter
+
+def _ranked_positions(
+    session: Session,
+    matrix: EmbeddingMatrix,
+    scores: np.ndarray,
+    limit: int,
+    filters: list[sa.ColumnElement],
+) -> list[int]:
+    """Rows of the ``limit`` best-scoring entries that pass ``filters``, best first.
+
+    Filters are checked in SQL on the best candidates only (one round for a common filter such
+    as ``state='succeeded'``), widening the list as the observed pass rate asks; a rare filter
     falls back to fetching the ids that pass and masking the scores. Either way the result is
     the exact filtered ranking.
     """
     if limit <= 0 or len(scores) == 0:
         return []
-    filters = _filters(session, state, tag)
-    k = limit if not filters else max(4 * limit, 64)
+    if not filters:
+        return _top_positions(scores, matrix.ids, limit).tolist()
+    k = 2 * limit + 16
     for _ in range(FILTER_ROUNDS_BEFORE_MASK):
         top = _top_positions(scores, matrix.ids, k)
-        rows = _hit_rows(session, matrix.ids[top].tolist(), filters)
-        passed = [i for i in top.tolist() if matrix.ids[i] in rows]
+        allowed = set(
+            session.scalars(
+                sa.select(PromptIndex.asset_id)
+                .join(Asset, Asset.id == PromptIndex.asset_id)
+                .where(PromptIndex.asset_id.in_(matrix.ids[top].tolist()), *filters)
+            )
+        )
+        passed = [i for i in top.tolist() if matrix.ids[i] in allowed]
         if len(passed) >= limit or k >= len(scores):
-            return _hits(passed[:limit], matrix, scores, rows)
-        k *= 8
+            return passed[:limit]
+        # Enough candidates for twice the missing hits at the pass rate seen so far.
+        k = min(max(2 * k, int(2 * limit * k / max(len(passed), 1))), len(scores))
+        if k > MAX_FILTER_CANDIDATES:
+            break
     allowed = session.scalars(
         sa.select(PromptIndex.asset_id)
         .join(Asset, Asset.id == PromptIndex.asset_id)
@@ -431,9 +520,7 @@ def _ranked_hits(
     )
     if len(positions) == 0:
         return []
-    top = positions[_top_positions(scores[positions], matrix.ids[positions], limit)]
-    rows = _hit_rows(session, matrix.ids[top].tolist(), filters)
-    return _hits([i for i in top.tolist() if matrix.ids[i] in rows], matrix, scores, rows)
+    return positions[_top_positions(scores[positions], matrix.ids[positions], limit)].tolist()
 
 
 def _hit_rows(session: Session, asset_ids: list[str], filters: list) -> dict[str, sa.Row]:
@@ -513,6 +600,7 @@ def hybrid_search(
     tag: str | None = None,
     keyword_weight: float = 0.5,
     candidates: int | None = None,
+    method: Literal["auto", "exact", "pgvector"] = "auto",
 ) -> list[SearchHit]:
     """One ranking from keyword and semantic search.
 
@@ -520,6 +608,8 @@ def hybrid_search(
     gets its exact cosine similarity and its keyword score scaled by the best keyword score
     (so in [0, 1], 0 when the keywords missed). ``score = keyword_weight * keyword +
     (1 - keyword_weight) * max(cosine, 0)``. Without an embedding this is keyword search.
+    ``method`` picks the semantic candidates' search as in :func:`semantic_search`; the exact
+    one scores every entry once and reuses the scores for the keyword candidates.
     """
     if not 0.0 <= keyword_weight <= 1.0:
         raise ValueError(f"keyword_weight must be in [0, 1], got {keyword_weight}")
@@ -530,20 +620,25 @@ def hybrid_search(
     query_vector = np.asarray(embedding, dtype=np.float32)
     encode_embedding(query_vector)  # validates shape and finiteness
     query_vector = _unit(query_vector[None])[0]
-    if has_pgvector(session):
+    use_pgvector = has_pgvector(session) if method == "auto" else method == "pgvector"
+    by_id: dict[str, SearchHit | None]  # None: details not fetched yet
+    if use_pgvector:
+        if not has_pgvector(session):
+            raise RuntimeError("this database has no pgvector column; use method='exact'")
         semantic = _semantic_pgvector(session, query_vector, pool, state, tag)
-        by_id: dict[str, SearchHit] = {hit.asset_id: hit for hit in semantic}
+        by_id = {hit.asset_id: hit for hit in semantic}
         for hit in keyword:
             by_id.setdefault(hit.asset_id, hit)
         cosines = _exact_cosines(session, list(by_id), query_vector)
     else:
-        # One scoring pass serves both the semantic candidates and the keyword hits' cosines.
+        # One scoring pass serves both the semantic candidates and the keyword hits' cosines;
+        # the semantic candidates' details are fetched only for those that make the final list.
         matrix = embedding_matrix(session)
         scores = matrix.scores(query_vector)
-        semantic = _ranked_hits(session, matrix, scores, pool, state, tag)
-        by_id = {hit.asset_id: hit for hit in semantic}
-        for hit in keyword:
-            by_id.setdefault(hit.asset_id, hit)
+        positions = _ranked_positions(session, matrix, scores, pool, _filters(session, state, tag))
+        by_id = {hit.asset_id: hit for hit in keyword}
+        for i in positions:
+            by_id.setdefault(str(matrix.ids[i]), None)
         cosines = {
             asset_id: float(scores[matrix.position[asset_id]])
             for asset_id in by_id
@@ -552,25 +647,34 @@ def hybrid_search(
     best_keyword = max((h.keyword_score or 0.0 for h in keyword), default=0.0)
     keyword_scores = {h.asset_id: h.keyword_score for h in keyword}
 
-    hits = []
-    for asset_id, hit in by_id.items():
+    ranked = []
+    for asset_id in by_id:
         raw_keyword = keyword_scores.get(asset_id)
         scaled = (raw_keyword / best_keyword) if raw_keyword and best_keyword > 0 else 0.0
         cosine = cosines.get(asset_id)
         score = keyword_weight * scaled + (1 - keyword_weight) * max(cosine or 0.0, 0.0)
+        ranked.append((-float(score), asset_id))
+    ranked.sort()
+    ranked = ranked[:limit]
+    missing = [asset_id for _, asset_id in ranked if by_id[asset_id] is None]
+    rows = _hit_rows(session, missing, []) if missing else {}
+    hits = []
+    for negative_score, asset_id in ranked:
+        detail = by_id[asset_id] or rows.get(asset_id)
+        if detail is None:  # removed since the candidates were chosen
+            continue
         hits.append(
             SearchHit(
                 asset_id=asset_id,
-                score=float(score),
-                keyword_score=raw_keyword,
-                semantic_score=cosine,
-                text=hit.text,
-                state=hit.state,
-                output_keys=hit.output_keys,
+                score=-negative_score,
+                keyword_score=keyword_scores.get(asset_id),
+                semantic_score=cosines.get(asset_id),
+                text=detail.text,
+                state=detail.state,
+                output_keys=detail.output_keys or {},
             )
         )
-    hits.sort(key=lambda h: (-h.score, h.asset_id))
-    return hits[:limit]
+    return hits
 
 
 def _exact_cosines(session: Session, asset_ids: list[str], query: np.ndarray) -> dict[str, float]:

@@ -212,7 +212,7 @@ def publish_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) 
         missing = [key for key in inputs.values() if not store.exists(key)]
         if missing:
             raise FileNotFoundError(f"artefacts missing from the store: {', '.join(missing)}")
-        text = asset.prompt or f"{asset.kind} asset {asset.id}"
+        text = asset.prompt or _describe_promptless(io, inputs, asset)
         embedding = embed_texts([text])[0]
         from sqlalchemy.orm import Session
 
@@ -222,6 +222,14 @@ def publish_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) 
         return {}
 
     return _run(config, asset, "publish", work)
+
+
+def _describe_promptless(io: StageIO, inputs: dict[str, str], asset: AssetSnapshot) -> str:
+    """Searchable text for an image or bundle request: the caption of what it matched."""
+    if "match.json" in inputs:
+        match = json.loads(io.fetch(inputs["match.json"], "match.json").read_text())
+        return f"{asset.kind} request like {match.get('caption', match.get('id', ''))}"
+    return f"{asset.kind} request {asset.id}"
 
 
 def _read_image(io: StageIO, key: str) -> np.ndarray:

@@ -212,9 +212,13 @@ def search(
     for hit in hits:
         key = (hit.output_keys or {}).get("asset.glb", "")
         location = store.presigned_url(key) if (urls and key) else key
-        table.add_row(f"{hit.score:.3f}", f"{hit.keyword_score:.3f}", f"{hit.semantic_score:.3f}",
+        table.add_row(f"{hit.score:.3f}", _score(hit.keyword_score), _score(hit.semantic_score),
                       hit.asset_id, hit.text, location)
     console.print(table)
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 @app.command()

@@ -86,7 +86,9 @@ def cli_env(config: PipelineConfig, tmp_path: Path, **extra: str) -> dict[str, s
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FOUNDRY_", "PREFECT_"))}
-    home = tmp_path / f"prefect-{len(list(tmp_path.glob('prefect-*')))}"
+    import uuid
+
+    home = tmp_path / f"prefect-{uuid.uuid4().hex[:8]}"  # one Prefect home per process
     env.update(
         FOUNDRY_DATABASE_URL=config.database_url,
         FOUNDRY_STORE_URL=config.store_url,

@@ -372,3 +372,15 @@ def test_hybrid_search_scores_keyword_hits_with_the_cached_cosines(many):
     assert hits
     for hit in hits:
         assert hit.semantic_score == pytest.approx(plain[hit.asset_id], abs=1e-6)
+
+
+def test_keyword_search_ranking_equals_the_joined_query_ranking(many, monkeypatch):
+    """SQLite ranks in FTS5 first and joins only the best; ties ('thing 17' ~ 'thing 71')."""
+    for state, tag in FILTER_CASES:
+        with session_scope(many) as session:
+            fast = search.keyword_search(session, "thing 7", limit=12, state=state, tag=tag)
+            monkeypatch.setattr(search, "MAX_FILTER_CANDIDATES", 0)  # forces the joined query
+            joined = search.keyword_search(session, "thing 7", limit=12, state=state, tag=tag)
+            monkeypatch.undo()
+        assert fast, (state, tag)
+        assert [(h.asset_id, h.score) for h in fast] == [(h.asset_id, h.score) for h in joined]
