@@ -13,9 +13,11 @@ shorter edge length and the optimisation resolution adds detail (flat face norma
 face's normal loss does not bend the unseen faces beside a crease). Vertices that no camera
 sees (the bundle's cameras sit 0.39 above the origin, so tops above that height and bottoms are
 never seen) are relaxed toward their neighbours' mean after every step: unseen regions become
-membranes spanning what the views pin down (flat lids and bottoms rather than domes). An optional last phase ("explicit target", after ISOMER's
-final step) projects the target normals onto the visible vertices once and pulls face normals
-toward them without rendering, with the topology frozen.
+membranes spanning what the views pin down (flat lids and bottoms rather than domes).
+
+An optional last phase ("explicit target", an approximation of ISOMER's final step) projects the
+target normals onto the visible vertices once and pulls face normals toward them without
+rendering, with the topology frozen.
 
 Everything is in the bundle frame: +Y up, front facing +Z, object within ``[-0.9, 0.9]^3``.
 """

@@ -355,6 +355,11 @@ def test_a_prompt_indexed_by_another_connection_is_found_right_after_its_commit(
         with session_scope(many) as session:
             (hit,) = search.semantic_search(session, query, limit=1, method="exact")
         assert hit.asset_id == before[0].asset_id
+        with session_scope(many) as session:  # the same connection writes, then reads
+            search.index_prompt(session, "new".ljust(64, "0"), "new", [], query)
+            (hit,) = search.semantic_search(session, query, limit=1, method="exact")
+            assert hit.asset_id == "new".ljust(64, "0")
+            search.index_prompt(session, "new".ljust(64, "0"), "new", [], -query)
         with session_scope(writer) as session:
             search.remove_from_index(session, before[0].asset_id)
         with session_scope(many) as session:
