@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import trimesh
 
+from models.colour import linear_to_srgb, srgb_to_linear
+
 if TYPE_CHECKING:
     from models.raster.base import Rasteriser
 
@@ -33,21 +35,6 @@ _TYPE_WIDTH = {"VEC3": 3, "VEC4": 4}
 #: The 3/4 view of the preview sheet (degrees).
 PREVIEW_34_AZIMUTH = 45.0
 PREVIEW_34_ELEVATION = 20.0
-
-
-# --------------------------------------------------------------------------- colour spaces
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear values in [0, 1] (IEC 61966-2-1), float64."""
-    c = np.clip(np.asarray(c, dtype=np.float64), 0.0, 1.0)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    """Linear values in [0, 1] -> sRGB-encoded values in [0, 1], float64."""
-    c = np.clip(np.asarray(c, dtype=np.float64), 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1.0 / 2.4) - 0.055)
 
 
 # --------------------------------------------------------------------------- GLB

@@ -26,6 +26,7 @@ from models.bundle import (
     join_tiles,
 )
 from models.cameras import BundleCameras, camera_eye, look_at, perspective
+from models.colour import linear_to_srgb, srgb_to_linear
 from models.mesh import crease_normals, normalise_mesh, to_y_up
 from models.raster import Rasteriser, get_rasteriser
 
@@ -368,18 +369,6 @@ def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     top = tex[ya, xa] * (1 - fx) + tex[ya, xb] * fx
     bottom = tex[yb, xa] * (1 - fx) + tex[yb, xb] * fx
     return top * (1 - fy) + bottom * fy
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB values in [0, 1] -> linear (IEC 61966-2-1)."""
-    c = np.asarray(c, dtype=np.float64)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    """Linear values in [0, 1] -> sRGB (IEC 61966-2-1)."""
-    c = np.clip(np.asarray(c, dtype=np.float64), 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
 
 
 # ---------------------------------------------------------------------------------------------
