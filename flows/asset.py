@@ -6,7 +6,10 @@ takes a shard of asset ids, so models loaded by the first asset serve the rest).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from prefect import flow, get_run_logger
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from sqlalchemy.orm import Session
 
 from storage import queries
@@ -22,6 +25,17 @@ from tasks.stages import (
     refine_task,
     texture_task,
 )
+
+
+def subflow_settings() -> AbstractContextManager:
+    """Settings for asset flows run as subflows inside a parent flow's process.
+
+    Prefect 3.8.8 joins each flow run's heartbeat thread at exit, which sleeps in 1 s steps:
+    about 1 s of pure waiting per asset. A subflow shares its parent's process, whose own
+    heartbeat already reports a crash, and a lost asset is caught by its lease; so subflows
+    run without heartbeats.
+    """
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 class AssetFailed(RuntimeError):
@@ -108,7 +122,8 @@ def asset_shard_flow(asset_ids: list[str], config: PipelineConfig) -> dict[str, 
     outcomes: dict[str, str] = {}
     for asset_id in asset_ids:
         try:
-            outcomes[asset_id] = asset_flow(asset_id, config)
+            with subflow_settings():
+                outcomes[asset_id] = asset_flow(asset_id, config)
         except AssetFailed:
             outcomes[asset_id] = "failed"
     return outcomes

@@ -15,7 +15,7 @@ from prefect.artifacts import create_table_artifact
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from flows.asset import AssetFailed, asset_shard_flow
+from flows.asset import AssetFailed, asset_flow, subflow_settings
 from storage.schema import Asset
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult, ingest_manifest
@@ -45,10 +45,15 @@ def _shards(asset_ids: list[str], size: int) -> list[list[str]]:
 
 
 def _run_in_process(shard: list[str], config: PipelineConfig) -> dict[str, str]:
-    try:
-        return asset_shard_flow(shard, config)
-    except AssetFailed:  # the shard flow records failures itself; this is belt and braces
-        return {asset_id: "failed" for asset_id in shard}
+    """Run a shard's assets as subflows of this process (which shares its loaded models)."""
+    outcomes = {}
+    for asset_id in shard:
+        try:
+            with subflow_settings():
+                outcomes[asset_id] = asset_flow(asset_id, config)
+        except AssetFailed:
+            outcomes[asset_id] = "failed"
+    return outcomes
 
 
 def _run_on_deployment(shard: list[str], config: PipelineConfig, deployment: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, get_run_logger
 from sqlalchemy.orm import Session
 
-from flows.asset import AssetFailed, asset_flow
+from flows.asset import AssetFailed, asset_flow, subflow_settings
 from storage import queries
 from tasks.config import PipelineConfig
 from tasks.resources import engine_for
@@ -70,7 +70,8 @@ def retry_flow(
 
     def one(asset_id: str) -> str:
         try:
-            return asset_flow(asset_id, config)
+            with subflow_settings():
+                return asset_flow(asset_id, config)
         except AssetFailed:
             return "failed"
 
