@@ -617,3 +617,26 @@ def open_store(url: str) -> ObjectStore:
     raise StoreConfigError(
         f"unsupported store URL {scheme!r}: use file://PATH or s3://BUCKET/PREFIX"
     )
+
+
+def sync_to_folder(
+    store: ObjectStore, dest: str | os.PathLike, prefix: str = ""
+) -> tuple[int, int]:
+    """Mirror the objects under ``prefix`` into the folder ``dest`` (keys relative to ``prefix``).
+
+    Only objects that are missing locally or differ in size are downloaded. Returns
+    ``(downloaded, unchanged)``. Used to work on a bucket-hosted mesh library locally.
+    """
+    dest = Path(dest)
+    downloaded = unchanged = 0
+    for key in store.list(prefix):
+        relative = key[len(prefix):].lstrip("/")
+        if not relative:
+            continue
+        target = dest / relative
+        if target.is_file() and target.stat().st_size == store.size(key):
+            unchanged += 1
+            continue
+        store.get_file(key, target)
+        downloaded += 1
+    return downloaded, unchanged

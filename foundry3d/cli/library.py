@@ -65,8 +65,12 @@ def _index_folder(folder: Path, *, render: bool, tile: int) -> None:
 @library_app.command("build")
 def build(
     source: Annotated[
-        Path | None,
-        typer.Argument(help="Library folder holding library.jsonl; default the configured one."),
+        str | None,
+        typer.Argument(
+            help="Library folder holding library.jsonl, or a bucket prefix "
+            "s3://bucket/prefix?endpoint_url=... (synced to a local cache first); "
+            "default the configured folder."
+        ),
     ] = None,
     render: Annotated[
         bool, typer.Option(help="Render each mesh to describe its views (image queries).")
@@ -74,17 +78,37 @@ def build(
     tile: Annotated[int, typer.Option(help="Tile size of the renders that are described.")] = 256,
 ) -> None:
     """Index a library: embed captions and describe rendered views (unchanged entries reused)."""
-    if source is not None and str(source).startswith(("s3:/", "s3:\\")):
-        raise UserError(
-            "bucket libraries are synced to a local folder first; pass that folder "
-            "(or set FOUNDRY_LIBRARY_PATH to it)"
-        )
-    folder = source or _default_folder()
+    if source is not None and source.startswith("s3://"):
+        folder = _sync_bucket_library(source)
+    else:
+        folder = Path(source) if source else _default_folder()
     if not folder.is_dir():
         raise UserError(f"library folder {folder} does not exist")
     if tile < 64:
         raise UserError(f"--tile must be at least 64, got {tile}")
     _index_folder(folder, render=render, tile=tile)
+
+
+def _sync_bucket_library(url: str) -> Path:
+    """Mirror a bucket-hosted library into ``<data_dir>/library-cache/<bucket>/<prefix>``."""
+    from urllib.parse import urlsplit
+
+    from foundry3d.settings import get_settings
+    from storage.objects import StoreError, open_store, sync_to_folder
+
+    parts = urlsplit(url)
+    folder = get_settings().data_dir / "library-cache" / parts.netloc / parts.path.strip("/")
+    try:
+        downloaded, unchanged = sync_to_folder(open_store(url), folder)
+    except StoreError as exc:
+        raise UserError(f"cannot read the library at {url.split('?')[0]}: {exc}") from exc
+    if downloaded + unchanged == 0:
+        raise UserError(f"no objects under {url.split('?')[0]}")
+    console.print(
+        f"synced {url.split('?')[0]} to {folder}: {downloaded} downloaded, {unchanged} unchanged "
+        f"(set FOUNDRY_LIBRARY_PATH={folder} to generate from it)"
+    )
+    return folder
 
 
 @library_app.command("sample")
