@@ -370,8 +370,7 @@ def bench_overhead(args: argparse.Namespace, workdir: Path) -> None:
     from prefect import flow
     from sqlalchemy.orm import Session
 
-    from flows.asset import asset_flow
-    from flows.catalog import _run_in_process
+    from flows.asset import asset_flow, run_assets_here
     from storage import queries
     from tasks.config import PipelineConfig
     from tasks.resources import engine_for
@@ -397,7 +396,7 @@ def bench_overhead(args: argparse.Namespace, workdir: Path) -> None:
 
     def run_in_catalog(asset_id: str) -> dict:
         # What catalog_flow does in-process: the asset flow as a subflow (no heartbeat thread).
-        return _run_in_process([asset_id], config)
+        return run_assets_here([asset_id], config)
 
     @flow(name="benchmark-parent")
     def parent(ids: list[str], concurrency: int, timed) -> list:  # noqa: ANN001

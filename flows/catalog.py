@@ -15,7 +15,7 @@ from prefect.artifacts import create_table_artifact
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from flows.asset import AssetFailed, asset_flow, subflow_settings
+from flows.asset import run_assets_here
 from storage.schema import Asset
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult, ingest_manifest
@@ -42,18 +42,6 @@ def summary_task(ingest: IngestResult, outcomes: dict[str, str], config: Pipelin
 
 def _shards(asset_ids: list[str], size: int) -> list[list[str]]:
     return [asset_ids[i : i + size] for i in range(0, len(asset_ids), size)]
-
-
-def _run_in_process(shard: list[str], config: PipelineConfig) -> dict[str, str]:
-    """Run a shard's assets as subflows of this process (which shares its loaded models)."""
-    outcomes = {}
-    for asset_id in shard:
-        try:
-            with subflow_settings():
-                outcomes[asset_id] = asset_flow(asset_id, config)
-        except AssetFailed:
-            outcomes[asset_id] = "failed"
-    return outcomes
 
 
 def _run_on_deployment(shard: list[str], config: PipelineConfig, deployment: str) -> dict[str, str]:
@@ -107,7 +95,7 @@ def catalog_flow(
         if deployment:
             futures = [pool.submit(_run_on_deployment, s, config, deployment) for s in shards]
         else:
-            futures = [pool.submit(_run_in_process, s, config) for s in shards]
+            futures = [pool.submit(run_assets_here, s, config) for s in shards]
         for future in futures:
             outcomes.update(future.result())
     return summary_task(ingest, outcomes, config, time.perf_counter() - started)

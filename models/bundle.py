@@ -132,8 +132,34 @@ def check_layout(image: np.ndarray) -> None:
         raise BundleError(f"bundle width must be twice its height with even height, got {w} x {h}")
 
 
+class ViewTiles:
+    """What a stack of views offers once it has 8-bit colour and encoded normal tiles.
+
+    Subclasses provide ``colour_tiles()`` and ``normal_tiles()``, each ``(N, T, T, 3)`` uint8;
+    the decoded views follow from them exactly as the spec says.
+    """
+
+    def colour_tiles(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def normal_tiles(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def colours(self) -> np.ndarray:
+        """``(N, T, T, 3)`` float32 sRGB in [0, 1]."""
+        return self.colour_tiles().astype(np.float32) / 255.0
+
+    def normals(self) -> np.ndarray:
+        """``(N, T, T, 3)`` float32 camera-space unit normals, 0 on background."""
+        return decode_normals(self.normal_tiles())
+
+    def masks(self) -> np.ndarray:
+        """``(N, T, T)`` bool foreground masks (the spec's decoded-length rule)."""
+        return foreground_mask(self.normal_tiles())
+
+
 @dataclass
-class Bundle:
+class Bundle(ViewTiles):
     """A bundle image with its sidecar.
 
     ``image``: ``(2T, 4T, 3)`` uint8, row 0 colour, row 1 encoded normals, white background.
@@ -159,18 +185,6 @@ class Bundle:
     def normal_tiles(self) -> np.ndarray:
         """``(4, T, T, 3)`` uint8 encoded normal views."""
         return split_tiles(self.image)[1]
-
-    def colours(self) -> np.ndarray:
-        """``(4, T, T, 3)`` float32 sRGB in [0, 1]."""
-        return self.colour_tiles().astype(np.float32) / 255.0
-
-    def normals(self) -> np.ndarray:
-        """``(4, T, T, 3)`` float32 camera-space unit normals, 0 on background."""
-        return decode_normals(self.normal_tiles())
-
-    def masks(self) -> np.ndarray:
-        """``(4, T, T)`` bool foreground masks (the spec's decoded-length rule)."""
-        return foreground_mask(self.normal_tiles())
 
     @classmethod
     def from_tiles(cls, colours: np.ndarray, normals: np.ndarray, spec: BundleSpec) -> Bundle:

@@ -18,13 +18,7 @@ import numpy as np
 import torch
 import trimesh
 
-from models.bundle import (
-    Bundle,
-    BundleSpec,
-    decode_normals,
-    foreground_mask,
-    join_tiles,
-)
+from models.bundle import Bundle, BundleSpec, ViewTiles, join_tiles
 from models.cameras import BundleCameras, camera_eye, look_at, perspective
 from models.colour import linear_to_srgb, srgb_to_linear
 from models.mesh import crease_normals, normalise_mesh, to_y_up
@@ -43,7 +37,7 @@ _WHITE = 255.0
 
 
 @dataclass
-class ViewRender:
+class ViewRender(ViewTiles):
     """Renders of N views at ``tile`` pixels, anti-aliased, over white.
 
     ``colour``: ``(N, T, T, 3)`` float64 sRGB in [0, 255]; ``normal_rgb``: ``(N, T, T, 3)``
@@ -65,18 +59,6 @@ class ViewRender:
     def normal_tiles(self) -> np.ndarray:
         """``(N, T, T, 3)`` uint8 encoded normal views (spec encoding)."""
         return _to_u8(self.normal_rgb)
-
-    def colours(self) -> np.ndarray:
-        """``(N, T, T, 3)`` float32 sRGB in [0, 1] of the 8-bit tiles."""
-        return self.colour_tiles().astype(np.float32) / 255.0
-
-    def normals(self) -> np.ndarray:
-        """``(N, T, T, 3)`` float32 decoded unit normals of the 8-bit tiles, 0 on background."""
-        return decode_normals(self.normal_tiles())
-
-    def masks(self) -> np.ndarray:
-        """``(N, T, T)`` bool: the spec's foreground rule on the 8-bit normal tiles."""
-        return foreground_mask(self.normal_tiles())
 
     def to_bundle(self, spec: BundleSpec) -> Bundle:
         """The 4 views as a :class:`Bundle` with sidecar ``spec`` (tile taken from the render)."""
