@@ -235,10 +235,24 @@ GeneratorName = Literal["library", "kiss3dgen", "file"]
 InitName = Literal["sphere", "library", "lrm"]
 
 
-class ManifestDefaults(BaseModel):
-    """The YAML ``defaults:`` block: values every item inherits unless it sets its own."""
+class _ManifestFields(BaseModel):
+    """Checks shared by the defaults block and the items: no unknown keys, tags, params."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("tags", mode="before", check_fields=False)
+    @classmethod
+    def _tags(cls, value: Any) -> Any:
+        return _check_tags(value)
+
+    @field_validator("params", mode="before", check_fields=False)
+    @classmethod
+    def _params(cls, value: Any) -> Any:
+        return _check_params(value)
+
+
+class ManifestDefaults(_ManifestFields):
+    """The YAML ``defaults:`` block: values every item inherits unless it sets its own."""
 
     seed: Seed | None = None
     variants: Variants | None = None
@@ -247,21 +261,9 @@ class ManifestDefaults(BaseModel):
     init: InitName | None = None
     params: dict[str, Any] | None = None
 
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _tags(cls, value: Any) -> Any:
-        return _check_tags(value)
 
-    @field_validator("params", mode="before")
-    @classmethod
-    def _params(cls, value: Any) -> Any:
-        return _check_params(value)
-
-
-class ManifestItem(BaseModel):
+class ManifestItem(_ManifestFields):
     """One manifest row, as written (before defaults are resolved into requests)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt: str | None = None
     """Text prompt (printable, at most MAX_PROMPT_CHARS)."""
@@ -311,16 +313,6 @@ class ManifestItem(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("path is empty")
         return value.strip() if value is not None else None
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _tags(cls, value: Any) -> Any:
-        return _check_tags(value)
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _params(cls, value: Any) -> Any:
-        return _check_params(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> ManifestItem:
