@@ -628,7 +628,7 @@ def _load_postgres(url: str, assets: list[dict], index: list[dict],
                    embeddings: np.ndarray) -> dict[str, float]:
     """COPY into both tables with the search indexes dropped, then rebuild them."""
     from storage.db import make_engine
-    from storage.schema import PG_FTS_INDEX, PG_VECTOR_COLUMN, PG_VECTOR_INDEX
+    from storage.schema import PG_FTS_COLUMN, PG_FTS_INDEX, PG_VECTOR_COLUMN, PG_VECTOR_INDEX
 
     engine = make_engine(url)
     timings = {}
@@ -657,7 +657,7 @@ def _load_postgres(url: str, assets: list[dict], index: list[dict],
         timings["COPY s"] = time.perf_counter() - started
         started = time.perf_counter()
         cursor.execute(
-            f"CREATE INDEX {PG_FTS_INDEX} ON prompt_index USING gin (to_tsvector('english', text))"
+            f"CREATE INDEX {PG_FTS_INDEX} ON prompt_index USING gin ({PG_FTS_COLUMN})"
         )
         raw.commit()
         timings["GIN build s"] = time.perf_counter() - started

@@ -28,10 +28,14 @@ STAGE_RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
 
 # Objects created by migrations only (dialect specific); never part of the ORM metadata.
 SQLITE_FTS_TABLE = "prompt_fts"
+PG_FTS_COLUMN = "text_tsv"
+"""Stored ``to_tsvector('english', text)`` of prompt_index (generated column, PostgreSQL)."""
 PG_FTS_INDEX = "ix_prompt_index_text_tsv"
 PG_VECTOR_COLUMN = "embedding_vec"
 PG_VECTOR_INDEX = "ix_prompt_index_embedding_vec_hnsw"
-UNMANAGED_NAMES = frozenset({SQLITE_FTS_TABLE, PG_FTS_INDEX, PG_VECTOR_COLUMN, PG_VECTOR_INDEX})
+UNMANAGED_NAMES = frozenset(
+    {SQLITE_FTS_TABLE, PG_FTS_COLUMN, PG_FTS_INDEX, PG_VECTOR_COLUMN, PG_VECTOR_INDEX}
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

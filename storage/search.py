@@ -1,7 +1,8 @@
 """Prompt search over produced assets: keyword, semantic and hybrid ranking.
 
 Keyword search uses the database's own full-text engine (SQLite FTS5 with bm25, PostgreSQL
-``ts_rank`` over ``to_tsvector('english', text)``); both are created by the migrations. Semantic
+``ts_rank`` over a stored ``to_tsvector('english', text)`` column); both are created by the
+migrations. Semantic
 search compares ``(384,)`` float32 prompt embeddings by cosine similarity: with pgvector's ``<=>``
 operator when the server has the extension, otherwise exactly, in numpy, over the stored vectors.
 Like :mod:`storage.queries`, every function takes the session first and never commits.
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session
 from storage.queries import dialect_insert
 from storage.schema import (
     EMBEDDING_DIM,
+    PG_FTS_COLUMN,
     PG_VECTOR_COLUMN,
     SQLITE_FTS_TABLE,
     Asset,
@@ -40,7 +42,7 @@ from storage.schema import (
 )
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_ENGLISH = sa.literal_column("'english'")  # inlined so the planner matches the GIN index
+_ENGLISH = sa.literal_column("'english'")  # a constant regconfig: to_tsquery folds at plan time
 
 
 @dataclass(frozen=True)
@@ -199,42 +201,20 @@ def keyword_search(
     """Assets whose prompt contains any word of ``query`` (stemmed), best match first.
 
     The query is reduced to its words, so user input can never be a syntax error; an entry
-    matching more (and rarer) words ranks higher. ``score`` is the keyword score.
+    matching more (and rarer) words ranks higher, ties go to the smaller asset id. ``score`` is
+    the keyword score.
     """
     words = query_words(query)
-    if not words:
+    if not words or limit <= 0:
         return []
+    filters = _filters(session, state, tag)
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
-        fts = sa.table(SQLITE_FTS_TABLE, sa.column("rowid"))
-        rank = sa.func.bm25(sa.literal_column(SQLITE_FTS_TABLE))
-        match = " OR ".join('"' + w + '"' for w in words)
-        select = (
-            sa.select(*_hit_columns(), (-rank).label("keyword_score"))
-            .select_from(fts)
-            .join(PromptIndex, sa.literal_column("prompt_index.rowid") == fts.c.rowid)
-            .join(Asset, Asset.id == PromptIndex.asset_id)
-            .where(sa.literal_column(SQLITE_FTS_TABLE).op("MATCH")(match))
-            .order_by(rank, PromptIndex.asset_id)
-        )
+        rows = _keyword_rows_sqlite(session, words, limit, filters)
     elif dialect == "postgresql":
-        vector = sa.func.to_tsvector(_ENGLISH, PromptIndex.text)
-        tsquery = sa.func.to_tsquery(_ENGLISH, " | ".join(words))
-        rank = sa.func.ts_rank(vector, tsquery)
-        select = (
-            sa.select(*_hit_columns(), rank.label("keyword_score"))
-            .join(Asset, Asset.id == PromptIndex.asset_id)
-            .where(vector.op("@@")(tsquery))
-            .order_by(rank.desc(), PromptIndex.asset_id)
-        )
+        rows = _keyword_rows_postgres(session, words, limit, filters)
     else:
         raise NotImplementedError(f"keyword search is not implemented for {dialect!r}")
-    filters = _filters(session, state, tag)
-    rows = None
-    if dialect == "sqlite":
-        rows = _keyword_candidates_sqlite(session, match, limit, filters)
-    if rows is None:
-        rows = session.execute(select.where(*filters).limit(limit)).all()
     return [
         SearchHit(
             asset_id=row.asset_id,
@@ -249,16 +229,16 @@ def keyword_search(
     ]
 
 
-def _keyword_candidates_sqlite(
-    session: Session, match: str, limit: int, filters: list[sa.ColumnElement]
-) -> list | None:
-    """The best ``limit`` keyword rows, ranking in FTS5 alone and joining only the best.
+def _keyword_rows_sqlite(
+    session: Session, words: list[str], limit: int, filters: list[sa.ColumnElement]
+) -> list:
+    """The best ``limit`` rows by ``(bm25, asset_id)``, ranking in FTS5 alone first.
 
-    Same result as ordering the joined query by ``(bm25, asset_id)``: every entry tied with the
-    last candidate is a candidate too, and the candidates widen until ``limit`` pass the
-    filters. None when the candidates grow past :data:`MAX_FILTER_CANDIDATES` (the joined
-    query is then the cheaper one).
+    Only the best candidates are joined with their assets (every entry tied with the last
+    candidate is a candidate too), widening until ``limit`` pass the filters; past
+    :data:`MAX_FILTER_CANDIDATES` candidates the filters go first in one joined query.
     """
+    match = " OR ".join('"' + w + '"' for w in words)
     ranked = session.execute(
         sa.text(
             f"SELECT rowid, bm25({SQLITE_FTS_TABLE}) FROM {SQLITE_FTS_TABLE} "
@@ -266,7 +246,7 @@ def _keyword_candidates_sqlite(
         ),
         {"match": match},
     ).all()
-    if not ranked or limit <= 0:
+    if not ranked:
         return []
     rowids = np.array([r[0] for r in ranked], dtype=np.int64)
     ranks = np.array([r[1] for r in ranked], dtype=np.float64)  # bm25: lower is better
@@ -278,7 +258,7 @@ def _keyword_candidates_sqlite(
         else:
             candidates = np.arange(len(ranks))
         if len(candidates) > MAX_FILTER_CANDIDATES:
-            return None
+            break
         rank_of = dict(zip(rowids[candidates].tolist(), ranks[candidates].tolist(), strict=True))
         found = session.execute(
             sa.select(*_hit_columns(), rowid.label("fts_rowid"))
@@ -292,6 +272,65 @@ def _keyword_candidates_sqlite(
                 for r in found[:limit]
             ]
         k = max(2 * k, int(2 * limit * len(candidates) / max(len(found), 1)))
+    fts = sa.table(SQLITE_FTS_TABLE, sa.column("rowid"))
+    rank = sa.func.bm25(sa.literal_column(SQLITE_FTS_TABLE))
+    return session.execute(
+        sa.select(*_hit_columns(), (-rank).label("keyword_score"))
+        .select_from(fts)
+        .join(PromptIndex, sa.literal_column("prompt_index.rowid") == fts.c.rowid)
+        .join(Asset, Asset.id == PromptIndex.asset_id)
+        .where(sa.literal_column(SQLITE_FTS_TABLE).op("MATCH")(match), *filters)
+        .order_by(rank, PromptIndex.asset_id)
+        .limit(limit)
+    ).all()
+
+
+def _keyword_rows_postgres(
+    session: Session, words: list[str], limit: int, filters: list[sa.ColumnElement]
+) -> list:
+    """The best ``limit`` rows by ``(ts_rank desc, asset_id)`` over the stored tsvector.
+
+    Ranks in prompt_index alone and joins only the best ``k`` with their assets, widening ``k``
+    until ``limit`` pass the filters (a total order, so the result is exact); joining every
+    match first costs twice as much for a common word. A filter that rejects the first
+    candidates wholesale, or needs more than :data:`MAX_FILTER_CANDIDATES`, goes first instead.
+    """
+    tsv = sa.literal_column(f"prompt_index.{PG_FTS_COLUMN}")
+    tsquery = sa.func.to_tsquery(_ENGLISH, " | ".join(words))
+    matches = tsv.op("@@")(tsquery)
+    rank = sa.func.ts_rank(tsv, tsquery)
+    k = limit if not filters else 2 * limit + 16
+    while k <= MAX_FILTER_CANDIDATES:
+        best = (
+            sa.select(
+                PromptIndex.asset_id,
+                rank.label("rank"),
+                sa.func.count().over().label("matches"),
+            )
+            .where(matches)
+            .order_by(rank.desc(), PromptIndex.asset_id)
+            .limit(k)
+            .subquery()
+        )
+        rows = session.execute(
+            sa.select(*_hit_columns(), best.c.rank.label("keyword_score"), best.c.matches)
+            .join(best, best.c.asset_id == PromptIndex.asset_id)
+            .join(Asset, Asset.id == PromptIndex.asset_id)
+            .where(*filters)
+            .order_by(best.c.rank.desc(), PromptIndex.asset_id)
+        ).all()
+        if not rows:
+            break
+        if len(rows) >= limit or rows[0].matches <= k:
+            return rows[:limit]
+        k = max(2 * k, int(2 * limit * k / len(rows)))
+    return session.execute(
+        sa.select(*_hit_columns(), rank.label("keyword_score"))
+        .join(Asset, Asset.id == PromptIndex.asset_id)
+        .where(matches, *filters)
+        .order_by(rank.desc(), PromptIndex.asset_id)
+        .limit(limit)
+    ).all()
 
 
 @dataclass(frozen=True)
@@ -317,20 +356,32 @@ def semantic_search(
 ) -> list[SearchHit]:
     """Assets whose prompt embedding is closest (cosine) to ``embedding``, best first.
 
-    ``embedding`` : ``(EMBEDDING_DIM,)`` float32 query embedding. ``method="auto"`` uses
-    pgvector when the database has it and exact numpy search otherwise; ``score`` is the cosine
-    similarity. pgvector's HNSW index is approximate and applies filters after its candidate
-    scan, so with a selective ``state``/``tag`` filter it may return fewer than ``limit`` hits;
-    ask for ``method="exact"`` when completeness matters more than speed.
+    ``embedding`` : ``(EMBEDDING_DIM,)`` float32 query embedding. ``score`` is the cosine
+    similarity. ``method="auto"`` uses pgvector when the database has it and exact numpy search
+    otherwise. pgvector's HNSW index is approximate and applies filters after its candidate
+    scan, so a selective ``state``/``tag`` filter can leave it with fewer than ``limit`` hits;
+    ``auto`` then answers with exact search instead, ``method="pgvector"`` returns what it got.
     """
     query = np.asarray(embedding, dtype=np.float32)
     encode_embedding(query)  # validates shape and finiteness
-    use_pgvector = has_pgvector(session) if method == "auto" else method == "pgvector"
-    if use_pgvector:
-        if not has_pgvector(session):
-            raise RuntimeError("this database has no pgvector column; use method='exact'")
-        return _semantic_pgvector(session, query, limit, state, tag)
+    if _use_pgvector(session, method):
+        hits = _semantic_pgvector(session, query, limit, state, tag)
+        if method == "pgvector" or not _filtered_short(hits, limit, state, tag):
+            return hits
     return _semantic_exact(session, query, limit, state, tag)
+
+
+def _use_pgvector(session: Session, method: str) -> bool:
+    if method == "auto":
+        return has_pgvector(session)
+    if method == "pgvector" and not has_pgvector(session):
+        raise RuntimeError("this database has no pgvector column; use method='exact'")
+    return method == "pgvector"
+
+
+def _filtered_short(hits: list, limit: int, state: str | None, tag: str | None) -> bool:
+    """Whether a filtered HNSW search came back short (its filter ran after the index scan)."""
+    return (state is not None or tag is not None) and len(hits) < limit
 
 
 def _semantic_exact(
@@ -590,11 +641,20 @@ def _sortable(distance: float | None) -> float:
     return np.inf if distance is None or np.isnan(distance) else distance
 
 
+HNSW_EF_SEARCH = 40
+"""pgvector's default candidate list of an HNSW scan; raised per query for larger limits."""
+
+
 def _semantic_pgvector(
     session: Session, query: np.ndarray, limit: int, state: str | None, tag: str | None
 ) -> list[SearchHit]:
     from pgvector.sqlalchemy import VECTOR
 
+    # An HNSW scan yields at most hnsw.ef_search rows (40 by default), before any filter runs:
+    # ask for enough that a common filter still leaves ``limit`` (1000 is pgvector's maximum).
+    filtered = state is not None or tag is not None
+    ef_search = min(max(HNSW_EF_SEARCH, 2 * limit if filtered else limit), 1000)
+    session.execute(sa.select(sa.func.set_config("hnsw.ef_search", str(ef_search), True)))
     column = sa.literal_column(f"prompt_index.{PG_VECTOR_COLUMN}", VECTOR(EMBEDDING_DIM))
     target = sa.cast(sa.bindparam("query_vector", query, type_=VECTOR(EMBEDDING_DIM)), VECTOR)
     distance = column.op("<=>", return_type=sa.Double)(target)
@@ -647,8 +707,9 @@ def hybrid_search(
     gets its exact cosine similarity and its keyword score scaled by the best keyword score
     (so in [0, 1], 0 when the keywords missed). ``score = keyword_weight * keyword +
     (1 - keyword_weight) * max(cosine, 0)``. Without an embedding this is keyword search.
-    ``method`` picks the semantic candidates' search as in :func:`semantic_search`; the exact
-    one scores every entry once and reuses the scores for the keyword candidates.
+    ``method`` picks the semantic candidates' search as in :func:`semantic_search` (``auto``
+    falls back to exact search when a filtered HNSW scan comes back short); the exact one scores
+    every entry once and reuses the scores for the keyword candidates.
     """
     if not 0.0 <= keyword_weight <= 1.0:
         raise ValueError(f"keyword_weight must be in [0, 1], got {keyword_weight}")
@@ -659,12 +720,13 @@ def hybrid_search(
     query_vector = np.asarray(embedding, dtype=np.float32)
     encode_embedding(query_vector)  # validates shape and finiteness
     query_vector = _unit(query_vector[None])[0]
-    use_pgvector = has_pgvector(session) if method == "auto" else method == "pgvector"
     by_id: dict[str, SearchHit | None]  # None: details not fetched yet
-    if use_pgvector:
-        if not has_pgvector(session):
-            raise RuntimeError("this database has no pgvector column; use method='exact'")
+    semantic = None
+    if _use_pgvector(session, method):
         semantic = _semantic_pgvector(session, query_vector, pool, state, tag)
+        if method == "auto" and _filtered_short(semantic, pool, state, tag):
+            semantic = None  # the exact scores below find the filtered candidates
+    if semantic is not None:
         by_id = {hit.asset_id: hit for hit in semantic}
         for hit in keyword:
             by_id.setdefault(hit.asset_id, hit)

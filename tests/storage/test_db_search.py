@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from storage import queries as q
 from storage import search
 from storage.db import make_engine, session_scope
-from storage.schema import EMBEDDING_DIM, PG_FTS_INDEX, Asset, PromptIndex
+from storage.schema import EMBEDDING_DIM, PG_FTS_COLUMN, PG_FTS_INDEX, Asset, PromptIndex
 
 PROMPTS = {
     "chair": ("a red wooden chair", ["furniture"]),
@@ -193,11 +193,11 @@ def test_pgvector_and_exact_search_agree(indexed_postgres):
 
 @pytest.mark.postgres
 def test_postgres_keyword_search_can_use_the_full_text_index(indexed_postgres):
-    """The query's to_tsvector expression is the indexed one (else the index is dead weight)."""
+    """The query matches on the indexed tsvector column (else the index is dead weight)."""
     statements: list[tuple[str, object]] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany) -> None:
-        if "to_tsvector" in statement:
+        if PG_FTS_COLUMN in statement:
             statements.append((statement, parameters))
 
     sa.event.listen(indexed_postgres, "before_cursor_execute", capture)
@@ -253,12 +253,11 @@ MANY = 200
 RARE_TAG = "rare"
 
 
-@pytest.fixture
-def many(db_engine):
+def _index_many(engine: sa.Engine) -> sa.Engine:
     """MANY entries with random embeddings; every 3rd succeeded, every 50th tagged RARE_TAG."""
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(MANY, EMBEDDING_DIM)).astype(np.float32)
-    with session_scope(db_engine) as session:
+    with session_scope(engine) as session:
         for i, vector in enumerate(vectors):
             asset_id = f"m{i:04d}".ljust(64, "0")
             tags = [RARE_TAG] if i % 50 == 0 else ["common"]
@@ -277,7 +276,19 @@ def many(db_engine):
                 q.claim_asset(session, asset_id, "w", 60)
                 q.release_asset(session, asset_id, "w", "succeeded")
     search.clear_embedding_cache()
-    return db_engine
+    return engine
+
+
+@pytest.fixture
+def many(db_engine):
+    return _index_many(db_engine)
+
+
+@pytest.fixture
+def many_postgres(new_postgres_database):
+    engine = _index_many(make_engine(new_postgres_database(migrated=True)))
+    yield engine
+    engine.dispose()
 
 
 def _plain_ranking(session, query, state=None, tag=None) -> list[tuple[str, float]]:
@@ -380,7 +391,7 @@ def test_hybrid_search_scores_keyword_hits_with_the_cached_cosines(many):
 
 
 def test_keyword_search_ranking_equals_the_joined_query_ranking(many, monkeypatch):
-    """SQLite ranks in FTS5 first and joins only the best; ties ('thing 17' ~ 'thing 71')."""
+    """Both databases rank first and join only the best; ties ("thing 17" ~ "thing 71")."""
     for state, tag in FILTER_CASES:
         with session_scope(many) as session:
             fast = search.keyword_search(session, "thing 7", limit=12, state=state, tag=tag)
@@ -389,3 +400,30 @@ def test_keyword_search_ranking_equals_the_joined_query_ranking(many, monkeypatc
             monkeypatch.undo()
         assert fast, (state, tag)
         assert [(h.asset_id, h.score) for h in fast] == [(h.asset_id, h.score) for h in joined]
+
+
+@pytest.mark.postgres
+def test_pgvector_search_returns_more_hits_than_the_default_hnsw_candidate_list(many_postgres):
+    """HNSW yields at most hnsw.ef_search (40) rows unless the query raises it."""
+    query = np.random.default_rng(13).normal(size=EMBEDDING_DIM).astype(np.float32)
+    with session_scope(many_postgres) as session:
+        hits = search.semantic_search(session, query, limit=60, method="pgvector")
+    assert len(hits) == 60
+
+
+@pytest.mark.postgres
+def test_auto_search_with_a_rare_filter_on_pgvector_equals_the_exact_ranking(many_postgres):
+    """A filter that HNSW applies after its scan must not hide matching entries."""
+    query = np.random.default_rng(17).normal(size=EMBEDDING_DIM).astype(np.float32)
+    with session_scope(many_postgres) as session:
+        # A small table: without these the planner sorts all rows instead of scanning HNSW.
+        session.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        session.execute(sa.text("SET LOCAL enable_sort = off"))
+        expected = [a for a, _ in _plain_ranking(session, query, "succeeded", RARE_TAG)]
+        semantic = search.semantic_search(session, query, limit=5, state="succeeded", tag=RARE_TAG)
+        hybrid = search.hybrid_search(
+            session, "nothing matches", query, limit=5, state="succeeded", tag=RARE_TAG
+        )
+    assert 0 < len(expected) < 5
+    assert [h.asset_id for h in semantic] == expected
+    assert [h.asset_id for h in hybrid] == expected
