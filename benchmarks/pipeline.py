@@ -849,11 +849,12 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     # Prefect ephemeral mode in a private home; set before anything imports Prefect.
     os.environ["PREFECT_HOME"] = str(workdir / "prefect-home")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_LEVEL"] = args.prefect_log_level
     os.environ.pop("PREFECT_API_URL", None)
-    # A loaded machine can take longer than the default 20 s to start the ephemeral server.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # What the CLI sets up: the ephemeral server's start timeout and write batching.
+    from foundry3d.prefect_defaults import apply_prefect_defaults
+
+    apply_prefect_defaults()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     load = os.getloadavg()

@@ -180,10 +180,11 @@ class LocalObjectStore(ObjectStore):
         return self.root.joinpath(*validate_key(key).split("/"))
 
     @contextlib.contextmanager
-    def _atomic_target(self, dest: Path) -> Iterator[Any]:
+    def _atomic_target(self, dest: Path, durable: bool = True) -> Iterator[Any]:
         """Yield a binary file in ``dest``'s folder; on success fsync it and rename over dest.
 
-        On any error the temp file is removed and ``dest`` is left as it was.
+        On any error the temp file is removed and ``dest`` is left as it was. ``durable=False``
+        skips the fsyncs: for scratch copies (downloads), which need atomicity, not durability.
         """
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(
@@ -193,12 +194,15 @@ class LocalObjectStore(ObjectStore):
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if not durable:
+            return
         # The rename itself is durable only once the folder entry is synced.
         with contextlib.suppress(OSError):
             dir_fd = os.open(dest.parent, os.O_RDONLY)
@@ -230,7 +234,7 @@ class LocalObjectStore(ObjectStore):
             src = open(path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(key, self.url) from None
-        with src, self._atomic_target(dest) as fh:
+        with src, self._atomic_target(dest, durable=False) as fh:
             shutil.copyfileobj(src, fh, length=1024 * 1024)
         return dest
 

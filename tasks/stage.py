@@ -108,7 +108,6 @@ def run_stage(
             device=torch_device(config.device),
             flow_run_id=flow_run_id,
         )
-        queries.set_current_stage(session, asset_id, stage)
         session.commit()
         run_id = run.id
     progress.emit(asset_id, stage, "start")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from foundry3d.prefect_defaults import apply_prefect_defaults
+
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="foundry3d-tests-"))
 # Set before anything imports Prefect or reads settings.
 os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
@@ -16,6 +18,7 @@ os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
 os.environ.setdefault("FOUNDRY_DATA_DIR", str(_SESSION_TMP / "data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+apply_prefect_defaults()  # as the CLI does: the harness's server batches its writes
 
 pytest_plugins = [
     "tests.fixtures.postgres",

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-# Prefect's ephemeral server must start within this many seconds; its default (20 s) is too short
-# on a busy 2-core laptop. Set before any command module imports Prefect.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+from foundry3d.prefect_defaults import apply_prefect_defaults
+
+# Before any command module imports Prefect.
+apply_prefect_defaults()
 
 # Importing the command modules registers their commands on `app`.
-from foundry3d.cli import core3d, db, generators, library, manifests, pipeline  # noqa: F401
-from foundry3d.cli.app import UserError, app, err_console
+from foundry3d.cli import core3d, db, generators, library, manifests, pipeline  # noqa: E402,F401
+from foundry3d.cli.app import UserError, app, err_console  # noqa: E402
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ def _prepare(verbose: bool = False):
     from foundry3d.settings import get_settings
     from storage.db import ensure_database
 
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         # The live table shows progress; Prefect's per-run INFO lines would scroll it away.
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server"):
