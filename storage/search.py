@@ -646,14 +646,23 @@ HNSW_EF_SEARCH = 40
 
 
 def _semantic_pgvector(
-    session: Session, query: np.ndarray, limit: int, state: str | None, tag: str | None
+    session: Session,
+    query: np.ndarray,
+    limit: int,
+    state: str | None,
+    tag: str | None,
+    needed: int | None = None,
 ) -> list[SearchHit]:
+    """Up to ``limit`` nearest entries by HNSW; sized so that ``needed`` (default ``limit``)
+    survive a common filter."""
     from pgvector.sqlalchemy import VECTOR
 
-    # An HNSW scan yields at most hnsw.ef_search rows (40 by default), before any filter runs:
-    # ask for enough that a common filter still leaves ``limit`` (1000 is pgvector's maximum).
+    # An HNSW scan yields at most hnsw.ef_search rows, before any filter runs: ask for enough
+    # that a common filter still leaves ``needed`` (a larger list costs time: 40 -> 100 rows
+    # doubles the scan). 1000 is pgvector's maximum.
     filtered = state is not None or tag is not None
-    ef_search = min(max(HNSW_EF_SEARCH, 2 * limit if filtered else limit), 1000)
+    needed = limit if needed is None else needed
+    ef_search = min(max(HNSW_EF_SEARCH, 2 * needed if filtered else needed), 1000)
     session.execute(sa.select(sa.func.set_config("hnsw.ef_search", str(ef_search), True)))
     column = sa.literal_column(f"prompt_index.{PG_VECTOR_COLUMN}", VECTOR(EMBEDDING_DIM))
     target = sa.cast(sa.bindparam("query_vector", query, type_=VECTOR(EMBEDDING_DIM)), VECTOR)
@@ -723,8 +732,9 @@ def hybrid_search(
     by_id: dict[str, SearchHit | None]  # None: details not fetched yet
     semantic = None
     if _use_pgvector(session, method):
-        semantic = _semantic_pgvector(session, query_vector, pool, state, tag)
-        if method == "auto" and _filtered_short(semantic, pool, state, tag):
+        # The final list needs ``limit`` semantic candidates at most, not the whole pool.
+        semantic = _semantic_pgvector(session, query_vector, pool, state, tag, needed=limit)
+        if method == "auto" and _filtered_short(semantic, limit, state, tag):
             semantic = None  # the exact scores below find the filtered candidates
     if semantic is not None:
         by_id = {hit.asset_id: hit for hit in semantic}
