@@ -395,7 +395,8 @@ def bench_overhead(args: argparse.Namespace, workdir: Path) -> None:
         return asset_flow(asset_id, config)
 
     def run_in_catalog(asset_id: str) -> dict:
-        # What catalog_flow does in-process: the asset flow as a subflow (no heartbeat thread).
+        # What catalog_flow does in-process: run_assets_here on a worker thread, so each asset
+        # is a flow run of its own without Prefect's heartbeat thread.
         return run_assets_here([asset_id], config)
 
     @flow(name="benchmark-parent")
@@ -406,8 +407,9 @@ def bench_overhead(args: argparse.Namespace, workdir: Path) -> None:
     modes = [
         ("asset_flow as a top-level flow run, sequential", 1, run_asset),
         ("asset_flow as a top-level flow run, concurrency 2", 2, run_asset),
-        ("catalog path: subflows of a catalog-like parent, sequential", 1, run_in_catalog),
-        ("catalog path: subflows of a catalog-like parent, concurrency 2", 2, run_in_catalog),
+        ("catalog path: a catalog-like parent's worker threads, sequential", 1, run_in_catalog),
+        ("catalog path: a catalog-like parent's worker threads, concurrency 2", 2,
+         run_in_catalog),
     ]
     results = []
     with noop.installed(), meter.stage_bodies():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import prefect
 import prefect.context
 from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
@@ -31,12 +32,12 @@ from tasks.stages import (
 
 @contextmanager
 def subflow_settings() -> Iterator[None]:
-    """Settings for asset flows run as subflows inside a parent flow's process.
+    """Settings for asset flows run inside another flow's process (catalog, retry, shard).
 
     Prefect 3.8.8 joins each flow run's heartbeat thread at exit, which sleeps in 1 s steps:
-    about 1 s of pure waiting per asset. A subflow shares its parent's process, whose own
-    heartbeat already reports a crash, and a lost asset is caught by its lease; so subflows
-    run without heartbeats. The derived settings are built once per base settings object
+    about 1 s of pure waiting per asset. Such a run shares its parent's process, whose own
+    heartbeat already reports a crash, and a lost asset is caught by its lease; so these runs
+    go without heartbeats. The derived settings are built once per base settings object
     (building a Prefect ``Settings`` costs ~50 ms, a tenth of an asset's orchestration).
     """
     global _subflow_settings
@@ -132,13 +133,21 @@ def asset_flow(asset_id: str, config: PipelineConfig) -> str:
     return "succeeded"
 
 
-def run_assets_here(asset_ids: list[str], config: PipelineConfig) -> dict[str, str]:
-    """Run assets one after another as subflows in this process (sharing its loaded models);
-    returns asset id -> ``succeeded`` / ``skipped`` / ``failed``."""
+def run_assets_here(
+    asset_ids: list[str], config: PipelineConfig, tags: list[str] | None = None
+) -> dict[str, str]:
+    """Run assets one after another in this process (sharing its loaded models); returns
+    asset id -> ``succeeded`` / ``skipped`` / ``failed``.
+
+    Called from a flow's own thread, each asset is a subflow of that flow; called from a
+    worker thread (the catalog's bounded concurrency), each is a flow run of its own, which
+    costs Prefect ~0.05 s less than a subflow (no tracking task run). ``tags`` go on every
+    asset flow run (the catalog tags them with its batch, to find them in the Prefect UI).
+    """
     outcomes: dict[str, str] = {}
     for asset_id in asset_ids:
         try:
-            with subflow_settings():
+            with subflow_settings(), prefect.tags(*(tags or [])):
                 outcomes[asset_id] = asset_flow(asset_id, config)
         except AssetFailed:
             outcomes[asset_id] = "failed"

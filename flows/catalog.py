@@ -40,11 +40,18 @@ def summary_task(ingest: IngestResult, outcomes: dict[str, str], config: Pipelin
     return summary
 
 
+def batch_tag(batch_id: str) -> str:
+    """The Prefect tag on the asset flow runs of a catalog batch."""
+    return f"batch:{batch_id}"
+
+
 def _shards(asset_ids: list[str], size: int) -> list[list[str]]:
     return [asset_ids[i : i + size] for i in range(0, len(asset_ids), size)]
 
 
-def _run_on_deployment(shard: list[str], config: PipelineConfig, deployment: str) -> dict[str, str]:
+def _run_on_deployment(
+    shard: list[str], config: PipelineConfig, deployment: str, tags: list[str]
+) -> dict[str, str]:
     """Run a shard on the deployment's work pool; outcomes come from the database, since the
     worker's flow-run result lives on another machine."""
     from prefect.deployments import run_deployment
@@ -52,6 +59,7 @@ def _run_on_deployment(shard: list[str], config: PipelineConfig, deployment: str
     flow_run = run_deployment(
         name=deployment,
         parameters={"asset_ids": shard, "config": config.model_dump()},
+        tags=tags,
         timeout=None,
     )
     completed = flow_run.state is not None and flow_run.state.is_completed()
@@ -91,11 +99,14 @@ def catalog_flow(
     )
     outcomes: dict[str, str] = {}
     shards = _shards(ingest.to_run, max(1, shard_size))
+    tags = [batch_tag(ingest.batch_id)]
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         if deployment:
-            futures = [pool.submit(_run_on_deployment, s, config, deployment) for s in shards]
+            futures = [
+                pool.submit(_run_on_deployment, s, config, deployment, tags) for s in shards
+            ]
         else:
-            futures = [pool.submit(run_assets_here, s, config) for s in shards]
+            futures = [pool.submit(run_assets_here, s, config, tags) for s in shards]
         for future in futures:
             outcomes.update(future.result())
     return summary_task(ingest, outcomes, config, time.perf_counter() - started)

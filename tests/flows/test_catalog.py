@@ -52,6 +52,27 @@ def test_running_the_same_manifest_again_produces_nothing_new(pipeline_config, t
     assert len(runs) == 7  # one run per stage: the second catalog ran none
 
 
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)  # Prefect, not storage
+def test_asset_flow_runs_carry_the_tag_of_their_batch(pipeline_config, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.catalog import batch_tag, catalog_flow
+
+    manifest = write_manifest(tmp_path, [{"prompt": "a round ball", "init": "library"}])
+    summary = catalog_flow(str(manifest), pipeline_config)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[batch_tag(summary.batch_id)])
+            ),
+            sort=FlowRunSort.START_TIME_ASC,  # explicit: this server rejects null paging
+            limit=10,
+        )
+    assert [run.name for run in runs] == [f"asset-{summary.assets[0]['asset_id']}"]
+
+
 def test_rejected_rows_are_recorded_with_their_line_and_valid_rows_go_on(
     pipeline_config, tmp_path
 ):
