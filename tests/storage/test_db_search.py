@@ -6,6 +6,8 @@ query, so the expected ranking follows from geometry rather than from a model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -72,11 +74,16 @@ def indexed(db_engine):
     return _index_prompts(db_engine)
 
 
-@pytest.fixture
-def indexed_postgres(new_postgres_database):
-    engine = _index_prompts(make_engine(new_postgres_database(migrated=True)))
+def _filled_postgres(new_postgres_database, fill) -> Iterator[sa.Engine]:
+    """An engine on a new migrated PostgreSQL database filled by ``fill``; disposed after."""
+    engine = fill(make_engine(new_postgres_database(migrated=True)))
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def indexed_postgres(new_postgres_database):
+    yield from _filled_postgres(new_postgres_database, _index_prompts)
 
 
 def _names(hits: list[search.SearchHit]) -> list[str]:
@@ -286,9 +293,7 @@ def many(db_engine):
 
 @pytest.fixture
 def many_postgres(new_postgres_database):
-    engine = _index_many(make_engine(new_postgres_database(migrated=True)))
-    yield engine
-    engine.dispose()
+    yield from _filled_postgres(new_postgres_database, _index_many)
 
 
 def _plain_ranking(session, query, state=None, tag=None) -> list[tuple[str, float]]:
