@@ -7,9 +7,10 @@ which inherits this process's environment. Two of its defaults hurt on a small m
 - its task-run recorder writes every task-run event in its own transaction (batch size 1) and
   its event persister every 20 events. Those writes race the API's own transactions on the
   SQLite file; the loser answers 503 and Prefect's client waits ~2 s before retrying. With a
-  stream of stage tasks that costs 2 s every few assets (measured: 12 retries per 60 no-op
-  assets, 0.85 s per asset; with 2-second batches 0-4 retries, ~0.45 s per asset;
-  ``benchmarks/pipeline.py``). Both services still flush what they hold when they stop.
+  stream of stage tasks that costs 2 s every few assets (measured with no-op assets: 12
+  retries per 60, 0.85 s per asset; with 5-second batches 2-4 retries per 100, 0.40-0.45 s
+  per asset; ``benchmarks/pipeline.py``). Both services still flush what they hold when
+  they stop (at 10-second batches one run lost a tenth of its events at shutdown).
 
 Values already in the environment win; a real Prefect server has its own settings.
 """
