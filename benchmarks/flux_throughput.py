@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device("cuda" if cuda else "cpu")
     if args.tiny:
-        from models.kiss3dgen.tiny import TINY_TRANSFORMER
+        from models.generate.kiss3dgen.tiny import TINY_TRANSFORMER
 
         config = dict(TINY_TRANSFORMER, in_channels=64)
         if args.width == 2048 and args.height == 1024:

@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.bundle import Bundle, BundleSpec, encode_normals  # noqa: E402
-from models.lrm.cameras import model_inputs  # noqa: E402
-from models.lrm.config import get_config  # noqa: E402
-from models.lrm.model import LRM  # noqa: E402
+from models.bundle.spec import Bundle, BundleSpec, encode_normals
+from models.reconstruct.lrm.cameras import model_inputs
+from models.reconstruct.lrm.config import get_config
+from models.reconstruct.lrm.model import LRM
 
 
 def disc_bundle(tile: int = 512) -> Bundle:

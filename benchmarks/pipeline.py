@@ -201,7 +201,7 @@ class NoopModel:
         import trimesh
         from PIL import Image
 
-        from models.bundle import Bundle, BundleSpec, encode_normals
+        from models.bundle.spec import Bundle, BundleSpec, encode_normals
 
         colours = np.full((4, tile, tile, 3), 255, np.uint8)
         normals = np.full((4, tile, tile, 3), 255, np.uint8)
@@ -235,13 +235,14 @@ class NoopModel:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        import models.evaluation
-        import models.export
-        import models.refine
-        import models.text_embedding
-        import models.texture
-        from models.generators import GENERATORS, Generated
-        from models.initialisers import INITIALISERS
+        import models.embed.text
+        import models.evaluate.asset
+        import models.reconstruct.refine
+        import models.reconstruct.texture
+        import models.render.preview
+        from models.generate.base import Generated
+        from models.generate.registry import GENERATORS
+        from models.reconstruct.init import INITIALISERS
 
         def generate(request, context):
             return Generated(bundle=self.bundle, metrics=dict(self.metrics))
@@ -266,11 +267,11 @@ class NoopModel:
             return np.tile(self.embedding, (len(texts), 1))
 
         patches = [
-            (models.refine, "refine_mesh", refine),
-            (models.texture, "project_colours", project),
-            (models.export, "preview_sheet", preview),
-            (models.evaluation, "evaluate_asset", evaluate),
-            (models.text_embedding, "embed_texts", embed),
+            (models.reconstruct.refine, "refine_mesh", refine),
+            (models.reconstruct.texture, "project_colours", project),
+            (models.render.preview, "preview_sheet", preview),
+            (models.evaluate.asset, "evaluate_asset", evaluate),
+            (models.embed.text, "embed_texts", embed),
         ]
         saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
         GENERATORS[NOOP] = self._timed(generate)

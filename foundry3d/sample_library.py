@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.library import (
+from models.library.format import (
     LIBRARY_FILE,
     LibraryEntry,
     LibraryError,

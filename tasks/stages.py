@@ -33,7 +33,7 @@ def _flow_run_id() -> str | None:
 
 
 def _load_bundle(io: StageIO, keys: dict[str, str]):
-    from models.bundle import Bundle
+    from models.bundle.spec import Bundle
 
     png = io.fetch(keys["bundle.png"], "bundle.png")
     io.fetch(keys["bundle.json"], "bundle.json")
@@ -41,7 +41,7 @@ def _load_bundle(io: StageIO, keys: dict[str, str]):
 
 
 def _load_mesh(io: StageIO, key: str):
-    from models.export import load_glb
+    from models.geometry.glb import load_glb
 
     return load_glb(io.fetch(key, Path(key).name))
 
@@ -49,7 +49,8 @@ def _load_mesh(io: StageIO, key: str):
 @task(name="bundle", **RETRIES)
 def bundle_task(asset_id: str, config: PipelineConfig) -> dict[str, str]:
     """Stage I: the bundle image (``bundle.png`` + ``bundle.json``, ``match.json`` if any)."""
-    from models.generators import GenerationRequest, GeneratorContext, generate_bundle
+    from models.generate.base import GenerationRequest, GeneratorContext
+    from models.generate.registry import generate_bundle
 
     asset = load_asset(config, asset_id)
     tile = stage_parameters(asset, config)["bundle"]["tile"]
@@ -86,9 +87,9 @@ def bundle_task(asset_id: str, config: PipelineConfig) -> dict[str, str]:
 @task(name="init", **RETRIES)
 def init_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
     """Stage II start: the coarse mesh ``coarse.glb`` (sphere, library mesh or LRM)."""
-    from models.export import export_glb
-    from models.initialisers import InitContext, initial_mesh
-    from models.refine import sphere_init
+    from models.geometry.glb import export_glb
+    from models.reconstruct.init import InitContext, initial_mesh
+    from models.reconstruct.refine import sphere_init
 
     asset = load_asset(config, asset_id)
 
@@ -113,8 +114,8 @@ def init_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> 
 @task(name="refine", **RETRIES)
 def refine_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
     """ISOMER-style refinement of the coarse mesh against the normal maps: ``refined.glb``."""
-    from models.export import export_glb
-    from models.refine import RefineParams, refine_mesh
+    from models.geometry.glb import export_glb
+    from models.reconstruct.refine import RefineParams, refine_mesh
 
     asset = load_asset(config, asset_id)
 
@@ -142,8 +143,8 @@ def refine_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -
 @task(name="texture", **RETRIES)
 def texture_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
     """Colour projection from the 4 views onto the refined mesh: ``textured.glb``."""
-    from models.export import export_glb
-    from models.texture import project_colours
+    from models.geometry.glb import export_glb
+    from models.reconstruct.texture import project_colours
 
     asset = load_asset(config, asset_id)
 
@@ -165,7 +166,8 @@ def texture_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) 
 @task(name="export", **RETRIES)
 def export_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
     """The deliverables: ``asset.glb`` and the ``preview.png`` sheet."""
-    from models.export import export_glb, preview_sheet
+    from models.geometry.glb import export_glb
+    from models.render.preview import preview_sheet
 
     asset = load_asset(config, asset_id)
 
@@ -183,7 +185,7 @@ def export_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -
 @task(name="evaluate", **RETRIES)
 def evaluate_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
     """Metrics of the asset against its bundle (and its reference mesh when one exists)."""
-    from models.evaluation import evaluate_asset
+    from models.evaluate.asset import evaluate_asset
 
     asset = load_asset(config, asset_id)
 
@@ -201,7 +203,7 @@ def evaluate_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig)
 @task(name="publish", **RETRIES)
 def publish_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
     """Index the asset for search once every artefact it claims is really in the store."""
-    from models.text_embedding import embed_texts
+    from models.embed.text import embed_texts
     from storage.search import index_prompt
     from tasks.resources import engine_for, store_for
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 def test_library_build_syncs_a_bucket_prefix_and_indexes_it(s3_store, tmp_path):
     from foundry3d.cli import app
     from foundry3d.settings import get_settings
-    from models.library import LibraryIndex
+    from models.library.index import LibraryIndex
 
     entries = []
     for name, mesh in (("box", trimesh.creation.box()), ("ball", trimesh.creation.icosphere())):

@@ -10,7 +10,12 @@ import trimesh
 from typer.testing import CliRunner
 
 from foundry3d.sample_library import SAMPLE_LICENCE, write_sample_library
-from models.library import LibraryEntry, read_library_jsonl, resolve_mesh_path, write_library_jsonl
+from models.library.format import (
+    LibraryEntry,
+    read_library_jsonl,
+    resolve_mesh_path,
+    write_library_jsonl,
+)
 
 COLOUR_WORDS = re.compile(
     r"\b(red|green|blue|yellow|orange-coloured|purple|pink|black|white|grey|gray|brown)\b"

@@ -28,9 +28,9 @@ def render_bundle_command(
     import time
 
     from foundry3d.settings import get_settings
-    from models.mesh import MeshLoadError, load_mesh
+    from models.geometry.mesh import MeshLoadError, load_mesh
     from models.raster import RasteriserUnavailable, get_rasteriser
-    from models.render import render_bundle
+    from models.render.views import render_bundle
 
     if up not in ("y", "z"):
         raise UserError(f"--up must be y or z, got {up!r}")
@@ -95,15 +95,16 @@ def reconstruct_command(
     from rich.table import Table
 
     from foundry3d.settings import get_settings
-    from models.bundle import Bundle, BundleError
-    from models.evaluation import evaluate_asset
-    from models.export import export_glb, preview_sheet
-    from models.initialisers import fit_in_box
-    from models.mesh import MeshLoadError, load_mesh, to_y_up
-    from models.metrics import chamfer_fscore
+    from models.bundle.spec import Bundle, BundleError
+    from models.evaluate.asset import evaluate_asset
+    from models.evaluate.metrics import chamfer_fscore
+    from models.geometry.glb import export_glb
+    from models.geometry.mesh import MeshLoadError, load_mesh, to_y_up
     from models.raster import RasteriserUnavailable, get_rasteriser
-    from models.refine import RefineParams, refine_mesh
-    from models.texture import project_colours
+    from models.reconstruct.init import fit_in_box
+    from models.reconstruct.refine import RefineParams, refine_mesh
+    from models.reconstruct.texture import project_colours
+    from models.render.preview import preview_sheet
 
     if not bundle_path.exists():
         raise UserError(f"bundle {bundle_path} does not exist")

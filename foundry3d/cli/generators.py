@@ -47,9 +47,9 @@ def train_lora_command(
     The `train-lora` Prefect flow (flows/train_lora.py) runs the same two steps as a flow.
     """
     from foundry3d.settings import get_settings
-    from models.kiss3dgen.pipeline import WeightsMissingError
-    from models.kiss3dgen.train import LoraTrainConfig, build_dataset, train_lora
-    from models.library import LibraryError
+    from models.generate.kiss3dgen.pipeline import WeightsMissingError
+    from models.generate.kiss3dgen.train import LoraTrainConfig, build_dataset, train_lora
+    from models.library.format import LibraryError
 
     flux = flux_path or get_settings().flux_path
     if flux is None:

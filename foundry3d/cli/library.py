@@ -28,8 +28,9 @@ def _default_folder() -> Path:
 
 def _index_folder(folder: Path, *, render: bool, tile: int) -> None:
     """Build the index of ``folder`` with a progress bar, then print a one-line summary."""
-    from models.library import LibraryError, build_library_index
-    from models.text_embedding import EmbedderUnavailable, get_text_embedder
+    from models.embed.text import EmbedderUnavailable, get_text_embedder
+    from models.library.format import LibraryError
+    from models.library.index import build_library_index
 
     try:
         embedder = get_text_embedder()
@@ -123,7 +124,7 @@ def sample(
 ) -> None:
     """Build the default sample library: 78 scanned YCB objects with hand-written captions."""
     from foundry3d.sample_library import write_sample_library
-    from models.library import LibraryError
+    from models.library.format import LibraryError
 
     folder = out or _default_folder()
     started = time.perf_counter()
@@ -149,7 +150,8 @@ def list_entries(
     tag: Annotated[str | None, typer.Option(help="Only entries with this tag.")] = None,
 ) -> None:
     """List the library's entries: id, caption, tags, up axis, licence."""
-    from models.library import INDEX_META, LIBRARY_FILE, LibraryError, read_library_jsonl
+    from models.library.format import LIBRARY_FILE, LibraryError, read_library_jsonl
+    from models.library.index import INDEX_META
 
     folder = folder or _default_folder()
     try:
@@ -183,9 +185,10 @@ def query(
     import numpy as np
     from PIL import Image
 
-    from models.descriptors import DescriptorError, image_descriptor
-    from models.library import LibraryError, LibraryIndex
-    from models.text_embedding import get_text_embedder
+    from models.embed.image import DescriptorError, image_descriptor
+    from models.embed.text import get_text_embedder
+    from models.library.format import LibraryError
+    from models.library.index import LibraryIndex
 
     if (prompt is None) == (image is None):
         raise UserError("give either a PROMPT or --image")

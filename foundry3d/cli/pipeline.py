@@ -194,7 +194,7 @@ def search(
     settings, config = _prepare()
     from sqlalchemy.orm import Session
 
-    from models.text_embedding import embed_texts
+    from models.embed.text import embed_texts
     from storage.search import hybrid_search
     from tasks.resources import engine_for, store_for
 

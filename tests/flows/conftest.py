@@ -34,8 +34,8 @@ LIBRARY = [
 @pytest.fixture(scope="session")
 def tiny_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A library of three coloured primitives with captions, indexed at 64-pixel tiles."""
-    from models.library import build_library_index
-    from models.text_embedding import get_text_embedder
+    from models.embed.text import get_text_embedder
+    from models.library.index import build_library_index
 
     folder = tmp_path_factory.mktemp("library")
     lines = []

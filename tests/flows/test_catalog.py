@@ -114,7 +114,7 @@ class _FlakyGenerator:
         self.calls = 0
 
     def __call__(self, request, context):
-        from models.generators import generate_from_library
+        from models.generate.registry import generate_from_library
 
         self.calls += 1
         if self.calls <= self.failures:
@@ -124,7 +124,7 @@ class _FlakyGenerator:
 
 def test_a_retryable_stage_error_is_retried_and_the_asset_succeeds(pipeline_config):
     from flows.asset import asset_flow
-    from models.generators import GENERATORS
+    from models.generate.registry import GENERATORS
 
     flaky = _FlakyGenerator(failures=1)
     GENERATORS["flaky-test"] = flaky
@@ -152,7 +152,7 @@ def test_a_retryable_stage_error_is_retried_and_the_asset_succeeds(pipeline_conf
 
 def test_search_finds_a_produced_asset_by_prompt(pipeline_config, tmp_path):
     from flows.catalog import catalog_flow
-    from models.text_embedding import embed_texts
+    from models.embed.text import embed_texts
     from storage.search import hybrid_search
 
     manifest = write_manifest(tmp_path, [
@@ -169,7 +169,7 @@ def test_search_finds_a_produced_asset_by_prompt(pipeline_config, tmp_path):
 
 def test_an_image_request_and_a_bundle_file_request_are_produced(pipeline_config, tmp_path):
     from flows.catalog import catalog_flow
-    from models.render import render_bundle
+    from models.render.views import render_bundle
     from tests.flows.conftest import LIBRARY
 
     ball = LIBRARY[2][2]
@@ -190,7 +190,7 @@ def test_init_lrm_runs_with_a_tiny_checkpoint_file(pipeline_config, tmp_path):
     import torch
 
     from flows.catalog import catalog_flow
-    from models.lrm import LRM, get_config, save_checkpoint
+    from models.reconstruct.lrm import LRM, get_config, save_checkpoint
 
     torch.manual_seed(0)
     checkpoint = save_checkpoint(LRM(get_config("tiny")).eval(), tmp_path / "tiny_lrm.ckpt")
@@ -207,7 +207,7 @@ def test_init_lrm_runs_with_a_tiny_checkpoint_file(pipeline_config, tmp_path):
 
 def test_kiss3dgen_generator_draws_the_bundle_with_local_weights(pipeline_config, tmp_path):
     from flows.catalog import catalog_flow
-    from models.kiss3dgen.tiny import save_tiny_flux
+    from models.generate.kiss3dgen.tiny import save_tiny_flux
 
     flux = save_tiny_flux(tmp_path / "tiny-flux")
     generator_params = {"flux_path": str(flux), "steps": 2, "check_degenerate": False}

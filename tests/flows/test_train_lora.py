@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models.kiss3dgen.tiny import save_tiny_flux
-from models.kiss3dgen.train import LORA_FILE, read_lora_file
+from models.generate.kiss3dgen.tiny import save_tiny_flux
+from models.generate.kiss3dgen.train import LORA_FILE, read_lora_file
 from tests.models.kiss3dgen_fixtures import (
     TEST_SEQ,
     TEST_TILE,
@@ -64,7 +64,6 @@ def test_the_flow_refuses_unknown_training_options(prefect_harness, tmp_path):
 def test_the_flow_renders_the_library_meshes_when_no_bundles_exist(
     prefect_harness, flux_dir, tmp_path
 ):
-    pytest.importorskip("models.render", reason="models.render.render_bundle not written yet")
     from flows.train_lora import train_lora_flow
 
     library = write_tiny_library(tmp_path / "library")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bundle import Bundle, BundleSpec, encode_normals
-from models.kiss3dgen.params import Kiss3DGenParams
+from models.bundle.spec import Bundle, BundleSpec, encode_normals
+from models.generate.kiss3dgen.params import Kiss3DGenParams
 
 #: Test bundle size: tile 32 -> 128 x 64 image, 16 x 8 = 128 image tokens in the tiny model.
 TEST_TILE = 32

@@ -1,7 +1,7 @@
 """BUNDLE_SPEC.md as tests: layout, encoding, cameras, sidecar, and every conformance value.
 
 The conformance table is checked on exact renders by the project's renderer
-(:func:`models.render.render_bundle`) at the spec's 512-pixel tiles, +-2 per channel.
+(:func:`models.render.views.render_bundle`) at the spec's 512-pixel tiles, +-2 per channel.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from models.bundle import (
+from models.bundle.cameras import BundleCameras
+from models.bundle.spec import (
     Bundle,
     BundleError,
     BundleSpec,
@@ -23,8 +24,7 @@ from models.bundle import (
     join_tiles,
     split_tiles,
 )
-from models.cameras import BundleCameras
-from models.render import orbit_cameras, render_bundle, render_views
+from models.render.views import orbit_cameras, render_bundle, render_views
 
 TILE = 512
 TOLERANCE = 2  # per channel, for rounding
@@ -78,7 +78,7 @@ def test_normal_encoding_flips_x_and_round_trips():
 
 def test_white_decodes_to_length_sqrt3_and_is_background():
     white = np.full((1, 3), 255, np.uint8)
-    from models.bundle import decode_normals_raw
+    from models.bundle.spec import decode_normals_raw
 
     assert math.isclose(np.linalg.norm(decode_normals_raw(white)[0]), math.sqrt(3), rel_tol=1e-6)
     assert not foreground_mask(white)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.descriptors import (
+from models.embed.image import (
     DEFAULT_CONFIG,
     DescriptorError,
     foreground_from_white,

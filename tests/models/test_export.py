@@ -7,16 +7,16 @@ import pytest
 import trimesh
 from PIL import Image
 
-from models.export import (
+from models.geometry.glb import (
     _read_accessor,
     _split_glb,
     export_glb,
     export_obj,
     linear_to_srgb,
     load_glb,
-    preview_sheet,
     srgb_to_linear,
 )
+from models.render.preview import preview_sheet
 
 TILE = 64
 
@@ -120,8 +120,8 @@ def test_obj_export_writes_vertex_colours(tmp_path):
 
 
 def test_reloaded_glb_renders_like_the_bundle_from_view_0(tmp_path):
-    from models.mesh import normalise_mesh
-    from models.render import render_bundle, render_views
+    from models.geometry.mesh import normalise_mesh
+    from models.render.views import render_bundle, render_views
 
     source = _asymmetric_object()
     bundle = render_bundle(source, tile=TILE)
@@ -140,8 +140,8 @@ def test_reloaded_glb_renders_like_the_bundle_from_view_0(tmp_path):
 
 
 def test_preview_sheet_shows_the_four_bundle_views_and_a_three_quarter_view(tmp_path):
-    from models.export import preview_caption_height
-    from models.render import render_bundle
+    from models.render.preview import preview_caption_height
+    from models.render.views import render_bundle
 
     mesh = _asymmetric_object()
     path = preview_sheet(mesh, tmp_path / "preview.png", tile=TILE)

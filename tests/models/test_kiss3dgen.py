@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.bundle import Bundle, BundleSpec
-from models.kiss3dgen import pipeline as kpipe
-from models.kiss3dgen.generate import (
+from models.bundle.spec import Bundle, BundleSpec
+from models.generate.kiss3dgen import pipeline as kpipe
+from models.generate.kiss3dgen.generate import (
     DegenerateBundleError,
     apply_masks,
     check_degenerate,
@@ -20,11 +20,11 @@ from models.kiss3dgen.generate import (
     generate_bundles,
     generate_for_request,
 )
-from models.kiss3dgen.params import Kiss3DGenParams, Kiss3DGenParamsError, check_inputs
-from models.kiss3dgen.pipeline import WeightsMissingError, get_pipeline, load_flux
-from models.kiss3dgen.prompts import BUNDLE_SENTENCE, bundle_prompts
-from models.kiss3dgen.tiny import save_tiny_flux
-from models.kiss3dgen.train import add_lora, read_lora_file, save_lora
+from models.generate.kiss3dgen.params import Kiss3DGenParams, Kiss3DGenParamsError, check_inputs
+from models.generate.kiss3dgen.pipeline import WeightsMissingError, get_pipeline, load_flux
+from models.generate.kiss3dgen.prompts import BUNDLE_SENTENCE, bundle_prompts
+from models.generate.kiss3dgen.tiny import save_tiny_flux
+from models.generate.kiss3dgen.train import add_lora, read_lora_file, save_lora
 from tests.models.kiss3dgen_fixtures import TEST_TILE, disc_bundle, tiny_params
 
 torch = pytest.importorskip("torch")
@@ -304,7 +304,8 @@ def test_the_model_cache_loads_once_and_reloads_when_the_weights_change(flux_dir
 
 
 def test_the_registry_entry_serves_a_text_request_with_manifest_params(flux_dir):
-    from models.generators import GenerationRequest, GeneratorContext, generate_bundle
+    from models.generate.base import GenerationRequest, GeneratorContext
+    from models.generate.registry import generate_bundle
 
     request = GenerationRequest(
         kind="text",
@@ -323,7 +324,8 @@ def test_the_registry_entry_serves_a_text_request_with_manifest_params(flux_dir)
 
 
 def test_the_registry_entry_without_weights_fails_permanently_naming_the_setting():
-    from models.generators import GenerationRequest, GeneratorContext, generate_bundle
+    from models.generate.base import GenerationRequest, GeneratorContext
+    from models.generate.registry import generate_bundle
 
     request = GenerationRequest(kind="text", prompt="a red mug", tile=TEST_TILE)
     with pytest.raises(WeightsMissingError, match="flux_path"):

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.kiss3dgen import pipeline as kpipe
-from models.kiss3dgen.pipeline import load_flux
-from models.kiss3dgen.tiny import save_tiny_flux
-from models.kiss3dgen.train import (
+from models.generate.kiss3dgen import pipeline as kpipe
+from models.generate.kiss3dgen.pipeline import load_flux
+from models.generate.kiss3dgen.tiny import save_tiny_flux
+from models.generate.kiss3dgen.train import (
     LoraTrainConfig,
     TrainSample,
     build_dataset,
@@ -114,11 +114,10 @@ def test_progress_reports_every_step_with_its_loss(flux_dir, samples, tmp_path):
 
 
 def test_the_dataset_is_the_library_rendered_as_bundles_with_captions(tmp_path):
-    pytest.importorskip("models.render", reason="models.render.render_bundle not written yet")
     library = write_tiny_library(tmp_path / "library")
     samples = build_dataset(library, tmp_path / "dataset", tile=TEST_TILE)
     assert [s.caption for s in samples] == ["a flat wooden box", "a tall metal can"]
-    from models.bundle import Bundle
+    from models.bundle.spec import Bundle
 
     for s in samples:
         bundle = Bundle.load(s.image_path)
@@ -127,7 +126,7 @@ def test_the_dataset_is_the_library_rendered_as_bundles_with_captions(tmp_path):
 
 
 def test_a_library_without_an_index_is_refused_with_its_path(tmp_path):
-    from models.library import LibraryError
+    from models.library.format import LibraryError
 
     with pytest.raises(LibraryError, match="library.jsonl"):
         build_dataset(tmp_path, tmp_path / "dataset", tile=TEST_TILE)

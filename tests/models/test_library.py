@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import trimesh
 
-from models.generators import GenerationRequest, GeneratorInputError
-from models.library import (
+from models.embed.text import get_text_embedder
+from models.generate.base import GenerationRequest, GeneratorInputError
+from models.generate.library import retrieve_and_render
+from models.library.format import (
     LibraryEntry,
     LibraryError,
-    LibraryIndex,
-    build_library_index,
     read_library_jsonl,
-    retrieve_and_render,
     write_library_jsonl,
 )
-from models.text_embedding import get_text_embedder
+from models.library.index import LibraryIndex, build_library_index
 
 TILE = 64  # renders are described coarsely; a tiny tile keeps the tests fast
 
@@ -143,7 +142,7 @@ def test_a_text_query_returns_the_entry_with_the_nearest_caption(built, embedder
 
 
 def test_an_image_query_returns_the_mesh_whose_render_looks_alike(built):
-    from models.descriptors import image_descriptor
+    from models.embed.image import image_descriptor
 
     disc = built.query_image(image_descriptor(_drawn("disc")), k=3)
     bar = built.query_image(image_descriptor(_drawn("bar")), k=3)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import trimesh
 
-from models.lrm import flexicubes as fc
+from models.reconstruct.lrm import flexicubes as fc
 
 RES = 24
 SCALE = 2.0

@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from models.lrm.model import CHECKPOINT_PREFIX, LRM
+from models.reconstruct.lrm.model import CHECKPOINT_PREFIX, LRM
 
 VARIANTS = ["instant-mesh-large", "instant-mesh-base", "prm"]
 

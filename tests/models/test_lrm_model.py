@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import Bundle, BundleSpec, encode_normals
-from models.cameras import BundleCameras
-from models.lrm import cameras as lrm_cameras
-from models.lrm.config import TINY
-from models.lrm.encoder import interpolate_pos_embed
-from models.lrm.model import LRM, CheckpointError, load_checkpoint, save_checkpoint
-from models.lrm.reconstruct import clear_cache, load_cached, lrm_init
+from models.bundle.cameras import BundleCameras
+from models.bundle.spec import Bundle, BundleSpec, encode_normals
+from models.reconstruct.lrm import cameras as lrm_cameras
+from models.reconstruct.lrm.config import TINY
+from models.reconstruct.lrm.encoder import interpolate_pos_embed
+from models.reconstruct.lrm.model import LRM, CheckpointError, load_checkpoint, save_checkpoint
+from models.reconstruct.lrm.reconstruct import clear_cache, load_cached, lrm_init
 
 TILE = 64
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from models.metrics import (
+from models.evaluate.metrics import (
     chamfer_fscore,
     mesh_health,
     normal_consistency,
@@ -219,14 +219,14 @@ def _coloured(mesh: trimesh.Trimesh, rgb: tuple[int, int, int]) -> trimesh.Trime
 
 @pytest.fixture(scope="module")
 def sphere_bundle():
-    from models.render import render_bundle
+    from models.render.views import render_bundle
 
     mesh = _coloured(_sphere(0.9), (200, 120, 40))
     return mesh, render_bundle(mesh, tile=TILE, normalise=False)
 
 
 def test_render_metrics_of_the_bundle_source_are_perfect(sphere_bundle):
-    from models.metrics import render_metrics
+    from models.evaluate.metrics import render_metrics
 
     mesh, bundle = sphere_bundle
     m = render_metrics(bundle, mesh)
@@ -238,7 +238,7 @@ def test_render_metrics_of_the_bundle_source_are_perfect(sphere_bundle):
 
 
 def test_render_metrics_mask_iou_of_a_shrunk_sphere_is_its_area_ratio(sphere_bundle):
-    from models.metrics import render_metrics
+    from models.evaluate.metrics import render_metrics
 
     mesh, bundle = sphere_bundle
     small = mesh.copy()
@@ -249,7 +249,7 @@ def test_render_metrics_mask_iou_of_a_shrunk_sphere_is_its_area_ratio(sphere_bun
 
 
 def test_render_metrics_psnr_of_a_recoloured_mesh_follows_the_colour_error(sphere_bundle):
-    from models.metrics import render_metrics
+    from models.evaluate.metrics import render_metrics
 
     mesh, bundle = sphere_bundle
     m = render_metrics(bundle, _coloured(mesh, (200, 120, 90)))
@@ -262,8 +262,8 @@ def test_render_metrics_psnr_of_a_recoloured_mesh_follows_the_colour_error(spher
 
 
 def test_render_metrics_normal_error_of_a_turned_plate_is_the_turn_angle():
-    from models.metrics import render_metrics
-    from models.render import render_bundle
+    from models.evaluate.metrics import render_metrics
+    from models.render.views import render_bundle
 
     plate = trimesh.Trimesh(
         vertices=[[-0.6, -0.6, 0], [0.6, -0.6, 0], [0.6, 0.6, 0], [-0.6, 0.6, 0]],

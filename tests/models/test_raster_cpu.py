@@ -11,8 +11,8 @@ import pytest
 import torch
 import trimesh
 
-from models.bundle import BundleSpec
-from models.cameras import BundleCameras
+from models.bundle.cameras import BundleCameras
+from models.bundle.spec import BundleSpec
 from models.raster import CpuRasteriser, RasteriserUnavailable
 from models.raster._kernels import MAX_WALK
 from models.raster.cpu import coverage_egl, coverage_numba, face_neighbours

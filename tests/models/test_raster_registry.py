@@ -78,8 +78,8 @@ def test_cpu_and_nvdiffrast_agree_on_the_same_scene():
     import numpy as np
     import trimesh
 
-    from models.bundle import BundleSpec
-    from models.cameras import BundleCameras
+    from models.bundle.cameras import BundleCameras
+    from models.bundle.spec import BundleSpec
 
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
     mvp = torch.tensor(BundleCameras.from_spec(BundleSpec(tile=128)).mvp, dtype=torch.float32)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import trimesh
 
-from models.bundle import BundleSpec
-from models.mesh import normalise_mesh
-from models.metrics import chamfer_fscore
-from models.refine import RefineParams, refine_mesh, sphere_init, to_source_frame
-from models.render import render_bundle
+from models.bundle.spec import BundleSpec
+from models.evaluate.metrics import chamfer_fscore
+from models.geometry.mesh import normalise_mesh
+from models.reconstruct.refine import RefineParams, refine_mesh, sphere_init, to_source_frame
+from models.render.views import render_bundle
 
 #: Small, fast settings: 128-pixel tiles optimised at 64 then 128 pixels.
 FAST = RefineParams(

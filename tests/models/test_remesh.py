@@ -7,8 +7,8 @@ import pytest
 import torch
 import trimesh
 
-from models import remesh as rm
-from models.optimise import OptimiserConfig, VertexOptimiser, smooth_update
+from models.geometry import remesh as rm
+from models.reconstruct.optimise import OptimiserConfig, VertexOptimiser, smooth_update
 
 
 def _sphere(subdivisions: int = 2) -> tuple[np.ndarray, np.ndarray]:

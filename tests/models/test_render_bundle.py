@@ -10,10 +10,10 @@ import pytest
 import trimesh
 from PIL import Image
 
-from models.bundle import Bundle, BundleSpec
-from models.cameras import BundleCameras
-from models.mesh import crease_normals, load_mesh, normalise_mesh, to_y_up
-from models.render import (
+from models.bundle.cameras import BundleCameras
+from models.bundle.spec import Bundle, BundleSpec
+from models.geometry.mesh import crease_normals, load_mesh, normalise_mesh, to_y_up
+from models.render.views import (
     PRODUCER,
     UNTEXTURED_RGB,
     orbit_cameras,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.text_embedding import (
+from models.embed.text import (
     EMBEDDING_DIM,
     EmbedderUnavailable,
     TextEmbedder,

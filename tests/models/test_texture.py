@@ -7,9 +7,9 @@ import pytest
 import trimesh
 from PIL import Image
 
-from models.metrics import render_metrics
-from models.render import render_bundle
-from models.texture import UNSEEN_COLOUR, bake_texture, fill_unseen, project_colours
+from models.evaluate.metrics import render_metrics
+from models.reconstruct.texture import UNSEEN_COLOUR, bake_texture, fill_unseen, project_colours
+from models.render.views import render_bundle
 
 TILE = 64
 #: The issue's acceptance threshold for a re-render of projected colours.

@@ -1,0 +1,340 @@
+"""Quality metrics of a reconstructed mesh: against a reference mesh, against its bundle, alone.
+
+* Geometry against a reference (both in the bundle frame): :func:`chamfer_fscore` and
+  :func:`normal_consistency` on area-weighted surface samples.
+* A re-render against the bundle it was reconstructed from: :func:`render_metrics` (mask IoU,
+  normal angle error, colour PSNR and SSIM).
+* The mesh alone: :func:`mesh_health` (counts, components, watertightness, non-manifold edges).
+
+Image helpers :func:`psnr` and :func:`ssim` work on float images in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import trimesh
+from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:
+    from models.bundle.spec import Bundle
+    from models.raster.base import Rasteriser
+
+#: Surface samples per mesh for Chamfer / F-score (InstantMesh's protocol).
+DEFAULT_SAMPLES = 16384
+#: F-score distance thresholds, bundle-frame units (the object spans 1.8).
+DEFAULT_TAUS = (0.05, 0.1)
+#: A face whose area is below this (bundle-frame units squared) counts as degenerate.
+DEGENERATE_AREA = 1e-12
+#: Vertices closer than 10**-MERGE_DIGITS are the same point for topology checks.
+MERGE_DIGITS = 8
+#: SSIM constants (Wang et al. 2004) for a data range of 1.
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+SSIM_SIGMA = 1.5
+SSIM_WINDOW = 11
+
+
+# --------------------------------------------------------------------------- geometry vs reference
+
+
+def sample_surface(
+    mesh: trimesh.Trimesh, count: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted samples of ``mesh``'s surface.
+
+    Returns points ``(count, 3)`` float64 and the unit normals ``(count, 3)`` float64 of the
+    faces they lie on, in the mesh's frame. The same mesh and seed give the same samples.
+    """
+    if len(mesh.faces) == 0 or mesh.area <= 0:
+        raise ValueError("cannot sample a mesh with no surface area")
+    points, face_index = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return np.asarray(points, dtype=np.float64), np.asarray(mesh.face_normals[face_index])
+
+
+def chamfer_fscore(
+    mesh_a: trimesh.Trimesh,
+    mesh_b: trimesh.Trimesh,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    taus: tuple[float, ...] = DEFAULT_TAUS,
+    seed: int = 0,
+) -> dict:
+    """Chamfer distance and F-scores between two meshes in the same frame (bundle frame).
+
+    ``mesh_a`` is the prediction, ``mesh_b`` the reference. Each is sampled with ``samples``
+    area-weighted surface points (same ``seed``, so a mesh against itself scores exactly 0).
+    ``chamfer = (mean_a min_b |a - b| + mean_b min_a |b - a|) / 2`` (a distance, not squared).
+    At each tau: precision = share of a's samples within tau of b, recall = share of b's within
+    tau of a, ``F = 2PR / (P + R)`` (0 when both are 0).
+
+    Returns ``{"chamfer": float, "chamfer_ab": float, "chamfer_ba": float,
+    "fscore@<tau>": float, "precision@<tau>": float, "recall@<tau>": float, ...}`` with tau
+    written by ``format(tau, "g")`` (``"fscore@0.05"``).
+    """
+    pa, _ = sample_surface(mesh_a, samples, seed)
+    pb, _ = sample_surface(mesh_b, samples, seed)
+    d_ab, _ = cKDTree(pb).query(pa, k=1)
+    d_ba, _ = cKDTree(pa).query(pb, k=1)
+    out = {
+        "chamfer": float((d_ab.mean() + d_ba.mean()) / 2.0),
+        "chamfer_ab": float(d_ab.mean()),
+        "chamfer_ba": float(d_ba.mean()),
+    }
+    for tau in taus:
+        precision = float(np.mean(d_ab < tau))
+        recall = float(np.mean(d_ba < tau))
+        total = precision + recall
+        key = format(tau, "g")
+        out[f"fscore@{key}"] = 2.0 * precision * recall / total if total > 0 else 0.0
+        out[f"precision@{key}"] = precision
+        out[f"recall@{key}"] = recall
+    return out
+
+
+def normal_consistency(
+    mesh_a: trimesh.Trimesh,
+    mesh_b: trimesh.Trimesh,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+) -> float:
+    """Mean ``|cos|`` between the face normals of nearest surface samples, both directions.
+
+    Orientation-free (a flipped face still counts as consistent), in [0, 1]; 1 for a mesh
+    against itself.
+    """
+    pa, na = sample_surface(mesh_a, samples, seed)
+    pb, nb = sample_surface(mesh_b, samples, seed)
+    _, ia = cKDTree(pb).query(pa, k=1)
+    _, ib = cKDTree(pa).query(pb, k=1)
+    ab = np.abs(np.einsum("ij,ij->i", na, nb[ia])).mean()
+    ba = np.abs(np.einsum("ij,ij->i", nb, na[ib])).mean()
+    return float((ab + ba) / 2.0)
+
+
+# --------------------------------------------------------------------------- mesh alone
+
+
+def mesh_health(mesh: trimesh.Trimesh) -> dict:
+    """Counts and topology checks of a triangle mesh.
+
+    Topology is judged on positions (vertices at the same point, to ``MERGE_DIGITS`` decimals,
+    are one vertex), so seams split for UVs or normals do not count as holes.
+
+    Returns ``{"vertices", "faces", "components", "watertight", "boundary_edges",
+    "non_manifold_edges", "degenerate_faces", "area", "volume"}``: ``components`` is the number of
+    face-connected pieces; ``watertight`` means every edge has exactly two faces (no boundary
+    and no non-manifold edge) and there is at least one face; ``volume`` is the signed volume
+    (meaningful only when watertight).
+    """
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+    report = {
+        "vertices": int(len(vertices)),
+        "faces": int(len(faces)),
+        "components": 0,
+        "watertight": False,
+        "boundary_edges": 0,
+        "non_manifold_edges": 0,
+        "degenerate_faces": 0,
+        "area": 0.0,
+        "volume": 0.0,
+    }
+    if len(faces) == 0:
+        return report
+    _, inverse = np.unique(np.round(vertices, MERGE_DIGITS), axis=0, return_inverse=True)
+    merged = inverse.reshape(-1)[faces]
+
+    tri = vertices[faces]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    areas = 0.5 * np.linalg.norm(cross, axis=1)
+    collapsed = (
+        (merged[:, 0] == merged[:, 1])
+        | (merged[:, 1] == merged[:, 2])
+        | (merged[:, 0] == merged[:, 2])
+    )
+    report["degenerate_faces"] = int(np.count_nonzero(collapsed | (areas < DEGENERATE_AREA)))
+    report["area"] = float(areas.sum())
+    signed = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2]))
+    report["volume"] = float(signed.sum() / 6.0)
+
+    # Undirected edges of faces that are real triangles; a collapsed face has no proper edges.
+    good = merged[~collapsed]
+    edges = np.sort(good[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    edge_ids, edge_face_count = np.unique(edges, axis=0, return_counts=True)
+    report["boundary_edges"] = int(np.count_nonzero(edge_face_count == 1))
+    report["non_manifold_edges"] = int(np.count_nonzero(edge_face_count > 2))
+    report["watertight"] = bool(len(good) > 0 and np.all(edge_face_count == 2))
+
+    # Faces sharing a (merged) vertex belong to one component: union-find over face vertices.
+    report["components"] = _count_components(merged, len(inverse))
+    return report
+
+
+def _count_components(faces: np.ndarray, n_vertices: int) -> int:
+    """Number of connected pieces of the faces ``(F, 3)`` (isolated vertices ignored)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
+    cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))
+    _, labels = connected_components(graph, directed=False)
+    return int(len(np.unique(labels[np.unique(faces)])))
+
+
+# --------------------------------------------------------------------------- images
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB of float images in [0, 1] (``(..., H, W, C)``).
+
+    With ``mask`` ``(..., H, W)`` bool, only those pixels count. Identical images give ``inf``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs images of one shape, got {a.shape} and {b.shape}")
+    err = (a - b) ** 2
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return float("nan")
+        err = err[mask]
+    mse = float(err.mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _gaussian_window(size: int, sigma: float) -> np.ndarray:
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    w = np.exp(-(x**2) / (2.0 * sigma**2))
+    return w / w.sum()
+
+
+def _filter_valid(image: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
+    """Correlate ``image`` with 1D ``taps`` along ``axis``, keeping only the valid region
+    (where the window lies inside the image)."""
+    from scipy.ndimage import correlate1d
+
+    half = len(taps) // 2
+    out = correlate1d(image, taps, axis=axis, mode="constant")
+    index = [slice(None)] * image.ndim
+    index[axis] = slice(half, image.shape[axis] - (len(taps) - 1 - half))
+    return out[tuple(index)]
+
+
+def ssim(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    window: int = SSIM_WINDOW,
+    sigma: float = SSIM_SIGMA,
+) -> float:
+    """Structural similarity of float images in [0, 1], ``(H, W, C)`` or ``(N, H, W, C)``.
+
+    Gaussian-weighted local statistics (``window`` taps, ``sigma`` pixels, separable, valid
+    region only as in Wang et al. 2004), computed per channel and averaged over every pixel,
+    channel and image. 1 for identical images.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"ssim needs images of one shape, got {a.shape} and {b.shape}")
+    if a.ndim == 3:
+        a, b = a[None], b[None]
+    if a.ndim != 4 or min(a.shape[1:3]) < window:
+        raise ValueError(f"ssim needs (N, H, W, C) images of at least {window} px, got {a.shape}")
+    taps = _gaussian_window(window, sigma)
+
+    def blur(t: np.ndarray) -> np.ndarray:
+        return _filter_valid(_filter_valid(t, taps, 1), taps, 2)
+
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return float((num / den).mean())
+
+
+# --------------------------------------------------------------------------- re-render vs bundle
+
+
+def render_metrics(
+    bundle: Bundle, mesh: trimesh.Trimesh, rasteriser: Rasteriser | None = None
+) -> dict:
+    """Re-render ``mesh`` (bundle frame) with ``bundle``'s cameras and compare view by view.
+
+    Returns ``{"mask_iou": float, "normal_angle_deg": float, "colour_psnr": float,
+    "colour_psnr_fg": float, "colour_ssim": float, "per_view": [dict, ...]}``:
+
+    * ``mask_iou``: intersection over union of the foreground masks, all views pooled.
+    * ``normal_angle_deg``: mean angle in degrees between the decoded camera-space normals on
+      pixels that both call foreground (nan if there are none).
+    * ``colour_psnr``: PSNR (dB) of the colour rows, whole tiles (white background included,
+      InstantMesh's protocol); ``colour_psnr_fg``: the same on the union of both masks only.
+    * ``colour_ssim``: mean SSIM of the colour tiles.
+    """
+    from models.render.views import render_views
+
+    render = render_views(mesh, bundle.spec, rasteriser=rasteriser)
+    ref_masks = bundle.masks()
+    ref_normals = bundle.normals()
+    ref_colours = bundle.colours()
+    got_masks = render.masks()
+    got_normals = render.normals()
+    got_colours = render.colours()
+
+    per_view = []
+    for v in range(len(ref_masks)):
+        per_view.append(
+            _compare_view(
+                ref_masks[v],
+                got_masks[v],
+                ref_normals[v],
+                got_normals[v],
+                ref_colours[v],
+                got_colours[v],
+            )
+        )
+    inter = np.logical_and(ref_masks, got_masks)
+    union = np.logical_or(ref_masks, got_masks)
+    return {
+        "mask_iou": float(inter.sum() / union.sum()) if union.any() else float("nan"),
+        "normal_angle_deg": _mean_angle_deg(ref_normals[inter], got_normals[inter]),
+        "colour_psnr": psnr(ref_colours, got_colours),
+        "colour_psnr_fg": psnr(ref_colours, got_colours, union),
+        # Every view has the same size, so the pooled mean is the mean of the views' means.
+        "colour_ssim": float(np.mean([p["colour_ssim"] for p in per_view])),
+        "per_view": per_view,
+    }
+
+
+def _mean_angle_deg(n_ref: np.ndarray, n_got: np.ndarray) -> float:
+    if len(n_ref) == 0:
+        return float("nan")
+    cos = np.clip(np.einsum("ij,ij->i", n_ref.astype(np.float64), n_got.astype(np.float64)), -1, 1)
+    return float(np.degrees(np.arccos(cos)).mean())
+
+
+def _compare_view(
+    ref_mask: np.ndarray,
+    got_mask: np.ndarray,
+    ref_normal: np.ndarray,
+    got_normal: np.ndarray,
+    ref_colour: np.ndarray,
+    got_colour: np.ndarray,
+) -> dict:
+    inter = ref_mask & got_mask
+    union = ref_mask | got_mask
+    return {
+        "mask_iou": float(inter.sum() / union.sum()) if union.any() else float("nan"),
+        "normal_angle_deg": _mean_angle_deg(ref_normal[inter], got_normal[inter]),
+        "colour_psnr": psnr(ref_colour, got_colour),
+        "colour_psnr_fg": psnr(ref_colour, got_colour, union),
+        "colour_ssim": ssim(ref_colour, got_colour),
+    }

@@ -1,0 +1,54 @@
+"""The types every Stage I generator shares: its request, its context and its answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.bundle.spec import Bundle
+
+
+class GeneratorInputError(ValueError):
+    """The request cannot be served by this generator (permanent)."""
+
+    retryable = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a generator needs.
+
+    ``image``: ``(H, W, 3)`` uint8 reference image (white or any background) or None.
+    ``bundle_path``: a user-supplied bundle PNG (its sidecar beside it when present).
+    ``params``: generator-specific overrides from the manifest.
+    """
+
+    kind: str
+    prompt: str | None = None
+    image: np.ndarray | None = None
+    bundle_path: Path | None = None
+    seed: int = 0
+    tile: int = 512
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Generated:
+    """A generator's answer: the bundle, metrics to record, and what it matched (if anything)."""
+
+    bundle: Bundle
+    metrics: dict[str, float] = field(default_factory=dict)
+    match: dict | None = None
+
+
+@dataclass(frozen=True)
+class GeneratorContext:
+    """Plain values generators may need: library folder, model paths, device."""
+
+    library_path: Path | None = None
+    device: str = "cpu"
+    flux_path: str | None = None
+    lora_path: str | None = None
+    lora_scale: float = 1.0
