@@ -514,7 +514,7 @@ def write_manifest(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
 
 
 def bench_ingest(args: argparse.Namespace, workdir: Path, admin_url: str | None) -> None:
-    from storage.manifest import parse_manifest
+    from intake.parse import parse_manifest
     from tasks.config import PipelineConfig
     from tasks.ingest import ingest_manifest
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from intake.parse import parse_manifest
+from intake.references import default_fetcher
+from intake.requests import AssetRequest
 from storage import queries
 from storage.identity import asset_identity
-from storage.manifest import AssetRequest, default_fetcher, parse_manifest
 from storage.schema import Asset, BatchItem
 from tasks.config import PipelineConfig
 from tasks.resources import engine_for, store_for

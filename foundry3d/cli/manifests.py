@@ -32,7 +32,7 @@ def validate(
     FOUNDRY_URL_HOSTS and FOUNDRY_MAX_IMAGE_PIXELS.
     """
     from foundry3d.settings import get_settings
-    from storage.manifest import parse_manifest
+    from intake.parse import parse_manifest
 
     settings = get_settings()
     parsed = parse_manifest(

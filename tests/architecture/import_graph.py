@@ -14,8 +14,8 @@ PACKAGES = ("models", "storage", "intake", "tasks", "flows", "foundry3d")
 ALLOWED = {
     "models": {"models"},
     "storage": {"storage"},
-    "intake": {"intake", "storage"},
-    "tasks": {"tasks", "models", "storage"},
+    "intake": {"intake", "storage", "models"},
+    "tasks": {"tasks", "intake", "models", "storage"},
     "flows": {"flows", "tasks", "storage", "intake"},
     "foundry3d": set(PACKAGES),
 }

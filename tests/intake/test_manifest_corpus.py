@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.manifest import parse_manifest
+from intake.parse import parse_manifest
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_manifests"
 URLS_ON = {"allow_urls": True, "url_hosts": ["assets.example.com"]}

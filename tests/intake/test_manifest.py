@@ -1,4 +1,4 @@
-"""Manifest parsing (storage/manifest.py): formats, defaults, identity, confinement, URLs."""
+"""Manifest parsing (intake/): formats, defaults, identity, confinement, URLs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import storage.manifest as manifest_module
-from storage.manifest import ManifestItem, parse_manifest
+import intake.readers as readers_module
+from intake.items import ManifestItem
+from intake.parse import parse_manifest
 
 GOOD = Path(__file__).resolve().parents[1] / "data" / "good_manifests"
 
@@ -89,7 +90,7 @@ def test_missing_manifest_is_one_rejection_at_line_zero(tmp_path):
 
 
 def test_oversized_manifest_is_refused_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(readers_module, "MAX_MANIFEST_BYTES", 100)
     path = _write(tmp_path / "m.jsonl", '{"prompt": "a chair"}\n' * 10)
     parsed = parse_manifest(path)
     assert "more than the limit of 100" in parsed.rejected[0].reason

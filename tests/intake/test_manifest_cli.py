@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from foundry3d.cli import app
 from foundry3d.settings import get_settings
-from tests.storage.test_manifest_corpus import CASES, CORPUS
+from tests.intake.test_manifest_corpus import CASES, CORPUS
 
 GOOD = CORPUS.parent / "good_manifests"
 runner = CliRunner()

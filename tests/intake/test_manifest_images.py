@@ -1,4 +1,4 @@
-"""Image acceptance checks for manifest images and bundles (storage/images.py)."""
+"""Image acceptance checks for manifest images and bundles (intake/images.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from storage.images import ImageRejected, check_bundle, check_image, read_header_size
+from intake.images import ImageRejected, check_bundle, check_image, read_header_size
 
 
 def _encode(fmt: str, size: tuple[int, int], **kwargs) -> bytes:

@@ -1,0 +1,2 @@
+"""Manifest intake: read a manifest (YAML, JSONL, CSV), check every row, resolve and check
+its image and bundle references. Entry point: :func:`intake.parse.parse_manifest`."""

@@ -1,0 +1,200 @@
+"""Manifest parsing: YAML, JSONL or CSV rows in, validated asset requests and rejections out.
+
+Every row is judged on its own: a bad row becomes a :class:`Rejection` (file, line, reason)
+and never costs a valid row its place. Whole-file problems (missing, empty, not UTF-8,
+unknown extension, YAML syntax error) give one rejection at line 0 or the line of the error.
+
+Formats (see tests/data/good_manifests/ for one of each):
+
+- YAML (``.yaml``/``.yml``): a mapping with an ``items:`` list and an optional ``defaults:``
+  mapping whose keys (seed, variants, tags, generator, init, params) apply to every item;
+  an item's own value wins, ``params`` are merged and ``tags`` are concatenated. Anchors and
+  aliases are refused (no alias bombs), as are duplicate keys.
+- JSONL (``.jsonl``/``.ndjson``): one JSON object per line; blank lines are skipped.
+- CSV (``.csv``): a header row with columns prompt, image, bundle, id, seed, variants,
+  tags (``;``-separated), generator, init, params (a JSON object); empty cells are absent.
+
+Line numbers are physical lines (1-based): where a YAML item starts, the JSONL line, the
+first line of a CSV row (the header is line 1).
+
+Images and bundles are local paths (relative ones resolve against the manifest's folder and
+must stay, symlinks resolved, inside that folder or one of ``image_roots``), ``s3://bucket/key``
+references, or ``https://`` URLs from allow-listed hosts when URLs are allowed. Local images are
+checked before acceptance: format (PNG/JPEG/WebP; bundles PNG 2:1), the header's pixel count
+against ``max_image_pixels`` without decoding, then a full decode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    ValidationError,
+)
+
+from intake.items import ManifestDefaults, ManifestItem, validation_reason
+from intake.limits import FORMATS
+from intake.readers import FileProblem, Row, csv_rows, jsonl_rows, read_text, yaml_rows
+from intake.references import (
+    Fetcher,
+    ReferenceContext,
+    ReferenceRejected,
+    default_fetcher,
+    resolve_reference,
+)
+from intake.requests import AssetRequest, ParsedManifest, Rejection
+
+
+def parse_manifest(
+    path: str | os.PathLike,
+    *,
+    image_roots: Sequence[str | os.PathLike] = (),
+    allow_urls: bool = False,
+    url_hosts: Sequence[str] = (),
+    max_image_pixels: int = 64_000_000,
+    fetch: bool = False,
+    fetcher: Fetcher | None = None,
+) -> ParsedManifest:
+    """Read a manifest and split it into valid :class:`AssetRequest`\\ s and :class:`Rejection`\\ s.
+
+    ``image_roots``: folders (besides the manifest's own) that local images may live in.
+    ``allow_urls`` / ``url_hosts``: whether ``https://`` images are accepted, and from where.
+    ``fetch``: download ``s3://``/``https://`` images to check them and hash their content
+    (with ``fetcher``, default :func:`default_fetcher`); otherwise they are accepted by
+    reference and their identity is the reference. Never raises for bad input.
+    """
+    path = Path(path)
+    file = str(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    result = ParsedManifest(path=path, format=fmt)
+    if fmt is None:
+        result.rejected.append(Rejection(
+            file, 0,
+            f"unknown manifest format {path.suffix or '(no extension)'!r}; "
+            f"use one of {', '.join(sorted(FORMATS))}",
+        ))
+        return result
+    manifest_dir = path.resolve().parent
+    roots = [manifest_dir, *(Path(r).resolve() for r in image_roots)]
+    ctx = ReferenceContext(
+        manifest_dir=manifest_dir,
+        roots=roots,
+        root_names=", ".join(str(r) for r in roots),
+        allow_urls=allow_urls,
+        url_hosts={h.lower() for h in url_hosts},
+        max_image_pixels=max_image_pixels,
+        fetch=fetch,
+        fetcher=fetcher or default_fetcher(url_hosts),
+    )
+    try:
+        text, result.sha256 = read_text(path)
+        defaults_row: Row | None = None
+        if fmt == "yaml":
+            defaults_row, rows, problems = yaml_rows(text)
+            for line, reason in problems:
+                result.rejected.append(Rejection(file, line, reason))
+        elif fmt == "jsonl":
+            rows = jsonl_rows(text)
+        else:
+            rows = csv_rows(text)
+    except FileProblem as exc:
+        result.rejected.append(Rejection(file, exc.line, exc.reason))
+        return result
+
+    defaults, defaults_problem = _defaults(defaults_row)
+    if defaults_problem:
+        result.rejected.append(
+            Rejection(file, defaults_row.line, defaults_problem, defaults_row.raw)
+        )
+    result.rows = len(rows)
+    first_line_of_id: dict[str, int] = {}
+    for row in rows:
+        item_id = _raw_id(row.data)
+        outcome = _accept(row, defaults, defaults_problem, item_id, first_line_of_id, ctx)
+        if isinstance(outcome, str):
+            result.rejected.append(Rejection(file, row.line, outcome, row.raw, item_id))
+        else:
+            result.requests.extend(outcome)
+    result.rejected.sort(key=lambda r: r.line)
+    return result
+
+
+def _defaults(row: Row | None) -> tuple[dict[str, Any], str | None]:
+    if row is None or (row.data is None and row.problem is None):
+        return {}, None
+    if row.problem:
+        return {}, f"defaults: {row.problem}"
+    try:
+        model = ManifestDefaults.model_validate(row.data)
+    except ValidationError as exc:
+        return {}, f"defaults: {validation_reason(exc)}"
+    return model.model_dump(exclude_none=True), None
+
+
+def _raw_id(data: Any) -> str | None:
+    if isinstance(data, dict):
+        value = data.get("id")
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def _accept(
+    row: Row,
+    defaults: dict[str, Any],
+    defaults_problem: str | None,
+    item_id: str | None,
+    first_line_of_id: dict[str, int],
+    ctx: ReferenceContext,
+) -> list[AssetRequest] | str:
+    """The row's requests, or the reason it is rejected."""
+    if row.problem:
+        return row.problem
+    if not isinstance(row.data, dict):
+        got = "nothing" if row.data is None else type(row.data).__name__
+        return f"item must be a mapping of keys to values, got {got}"
+    if item_id is not None:
+        if item_id in first_line_of_id:
+            return f"duplicate id {item_id!r} (first used on line {first_line_of_id[item_id]})"
+        first_line_of_id[item_id] = row.line
+    if defaults_problem:
+        return "not read: the manifest's 'defaults' block is invalid"
+    merged = {**defaults, **row.data}
+    if isinstance(defaults.get("params"), dict) and isinstance(row.data.get("params"), dict):
+        merged["params"] = {**defaults["params"], **row.data["params"]}
+    if isinstance(defaults.get("tags"), list) and isinstance(row.data.get("tags"), list):
+        merged["tags"] = list(dict.fromkeys([*defaults["tags"], *row.data["tags"]]))
+    try:
+        item = ManifestItem.model_validate(merged)
+    except ValidationError as exc:
+        return validation_reason(exc)
+    image_ref = image_sha = bundle_ref = bundle_sha = None
+    try:
+        if item.image is not None:
+            image_ref, image_sha = resolve_reference(item.image, "image", ctx)
+        if item.bundle is not None:
+            bundle_ref, bundle_sha = resolve_reference(item.bundle, "bundle", ctx)
+    except ReferenceRejected as exc:
+        return str(exc)
+    return [
+        AssetRequest(
+            line=row.line,
+            item_id=item.id,
+            kind=item.kind,
+            prompt=item.prompt,
+            image_ref=image_ref,
+            image_sha256=image_sha,
+            bundle_ref=bundle_ref,
+            bundle_sha256=bundle_sha,
+            seed=item.seed + k,
+            variant=k,
+            generator=str(item.generator),
+            init=item.init,
+            params=dict(item.params),
+            tags=tuple(item.tags),
+        )
+        for k in range(item.variants)
+    ]

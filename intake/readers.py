@@ -1,0 +1,322 @@
+"""Rows per format: YAML, JSONL and CSV text -> raw rows with their physical line numbers."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from intake.limits import (
+    CSV_COLUMNS,
+    MAX_MANIFEST_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_EVENTS,
+    RAW_CHARS,
+)
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+@dataclass
+class Row:
+    line: int
+    data: Any
+    raw: str
+    problem: str | None = None  # set when the row could not even be read into data
+
+
+class FileProblem(Exception):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+        self.reason = reason
+
+
+def _truncate(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= RAW_CHARS else text[: RAW_CHARS - 3] + "..."
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """(text, sha256 of the bytes); raises :class:`FileProblem` for whole-file problems."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise FileProblem(0, "manifest file not found") from None
+    if not path.is_file():
+        raise FileProblem(0, "manifest path is not a file")
+    if size > MAX_MANIFEST_BYTES:
+        raise FileProblem(
+            0, f"manifest is {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}"
+        )
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise FileProblem(
+            line,
+            f"manifest is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8",
+        ) from None
+    if not text.strip():
+        raise FileProblem(0, "manifest file is empty")
+    return text, hashlib.sha256(data).hexdigest()
+
+
+def yaml_rows(text: str) -> tuple[Row | None, list[Row], list[tuple[int, str]]]:
+    """(defaults row or None, item rows, [(line, reason)] for top-level problems)."""
+    alias_marks = _yaml_scan(text)
+    loader = _YAML_LOADER(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            raise _yaml_problem(exc) from None
+        if root is None:
+            raise FileProblem(0, "manifest has no content (only comments?)")
+        if not isinstance(root, yaml.MappingNode):
+            raise FileProblem(
+                root.start_mark.line + 1,
+                "a YAML manifest must be a mapping with an 'items:' list "
+                "(and optionally 'defaults:')",
+            )
+
+        def node_raw(node: yaml.Node) -> str:
+            # Marks index characters (PyYAML and libyaml alike), so a slice is the node's text.
+            return _truncate(text[node.start_mark.index : node.end_mark.index])
+
+        def node_row(node: yaml.Node) -> Row:
+            row = Row(node.start_mark.line + 1, None, node_raw(node))
+            start, end = node.start_mark.index, node.end_mark.index
+            if any(start <= m < end for m in alias_marks):
+                row.problem = "YAML anchors and aliases (&name, *name) are not allowed"
+                return row
+            duplicate = _yaml_duplicate_key(node)
+            if duplicate:
+                row.problem = duplicate
+                return row
+            try:
+                row.data = loader.construct_object(node, deep=True)
+            except yaml.YAMLError as exc:
+                row.problem = f"YAML value cannot be read: {getattr(exc, 'problem', exc)}"
+            return row
+
+        defaults: Row | None = None
+        items: list[Row] = []
+        problems: list[tuple[int, str]] = []
+        seen: set[str] = set()
+        found_items = False
+        for key_node, value_node in root.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                problems.append((line, f"duplicate top-level key {key!r}"))
+                continue
+            seen.add(str(key))
+            if key == "items":
+                found_items = True
+                if not isinstance(value_node, yaml.SequenceNode):
+                    problems.append((line, "'items' must be a list of items"))
+                    continue
+                items.extend(node_row(child) for child in value_node.value)
+            elif key == "defaults":
+                defaults = node_row(value_node)
+                if defaults.problem is None and not isinstance(defaults.data, dict | None):
+                    defaults.problem = "'defaults' must be a mapping"
+            else:
+                problems.append(
+                    (line, f"unknown top-level key {key!r} (expected 'defaults' and 'items')")
+                )
+        if not found_items:
+            problems.append((0, "YAML manifest has no 'items:' list"))
+        return defaults, items, problems
+    finally:
+        loader.dispose()
+
+
+def _yaml_scan(text: str) -> list[int]:
+    """Walk the YAML events (cheap, no composition) and return where anchors/aliases are.
+
+    Raises :class:`FileProblem` for syntax errors and for documents that are too large or
+    too deeply nested to compose safely.
+    """
+    marks: list[int] = []
+    depth = 0
+    try:
+        for n, event in enumerate(yaml.parse(text, Loader=_YAML_LOADER)):
+            if n > MAX_YAML_EVENTS:
+                raise FileProblem(0, f"YAML document has more than {MAX_YAML_EVENTS} nodes")
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                marks.append(event.start_mark.index)
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise FileProblem(
+                        event.start_mark.line + 1,
+                        f"YAML is nested more than {MAX_YAML_DEPTH} levels deep",
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError as exc:
+        raise _yaml_problem(exc) from None
+    return marks
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> FileProblem:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else 0
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark.line + 1 != line:
+        context = f"{context} (line {context_mark.line + 1})"
+    detail = f"{context}, {problem}" if context else problem
+    return FileProblem(line, f"YAML syntax error: {detail}")
+
+
+def _yaml_duplicate_key(node: yaml.Node) -> str | None:
+    """The first duplicate mapping key in ``node`` (PyYAML silently keeps the last one)."""
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key_node, value_node in node.value:
+            key = getattr(key_node, "value", None)
+            if isinstance(key, str):
+                if key in keys:
+                    return f"duplicate key {key!r}"
+                keys.add(key)
+            inner = _yaml_duplicate_key(value_node)
+            if inner:
+                return inner
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            inner = _yaml_duplicate_key(child)
+            if inner:
+                return inner
+    return None
+
+
+def jsonl_rows(text: str) -> list[Row]:
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        row = Row(number, None, _truncate(line))
+        try:
+            row.data = json.loads(
+                line, object_pairs_hook=_json_object, parse_constant=_json_constant
+            )
+        except _JsonProblem as exc:
+            row.problem = str(exc)
+        except json.JSONDecodeError as exc:
+            row.problem = f"invalid JSON at column {exc.colno}: {exc.msg}"
+        except RecursionError:
+            row.problem = "JSON is nested too deeply"
+        rows.append(row)
+    return rows
+
+
+class _JsonProblem(ValueError):
+    pass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _JsonProblem(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _json_constant(name: str) -> Any:
+    raise _JsonProblem(f"{name} is not a valid JSON number")
+
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def csv_rows(text: str) -> list[Row]:
+    lines = text.split("\n")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    header_line = 0
+    rows: list[Row] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raw = "\n".join(lines[start - 1 : reader.line_num])
+            if header is None:
+                raise FileProblem(start, f"CSV header cannot be read: {exc}") from None
+            rows.append(Row(start, None, _truncate(raw), f"CSV row cannot be read: {exc}"))
+            continue
+        raw = _truncate("\n".join(lines[start - 1 : reader.line_num]))
+        if not record or all(not cell.strip() for cell in record):
+            continue
+        if header is None:
+            header, header_line = [c.strip() for c in record], start
+            _check_csv_header(header, header_line)
+            continue
+        if len(record) != len(header):
+            rows.append(Row(
+                start, None, raw,
+                f"CSV row has {len(record)} fields but the header (line {header_line}) "
+                f"has {len(header)} columns",
+            ))
+            continue
+        row = Row(start, None, raw)
+        try:
+            row.data = _csv_record(dict(zip(header, record, strict=True)))
+        except _JsonProblem as exc:
+            row.problem = str(exc)
+        rows.append(row)
+    if header is None:
+        raise FileProblem(0, "manifest file is empty")
+    return rows
+
+
+def _check_csv_header(header: list[str], line: int) -> None:
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if unknown:
+        raise FileProblem(
+            line, f"unknown CSV column(s) {unknown}; known columns: {', '.join(CSV_COLUMNS)}"
+        )
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise FileProblem(line, f"CSV column(s) {duplicated} appear more than once")
+    if not {"prompt", "image", "bundle"} & set(header):
+        raise FileProblem(line, "CSV needs a 'prompt', 'image' or 'bundle' column")
+
+
+def _csv_record(cells: dict[str, str]) -> dict[str, Any]:
+    """Turn CSV text cells into typed values; empty cells are absent."""
+    out: dict[str, Any] = {}
+    for key, cell in cells.items():
+        if not cell.strip():
+            continue
+        if key in ("seed", "variants"):
+            # A non-integer is passed on as text so that validation names it.
+            out[key] = int(cell) if _INT_RE.match(cell.strip()) else cell
+        elif key == "tags":
+            out[key] = [t.strip() for t in cell.split(";") if t.strip()]
+        elif key == "params":
+            try:
+                out[key] = json.loads(
+                    cell, object_pairs_hook=_json_object, parse_constant=_json_constant
+                )
+            except json.JSONDecodeError as exc:
+                raise _JsonProblem(f"params is not valid JSON: {exc.msg}") from None
+        else:
+            out[key] = cell
+    return out

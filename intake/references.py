@@ -1,0 +1,154 @@
+"""Image and bundle references: confinement of local paths, s3:// and allow-listed https://
+URLs, fetched and checked once per manifest."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from intake.images import ImageRejected, check_bundle, check_image
+from intake.limits import FETCH_TIMEOUT_S, MAX_IMAGE_BYTES
+
+Fetcher = Callable[[str], bytes]
+
+
+@dataclass
+class ReferenceContext:
+    manifest_dir: Path
+    roots: list[Path]
+    root_names: str
+    allow_urls: bool
+    url_hosts: set[str]
+    max_image_pixels: int
+    fetch: bool
+    fetcher: Fetcher
+    cache: dict[tuple[str, str], tuple[str, str | None]] = field(default_factory=dict)
+
+
+class ReferenceRejected(Exception):
+    pass
+
+
+def resolve_reference(ref: str, what: str, ctx: ReferenceContext) -> tuple[str, str | None]:
+    """(resolved reference, sha256 or None) for an image or bundle.
+
+    Raises :class:`ReferenceRejected`."""
+    key = (what, ref)
+    if key not in ctx.cache:
+        ctx.cache[key] = _resolve_uncached(ref, what, ctx)
+    return ctx.cache[key]
+
+
+def _resolve_uncached(ref: str, what: str, ctx: ReferenceContext) -> tuple[str, str | None]:
+    if "://" in ref:
+        scheme = ref.split("://", 1)[0].lower()
+        if scheme == "s3":
+            parts = urlsplit(ref)
+            if not parts.netloc or not parts.path.strip("/"):
+                raise ReferenceRejected(f"{what} reference {ref!r} must be s3://bucket/key")
+        elif scheme == "https":
+            if not ctx.allow_urls:
+                raise ReferenceRejected(
+                    f"{what} URLs are not allowed ({ref!r}); enable FOUNDRY_ALLOW_URL_FETCH "
+                    "and list the host in FOUNDRY_URL_HOSTS"
+                )
+            parts = urlsplit(ref)
+            if parts.username or parts.password:
+                raise ReferenceRejected(f"{what} URL may not contain credentials")
+            host = (parts.hostname or "").lower()
+            if host not in ctx.url_hosts:
+                raise ReferenceRejected(
+                    f"{what} URL host {host!r} is not an allowed host (FOUNDRY_URL_HOSTS)"
+                )
+        else:
+            raise ReferenceRejected(
+                f"{what} URL scheme {scheme!r} is not allowed "
+                "(local paths, s3://bucket/key, or https:// from allowed hosts)"
+            )
+        if not ctx.fetch:
+            return ref, None
+        try:
+            data = ctx.fetcher(ref)
+        except Exception as exc:  # noqa: BLE001 - any failure to fetch rejects the row
+            raise ReferenceRejected(f"could not fetch {what} {ref!r}: {exc}") from None
+        return ref, _checked_sha(data, ref, what, ctx)
+
+    given = Path(ref)
+    path = given if given.is_absolute() else ctx.manifest_dir / given
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in ctx.roots):
+        lexical = Path(os.path.normpath(path))
+        how = (
+            "is a symlink that leads"
+            if any(lexical.is_relative_to(root) for root in ctx.roots)
+            else "is"
+        )
+        raise ReferenceRejected(
+            f"{what} path {ref!r} {how} outside the manifest folder and the image roots "
+            f"({ctx.root_names})"
+        )
+    if not resolved.exists():
+        raise ReferenceRejected(f"{what} file not found: {ref!r}")
+    if not resolved.is_file():
+        raise ReferenceRejected(f"{what} path {ref!r} is not a file")
+    size = resolved.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise ReferenceRejected(f"{what} file {ref!r} is {size} bytes, more than {MAX_IMAGE_BYTES}")
+    try:
+        data = resolved.read_bytes()
+    except OSError as exc:
+        raise ReferenceRejected(f"{what} file {ref!r} cannot be read: {exc.strerror}") from None
+    return str(resolved), _checked_sha(data, ref, what, ctx)
+
+
+def _checked_sha(data: bytes, ref: str, what: str, ctx: ReferenceContext) -> str:
+    try:
+        if what == "bundle":
+            info = check_bundle(data, max_pixels=ctx.max_image_pixels)
+        else:
+            info = check_image(data, max_pixels=ctx.max_image_pixels)
+    except ImageRejected as exc:
+        raise ReferenceRejected(f"{what} {ref!r}: {exc}") from None
+    return info.sha256
+
+
+class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to https:// on an allowed host."""
+
+    def __init__(self, hosts: set[str]) -> None:
+        self.hosts = hosts
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001
+        parts = urlsplit(newurl)
+        if parts.scheme != "https" or (parts.hostname or "").lower() not in self.hosts:
+            raise urllib.error.URLError(f"redirect to a disallowed location {newurl!r}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def default_fetcher(url_hosts: Iterable[str], max_bytes: int = MAX_IMAGE_BYTES) -> Fetcher:
+    """A fetcher for ``https://`` (allow-listed hosts, redirects included) and ``s3://``.
+
+    S3 references use the AWS credentials and endpoint of the environment
+    (``AWS_ENDPOINT_URL`` for S3-compatible servers).
+    """
+    hosts = {h.lower() for h in url_hosts}
+
+    def fetch(ref: str) -> bytes:
+        if ref.startswith("s3://"):
+            from storage.objects import S3ObjectStore
+
+            parts = urlsplit(ref)
+            return S3ObjectStore(parts.netloc).get_bytes(parts.path.lstrip("/"))
+        opener = urllib.request.build_opener(_AllowListRedirects(hosts))
+        with opener.open(ref, timeout=FETCH_TIMEOUT_S) as response:
+            data = response.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ValueError(f"more than {max_bytes} bytes")
+        return data
+
+    return fetch
