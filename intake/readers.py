@@ -23,6 +23,15 @@ from intake.limits import (
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+#: Longest integer literal a manifest value may hold (seeds are at most 10 digits); longer ones
+#: are refused before Python's own 4300-digit conversion limit turns them into a traceback.
+MAX_INT_DIGITS = 40
+
+
+def _too_long_number(digits: int) -> str:
+    return f"a number with {digits} digits is too large for any manifest field"
+
+
 @dataclass
 class Row:
     line: int
@@ -102,6 +111,10 @@ def yaml_rows(text: str) -> tuple[Row | None, list[Row], list[tuple[int, str]]]:
             if duplicate:
                 row.problem = duplicate
                 return row
+            too_long = _longest_yaml_integer(node)
+            if too_long > MAX_INT_DIGITS:
+                row.problem = _too_long_number(too_long)
+                return row
             try:
                 row.data = loader.construct_object(node, deep=True)
             except yaml.YAMLError as exc:
@@ -139,6 +152,22 @@ def yaml_rows(text: str) -> tuple[Row | None, list[Row], list[tuple[int, str]]]:
         return defaults, items, problems
     finally:
         loader.dispose()
+
+
+def _longest_yaml_integer(node: yaml.Node) -> int:
+    """Digits of the longest plain integer scalar under ``node`` (0 when there is none)."""
+    longest = 0
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.ScalarNode):
+            if not current.style and _INT_RE.match(current.value.replace("_", "")):
+                longest = max(longest, len(current.value.lstrip("+-")))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            stack.extend(v for pair in current.value for v in pair)
+    return longest
 
 
 def _yaml_scan(text: str) -> list[int]:
@@ -204,14 +233,17 @@ def _yaml_duplicate_key(node: yaml.Node) -> str | None:
 
 def jsonl_rows(text: str) -> list[Row]:
     rows = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
+    # Lines end in LF, CRLF or a lone CR (classic Mac files); a JSON string cannot hold a raw CR.
+    for number, line in enumerate(_LINE_END.split(text), start=1):
         if not line.strip():
             continue
         row = Row(number, None, _truncate(line))
         try:
             row.data = json.loads(
-                line, object_pairs_hook=_json_object, parse_constant=_json_constant
+                line,
+                object_pairs_hook=_json_object,
+                parse_constant=_json_constant,
+                parse_int=_json_int,
             )
         except _JsonProblem as exc:
             row.problem = str(exc)
@@ -225,6 +257,16 @@ def jsonl_rows(text: str) -> list[Row]:
 
 class _JsonProblem(ValueError):
     pass
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _json_int(literal: str) -> int:
+    digits = len(literal.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _JsonProblem(_too_long_number(digits))
+    return int(literal)
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -307,13 +349,16 @@ def _csv_record(cells: dict[str, str]) -> dict[str, Any]:
             continue
         if key in ("seed", "variants"):
             # A non-integer is passed on as text so that validation names it.
-            out[key] = int(cell) if _INT_RE.match(cell.strip()) else cell
+            out[key] = _json_int(cell.strip()) if _INT_RE.match(cell.strip()) else cell
         elif key == "tags":
             out[key] = [t.strip() for t in cell.split(";") if t.strip()]
         elif key == "params":
             try:
                 out[key] = json.loads(
-                    cell, object_pairs_hook=_json_object, parse_constant=_json_constant
+                    cell,
+                    object_pairs_hook=_json_object,
+                    parse_constant=_json_constant,
+                    parse_int=_json_int,
                 )
             except json.JSONDecodeError as exc:
                 raise _JsonProblem(f"params is not valid JSON: {exc.msg}") from None

@@ -273,3 +273,11 @@ def test_s3_images_are_fetched_from_the_store_when_asked(s3_server, tmp_path):
         store.delete("refs/manifest-test.png")
     assert [r.image_sha256 is not None for r in parsed.requests] == [True]
     assert "could not fetch" in parsed.rejected[0].reason and parsed.rejected[0].line == 3
+
+
+def test_jsonl_lines_may_end_in_a_lone_carriage_return(tmp_path):
+    manifest = tmp_path / "classic_mac.jsonl"
+    manifest.write_bytes(b'{"prompt": "a red mug"}\r{"prompt": "a blue mug"}\r')
+    parsed = parse_manifest(manifest)
+    assert [(r.line, r.prompt) for r in parsed.requests] == [(1, "a red mug"), (2, "a blue mug")]
+    assert parsed.rejected == []

@@ -15,6 +15,9 @@ URLS_ON = {"allow_urls": True, "url_hosts": ["assets.example.com"]}
 # (file, reason substring, line of that rejection, valid requests that must survive, options)
 CASES = [
     ("empty.yaml", "manifest file is empty", 0, 0, {}),
+    ("huge_seed.yaml", "a number with 5000 digits is too large", 2, 1, {}),
+    ("huge_seed.jsonl", "a number with 5000 digits is too large", 1, 1, {}),
+    ("huge_seed.csv", "a number with 5000 digits is too large", 2, 1, {}),
     ("latin1.yaml", "not UTF-8", 3, 0, {}),
     ("unknown_format.txt", "unknown manifest format '.txt'", 0, 0, {}),
     ("unknown_key.yaml", "unknown key 'colour'", 3, 1, {}),
