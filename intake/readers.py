@@ -187,10 +187,7 @@ def _yaml_scan(text: str) -> list[int]:
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_YAML_DEPTH:
-                    raise FileProblem(
-                        event.start_mark.line + 1,
-                        f"YAML is nested more than {MAX_YAML_DEPTH} levels deep",
-                    )
+                    raise _yaml_too_deep(event.start_mark.line + 1)
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
     except yaml.YAMLError as exc:
@@ -198,10 +195,19 @@ def _yaml_scan(text: str) -> list[int]:
     return marks
 
 
+def _yaml_too_deep(line: int) -> FileProblem:
+    """Our one message for a too deeply nested document, whoever noticed it first."""
+    return FileProblem(line, f"YAML is nested more than {MAX_YAML_DEPTH} levels deep")
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> FileProblem:
     mark = getattr(exc, "problem_mark", None)
     line = mark.line + 1 if mark is not None else 0
     problem = getattr(exc, "problem", None) or str(exc)
+    if "nesting depth" in problem or "nesting level" in problem:
+        # libyaml (PyYAML >= 6.0.4 with the C loader) has its own depth limit, which a deep
+        # document can reach while the scanner looks ahead, before our event pass counts.
+        return _yaml_too_deep(line)
     context = getattr(exc, "context", None)
     context_mark = getattr(exc, "context_mark", None)
     if context and context_mark is not None and context_mark.line + 1 != line:

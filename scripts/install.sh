@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# Create .venv at the repository root when missing and install foundry3d into it.
-# Usage: scripts/install.sh [main|test]
-# torch is installed first from its pinned CPU build so that nothing later pulls CUDA packages.
+# Create .venv at the repository root when missing and install foundry3d into it from the lock
+# (requirements/main.txt or requirements/test.txt, hash-pinned; regenerate with scripts/lock.sh).
+# Usage: scripts/install.sh [main|test]   (VENV=path installs into another venv than .venv)
+# torch is not in the lock: its pinned CPU build is installed first, without dependencies (they
+# are in the lock), so that nothing pulls CUDA packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-main}"
+case "$extra" in
+  main|test) ;;
+  *) echo "usage: scripts/install.sh [main|test]" >&2; exit 2 ;;
+esac
+venv="${VENV:-.venv}"
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
 fi
-py=.venv/bin/python
+py="$venv/bin/python"
 $py -m pip install -q --disable-pip-version-check --upgrade pip wheel setuptools
-$py -m pip install -q --disable-pip-version-check "torch==2.13.0"
-if [ "$extra" = "test" ]; then
-  $py -m pip install -q --disable-pip-version-check -e ".[test]"
-else
-  $py -m pip install -q --disable-pip-version-check -e .
-fi
+pip=($py -m pip install -q --disable-pip-version-check)
+"${pip[@]}" --no-deps "torch==2.13.0"
+"${pip[@]}" --no-deps --require-hashes -r "requirements/$extra.txt"
+"${pip[@]}" --no-deps -e .
+$py -m pip check
 
 # CPU rendering uses OpenGL through EGL (Mesa llvmpipe); install the system libraries if absent.
 if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then

@@ -27,12 +27,11 @@ pytest_plugins = [
     "tests.fixtures.prefect_server",
 ]
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE_DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The team's ``shared/`` folder beside the checkout (golden bundles, LRM key lists)."""
-    if not SHARED.exists():
-        pytest.fail(f"shared folder not found at {SHARED}")
-    return SHARED
+def reference_data_dir() -> Path:
+    """``tests/data``: reference files copied from the team's shared folder (``golden/`` bundles,
+    ``lrm_keys/`` lists), so the suite needs nothing beside the checkout."""
+    return REFERENCE_DATA

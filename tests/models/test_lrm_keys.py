@@ -12,9 +12,9 @@ from models.reconstruct.lrm.model import CHECKPOINT_PREFIX, LRM
 VARIANTS = ["instant-mesh-large", "instant-mesh-base", "prm"]
 
 
-def _reference_keys(shared_dir, variant: str) -> dict[str, tuple[int, ...]]:
+def _reference_keys(reference_data_dir, variant: str) -> dict[str, tuple[int, ...]]:
     keys = {}
-    for line in (shared_dir / "lrm_keys" / f"{variant}.keys.tsv").read_text().splitlines():
+    for line in (reference_data_dir / "lrm_keys" / f"{variant}.keys.tsv").read_text().splitlines():
         name, shape = line.split("\t")
         keys[name] = tuple(int(s) for s in shape.split(",")) if shape else ()
     return keys
@@ -26,18 +26,18 @@ def _meta_model(variant: str) -> LRM:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_state_dict_names_and_shapes_match_the_released_checkpoint(shared_dir, variant):
+def test_state_dict_names_and_shapes_match_the_released_checkpoint(reference_data_dir, variant):
     state = _meta_model(variant).state_dict()
     ours = {CHECKPOINT_PREFIX + k: tuple(v.shape) for k, v in state.items()}
-    reference = _reference_keys(shared_dir, variant)
+    reference = _reference_keys(reference_data_dir, variant)
     assert sorted(set(reference) - set(ours)) == [], "missing from our model"
     assert sorted(set(ours) - set(reference)) == [], "not in the released checkpoint"
     assert {k: v for k, v in ours.items() if v != reference[k]} == {}, "shape mismatches"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_parameter_count_matches_summary(shared_dir, variant):
-    with open(shared_dir / "lrm_keys" / "SUMMARY.tsv") as f:
+def test_parameter_count_matches_summary(reference_data_dir, variant):
+    with open(reference_data_dir / "lrm_keys" / "SUMMARY.tsv") as f:
         row = next(r for r in csv.DictReader(f, delimiter="\t") if r["variant"] == variant)
     model = _meta_model(variant)
     assert sum(p.numel() for p in model.parameters()) == int(row["total_parameters"])

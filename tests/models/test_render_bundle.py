@@ -43,8 +43,8 @@ GOLDEN = {
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
-def test_render_matches_the_golden_bundle(shared_dir, name):
-    golden = Bundle.load(shared_dir / "golden" / f"{name}.png")
+def test_render_matches_the_golden_bundle(reference_data_dir, name):
+    golden = Bundle.load(reference_data_dir / "golden" / f"{name}.png")
     make, up = GOLDEN[name]
     ours = render_bundle(make(), tile=golden.tile, up=up)
     g_mask, o_mask = golden.masks(), ours.masks()
