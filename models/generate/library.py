@@ -8,8 +8,14 @@ from dataclasses import replace
 from models.generate.base import Generated, GenerationRequest, GeneratorInputError
 from models.geometry.mesh import load_mesh
 from models.library.format import LibraryError
-from models.library.index import LibraryIndex, retrieve
+from models.library.index import LibraryIndex, LibraryMatch, retrieve
 from models.render.views import render_bundle
+
+#: Cosine similarities between a prompt and the best library caption (all-MiniLM-L6-v2),
+#: calibrated by ``benchmarks/retrieval.py`` on paraphrases of library objects and prompts for
+#: objects the library does not hold: below ``reject`` nothing in the library is the object
+#: asked for; from ``reject`` up to ``weak`` the match is shown as weak, to be reviewed.
+MATCH_THRESHOLDS = {"reject": 0.55, "weak": 0.65}
 
 
 def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Generated:
@@ -19,7 +25,9 @@ def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Gene
     the entry; ``params["library_id"]`` names one directly. The bundle is rendered at
     ``request.tile``; its sidecar ``extra`` records ``library_mesh`` (the entry's path as
     written, relative to the library folder unless absolute), ``source_up``, ``library_id`` and
-    ``library_similarity``. Metrics: ``library_similarity``. Raises
+    ``library_similarity``. A text match below ``MATCH_THRESHOLDS["reject"]`` is refused; one
+    below ``MATCH_THRESHOLDS["weak"]`` is recorded as weak (``match["weak"]``, metric
+    ``library_match_weak`` 1). Metrics: ``library_similarity``, ``library_match_weak``. Raises
     :class:`models.generate.base.GeneratorInputError` for requests it cannot serve.
     """
 
@@ -33,6 +41,7 @@ def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Gene
     except LibraryError as exc:
         raise GeneratorInputError(str(exc)) from exc
     entry = match.entry
+    weak = how == "text" and _judge_text_match(request.prompt or "", match)
     if not match.mesh_path.is_file():
         raise GeneratorInputError(
             f"library entry {entry.id!r}: mesh file not found: {match.mesh_path}"
@@ -57,7 +66,19 @@ def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Gene
         "up": entry.up,
         "licence": entry.licence,
         "tags": list(entry.tags),
+        "weak": weak,
     }
-    return Generated(
-        bundle=bundle, metrics={"library_similarity": match.similarity}, match=record
-    )
+    metrics = {"library_similarity": match.similarity, "library_match_weak": float(weak)}
+    return Generated(bundle=bundle, metrics=metrics, match=record)
+
+
+def _judge_text_match(prompt: str, match: LibraryMatch) -> bool:
+    """Whether a text match is weak; raises :class:`GeneratorInputError` (permanent) when the
+    library holds nothing like the prompt, rather than passing off the nearest mesh as it."""
+    if match.similarity < MATCH_THRESHOLDS["reject"]:
+        raise GeneratorInputError(
+            f"no library mesh matches {prompt!r} (best: {match.entry.caption!r} "
+            f"{match.similarity:.2f} < {MATCH_THRESHOLDS['reject']:.2f}); add meshes with "
+            "`foundry3d library build` or use the kiss3dgen generator"
+        )
+    return match.similarity < MATCH_THRESHOLDS["weak"]

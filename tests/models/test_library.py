@@ -11,7 +11,7 @@ import trimesh
 
 from models.embed.text import get_text_embedder
 from models.generate.base import GenerationRequest, GeneratorInputError
-from models.generate.library import retrieve_and_render
+from models.generate.library import MATCH_THRESHOLDS, retrieve_and_render
 from models.library.format import (
     LibraryEntry,
     LibraryError,
@@ -217,3 +217,23 @@ def test_the_library_generator_renders_the_retrieved_mesh_and_records_the_match(
 def test_the_library_generator_refuses_a_request_with_nothing_to_match(built):
     with pytest.raises(GeneratorInputError, match="needs a prompt, an image or an entry id"):
         retrieve_and_render(built, GenerationRequest(kind="text", tile=TILE))
+
+
+def test_a_prompt_the_library_holds_nothing_like_is_refused_naming_the_best_match(built):
+    with pytest.raises(GeneratorInputError, match=r"no library mesh matches 'a red sports car' "
+                       r"\(best: '.+' 0\.\d\d < 0\.55\)"):
+        retrieve_and_render(
+            built, GenerationRequest(kind="text", prompt="a red sports car", tile=TILE)
+        )
+
+
+def test_a_close_prompt_is_a_confident_match_and_a_loose_one_is_weak(built):
+    close = retrieve_and_render(
+        built, GenerationRequest(kind="text", prompt="a round ball", tile=TILE)
+    )
+    assert close.match["weak"] is False and close.metrics["library_match_weak"] == 0.0
+    loose = retrieve_and_render(
+        built, GenerationRequest(kind="text", prompt="a spherical object", tile=TILE)
+    )
+    assert MATCH_THRESHOLDS["reject"] <= loose.match["similarity"] < MATCH_THRESHOLDS["weak"]
+    assert loose.match["weak"] is True and loose.metrics["library_match_weak"] == 1.0
