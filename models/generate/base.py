@@ -22,6 +22,7 @@ class GenerationRequest:
 
     ``image``: ``(H, W, 3)`` uint8 reference image (white or any background) or None.
     ``bundle_path``: a user-supplied bundle PNG (its sidecar beside it when present).
+    ``mesh_path``: an input mesh to enhance, edit or retexture (3D-to-3D generators).
     ``params``: generator-specific overrides from the manifest.
     """
 
@@ -29,6 +30,7 @@ class GenerationRequest:
     prompt: str | None = None
     image: np.ndarray | None = None
     bundle_path: Path | None = None
+    mesh_path: Path | None = None
     seed: int = 0
     tile: int = 512
     params: dict = field(default_factory=dict)
