@@ -292,11 +292,11 @@ def load_flux(
         getattr(pipe, name).eval()
 
     if kind == "img2img":
-        pipe = FluxImg2ImgPipeline(**pipe.components)
+        pipe = _compose(FluxImg2ImgPipeline, pipe)
     elif kind == "controlnet":
         check_controlnet_folder(controlnet_path)
         controlnet = load_controlnet(Path(controlnet_path), dtype)
-        pipe = FluxControlNetImg2ImgPipeline(**pipe.components, controlnet=controlnet)
+        pipe = _compose(FluxControlNetImg2ImgPipeline, pipe, controlnet=controlnet)
 
     plan = choose_memory_mode(requested, device, pipeline_component_bytes(pipe))
     apply_memory_plan(pipe, plan, device, dtype)
@@ -304,6 +304,15 @@ def load_flux(
     if params.compile:
         pipe.transformer.compile()
     return pipe
+
+
+def _compose(pipeline_class, pipe, **extra):
+    """A ``pipeline_class`` sharing ``pipe``'s models (no copies), plus ``extra`` models."""
+    import inspect
+
+    wanted = set(inspect.signature(pipeline_class.__init__).parameters) - {"self"}
+    shared = {k: v for k, v in pipe.components.items() if k in wanted}
+    return pipeline_class(**shared, **extra)
 
 
 def check_weights(
