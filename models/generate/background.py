@@ -31,9 +31,9 @@ PLAIN_BORDER_SHARE = 0.9
 #: Smallest colour distance (max over channels, 0..255) that separates object from backdrop.
 MIN_TOLERANCE = 12.0
 #: A border noisier than this (median absolute deviation, levels) is texture, not a backdrop.
-MAX_BORDER_NOISE = 10.0
+MAX_BORDER_NOISE = 16.0
 #: The tolerance grows with the backdrop's noise: this many median absolute deviations.
-NOISE_MADS = 6.0
+NOISE_MADS = 3.5
 #: An enclosed backdrop-coloured region is a hole (background) when its median distance to the
 #: backdrop is at most ``HOLE_SLACK + HOLE_NOISES * noise`` levels: the backdrop itself.
 HOLE_SLACK = 2.0
