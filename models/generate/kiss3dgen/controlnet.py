@@ -26,9 +26,9 @@ _EXPECTED = (
 
 
 def check_controlnet_folder(path: Path | None) -> None:
-    """Raise :class:`models.generate.kiss3dgen.pipeline.WeightsMissingError` unless ``path``
+    """Raise :class:`models.generate.kiss3dgen.weights.WeightsMissingError` unless ``path``
     is a ControlNet folder."""
-    from models.generate.kiss3dgen.pipeline import WeightsMissingError
+    from models.generate.kiss3dgen.weights import WeightsMissingError
 
     if path is None:
         raise WeightsMissingError(None, _EXPECTED, "set the manifest's params.controlnet_path")
@@ -45,7 +45,7 @@ def load_controlnet(path: Path, dtype: torch.dtype):
     """``FluxControlNetModel.from_pretrained(path)`` in ``dtype``, in ``.eval()``, on the CPU."""
     from diffusers import FluxControlNetModel
 
-    from models.generate.kiss3dgen.pipeline import WeightsMissingError, dtype_kwarg
+    from models.generate.kiss3dgen.weights import WeightsMissingError, dtype_kwarg
 
     check_controlnet_folder(path)
     try:

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from models.generate.kiss3dgen.params import Kiss3DGenParams, check_inputs
+from models.generate.kiss3dgen.weights import WeightsMissingError, dtype_kwarg
 
 #: Name of the LoRA adapter inside the transformer.
 ADAPTER_NAME = "kiss3dgen"
@@ -67,32 +68,6 @@ _FOLDER_EXPECTED = (
     + ", ".join(FLUX_FOLDER_PARTS)
     + ")"
 )
-
-
-class WeightsMissingError(FileNotFoundError):
-    """A weights path that is absent or does not hold what the generator needs (permanent)."""
-
-    retryable = False
-
-    def __init__(self, path: str | Path | None, expected: str, detail: str = "") -> None:
-        self.path = None if path is None else Path(path)
-        self.expected = expected
-        where = "no path given" if path is None else f"{path}"
-        message = f"kiss3dgen weights: {where}: expected {expected}"
-        if detail:
-            message += f" ({detail})"
-        self.problems: list[WeightsMissingError] = [self]
-        super().__init__(message)
-
-    @classmethod
-    def combined(cls, problems: list[WeightsMissingError]) -> WeightsMissingError:
-        """One error naming every path of ``problems`` (``.problems`` keeps them)."""
-        first = problems[0]
-        error = cls(first.path, first.expected)
-        error.problems = list(problems)
-        parts = [str(p).removeprefix("kiss3dgen weights: ") for p in problems]
-        error.args = (f"kiss3dgen weights: {len(problems)} missing: " + "; ".join(parts),)
-        return error
 
 
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
@@ -187,15 +162,6 @@ def check_lora_file(path: Path) -> None:
         raise WeightsMissingError(path, expected, "the file does not exist")
     if not path.is_file() or path.suffix != ".safetensors":
         raise WeightsMissingError(path, expected)
-
-
-def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    # diffusers >= 0.36 renamed from_pretrained's ``torch_dtype`` to ``dtype``.
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
 
 
 #: Which diffusers pipeline class each generation kind composes from the loaded Flux models.

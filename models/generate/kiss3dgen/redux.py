@@ -26,9 +26,9 @@ _EXPECTED = (
 
 
 def check_redux_folder(path: Path | None) -> None:
-    """Raise :class:`models.generate.kiss3dgen.pipeline.WeightsMissingError` unless ``path`` is
+    """Raise :class:`models.generate.kiss3dgen.weights.WeightsMissingError` unless ``path`` is
     a Redux folder."""
-    from models.generate.kiss3dgen.pipeline import WeightsMissingError
+    from models.generate.kiss3dgen.weights import WeightsMissingError
 
     if path is None:
         raise WeightsMissingError(None, _EXPECTED, "set the manifest's params.redux_path")
@@ -47,7 +47,7 @@ def load_redux(path: Path, dtype: torch.dtype):
     ``path`` in ``dtype``, every model in ``.eval()``, on the CPU."""
     from diffusers import FluxPriorReduxPipeline
 
-    from models.generate.kiss3dgen.pipeline import WeightsMissingError, dtype_kwarg
+    from models.generate.kiss3dgen.weights import WeightsMissingError, dtype_kwarg
 
     check_redux_folder(path)
     try:
