@@ -54,3 +54,4 @@ class GeneratorContext:
     flux_path: str | None = None
     lora_path: str | None = None
     lora_scale: float = 1.0
+    flux_memory: str | None = None  # FOUNDRY_FLUX_MEMORY: auto|full|offload|sequential|fp8|nf4

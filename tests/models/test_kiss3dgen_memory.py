@@ -107,3 +107,14 @@ def test_offload_gives_the_same_bundle_as_full(flux_dir):
 def test_nf4_on_this_cpu_fails_before_loading_with_a_clear_error(flux_dir):
     with pytest.raises(MemoryModeError, match="nf4"):
         load_flux(tiny_params(flux_dir, memory_mode="nf4"))
+
+
+def test_the_contexts_memory_mode_reaches_the_loader_unless_the_manifest_overrides_it(flux_dir):
+    from models.generate.base import GenerationRequest, GeneratorContext
+    from models.generate.kiss3dgen.generate import params_for_request
+
+    context = GeneratorContext(device="cpu", flux_path=str(flux_dir), flux_memory="fp8")
+    request = GenerationRequest(kind="text", prompt="a mug", tile=32)
+    assert params_for_request(request, context).memory_mode == "fp8"
+    manifest = replace(request, params={"memory_mode": "full"})
+    assert params_for_request(manifest, context).memory_mode == "full"

@@ -97,8 +97,8 @@ class ImagePrompt:
 
 def params_for_request(cls: type[Kiss3DGenParams], request, context) -> Kiss3DGenParams:
     """``cls`` params for a :class:`models.generate.base.GenerationRequest`: the manifest's
-    ``request.params`` over the context (Flux/LoRA paths, LoRA scale, device) over the class
-    defaults; the size follows the request's tile. Bad values raise
+    ``request.params`` over the context (Flux/LoRA paths, LoRA scale, device, memory mode) over
+    the class defaults; the size follows the request's tile. Bad values raise
     :class:`models.generate.base.GeneratorInputError` naming them."""
     from models.generate.base import GeneratorInputError
 
@@ -107,6 +107,7 @@ def params_for_request(cls: type[Kiss3DGenParams], request, context) -> Kiss3DGe
         "lora_path": context.lora_path,
         "lora_scale": context.lora_scale,
         "device": context.device,
+        "memory_mode": context.flux_memory,
         "height": 2 * request.tile,
         "width": 4 * request.tile,
     }
