@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from models.generate.kiss3dgen.conditioned import (
     params_for_request,
 )
 from models.generate.kiss3dgen.params import KISS3DGEN_DISTANCE, Kiss3DGenParamsError
+
+if TYPE_CHECKING:
+    from models.generate.kiss3dgen.generate import GeneratedBundle
 
 #: Caption when the request has no prompt and the coarse bundle carries none.
 FALLBACK_CAPTION = "an object"
@@ -80,7 +84,7 @@ class ImageToBundle:
     (:class:`models.generate.kiss3dgen.generate.GeneratedBundle`), the ``coarse`` bundle it
     started from, and the centred ``reference`` picture ``(S, S, 3)`` uint8 with its mask."""
 
-    generated: object
+    generated: GeneratedBundle
     coarse: Bundle
     reference: np.ndarray
     reference_mask: np.ndarray

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trimesh
@@ -29,6 +30,9 @@ from models.generate.kiss3dgen.conditioned import (
     params_for_request,
 )
 from models.generate.kiss3dgen.params import KISS3DGEN_DISTANCE, Kiss3DGenParamsError
+
+if TYPE_CHECKING:
+    from models.generate.kiss3dgen.generate import GeneratedBundle
 
 #: What the generator does with the input mesh.
 MESH_MODES = ("enhance", "edit", "retexture")
@@ -70,7 +74,7 @@ class MeshToBundle:
     mesh as loaded (source frame, unchanged), else ``None``.
     """
 
-    generated: object
+    generated: GeneratedBundle
     reference: Bundle
     init_mesh: trimesh.Trimesh | None = None
 
