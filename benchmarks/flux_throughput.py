@@ -13,9 +13,20 @@ included (they run once per bundle, not per step).
     python benchmarks/flux_throughput.py                      # GPU: batch 1, 2, 4; eager+compile
     python benchmarks/flux_throughput.py --batch-sizes 1 --no-compile
     python benchmarks/flux_throughput.py --tiny               # any machine: checks the script
+    python benchmarks/flux_throughput.py --memory-table       # GPU: memory modes, full pipeline
+    python benchmarks/flux_throughput.py --memory-table --tiny
 
 On a machine without CUDA it refuses (the numbers would mean nothing) unless ``--tiny``, which
 runs a tiny transformer of the same architecture at 256 x 128.
+
+``--memory-table`` times whole bundles instead (T5 + CLIP encoding, 20 Euler steps, VAE
+decode, batch 1) of a full-size random-weight Flux.1-dev pipeline (transformer, T5-XXL, CLIP-L,
+VAE; bf16) under each memory mode of ``FOUNDRY_FLUX_MEMORY`` (``--memory-modes``, default
+``full,offload,sequential,fp8,nf4``), as :func:`models.generate.kiss3dgen.memory.
+apply_memory_plan` places it, and prints peak GPU memory and seconds per bundle per mode. The
+pipeline is built once on the CPU and copied for each mode; ``nf4`` needs bitsandbytes (its
+transformer is saved to a temporary folder and loaded back quantised). With ``--tiny`` it runs
+the tiny pipeline on any machine (modes that need CUDA are reported as skipped).
 """
 
 from __future__ import annotations
@@ -169,6 +180,179 @@ def print_table(rows: list[Row], args, device_name: str, flops_per_sample: float
               f"{r.peak_gib:>9.2f} {r.tflops:>8.3g} {100 * r.mfu:>5.1f}%")
 
 
+# ------------------------------------------------------------------------- memory table
+
+#: The text encoders and VAE of black-forest-labs/FLUX.1-dev (their config.json files).
+FLUX_DEV_T5 = {
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
+    "num_heads": 64, "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "dense_act_fn": "gelu_new", "is_gated_act": True,
+}
+FLUX_DEV_CLIP = {
+    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
+    "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
+    "projection_dim": 768, "hidden_act": "quick_gelu",
+}
+FLUX_DEV_VAE = {
+    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2, "latent_channels": 16, "sample_size": 1024,
+    "use_quant_conv": False, "use_post_quant_conv": False, "shift_factor": 0.1159,
+    "scaling_factor": 0.3611,
+}
+ALL_MEMORY_MODES = ("full", "offload", "sequential", "fp8", "nf4")
+
+
+@dataclass
+class MemoryRow:
+    mode: str
+    seconds_per_bundle: float | None
+    peak_gib: float | None
+    note: str = ""
+
+
+def build_random_flux_dev(dtype: torch.dtype):
+    """A FluxPipeline of the full-size Flux.1-dev architecture with random weights, on the CPU.
+
+    The tokenizers are the tiny local ones (any token id they give exists in the full vocab).
+    """
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from models.generate.kiss3dgen.tiny import _clip_tokenizer, _t5_tokenizer
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        torch.manual_seed(0)
+        transformer = build_transformer(FLUX_DEV, torch.device("cpu"), dtype)
+        t5 = T5EncoderModel(T5Config(**FLUX_DEV_T5))
+        clip = CLIPTextModel(CLIPTextConfig(**FLUX_DEV_CLIP))
+        vae = AutoencoderKL(**FLUX_DEV_VAE)
+    finally:
+        torch.set_default_dtype(previous)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    for model in (transformer, t5, clip, vae):
+        model.eval().requires_grad_(False)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip,
+                        tokenizer=_clip_tokenizer(), text_encoder_2=t5,
+                        tokenizer_2=_t5_tokenizer(), transformer=transformer)
+
+
+def _nf4_transformer(transformer, dtype: torch.dtype):
+    """The transformer saved to a temporary folder and loaded back as 4-bit NF4."""
+    import tempfile
+
+    from diffusers import FluxTransformer2DModel
+
+    from models.generate.kiss3dgen.memory import nf4_quantization_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        transformer.save_pretrained(tmp)
+        return FluxTransformer2DModel.from_pretrained(
+            tmp, quantization_config=nf4_quantization_config(dtype), torch_dtype=dtype
+        )
+
+
+def time_memory_mode(base_pipe, mode: str, args, device: torch.device,
+                     dtype: torch.dtype) -> MemoryRow:
+    """Place a copy of ``base_pipe`` as ``mode`` says and time whole bundles."""
+    import copy
+    from dataclasses import replace as dc_replace
+
+    from models.generate.kiss3dgen.generate import denoise
+    from models.generate.kiss3dgen.memory import (
+        MemoryModeError,
+        MemoryPlan,
+        apply_memory_plan,
+        check_memory_mode,
+    )
+    from models.generate.kiss3dgen.params import Kiss3DGenParams
+    from models.generate.kiss3dgen.prompts import bundle_prompts
+
+    try:
+        check_memory_mode(mode, device)
+    except MemoryModeError as exc:
+        return MemoryRow(mode, None, None, f"skipped: {exc}")
+    pipe = copy.deepcopy(base_pipe)
+    if mode == "nf4":
+        pipe.transformer = _nf4_transformer(pipe.transformer, dtype)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    apply_memory_plan(pipe, MemoryPlan(mode, "benchmark"), device, dtype)
+    params = dc_replace(Kiss3DGenParams(), width=args.width, height=args.height,
+                        steps=args.steps, max_sequence_length=args.txt_len)
+    clip, t5 = bundle_prompts(["a red ceramic mug with a handle"])
+    try:
+        denoise(pipe, clip, t5, [0], dc_replace(params, steps=min(2, args.steps)))  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(args.repeats):
+            denoise(pipe, clip, t5, [0], params)
+        _sync(device)
+        seconds = (time.perf_counter() - start) / args.repeats
+    except torch.OutOfMemoryError:
+        return MemoryRow(mode, None, None, "out of GPU memory")
+    finally:
+        pipe.remove_all_hooks()
+        del pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return MemoryRow(mode, seconds, peak)
+
+
+def print_memory_table(rows: list[MemoryRow], args, device_name: str) -> None:
+    print()
+    print(f"device: {device_name}; whole bundles {args.width} x {args.height}, {args.steps} "
+          f"steps, batch 1, {args.txt_len} T5 tokens (encode + denoise + VAE decode)")
+    head = f"{'memory mode':<12} {'peak GiB':>9} {'s/bundle':>9}  note"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        peak = "-" if r.peak_gib is None else f"{r.peak_gib:.2f}"
+        secs = "-" if r.seconds_per_bundle is None else f"{r.seconds_per_bundle:.3f}"
+        print(f"{r.mode:<12} {peak:>9} {secs:>9}  {r.note}")
+
+
+def run_memory_table(args) -> int:
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    modes = [m.strip() for m in args.memory_modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(ALL_MEMORY_MODES))
+    if unknown:
+        print(f"unknown memory modes {unknown}; known: {', '.join(ALL_MEMORY_MODES)}",
+              file=sys.stderr)
+        return 2
+    if args.tiny:
+        from models.generate.kiss3dgen.tiny import build_tiny_flux
+
+        dtype = torch.bfloat16 if cuda else torch.float32
+        base = build_tiny_flux(0).to(dtype=dtype)
+    else:
+        dtype = torch.bfloat16
+        print("building a random-weight Flux.1-dev pipeline on the CPU ...", flush=True)
+        base = build_random_flux_dev(dtype)
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu (--tiny)"
+    rows = []
+    for mode in modes:
+        row = time_memory_mode(base, mode, args, device, dtype)
+        rows.append(row)
+        print(f"  {mode}: {row.seconds_per_bundle} s/bundle, peak {row.peak_gib} GiB "
+              f"{row.note}", flush=True)
+    print_memory_table(rows, args, device_name)
+    return 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,6 +370,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile mode")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs (2 steps each)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per configuration")
+    p.add_argument("--memory-table", action="store_true",
+                   help="time whole bundles under each memory mode (FOUNDRY_FLUX_MEMORY)")
+    p.add_argument("--memory-modes", default=",".join(ALL_MEMORY_MODES),
+                   help="comma-separated memory modes for --memory-table")
     p.add_argument("--tiny", action="store_true",
                    help="tiny transformer at 256 x 128 (works on CPU; checks the script)")
     return p.parse_args(argv)
@@ -194,6 +382,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cuda = torch.cuda.is_available()
+    if args.memory_table and (cuda or args.tiny):
+        if args.tiny:
+            args.width, args.height = (256, 128) if args.width == 2048 else (args.width,
+                                                                              args.height)
+            args.txt_len, args.steps = min(args.txt_len, 64), min(args.steps, 4)
+        return run_memory_table(args)
     if not cuda and not args.tiny:
         print("flux_throughput: no CUDA device. The full-size Flux benchmark needs a GPU "
               "(~24 GB of bf16 weights); run it on a GPU machine, or pass --tiny to check the "

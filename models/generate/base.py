@@ -22,6 +22,7 @@ class GenerationRequest:
 
     ``image``: ``(H, W, 3)`` uint8 reference image (white or any background) or None.
     ``bundle_path``: a user-supplied bundle PNG (its sidecar beside it when present).
+    ``mesh_path``: an input mesh to enhance, edit or retexture (3D-to-3D generators).
     ``params``: generator-specific overrides from the manifest.
     """
 
@@ -29,6 +30,7 @@ class GenerationRequest:
     prompt: str | None = None
     image: np.ndarray | None = None
     bundle_path: Path | None = None
+    mesh_path: Path | None = None
     seed: int = 0
     tile: int = 512
     params: dict = field(default_factory=dict)
@@ -52,3 +54,4 @@ class GeneratorContext:
     flux_path: str | None = None
     lora_path: str | None = None
     lora_scale: float = 1.0
+    flux_memory: str | None = None  # FOUNDRY_FLUX_MEMORY: auto|full|offload|sequential|fp8|nf4

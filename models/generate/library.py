@@ -18,11 +18,24 @@ from models.render.views import render_bundle
 MATCH_THRESHOLDS = {"reject": 0.55, "weak": 0.65}
 
 
+def segmented_query(image, matting_path=None):
+    """The reference image as an ``(H, W, 4)`` RGBA query whose alpha is its object
+    (:func:`models.generate.background.remove_background`); bad images raise
+    :class:`models.generate.base.GeneratorInputError`."""
+    from models.generate.background import BackgroundError, remove_background
+
+    try:
+        return remove_background(image, matting_path=matting_path).rgba
+    except BackgroundError as exc:
+        raise GeneratorInputError(str(exc)) from exc
+
+
 def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Generated:
     """The ``library`` generator: retrieve the nearest mesh and render its bundle.
 
-    The request's ``prompt`` (nearest caption) or ``image`` (nearest view descriptor) picks
-    the entry; ``params["library_id"]`` names one directly. The bundle is rendered at
+    The request's ``prompt`` (nearest caption) or ``image`` (its object, background removed by
+    :func:`segmented_query`, against the library renders' silhouette and colour at 4 azimuths)
+    picks the entry; ``params["library_id"]`` names one directly. The bundle is rendered at
     ``request.tile``; its sidecar ``extra`` records ``library_mesh`` (the entry's path as
     written, relative to the library folder unless absolute), ``source_up``, ``library_id`` and
     ``library_similarity``. A text match below ``MATCH_THRESHOLDS["reject"]`` is refused; one
@@ -31,11 +44,14 @@ def retrieve_and_render(index: LibraryIndex, request: GenerationRequest) -> Gene
     :class:`models.generate.base.GeneratorInputError` for requests it cannot serve.
     """
 
+    image = request.image
+    if image is not None and not (request.prompt or request.params.get("library_id")):
+        image = segmented_query(image, request.params.get("matting_path"))
     try:
         match, how = retrieve(
             index,
             prompt=request.prompt,
-            image=request.image,
+            image=image,
             entry_id=request.params.get("library_id"),
         )
     except LibraryError as exc:

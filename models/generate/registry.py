@@ -4,6 +4,10 @@
              render its bundle (Retrieve-and-Generate; needs no weights).
 ``file``     a bundle image supplied by the user.
 ``kiss3dgen`` Flux + the Kiss3DGen LoRA (weights from a local path).
+``kiss3dgen-mesh``  3D-to-3D: enhance, edit or retexture ``request.mesh_path`` (Flux + LoRA +
+             ControlNet-Union tile on the mesh's rendered bundle).
+``kiss3dgen-image`` image-to-3D: the reference image's object (background removed) as a Redux
+             image prompt, and a coarse bundle (the library's best match) under ControlNet tile.
 """
 
 from __future__ import annotations
@@ -40,10 +44,28 @@ def generate_with_kiss3dgen(request: GenerationRequest, context: GeneratorContex
     return generate_for_request(request, context)
 
 
+def generate_with_kiss3dgen_mesh(
+    request: GenerationRequest, context: GeneratorContext
+) -> Generated:
+    from models.generate.kiss3dgen.mesh_to_3d import generate_from_mesh
+
+    return generate_from_mesh(request, context)
+
+
+def generate_with_kiss3dgen_image(
+    request: GenerationRequest, context: GeneratorContext
+) -> Generated:
+    from models.generate.kiss3dgen.image_to_3d import generate_from_image
+
+    return generate_from_image(request, context)
+
+
 GENERATORS: dict[str, Callable[[GenerationRequest, GeneratorContext], Generated]] = {
     "library": generate_from_library,
     "file": generate_from_file,
     "kiss3dgen": generate_with_kiss3dgen,
+    "kiss3dgen-mesh": generate_with_kiss3dgen_mesh,
+    "kiss3dgen-image": generate_with_kiss3dgen_image,
 }
 
 

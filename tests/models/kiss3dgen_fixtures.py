@@ -59,3 +59,25 @@ def write_tiny_library(folder: Path) -> Path:
     ]
     (folder / "library.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
+
+
+def tiny_params_of(cls, flux_path: Path | None, **overrides):
+    """``cls`` (a :class:`Kiss3DGenParams` subclass) at the size and settings of
+    :func:`tiny_params`, 4 steps so that strength 0.95 leaves 3 of them."""
+    fields = {k: v for k, v in vars(tiny_params(flux_path, steps=4)).items()}
+    fields.update(overrides)
+    return cls(**fields)
+
+
+def write_coloured_box(path: Path) -> Path:
+    """A box with a different vertex colour per corner, as a GLB."""
+    import trimesh
+
+    box = trimesh.creation.box(extents=(1.0, 0.6, 0.8))
+    corners = np.asarray(box.vertices)
+    rgb = np.round((corners - corners.min(0)) / np.ptp(corners, 0) * 200 + 30)
+    colours = np.concatenate([rgb, np.full((8, 1), 255)], axis=1).astype(np.uint8)
+    box.visual = trimesh.visual.ColorVisuals(box, vertex_colors=colours)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    box.export(path)
+    return path

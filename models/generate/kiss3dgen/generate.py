@@ -344,8 +344,8 @@ def params_for_request(request, context) -> Kiss3DGenParams:
     """:class:`Kiss3DGenParams` for a :class:`models.generate.base.GenerationRequest`.
 
     Precedence: the manifest's ``request.params`` over the context (settings: flux/LoRA paths,
-    LoRA scale, device) over the dataclass defaults. The size defaults to the request's tile
-    (``height = 2 tile``, ``width = 4 tile``). Bad values raise
+    LoRA scale, device, memory mode) over the dataclass defaults. The size defaults to the
+    request's tile (``height = 2 tile``, ``width = 4 tile``). Bad values raise
     :class:`models.generate.base.GeneratorInputError` (permanent) naming them.
     """
     from models.generate.base import GeneratorInputError
@@ -356,6 +356,7 @@ def params_for_request(request, context) -> Kiss3DGenParams:
         "lora_path": context.lora_path,
         "lora_scale": context.lora_scale,
         "device": context.device,
+        "memory_mode": context.flux_memory,
         "height": 2 * request.tile,
         "width": 4 * request.tile,
     }

@@ -8,6 +8,7 @@ value; it never fixes the input quietly.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 #: Samplers on the flow-matching sigma schedule of the Flux scheduler.
 SCHEDULERS = ("euler", "heun")
 DTYPES = ("bfloat16", "float16", "float32", "auto")
+#: How Flux is fitted into GPU memory (see :mod:`models.generate.kiss3dgen.memory`).
+MEMORY_MODES = ("auto", "full", "offload", "sequential", "fp8", "nf4")
 #: Flux latents are 8x the VAE down-sampling, packed 2x2: image sides must be multiples of 16.
 SIDE_MULTIPLE = 16
 #: Camera distance of Kiss3DGen's LoRA renders (the bundle spec's default is 4.5).
@@ -60,7 +63,14 @@ class Kiss3DGenParams:
     device: str = "auto"
     """Torch device: ``auto`` = CUDA when available, else CPU."""
     offload: bool = False
-    """Model CPU offload (components move to the GPU one at a time) for small GPUs."""
+    """Model CPU offload (components move to the GPU one at a time) for small GPUs; the same
+    as ``memory_mode: offload``."""
+    memory_mode: str = "auto"
+    """How Flux fits the GPU (``FOUNDRY_FLUX_MEMORY``): ``full`` (everything resident),
+    ``offload`` (model CPU offload), ``sequential`` (sequential CPU offload, slowest, least
+    memory), ``fp8`` (transformer and ControlNet weights stored in float8, computed in the
+    compute dtype), ``nf4`` (4-bit NF4 transformer via bitsandbytes, CUDA only), or ``auto``
+    (chosen from free GPU memory; ``full`` on CPU)."""
     compile: bool = False
     """``torch.compile`` the transformer (first call slow, later calls faster)."""
     batch_size: int = 4
@@ -74,22 +84,36 @@ class Kiss3DGenParams:
     def from_mapping(cls, data: dict[str, Any] | None, **defaults: Any) -> Kiss3DGenParams:
         """Params from a manifest ``params`` dict over ``defaults`` (e.g. from settings).
 
-        Unknown keys raise :class:`Kiss3DGenParamsError` naming them; paths become ``Path``.
+        Unknown keys raise :class:`Kiss3DGenParamsError` naming them and the nearest valid key;
+        path fields become ``Path``; the result passes :meth:`check`.
         """
-        known = {f.name for f in fields(cls)}
+        known = [f.name for f in fields(cls)]
         merged = {k: v for k, v in defaults.items() if v is not None}
         merged.update(data or {})
-        unknown = sorted(set(merged) - known)
+        unknown = sorted(set(merged) - set(known))
         if unknown:
+            hints = []
+            for key in unknown:
+                near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+                hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
             raise Kiss3DGenParamsError(
-                f"unknown kiss3dgen params {unknown}; known: {sorted(known)}"
+                f"unknown {cls.generator_name()} params {', '.join(hints)}; known: {sorted(known)}"
             )
-        for key in ("flux_path", "flux_base_path", "lora_path"):
-            if merged.get(key) is not None:
-                merged[key] = Path(merged[key]).expanduser()
+        for f in fields(cls):
+            if "Path" in str(f.type) and merged.get(f.name) is not None:
+                merged[f.name] = Path(merged[f.name]).expanduser()
         params = replace(cls(), **merged)
-        check_inputs(params)
+        params.check()
         return params
+
+    @classmethod
+    def generator_name(cls) -> str:
+        """The generator whose manifest ``params`` these are (named in errors)."""
+        return "kiss3dgen"
+
+    def check(self) -> None:
+        """Raise :class:`Kiss3DGenParamsError` naming the first bad value."""
+        check_inputs(self)
 
     @property
     def tile(self) -> int:
@@ -127,6 +151,10 @@ def check_inputs(params: Kiss3DGenParams) -> None:
         )
     if p.guidance < 0:
         raise Kiss3DGenParamsError(f"guidance must be >= 0, got {p.guidance}")
+    if p.memory_mode not in MEMORY_MODES:
+        raise Kiss3DGenParamsError(
+            f"memory_mode must be one of {MEMORY_MODES}, got {p.memory_mode!r}"
+        )
     if p.batch_size < 1:
         raise Kiss3DGenParamsError(f"batch_size must be >= 1, got {p.batch_size}")
     if not 0 <= p.min_island_fraction < 1:

@@ -22,22 +22,31 @@ What the loader expects on disk:
   rank survive the round trip). It is loaded as the adapter :data:`ADAPTER_NAME`; its strength
   is set per call with :func:`set_lora_scale`.
 
+- ``controlnet_path`` (3D-to-3D, image-to-3D) a Flux ControlNet folder, see
+  :mod:`models.generate.kiss3dgen.controlnet`; ``redux_path`` (image-to-3D) a Flux Redux folder,
+  see :mod:`models.generate.kiss3dgen.redux`.
+
 A missing or unusable path raises :class:`WeightsMissingError` (a permanent failure) naming the
-path and what was expected there. Loaded pipelines stay in a per-process cache keyed by the
-model identity (resolved paths, file modification times and sizes, dtype, device, offload,
-compile), so a worker loads Flux once and reuses it for every asset.
+path and what was expected there; :func:`check_weights` names every missing path of a
+generation at once. How the models fit the GPU is the memory mode
+(:mod:`models.generate.kiss3dgen.memory`). Loaded pipelines stay in a per-process cache keyed by
+the model identity (resolved paths, file modification times and sizes, dtype, device, memory
+mode, compile, pipeline kind, ControlNet), so a worker loads Flux once and reuses it for every
+asset.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.generate.kiss3dgen.params import Kiss3DGenParams, check_inputs
+from models.generate.kiss3dgen.weights import WeightsMissingError, dtype_kwarg
 
 #: Name of the LoRA adapter inside the transformer.
 ADAPTER_NAME = "kiss3dgen"
@@ -59,21 +68,6 @@ _FOLDER_EXPECTED = (
     + ", ".join(FLUX_FOLDER_PARTS)
     + ")"
 )
-
-
-class WeightsMissingError(FileNotFoundError):
-    """A weights path that is absent or does not hold what the generator needs (permanent)."""
-
-    retryable = False
-
-    def __init__(self, path: str | Path | None, expected: str, detail: str = "") -> None:
-        self.path = None if path is None else Path(path)
-        self.expected = expected
-        where = "no path given" if path is None else f"{path}"
-        message = f"kiss3dgen weights: {where}: expected {expected}"
-        if detail:
-            message += f" ({detail})"
-        super().__init__(message)
 
 
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
@@ -170,29 +164,66 @@ def check_lora_file(path: Path) -> None:
         raise WeightsMissingError(path, expected)
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    # diffusers >= 0.36 renamed from_pretrained's ``torch_dtype`` to ``dtype``.
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
+#: Which diffusers pipeline class each generation kind composes from the loaded Flux models.
+PIPELINE_KINDS = ("text", "img2img", "controlnet")
 
 
-def load_flux(params: Kiss3DGenParams):
-    """Load a :class:`diffusers.FluxPipeline` (+ LoRA) as ``params`` say; no caching.
+def requested_memory_mode(params: Kiss3DGenParams, memory_mode: str | None = None) -> str:
+    """The memory mode asked for: ``memory_mode`` (e.g. ``FOUNDRY_FLUX_MEMORY``) over
+    ``params.memory_mode``; the legacy ``offload: true`` means ``offload`` when that is
+    ``auto``."""
+    mode = memory_mode or params.memory_mode
+    if params.offload and mode == "auto":
+        return "offload"
+    return mode
 
-    Every model is in ``.eval()``; the pipeline sits on the resolved device (or has model CPU
-    offload enabled), in the resolved dtype.
+
+def load_flux(
+    params: Kiss3DGenParams,
+    *,
+    kind: str = "text",
+    controlnet_path: Path | None = None,
+    memory_mode: str | None = None,
+):
+    """Load Flux (+ LoRA, + ControlNet) as ``params`` say; no caching.
+
+    ``kind``: ``text`` gives a :class:`diffusers.FluxPipeline`, ``img2img`` a
+    ``FluxImg2ImgPipeline``, ``controlnet`` a ``FluxControlNetImg2ImgPipeline`` with the
+    ControlNet at ``controlnet_path``. ``memory_mode``: one of
+    :data:`models.generate.kiss3dgen.params.MEMORY_MODES` (default ``params.memory_mode``);
+    the resolved :class:`models.generate.kiss3dgen.memory.MemoryPlan` is the pipeline's
+    ``memory_plan`` attribute. Every model is in ``.eval()``, in the resolved dtype.
+    Raises :class:`WeightsMissingError` for absent weights and
+    :class:`models.generate.kiss3dgen.memory.MemoryModeError` for a mode this machine cannot
+    run.
     """
-    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from diffusers import (
+        FluxControlNetImg2ImgPipeline,
+        FluxImg2ImgPipeline,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
 
+    from models.generate.kiss3dgen.controlnet import check_controlnet_folder, load_controlnet
+    from models.generate.kiss3dgen.memory import (
+        apply_memory_plan,
+        check_memory_mode,
+        choose_memory_mode,
+        nf4_quantization_config,
+        pipeline_component_bytes,
+    )
+
+    if kind not in PIPELINE_KINDS:
+        raise ValueError(f"kind must be one of {PIPELINE_KINDS}, got {kind!r}")
     check_inputs(params)
+    check_weights(params, controlnet_path=controlnet_path if kind == "controlnet" else None,
+                  need_controlnet=kind == "controlnet")
     folder, single_file = resolve_flux_paths(params)
-    if params.lora_path is not None:
-        check_lora_file(Path(params.lora_path))
     device = resolve_device(params)
     dtype = resolve_dtype(params, device)
+    requested = requested_memory_mode(params, memory_mode)
+    if requested != "auto":
+        check_memory_mode(requested, device)
 
     extra: dict[str, Any] = {}
     try:
@@ -202,10 +233,18 @@ def load_flux(params: Kiss3DGenParams):
                 config=str(folder),
                 subfolder="transformer",
                 local_files_only=True,
-                **_dtype_kwarg(dtype),
+                **dtype_kwarg(dtype),
+            )
+        elif requested == "nf4":
+            extra["transformer"] = FluxTransformer2DModel.from_pretrained(
+                str(folder),
+                subfolder="transformer",
+                local_files_only=True,
+                quantization_config=nf4_quantization_config(dtype),
+                **dtype_kwarg(dtype),
             )
         pipe = FluxPipeline.from_pretrained(
-            str(folder), local_files_only=True, **_dtype_kwarg(dtype), **extra
+            str(folder), local_files_only=True, **dtype_kwarg(dtype), **extra
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         what = single_file or folder
@@ -215,16 +254,66 @@ def load_flux(params: Kiss3DGenParams):
 
     if params.lora_path is not None:
         load_lora(pipe, Path(params.lora_path))
-
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
         getattr(pipe, name).eval()
-    if params.offload and device.type == "cuda":
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+
+    if kind == "img2img":
+        pipe = _compose(FluxImg2ImgPipeline, pipe)
+    elif kind == "controlnet":
+        check_controlnet_folder(controlnet_path)
+        controlnet = load_controlnet(Path(controlnet_path), dtype)
+        pipe = _compose(FluxControlNetImg2ImgPipeline, pipe, controlnet=controlnet)
+
+    plan = choose_memory_mode(requested, device, pipeline_component_bytes(pipe))
+    apply_memory_plan(pipe, plan, device, dtype)
+    pipe.memory_plan = plan
     if params.compile:
         pipe.transformer.compile()
     return pipe
+
+
+def _compose(pipeline_class, pipe, **extra):
+    """A ``pipeline_class`` sharing ``pipe``'s models (no copies), plus ``extra`` models."""
+    import inspect
+
+    wanted = set(inspect.signature(pipeline_class.__init__).parameters) - {"self"}
+    shared = {k: v for k, v in pipe.components.items() if k in wanted}
+    return pipeline_class(**shared, **extra)
+
+
+def check_weights(
+    params: Kiss3DGenParams,
+    *,
+    controlnet_path: Path | None = None,
+    need_controlnet: bool = False,
+    redux_path: Path | None = None,
+    need_redux: bool = False,
+) -> None:
+    """Check every weights path a generation needs before loading any of them.
+
+    Raises one :class:`WeightsMissingError` whose message names **each** missing or unusable
+    path (Flux, LoRA, ControlNet, Redux), so a user fixes them all at once.
+    """
+    from models.generate.kiss3dgen.controlnet import check_controlnet_folder
+    from models.generate.kiss3dgen.redux import check_redux_folder
+
+    problems: list[WeightsMissingError] = []
+    checks = [lambda: resolve_flux_paths(params)]
+    if params.lora_path is not None:
+        checks.append(lambda: check_lora_file(Path(params.lora_path)))
+    if need_controlnet:
+        checks.append(lambda: check_controlnet_folder(controlnet_path))
+    if need_redux:
+        checks.append(lambda: check_redux_folder(redux_path))
+    for check in checks:
+        try:
+            check()
+        except WeightsMissingError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise WeightsMissingError.combined(problems)
 
 
 def load_lora(pipe, path: Path) -> None:
@@ -250,7 +339,13 @@ def set_lora_scale(pipe, scale: float) -> None:
         pipe.set_adapters([ADAPTER_NAME], adapter_weights=[float(scale)])
 
 
-def model_identity(params: Kiss3DGenParams) -> tuple:
+def model_identity(
+    params: Kiss3DGenParams,
+    *,
+    kind: str = "text",
+    controlnet_path: Path | None = None,
+    memory_mode: str | None = None,
+) -> tuple:
     """The cache key: what makes two loaded pipelines interchangeable."""
     folder, single_file = resolve_flux_paths(params)
     device = resolve_device(params)
@@ -260,26 +355,67 @@ def model_identity(params: Kiss3DGenParams) -> tuple:
         None if params.lora_path is None else _identity(Path(params.lora_path)),
         str(resolve_dtype(params, device)),
         str(device),
-        bool(params.offload),
+        requested_memory_mode(params, memory_mode),
         bool(params.compile),
+        kind,
+        None if controlnet_path is None else _identity(Path(controlnet_path)),
     )
 
 
-def get_pipeline(params: Kiss3DGenParams):
-    """The cached pipeline for ``params`` (loaded on first use; the cache holds
-    :data:`MODEL_CACHE_SIZE` pipelines, least recently used dropped first)."""
-    key = model_identity(params)
+def cached(slot: str, key: tuple, load: Callable[[], Any]) -> Any:
+    """The model cached under ``(slot, key)``, loaded with ``load()`` on first use.
+
+    Each slot (``flux``, ``redux``) keeps :data:`MODEL_CACHE_SIZE` entries, least recently used
+    dropped first, so a Redux encoder never evicts the Flux pipeline it feeds.
+    """
     with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-        while len(_CACHE) >= MODEL_CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        full_key = (slot, key)
+        if full_key in _CACHE:
+            _CACHE.move_to_end(full_key)
+            return _CACHE[full_key]
+        in_slot = [k for k in _CACHE if k[0] == slot]
+        while len(in_slot) >= MODEL_CACHE_SIZE:
+            del _CACHE[in_slot.pop(0)]
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        pipe = load_flux(params)
-        _CACHE[key] = pipe
-        return pipe
+        model = load()
+        _CACHE[full_key] = model
+        return model
+
+
+def get_pipeline(
+    params: Kiss3DGenParams,
+    *,
+    kind: str = "text",
+    controlnet_path: Path | None = None,
+    memory_mode: str | None = None,
+):
+    """The cached pipeline for ``params`` (see :func:`load_flux`; loaded on first use)."""
+    key = model_identity(params, kind=kind, controlnet_path=controlnet_path,
+                         memory_mode=memory_mode)
+    return cached("flux", key, lambda: load_flux(
+        params, kind=kind, controlnet_path=controlnet_path, memory_mode=memory_mode))
+
+
+def get_redux(path: Path, params: Kiss3DGenParams, memory_mode: str | None = None):
+    """The cached Redux image prompt pipeline at ``path``, placed as the memory mode says
+    (on the device, or model CPU offload in the offload modes)."""
+    from models.generate.kiss3dgen.redux import check_redux_folder, load_redux
+
+    check_redux_folder(path)
+    device = resolve_device(params)
+    dtype = resolve_dtype(params, device)
+    mode = requested_memory_mode(params, memory_mode)
+
+    def load():
+        redux = load_redux(Path(path), dtype)
+        if mode in ("offload", "sequential") and device.type == "cuda":
+            redux.enable_model_cpu_offload(device=device)
+        else:
+            redux.to(device)
+        return redux
+
+    return cached("redux", (_identity(Path(path)), str(dtype), str(device), mode), load)
 
 
 def clear_cache() -> None:

@@ -144,3 +144,75 @@ def save_tiny_flux(path: str | Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     build_tiny_flux(seed).save_pretrained(path)
     return path
+
+
+#: Control modes of the tiny union ControlNet (InstantX Union has 10 mode embeddings).
+TINY_CONTROL_MODES = 10
+#: Tiny SigLIP vision tower: 32 px images in 8 px patches -> 16 image tokens.
+TINY_SIGLIP = {
+    "hidden_size": 16,
+    "intermediate_size": 37,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
+
+def build_tiny_controlnet(seed: int = 0):
+    """A tiny union :class:`diffusers.FluxControlNetModel` matching :func:`build_tiny_flux`.
+
+    The released architecture zero-initialises its output projections (a fresh ControlNet
+    changes nothing); here they are random too, so tests can see the condition's effect.
+    """
+    from diffusers import FluxControlNetModel
+
+    torch.manual_seed(seed + 10)
+    config = {k: v for k, v in TINY_TRANSFORMER.items()}
+    model = FluxControlNetModel(**config, num_mode=TINY_CONTROL_MODES)
+    with torch.no_grad():
+        zeroed = [model.controlnet_x_embedder, *model.controlnet_blocks,
+                  *model.controlnet_single_blocks]
+        for layer in zeroed:
+            torch.nn.init.normal_(layer.weight, std=0.5)
+            torch.nn.init.normal_(layer.bias, std=0.1)
+    return model.eval()
+
+
+def save_tiny_controlnet(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny ControlNet-Union folder (``config.json`` + safetensors), as InstantX's."""
+    path = Path(path)
+    build_tiny_controlnet(seed).save_pretrained(path)
+    return path
+
+
+def build_tiny_redux(seed: int = 0):
+    """A tiny :class:`diffusers.FluxPriorReduxPipeline`: SigLIP vision tower, its image
+    processor, and the Redux projection to the tiny T5 width (32)."""
+    from diffusers import FluxPriorReduxPipeline
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed + 20)
+    encoder = SiglipVisionModel(SiglipVisionConfig(**TINY_SIGLIP))
+    torch.manual_seed(seed + 21)
+    embedder = ReduxImageEncoder(
+        redux_dim=TINY_SIGLIP["hidden_size"],
+        txt_in_features=TINY_TRANSFORMER["joint_attention_dim"],
+    )
+    size = TINY_SIGLIP["image_size"]
+    processor = SiglipImageProcessor(size={"height": size, "width": size})
+    encoder.eval()
+    embedder.eval()
+    return FluxPriorReduxPipeline(
+        image_encoder=encoder, feature_extractor=processor, image_embedder=embedder
+    )
+
+
+def save_tiny_redux(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Redux folder (``model_index.json``, ``image_encoder/``,
+    ``feature_extractor/``, ``image_embedder/``), as FLUX.1-Redux-dev's."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    build_tiny_redux(seed).save_pretrained(path)
+    return path
