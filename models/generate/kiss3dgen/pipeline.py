@@ -30,13 +30,12 @@ compile), so a worker loads Flux once and reuses it for every asset.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.cache import ModelKey, clear, get_or_load
 from models.generate.kiss3dgen.params import Kiss3DGenParams, check_inputs
 
 #: Name of the LoRA adapter inside the transformer.
@@ -53,6 +52,8 @@ FLUX_FOLDER_PARTS = (
 )
 #: Pipelines kept loaded per process. One Flux.1-dev is ~24 GB in bf16; keep one.
 MODEL_CACHE_SIZE = 1
+#: Kind of the pipelines in :mod:`models.cache`.
+CACHE_KIND = "kiss3dgen"
 
 _FOLDER_EXPECTED = (
     "a Flux diffusers folder (model_index.json and sub-folders "
@@ -74,10 +75,6 @@ class WeightsMissingError(FileNotFoundError):
         if detail:
             message += f" ({detail})"
         super().__init__(message)
-
-
-_CACHE: OrderedDict[tuple, Any] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
 
 
 def resolve_device(params: Kiss3DGenParams) -> torch.device:
@@ -266,23 +263,12 @@ def model_identity(params: Kiss3DGenParams) -> tuple:
 
 
 def get_pipeline(params: Kiss3DGenParams):
-    """The cached pipeline for ``params`` (loaded on first use; the cache holds
+    """The cached pipeline for ``params`` (loaded on first use; the process's model cache holds
     :data:`MODEL_CACHE_SIZE` pipelines, least recently used dropped first)."""
-    key = model_identity(params)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-        while len(_CACHE) >= MODEL_CACHE_SIZE:
-            _CACHE.popitem(last=False)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        pipe = load_flux(params)
-        _CACHE[key] = pipe
-        return pipe
+    key = ModelKey(CACHE_KIND, model_identity(params))
+    return get_or_load(key, lambda: load_flux(params), max_entries=MODEL_CACHE_SIZE)
 
 
 def clear_cache() -> None:
     """Drop every cached pipeline."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    clear(CACHE_KIND)
