@@ -9,7 +9,6 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from intake.parse import parse_manifest
@@ -17,9 +16,8 @@ from intake.references import default_fetcher
 from intake.requests import AssetRequest
 from storage import queries
 from storage.identity import asset_identity
-from storage.schema import Asset, BatchItem
 from tasks.config import PipelineConfig
-from tasks.resources import engine_for, store_for
+from tasks.resources import get_engine, store_for
 
 
 @dataclass
@@ -82,7 +80,7 @@ def _stage_input(store, ref: str | None, sha256: str | None, config: PipelineCon
 
 
 def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
-    """Parse and validate ``path``, record batch + assets, return what needs running."""
+    """Parse and validate ``path``, record batch + new assets, return what needs running."""
     parsed = parse_manifest(
         path,
         image_roots=[Path(p) for p in config.image_roots],
@@ -93,7 +91,7 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
     )
     store = store_for(config.store_url)
     identities: dict[tuple, str] = {}  # generator identity per generator + weight params
-    with Session(engine_for(config.database_url)) as session:
+    with Session(get_engine(config.database_url)) as session:
         batch = queries.create_batch(
             session, manifest_path=str(path), manifest_sha256=parsed.sha256
         )
@@ -112,17 +110,11 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
             result.labels.setdefault(values["asset_id"], _label(request))
             items.append({"line": request.line, "item_id": request.item_id,
                           "asset_id": values["asset_id"], "status": "accepted"})
-        queries.upsert_assets(session, list(assets.values()))
+        queries.insert_assets_if_new(session, list(assets.values()))
         queries.add_batch_items(session, batch.id, items)
         session.commit()
         result.asset_ids = list(assets)
-        states = dict(
-            session.execute(
-                sa.select(Asset.id, Asset.state)
-                .join(BatchItem, BatchItem.asset_id == Asset.id)
-                .where(BatchItem.batch_id == batch.id)
-            ).all()
-        )
+        states = queries.batch_asset_states(session, batch.id)
     for asset_id in result.asset_ids:
         state = states.get(asset_id)
         if state == "succeeded":
@@ -137,7 +129,7 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
 def _asset_values(
     store, request: AssetRequest, config: PipelineConfig, identities: dict[tuple, str]
 ) -> dict:
-    """The :func:`storage.queries.upsert_asset` arguments of a request (inputs copied)."""
+    """The :func:`storage.queries.insert_asset_if_new` arguments of a request (inputs copied)."""
     params = dict(request.params)
     key = (request.generator, *(str(params.get(k)) for k in ("flux_path", "lora_path",
                                                               "lora_scale")))
