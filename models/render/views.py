@@ -308,11 +308,6 @@ def _base_colour(mesh: trimesh.Trimesh, faces: np.ndarray) -> tuple[Any, Any, An
 # ---------------------------------------------------------------------------------------------
 
 
-def _encode(n: np.ndarray) -> np.ndarray:
-    """Camera-space normals -> the spec's colours as floats (rounded after averaging)."""
-    return 255.0 * np.stack([(1.0 - n[:, 0]) / 2, (1.0 + n[:, 1]) / 2, (1.0 + n[:, 2]) / 2], -1)
-
-
 def _blend(b: np.ndarray, corner: np.ndarray, f: np.ndarray) -> np.ndarray:
     """``sum_k b[:, k] * corner[f, k]``: barycentric blend of per-corner values ``(N, C)``."""
     c = corner[f]  # (N, 3, C)
