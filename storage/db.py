@@ -195,6 +195,8 @@ def upgrade_database(url: str | URL, revision: str = "head") -> str | None:
     parsed = normalise_url(url)
     with _migration_lock(parsed):
         command.upgrade(alembic_config(parsed), revision)
+    # A short-lived engine, closed at once: a pooled connection left open by the process engine
+    # would, for one, keep PostgreSQL from copying a freshly migrated template database.
     engine = make_engine(parsed)
     try:
         return current_revision(engine)
