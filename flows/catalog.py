@@ -1,7 +1,8 @@
 """The ``catalog`` flow: validate a manifest, record its requests, run the assets, summarise.
 
 Reads top to bottom like the process: ingest -> run (bounded concurrency, in-process or on the
-asset deployment's workers) -> summary artifact.
+asset deployment's workers) -> summary artifact -> close the batch (``finished``, or ``failed``
+when the run raised, with its assets per state either way).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def summary_task(ingest: IngestResult, outcomes: dict[str, str], config: Pipelin
 def close_batch_task(
     batch_id: str, config: PipelineConfig, summary: BatchSummary | None, failure: str | None
 ) -> dict:
+    """Mark the batch ended; what was stored as its summary comes back."""
     return close_batch(batch_id, config, summary, failure)
 
 
