@@ -151,7 +151,11 @@ def mesh_health(mesh: trimesh.Trimesh) -> dict:
     )
     merged.merge_vertices(merge_tex=True, merge_norm=True, digits_vertex=MERGE_DIGITS)
     report["area"] = float(merged.area)
-    report["volume"] = float(merged.volume)  # signed; meaningful only when watertight
+    # Signed volume (meaningful only when watertight); the inertia tensor is not needed.
+    volume = trimesh.triangles.mass_properties(
+        merged.triangles, crosses=merged.triangles_cross, skip_inertia=True
+    ).volume
+    report["volume"] = float(volume)
 
     collapsed = (merged.faces[:, [0, 1, 2]] == merged.faces[:, [1, 2, 0]]).any(axis=1)
     tiny = merged.area_faces < DEGENERATE_AREA
