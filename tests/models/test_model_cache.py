@@ -115,3 +115,14 @@ def test_threads_asking_for_one_key_together_share_one_load():
 def test_a_bound_below_one_is_refused():
     with pytest.raises(ValueError, match="max_entries must be at least 1, got 0"):
         ModelCache().get_or_load(ModelKey("lrm", ("a",)), object, max_entries=0)
+
+
+def test_the_loaders_keep_their_models_in_the_process_cache():
+    from models import cache
+    from models.embed.text import CACHE_KIND, get_text_embedder
+
+    first = get_text_embedder()
+    assert cache.MODEL_CACHE.kinds().get(CACHE_KIND) == 1
+    assert get_text_embedder() is first
+    cache.clear(CACHE_KIND)
+    assert get_text_embedder() is not first
