@@ -351,7 +351,7 @@ def _insert_noop_assets(config, count: int, label: str) -> list[str]:
     with Session(engine_for(config.database_url)) as session:
         for i in range(count):
             asset_id = f"{label}-{i:05d}"
-            queries.upsert_asset(
+            queries.insert_asset_if_new(
                 session,
                 asset_id=asset_id,
                 kind="prompt",

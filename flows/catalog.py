@@ -1,7 +1,8 @@
 """The ``catalog`` flow: validate a manifest, record its requests, run the assets, summarise.
 
 Reads top to bottom like the process: ingest -> run (bounded concurrency, in-process or on the
-asset deployment's workers) -> summary artifact.
+asset deployment's workers) -> summary artifact -> close the batch (``finished``, or ``failed``
+when the run raised, with its assets per state either way).
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flows.asset import run_assets_here
-from storage.schema import Asset
+from storage import queries
+from storage.db import get_engine
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult, ingest_manifest
-from tasks.resources import engine_for
-from tasks.summary import BatchSummary, summarise_batch
+from tasks.summary import BatchSummary, close_batch, summarise_batch
 
 
 @task(name="ingest-manifest")
@@ -38,6 +38,14 @@ def summary_task(ingest: IngestResult, outcomes: dict[str, str], config: Pipelin
         description=summary.markdown_header(),
     )
     return summary
+
+
+@task(name="close-batch")
+def close_batch_task(
+    batch_id: str, config: PipelineConfig, summary: BatchSummary | None, failure: str | None
+) -> dict:
+    """Mark the batch ended; what was stored as its summary comes back."""
+    return close_batch(batch_id, config, summary, failure)
 
 
 def batch_tag(batch_id: str) -> str:
@@ -63,10 +71,8 @@ def _run_on_deployment(
         timeout=None,
     )
     completed = flow_run.state is not None and flow_run.state.is_completed()
-    with Session(engine_for(config.database_url)) as session:
-        states = dict(
-            session.execute(select(Asset.id, Asset.state).where(Asset.id.in_(shard))).all()
-        )
+    with Session(get_engine(config.database_url)) as session:
+        states = queries.asset_states(session, shard)
     outcomes = {}
     for asset_id in shard:
         state = states.get(asset_id)
@@ -74,6 +80,33 @@ def _run_on_deployment(
             outcomes[asset_id] = state
         else:
             outcomes[asset_id] = "skipped" if completed else "failed"
+    return outcomes
+
+
+def run_shards(
+    ingest: IngestResult,
+    config: PipelineConfig,
+    concurrency: int,
+    shard_size: int,
+    deployment: str | None,
+) -> dict[str, str]:
+    """Run the batch's assets in shards, ``concurrency`` shards at a time; asset id -> outcome.
+
+    Not a Prefect task: each shard is an asset flow run of its own (in this process or on the
+    deployment's work pool), and a task around them would only nest their runs.
+    """
+    outcomes: dict[str, str] = {}
+    shards = _shards(ingest.to_run, max(1, shard_size))
+    tags = [batch_tag(ingest.batch_id)]
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        if deployment:
+            futures = [
+                pool.submit(_run_on_deployment, s, config, deployment, tags) for s in shards
+            ]
+        else:
+            futures = [pool.submit(run_assets_here, s, config, tags) for s in shards]
+        for future in futures:
+            outcomes.update(future.result())
     return outcomes
 
 
@@ -97,19 +130,18 @@ def catalog_flow(
         "manifest %s: %d assets (%d to run), %d rejected rows",
         manifest, len(ingest.asset_ids), len(ingest.to_run), len(ingest.rejected),
     )
-    outcomes: dict[str, str] = {}
-    shards = _shards(ingest.to_run, max(1, shard_size))
-    tags = [batch_tag(ingest.batch_id)]
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        if deployment:
-            futures = [
-                pool.submit(_run_on_deployment, s, config, deployment, tags) for s in shards
-            ]
-        else:
-            futures = [pool.submit(run_assets_here, s, config, tags) for s in shards]
-        for future in futures:
-            outcomes.update(future.result())
-    return summary_task(ingest, outcomes, config, time.perf_counter() - started)
+    failure: str | None = None
+    summary: BatchSummary | None = None
+    try:
+        outcomes = run_shards(ingest, config, concurrency, shard_size, deployment)
+        summary = summary_task(ingest, outcomes, config, time.perf_counter() - started)
+        return summary
+    except BaseException as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        # A batch never stays `running`: it ends finished or failed, with its counts.
+        close_batch_task(ingest.batch_id, config, summary, failure)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.catalog import catalog_flow
-from foundry3d.runtime import pipeline_config
 from foundry3d.settings import get_settings
 
 
@@ -20,7 +19,7 @@ def scheduled_catalog(manifest: str, concurrency: int | None = None, shard_size:
     deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
     summary = catalog_flow(
         manifest,
-        pipeline_config(settings),
+        settings.pipeline_config(),
         concurrency=concurrency or settings.concurrency,
         shard_size=shard_size,
         deployment=deployment,

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tasks.config import PipelineConfig
+
 
 class Settings(BaseSettings):
     """All foundry3d settings; each field is ``FOUNDRY_<NAME>`` in the environment."""
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
     concurrency: int = Field(2, ge=1, description="Assets run at once by the catalog flow.")
     lease_seconds: int = Field(900, ge=5, description="How long a claim on an asset lasts.")
     tile: int = Field(512, ge=64, description="Bundle tile size for generated bundles.")
+    worker: str | None = Field(
+        None,
+        description="Lease owner name of the workers this process starts; default host:pid of "
+        "the process that runs each asset.",
+    )
 
     @field_validator("image_roots", mode="before")
     @classmethod
@@ -92,6 +99,38 @@ class Settings(BaseSettings):
     @property
     def resolved_library_path(self) -> Path:
         return self.library_path or self.data_dir / "library"
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The plain values the flows and tasks receive (paths made absolute, defaults resolved).
+
+        The one place settings become a :class:`tasks.config.PipelineConfig`. ``worker`` stays
+        None unless ``FOUNDRY_WORKER`` names it: the config travels to other machines with
+        ``run_deployment``, and a lease owner must name the process that runs the asset, which
+        ``tasks.resources.worker_name`` does there.
+        """
+        return PipelineConfig(
+            database_url=self.resolved_database_url,
+            store_url=self.resolved_store_url,
+            library_path=str(self.resolved_library_path.resolve()),
+            device=self.device,
+            rasteriser=self.rasteriser,
+            tile=self.tile,
+            lease_seconds=self.lease_seconds,
+            flux_path=_optional_str(self.flux_path),
+            lora_path=_optional_str(self.lora_path),
+            lora_scale=self.lora_scale,
+            lrm_path=_optional_str(self.lrm_path),
+            lrm_variant=self.lrm_variant,
+            worker=self.worker,
+            image_roots=[str(p.resolve()) for p in self.image_roots],
+            allow_url_fetch=self.allow_url_fetch,
+            url_hosts=list(self.url_hosts),
+            max_image_pixels=self.max_image_pixels,
+        )
+
+
+def _optional_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 @lru_cache(maxsize=1)

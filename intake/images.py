@@ -1,8 +1,8 @@
 """Acceptance checks for images and bundles named in manifests, before any work is queued.
 
-The size is read from the file header (PNG IHDR, JPEG SOF, WebP VP8/VP8L/VP8X) without
-decoding, so a tiny file that claims 40000 x 40000 pixels is refused in microseconds and
-nothing is allocated for it; only then is the image fully decoded to prove it is intact.
+Pillow reads the size from the file header without decoding, so a tiny file that claims
+40000 x 40000 pixels is refused in microseconds and nothing is allocated for it; only then is
+the image fully decoded to prove it is intact.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import io
 import struct
 from dataclasses import dataclass
 
+from PIL import Image, ImageFile
+
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they hold the size.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-# Markers that stand alone, with no length field after them.
-_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}
+
+# Load every format plugin now, so the first check does not pay for it.
+Image.init()
 
 
 class ImageRejected(ValueError):
@@ -40,59 +40,31 @@ class ImageInfo:
 
 def read_header_size(data: bytes) -> tuple[str, int, int]:
     """``(format, width, height)`` from the header bytes alone; raises :class:`ImageRejected`."""
-    if data.startswith(_PNG_SIGNATURE):
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ImageRejected("PNG header is truncated or has no IHDR chunk")
-        width, height = struct.unpack(">II", data[16:24])
-        return "PNG", width, height
-    if data.startswith(b"\xff\xd8"):
-        return ("JPEG", *_jpeg_size(data))
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ("WEBP", *_webp_size(data))
+    image = _open_lazily(data)
+    width, height = image.size
+    return image.format, width, height
+
+
+def _open_lazily(data: bytes) -> ImageFile.ImageFile:
+    """The image of ``data`` with only its header read (no pixels decoded).
+
+    What ``Image.open`` does for the accepted formats, without its decompression-bomb check
+    (``Image.MAX_IMAGE_PIXELS``): the caller's ``max_pixels`` is the limit here, it may be
+    above Pillow's default, and a refusal must name the claimed size, which Pillow's error
+    does not.
+    """
+    prefix = data[:16]
+    for fmt in ACCEPTED_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        accepted = accept(prefix) if accept else True
+        if isinstance(accepted, str):  # Pillow's way of saying the plugin cannot read it here
+            raise ImageRejected(f"{fmt} image cannot be read: {accepted}")
+        if accepted:
+            try:
+                return factory(io.BytesIO(data), "")
+            except (SyntaxError, OSError, ValueError, IndexError, TypeError, struct.error) as exc:
+                raise ImageRejected(f"image cannot be decoded: {fmt} {exc}") from None
     raise ImageRejected(f"not a PNG, JPEG or WebP image (starts with {data[:8]!r})")
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    i = 2
-    n = len(data)
-    while i < n:
-        if data[i] != 0xFF:
-            raise ImageRejected(f"JPEG marker expected at byte {i}")
-        while i < n and data[i] == 0xFF:  # fill bytes
-            i += 1
-        if i >= n:
-            break
-        marker = data[i]
-        i += 1
-        if marker in _JPEG_STANDALONE:
-            continue
-        if marker == 0xD9 or i + 2 > n:  # end of image before any frame header
-            break
-        (length,) = struct.unpack(">H", data[i : i + 2])
-        if marker in _JPEG_SOF:
-            if i + 7 > n:
-                break
-            height, width = struct.unpack(">HH", data[i + 3 : i + 7])
-            return width, height
-        if length < 2:
-            raise ImageRejected(f"JPEG segment with bad length {length} at byte {i}")
-        i += length
-    raise ImageRejected("JPEG has no frame header (SOF) with its size")
-
-
-def _webp_size(data: bytes) -> tuple[int, int]:
-    chunk = data[12:16]
-    if chunk == b"VP8X" and len(data) >= 30:
-        width = 1 + int.from_bytes(data[24:27], "little")
-        height = 1 + int.from_bytes(data[27:30], "little")
-        return width, height
-    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
-        bits = int.from_bytes(data[21:25], "little")
-        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
-    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
-        width, height = struct.unpack("<HH", data[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    raise ImageRejected("WebP header is truncated or of an unknown kind")
 
 
 def check_image(
@@ -115,7 +87,7 @@ def check_image(
             f"image is {width} x {height} = {width * height} pixels, "
             f"more than the limit of {max_pixels}"
         )
-    _decode_fully(data, fmt)
+    _decode_fully(data)
     return ImageInfo(fmt, width, height, hashlib.sha256(data).hexdigest())
 
 
@@ -133,17 +105,15 @@ def check_bundle(data: bytes, *, max_pixels: int) -> ImageInfo:
     return info
 
 
-def _decode_fully(data: bytes, fmt: str) -> None:
-    """Decode every pixel; raises :class:`ImageRejected` if the data is damaged."""
-    from PIL import Image
+def _decode_fully(data: bytes) -> None:
+    """Decode every pixel; raises :class:`ImageRejected` if the data is damaged.
 
+    Opened as :func:`_open_lazily` does: the size was accepted already, so Pillow's own
+    default limit does not refuse a size the caller allowed.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != fmt:
-                raise ImageRejected(f"image decodes as {im.format}, but its header says {fmt}")
-            im.verify()  # checksums (PNG CRCs) without decoding
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # the real decode: catches truncated or corrupt pixel data
+        _open_lazily(data).verify()  # checksums (PNG CRCs) without decoding
+        _open_lazily(data).load()  # the real decode: catches truncated or corrupt pixel data
     except ImageRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files

@@ -4,15 +4,20 @@ URLs, fetched and checked once per manifest."""
 from __future__ import annotations
 
 import os
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from intake.images import ImageRejected, check_bundle, check_image
 from intake.limits import FETCH_TIMEOUT_S, MAX_IMAGE_BYTES
+
+if TYPE_CHECKING:
+    from storage.objects import ObjectStore
 
 Fetcher = Callable[[str], bytes]
 
@@ -130,20 +135,23 @@ class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def default_fetcher(url_hosts: Iterable[str], max_bytes: int = MAX_IMAGE_BYTES) -> Fetcher:
+def default_fetcher(
+    url_hosts: Iterable[str], max_bytes: int = MAX_IMAGE_BYTES, *, store_url: str | None = None
+) -> Fetcher:
     """A fetcher for ``https://`` (allow-listed hosts, redirects included) and ``s3://``.
 
-    S3 references use the AWS credentials and endpoint of the environment
-    (``AWS_ENDPOINT_URL`` for S3-compatible servers).
+    ``s3://`` references are read with the client settings of the configured store
+    ``store_url`` (``FOUNDRY_STORE_URL``) when it is an S3 store: the store's own client for its
+    bucket, the same endpoint and region for other buckets; credentials come from the same AWS
+    environment either way. Without an S3 store they use the environment's endpoint
+    (``AWS_ENDPOINT_URL``). Objects larger than ``max_bytes`` are refused before download.
     """
     hosts = {h.lower() for h in url_hosts}
+    s3 = S3References(store_url)
 
     def fetch(ref: str) -> bytes:
         if ref.startswith("s3://"):
-            from storage.objects import S3ObjectStore
-
-            parts = urlsplit(ref)
-            return S3ObjectStore(parts.netloc).get_bytes(parts.path.lstrip("/"))
+            return s3.read(ref, max_bytes)
         opener = urllib.request.build_opener(_AllowListRedirects(hosts))
         with opener.open(ref, timeout=FETCH_TIMEOUT_S) as response:
             data = response.read(max_bytes + 1)
@@ -152,3 +160,82 @@ def default_fetcher(url_hosts: Iterable[str], max_bytes: int = MAX_IMAGE_BYTES) 
         return data
 
     return fetch
+
+
+class S3References:
+    """Reads ``s3://bucket/key`` references through one store per bucket, opened on first use
+    with the configured store's endpoint and region."""
+
+    def __init__(self, store_url: str | None) -> None:
+        self.store_url = store_url
+        self._buckets: dict[str, ObjectStore] = {}
+        self._lock = threading.Lock()
+
+    def read(self, ref: str, max_bytes: int) -> bytes:
+        """The bytes of ``ref``; ``ValueError`` when the object is larger than ``max_bytes``."""
+        parts = urlsplit(ref)
+        bucket = self._bucket(parts.netloc)
+        key = parts.path.lstrip("/")
+        size = bucket.size(key)
+        if size > max_bytes:
+            raise ValueError(f"{size} bytes, more than {max_bytes}")
+        return bucket.get_bytes(key)
+
+    def _bucket(self, name: str) -> ObjectStore:
+        from storage.objects import S3ObjectStore, open_store
+
+        with self._lock:
+            if name not in self._buckets:
+                configured = (
+                    open_store(self.store_url)
+                    if self.store_url and self.store_url.startswith("s3://")
+                    else None
+                )
+                if not isinstance(configured, S3ObjectStore):
+                    self._buckets[name] = S3ObjectStore(name)
+                elif configured.bucket == name and not configured.prefix:
+                    self._buckets[name] = configured
+                else:
+                    self._buckets[name] = S3ObjectStore(
+                        name, endpoint_url=configured.endpoint_url, region=configured.region
+                    )
+            return self._buckets[name]
+
+
+class FetchedOnce:
+    """A fetcher that fetches each remote reference at most once per manifest run.
+
+    Parsing checks and hashes the bytes; ingest then stores the same bytes instead of
+    downloading them again. They wait in ``folder`` on disk, not in memory, since a manifest
+    may name thousands of images.
+    """
+
+    def __init__(self, fetcher: Fetcher, folder: Path) -> None:
+        self.fetcher = fetcher
+        self.folder = Path(folder)
+        self._copies: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, ref: str) -> bytes:
+        return self.local_copy(ref).read_bytes()
+
+    def local_copy(self, ref: str) -> Path:
+        """The file holding ``ref``'s bytes, fetched now unless an earlier call did."""
+        with self._lock:
+            path = self._copies.get(ref)
+        if path is not None:
+            return path
+        data = self.fetcher(ref)
+        with self._lock:
+            path = self._copies.get(ref)
+            if path is None:
+                path = self.folder / f"{len(self._copies):08d}"
+                path.write_bytes(data)
+                self._copies[ref] = path
+        return path
+
+    @property
+    def fetched(self) -> int:
+        """How many distinct references were downloaded."""
+        with self._lock:
+            return len(self._copies)

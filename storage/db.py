@@ -13,7 +13,6 @@ import fcntl
 import sys
 import threading
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,14 +80,31 @@ def make_engine(url: str | URL, **kwargs: object) -> Engine:
     return sa.create_engine(parsed, **kwargs)
 
 
-@cache
-def _cached_engine(url: str) -> Engine:
-    return make_engine(url)
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
 
 
 def get_engine(url: str | URL) -> Engine:
-    """The process-wide engine for ``url`` (created on first use)."""
-    return _cached_engine(normalise_url(url).render_as_string(hide_password=False))
+    """The process's one engine for ``url`` (created on first use, then shared by every thread).
+
+    The CLI, the tasks and the flows all get their engines here, so a process holds one
+    connection pool per database however many tasks run in it.
+    """
+    key = normalise_url(url).render_as_string(hide_password=False)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = make_engine(key)
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close and forget every engine of this process (tests, and forked workers)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -179,6 +195,8 @@ def upgrade_database(url: str | URL, revision: str = "head") -> str | None:
     parsed = normalise_url(url)
     with _migration_lock(parsed):
         command.upgrade(alembic_config(parsed), revision)
+    # A short-lived engine, closed at once: a pooled connection left open by the process engine
+    # would, for one, keep PostgreSQL from copying a freshly migrated template database.
     engine = make_engine(parsed)
     try:
         return current_revision(engine)

@@ -1,13 +1,14 @@
 """Query functions of the application database: requests, batches, claims, stage records, metrics.
 
 Every function takes the session first and never commits: the caller opens the session
-(``storage.db.session_scope``) and commits once. Writes that race between workers (upserting a
+(``storage.db.session_scope``) and commits once. Writes that race between workers (inserting a
 request, claiming an asset) are single atomic statements, so they are safe on SQLite and
 PostgreSQL without extra locking.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +28,8 @@ from storage.schema import (
 )
 
 TERMINAL_STATES = ("succeeded", "failed")
+#: Ids per ``IN (...)`` list: below SQLite's bound-parameter limit and PostgreSQL's comfort.
+IN_CLAUSE_SIZE = 5_000
 
 
 class UnknownAsset(LookupError):
@@ -54,7 +57,7 @@ def _now(now: datetime | None) -> datetime:
 # --- requests ---------------------------------------------------------------------------------
 
 
-def upsert_asset(
+def insert_asset_if_new(
     session: Session,
     *,
     asset_id: str,
@@ -70,7 +73,8 @@ def upsert_asset(
     params: dict[str, Any] | None = None,
     tags: list[str] | None = None,
 ) -> tuple[Asset, bool]:
-    """Insert the request ``asset_id`` unless it exists; returns ``(asset, created)``.
+    """Insert the request ``asset_id`` unless it exists (never updates); returns
+    ``(asset, created)``.
 
     Idempotent on the identity hash: an existing asset is returned unchanged (whatever its
     state), so running a manifest twice creates nothing new. Race-safe: concurrent callers issue
@@ -131,12 +135,13 @@ def _asset_row(
     }
 
 
-def upsert_assets(session: Session, requests: list[dict[str, Any]]) -> None:
-    """:func:`upsert_asset` for many requests at once (each a dict of its keyword arguments).
+def insert_assets_if_new(session: Session, requests: list[dict[str, Any]]) -> None:
+    """:func:`insert_asset_if_new` for many requests at once (each a dict of its keyword arguments).
 
     Existing assets are left unchanged; the rows go in as one batched
     ``INSERT .. ON CONFLICT DO NOTHING`` (executemany), so it is race-safe like
-    :func:`upsert_asset` and costs one round trip per few hundred rows instead of two per row.
+    :func:`insert_asset_if_new` and costs one round trip per few hundred rows instead of two
+    per row.
     """
     if not requests:
         return
@@ -156,6 +161,30 @@ def upsert_assets(session: Session, requests: list[dict[str, Any]]) -> None:
 def get_asset(session: Session, asset_id: str) -> Asset | None:
     """The asset with exactly this id, or None."""
     return session.get(Asset, asset_id)
+
+
+def assets_by_id(session: Session, asset_ids: Collection[str]) -> dict[str, Asset]:
+    """The assets among ``asset_ids`` that exist, by id."""
+    found: dict[str, Asset] = {}
+    for chunk in _chunks(asset_ids):
+        query = sa.select(Asset).where(Asset.id.in_(chunk))
+        found.update((asset.id, asset) for asset in session.scalars(query))
+    return found
+
+
+def asset_states(session: Session, asset_ids: Collection[str]) -> dict[str, str]:
+    """The state of each asset among ``asset_ids`` that exists, by id (no ORM objects loaded)."""
+    states: dict[str, str] = {}
+    for chunk in _chunks(asset_ids):
+        query = sa.select(Asset.id, Asset.state).where(Asset.id.in_(chunk))
+        states.update((asset_id, state) for asset_id, state in session.execute(query))
+    return states
+
+
+def _chunks(ids: Collection[str]) -> list[list[str]]:
+    """``ids`` in lists short enough for one ``IN (...)`` on every backend."""
+    ordered = list(dict.fromkeys(ids))
+    return [ordered[i : i + IN_CLAUSE_SIZE] for i in range(0, len(ordered), IN_CLAUSE_SIZE)]
 
 
 def resolve_asset_id(session: Session, prefix: str) -> str:
@@ -268,12 +297,27 @@ def finish_batch(
     return batch
 
 
-def list_batches(session: Session, limit: int | None = 20) -> list[Batch]:
-    """The most recent batches first."""
-    query = sa.select(Batch).order_by(Batch.created_at.desc(), Batch.id)
-    if limit is not None:
-        query = query.limit(limit)
-    return list(session.scalars(query))
+def batch_asset_states(session: Session, batch_id: str) -> dict[str, str]:
+    """The state of every asset a batch requested, by asset id (each asset once)."""
+    return dict(
+        session.execute(
+            sa.select(Asset.id, Asset.state).where(Asset.id.in_(_batch_asset_ids(batch_id)))
+        ).all()
+    )
+
+
+def batch_counts(session: Session, batch_id: str) -> dict[str, int]:
+    """How a batch's rows ended: its distinct assets per state (every state, zeros included)
+    plus ``rejected`` manifest rows."""
+    counts = dict.fromkeys(ASSET_STATES, 0)
+    for state in batch_asset_states(session, batch_id).values():
+        counts[state] += 1
+    counts["rejected"] = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(BatchItem)
+        .where(BatchItem.batch_id == batch_id, BatchItem.status == "rejected")
+    ) or 0
+    return counts
 
 
 # --- claims and leases ------------------------------------------------------------------------
@@ -563,36 +607,6 @@ def abandon_running_stages(
     return len(runs)
 
 
-def record_stage_skipped(
-    session: Session,
-    asset_id: str,
-    stage: str,
-    params_hash: str | None,
-    host: str | None = None,
-    device: str | None = None,
-    flow_run_id: str | None = None,
-) -> StageRun:
-    """Record that a stage was skipped (already done with the same parameters): a 0 s run."""
-    now = utcnow()
-    run = StageRun(
-        asset_id=asset_id,
-        stage=stage,
-        attempt=_next_attempt(session, asset_id, stage),
-        status="skipped",
-        params_hash=params_hash,
-        started_at=now,
-        finished_at=now,
-        duration_s=0.0,
-        host=host,
-        device=device,
-        flow_run_id=flow_run_id,
-        output_keys={},
-    )
-    session.add(run)
-    session.flush()
-    return run
-
-
 def completed_stage(
     session: Session, asset_id: str, stage: str, params_hash: str | None
 ) -> StageRun | None:
@@ -610,6 +624,20 @@ def completed_stage(
         .order_by(StageRun.attempt.desc())
         .limit(1)
     ).first()
+
+
+def succeeded_stage_runs(session: Session, asset_ids: Collection[str]) -> list[StageRun]:
+    """Every ``succeeded`` stage run of these assets (for per-stage timings)."""
+    runs: list[StageRun] = []
+    for chunk in _chunks(asset_ids):
+        runs.extend(
+            session.scalars(
+                sa.select(StageRun).where(
+                    StageRun.asset_id.in_(chunk), StageRun.status == "succeeded"
+                )
+            )
+        )
+    return runs
 
 
 def stage_runs(session: Session, asset_id: str) -> list[StageRun]:

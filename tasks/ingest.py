@@ -6,20 +6,19 @@ Rejected rows are recorded with their line and reason; valid rows always go on.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from intake.parse import parse_manifest
-from intake.references import default_fetcher
-from intake.requests import AssetRequest
+from intake.references import FetchedOnce, Fetcher, default_fetcher
+from intake.requests import AssetRequest, ParsedManifest
 from storage import queries
 from storage.identity import asset_identity
-from storage.schema import Asset, BatchItem
 from tasks.config import PipelineConfig
-from tasks.resources import engine_for, store_for
+from tasks.resources import get_engine, store_for
 
 
 @dataclass
@@ -67,33 +66,62 @@ def _input_key(store, local: str, sha256: str) -> str:
     return key
 
 
-def _stage_input(store, ref: str | None, sha256: str | None, config: PipelineConfig) -> str | None:
-    """Copy a request's image or bundle into the store's ``inputs/`` (workers read it there)."""
+def _stage_input(store, ref: str | None, sha256: str | None, fetched: FetchedOnce) -> str | None:
+    """Copy a request's image or bundle into the store's ``inputs/`` (workers read it there).
+
+    A remote reference is stored from the copy parsing fetched (fetched now only when parsing
+    accepted it by reference without fetching)."""
     if ref is None:
         return None
     if ref.startswith(("s3://", "https://")):
-        data = default_fetcher(config.url_hosts)(ref)
-        digest = sha256 or hashlib.sha256(data).hexdigest()
+        local = fetched.local_copy(ref)
+        digest = sha256 or _file_sha256(local)
         key = f"inputs/{digest}{Path(ref.split('?')[0]).suffix.lower()}"
         if not store.exists(key):
-            store.put_bytes(key, data)
+            store.put_file(key, local)
         return key
     return _input_key(store, ref, sha256 or "")
 
 
-def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
-    """Parse and validate ``path``, record batch + assets, return what needs running."""
-    parsed = parse_manifest(
-        path,
-        image_roots=[Path(p) for p in config.image_roots],
-        allow_urls=config.allow_url_fetch,
-        url_hosts=config.url_hosts,
-        max_image_pixels=config.max_image_pixels,
-        fetch=config.allow_url_fetch,
-    )
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest_manifest(
+    path: Path, config: PipelineConfig, fetcher: Fetcher | None = None
+) -> IngestResult:
+    """Parse and validate ``path``, record batch + new assets, return what needs running.
+
+    Remote images and bundles are downloaded once (with ``fetcher``, default
+    :func:`intake.references.default_fetcher` using the configured store's S3 settings): the
+    bytes parsing checked are the bytes stored under ``inputs/``.
+    """
+    fetcher = fetcher or default_fetcher(config.url_hosts, store_url=config.store_url)
+    with tempfile.TemporaryDirectory(prefix="foundry3d-fetched-") as scratch:
+        fetched = FetchedOnce(fetcher, Path(scratch))
+        parsed = parse_manifest(
+            path,
+            image_roots=[Path(p) for p in config.image_roots],
+            allow_urls=config.allow_url_fetch,
+            url_hosts=config.url_hosts,
+            max_image_pixels=config.max_image_pixels,
+            fetch=config.allow_url_fetch,
+            fetcher=fetched,
+        )
+        return _record(path, parsed, config, fetched)
+
+
+def _record(
+    path: Path, parsed: ParsedManifest, config: PipelineConfig, fetched: FetchedOnce
+) -> IngestResult:
+    """Store the inputs of the parsed requests and record the batch, its rows and new assets."""
     store = store_for(config.store_url)
     identities: dict[tuple, str] = {}  # generator identity per generator + weight params
-    with Session(engine_for(config.database_url)) as session:
+    with Session(get_engine(config.database_url)) as session:
         batch = queries.create_batch(
             session, manifest_path=str(path), manifest_sha256=parsed.sha256
         )
@@ -105,24 +133,18 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
             result.rejected.append(
                 {"file": str(rejection.file), "line": rejection.line, "reason": rejection.reason}
             )
-        assets: dict[str, dict] = {}  # asset id -> upsert arguments, in manifest order
+        assets: dict[str, dict] = {}  # asset id -> insert arguments, in manifest order
         for request in parsed.requests:
-            values = _asset_values(store, request, config, identities)
+            values = _asset_values(store, request, config, identities, fetched)
             assets.setdefault(values["asset_id"], values)
             result.labels.setdefault(values["asset_id"], _label(request))
             items.append({"line": request.line, "item_id": request.item_id,
                           "asset_id": values["asset_id"], "status": "accepted"})
-        queries.upsert_assets(session, list(assets.values()))
+        queries.insert_assets_if_new(session, list(assets.values()))
         queries.add_batch_items(session, batch.id, items)
         session.commit()
         result.asset_ids = list(assets)
-        states = dict(
-            session.execute(
-                sa.select(Asset.id, Asset.state)
-                .join(BatchItem, BatchItem.asset_id == Asset.id)
-                .where(BatchItem.batch_id == batch.id)
-            ).all()
-        )
+        states = queries.batch_asset_states(session, batch.id)
     for asset_id in result.asset_ids:
         state = states.get(asset_id)
         if state == "succeeded":
@@ -135,9 +157,13 @@ def ingest_manifest(path: Path, config: PipelineConfig) -> IngestResult:
 
 
 def _asset_values(
-    store, request: AssetRequest, config: PipelineConfig, identities: dict[tuple, str]
+    store,
+    request: AssetRequest,
+    config: PipelineConfig,
+    identities: dict[tuple, str],
+    fetched: FetchedOnce,
 ) -> dict:
-    """The :func:`storage.queries.upsert_asset` arguments of a request (inputs copied)."""
+    """The :func:`storage.queries.insert_asset_if_new` arguments of a request (inputs copied)."""
     params = dict(request.params)
     key = (request.generator, *(str(params.get(k)) for k in ("flux_path", "lora_path",
                                                               "lora_scale")))
@@ -147,9 +173,9 @@ def _asset_values(
         "asset_id": asset_identity(request.canonical(), identities[key]),
         "kind": request.kind,
         "prompt": request.prompt,
-        "image_ref": _stage_input(store, request.image_ref, request.image_sha256, config),
+        "image_ref": _stage_input(store, request.image_ref, request.image_sha256, fetched),
         "image_sha256": request.image_sha256,
-        "bundle_ref": _stage_input(store, request.bundle_ref, request.bundle_sha256, config),
+        "bundle_ref": _stage_input(store, request.bundle_ref, request.bundle_sha256, fetched),
         "seed": request.seed,
         "variant": request.variant,
         "generator": request.generator,

@@ -6,16 +6,14 @@ import os
 import socket
 from functools import lru_cache
 
-from sqlalchemy import Engine
-
-from storage.db import make_engine
+from storage.db import get_engine
 from storage.objects import ObjectStore, open_store
 
+#: The process's engine for a database URL: :func:`storage.db.get_engine` itself, the one owner
+#: of engines (kept under this name for the stage tasks and flows that call it).
+engine_for = get_engine
 
-@lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    """The process's engine for ``url`` (one engine per process and URL)."""
-    return make_engine(url)
+__all__ = ["engine_for", "get_engine", "store_for", "worker_name", "torch_device", "rasteriser_for"]
 
 
 @lru_cache(maxsize=8)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.schema import Asset, StageRun
+from storage import queries
+from storage.db import session_scope
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult
-from tasks.resources import engine_for
+from tasks.resources import get_engine
 
 
 @dataclass
@@ -66,16 +66,9 @@ def summarise_batch(
         rejections=list(ingest.rejected),
         seconds=seconds,
     )
-    with Session(engine_for(config.database_url)) as session:
-        rows = {
-            a.id: a
-            for a in session.scalars(select(Asset).where(Asset.id.in_(ingest.asset_ids)))
-        } if ingest.asset_ids else {}
-        runs = session.scalars(
-            select(StageRun).where(
-                StageRun.asset_id.in_(list(outcomes)), StageRun.status == "succeeded"
-            )
-        ).all() if outcomes else []
+    with Session(get_engine(config.database_url)) as session:
+        rows = queries.assets_by_id(session, ingest.asset_ids)
+        runs = queries.succeeded_stage_runs(session, list(outcomes))
         per_stage: dict[str, list[float]] = defaultdict(list)
         run_seconds: dict[str, list[float]] = defaultdict(list)
         for run in runs:
@@ -118,3 +111,33 @@ def summarise_batch(
                 }
             )
     return summary
+
+
+def close_batch(
+    batch_id: str,
+    config: PipelineConfig,
+    summary: BatchSummary | None = None,
+    failure: str | None = None,
+) -> dict:
+    """End a batch: ``finished``, or ``failed`` with ``failure`` (what stopped the run).
+
+    Stores the batch's assets per state and its rejected rows (counted in the database, so a run
+    that failed half way still reports what it did), plus the summary's produced / skipped /
+    failed counts when the run got that far. Returns what was stored.
+    """
+    with session_scope(get_engine(config.database_url)) as session:
+        record: dict = {"states": queries.batch_counts(session, batch_id)}
+        if summary is not None:
+            record.update(
+                produced=summary.produced,
+                skipped=summary.skipped,
+                failed=summary.failed,
+                rejected=summary.rejected,
+                seconds=round(summary.seconds, 3),
+            )
+        if failure is not None:
+            record["error"] = failure
+        queries.finish_batch(
+            session, batch_id, record, status="finished" if failure is None else "failed"
+        )
+    return record

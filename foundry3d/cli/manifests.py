@@ -33,6 +33,7 @@ def validate(
     """
     from foundry3d.settings import get_settings
     from intake.parse import parse_manifest
+    from intake.references import default_fetcher
 
     settings = get_settings()
     parsed = parse_manifest(
@@ -42,6 +43,8 @@ def validate(
         url_hosts=settings.url_hosts,
         max_image_pixels=settings.max_image_pixels,
         fetch=fetch,
+        # s3:// images are read with the configured store's endpoint, as the catalog does
+        fetcher=default_fetcher(settings.url_hosts, store_url=settings.resolved_store_url),
     )
 
     if show_valid and parsed.requests:

@@ -18,7 +18,6 @@ from foundry3d.cli.app import UserError, app, console
 
 def _prepare(verbose: bool = False):
     """Settings -> config, with the database migrated and Prefect quiet unless asked."""
-    from foundry3d.runtime import pipeline_config
     from foundry3d.settings import get_settings
     from storage.db import ensure_database
 
@@ -30,7 +29,7 @@ def _prepare(verbose: bool = False):
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_database(settings.resolved_database_url)
-    return settings, pipeline_config(settings)
+    return settings, settings.pipeline_config()
 
 
 class _ProgressBoard:
@@ -195,11 +194,12 @@ def search(
     from sqlalchemy.orm import Session
 
     from models.embed.text import embed_texts
+    from storage.db import get_engine
     from storage.search import hybrid_search
-    from tasks.resources import engine_for, store_for
+    from tasks.resources import store_for
 
     embedding = embed_texts([query])[0]
-    with Session(engine_for(config.database_url)) as session:
+    with Session(get_engine(config.database_url)) as session:
         hits = hybrid_search(session, query, embedding, limit=limit, state=state, tag=tag)
     if not hits:
         console.print(f"No assets match {query!r}.")

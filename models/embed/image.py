@@ -159,11 +159,6 @@ def image_descriptor(
     return _unit(np.concatenate(parts)).astype(np.float32)
 
 
-def descriptor_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of descriptors: ``(D,)`` or ``(N, D)`` against ``(D,)`` -> float32."""
-    return (np.asarray(a, np.float32) @ np.asarray(b, np.float32)).astype(np.float32)
-
-
 def _prepare(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Validate, split off alpha, shrink large images; returns ``(rgb uint8, fg bool)``."""
     img = np.asarray(image)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.cache import ModelKey, get_or_load
+
 #: Width of an all-MiniLM-L6-v2 sentence embedding.
 EMBEDDING_DIM = 384
 #: Longest input in tokens; the model was trained with this limit (sentence_bert_config.json).
@@ -127,20 +129,15 @@ class TextEmbedder:
         return self.embed_texts([text])[0]
 
 
-_CACHE: dict[tuple[str, str], TextEmbedder] = {}
-_CACHE_LOCK = threading.Lock()
+#: Kind of the text embedders in :mod:`models.cache`.
+CACHE_KIND = "text-embedder"
 
 
 def get_text_embedder(model_path: str | Path | None = None, device: str = "cpu") -> TextEmbedder:
     """The process-wide :class:`TextEmbedder` for ``(model_path, device)``, loaded once."""
     path = Path(model_path) if model_path is not None else packaged_model_path()
-    key = (str(path.resolve()), device)
-    with _CACHE_LOCK:
-        embedder = _CACHE.get(key)
-        if embedder is None:
-            embedder = TextEmbedder(path, device=device)
-            _CACHE[key] = embedder
-        return embedder
+    key = ModelKey(CACHE_KIND, (str(path.resolve()), device))
+    return get_or_load(key, lambda: TextEmbedder(path, device=device))
 
 
 def embed_texts(texts: Sequence[str]) -> np.ndarray:

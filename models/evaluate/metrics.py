@@ -124,15 +124,15 @@ def mesh_health(mesh: trimesh.Trimesh) -> dict:
     are one vertex), so seams split for UVs or normals do not count as holes.
 
     Returns ``{"vertices", "faces", "components", "watertight", "boundary_edges",
-    "non_manifold_edges", "degenerate_faces", "area", "volume"}``: ``components`` is the number of
-    face-connected pieces; ``watertight`` means every edge has exactly two faces (no boundary
-    and no non-manifold edge) and there is at least one face; ``volume`` is the signed volume
-    (meaningful only when watertight).
+    "non_manifold_edges", "degenerate_faces", "area", "volume"}``: ``components`` is the number
+    of pieces whose faces connect through shared vertices; ``watertight`` means every edge has
+    exactly two faces (no boundary and no non-manifold edge) and there is at least one face;
+    ``volume`` is the signed volume (meaningful only when watertight). Counted with trimesh
+    (vertex merging, edge grouping, connected components).
     """
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
     report = {
-        "vertices": int(len(vertices)),
+        "vertices": int(len(mesh.vertices)),
         "faces": int(len(faces)),
         "components": 0,
         "watertight": False,
@@ -144,45 +144,37 @@ def mesh_health(mesh: trimesh.Trimesh) -> dict:
     }
     if len(faces) == 0:
         return report
-    _, inverse = np.unique(np.round(vertices, MERGE_DIGITS), axis=0, return_inverse=True)
-    merged = inverse.reshape(-1)[faces]
-
-    tri = vertices[faces]
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    areas = 0.5 * np.linalg.norm(cross, axis=1)
-    collapsed = (
-        (merged[:, 0] == merged[:, 1])
-        | (merged[:, 1] == merged[:, 2])
-        | (merged[:, 0] == merged[:, 2])
+    # A copy of positions and faces only: the caller's mesh is never changed, and UVs or
+    # normals do not keep coincident vertices apart.
+    merged = trimesh.Trimesh(
+        vertices=np.asarray(mesh.vertices, dtype=np.float64), faces=faces, process=False
     )
-    report["degenerate_faces"] = int(np.count_nonzero(collapsed | (areas < DEGENERATE_AREA)))
-    report["area"] = float(areas.sum())
-    signed = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2]))
-    report["volume"] = float(signed.sum() / 6.0)
+    merged.merge_vertices(merge_tex=True, merge_norm=True, digits_vertex=MERGE_DIGITS)
+    report["area"] = float(merged.area)
+    # Signed volume (meaningful only when watertight); the inertia tensor is not needed.
+    volume = trimesh.triangles.mass_properties(
+        merged.triangles, crosses=merged.triangles_cross, skip_inertia=True
+    ).volume
+    report["volume"] = float(volume)
 
-    # Undirected edges of faces that are real triangles; a collapsed face has no proper edges.
-    good = merged[~collapsed]
-    edges = np.sort(good[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    edge_ids, edge_face_count = np.unique(edges, axis=0, return_counts=True)
-    report["boundary_edges"] = int(np.count_nonzero(edge_face_count == 1))
-    report["non_manifold_edges"] = int(np.count_nonzero(edge_face_count > 2))
-    report["watertight"] = bool(len(good) > 0 and np.all(edge_face_count == 2))
+    collapsed = (merged.faces[:, [0, 1, 2]] == merged.faces[:, [1, 2, 0]]).any(axis=1)
+    tiny = merged.area_faces < DEGENERATE_AREA
+    report["degenerate_faces"] = int(np.count_nonzero(collapsed | tiny))
 
-    # Faces sharing a (merged) vertex belong to one component: union-find over face vertices.
-    report["components"] = _count_components(merged, len(inverse))
+    # Edges of the faces that are real triangles: a collapsed face has no proper edges.
+    proper = trimesh.Trimesh(merged.vertices, merged.faces[~collapsed], process=False)
+    if len(proper.faces):
+        _, edge_of = trimesh.grouping.unique_rows(proper.edges_sorted)
+        faces_per_edge = np.bincount(edge_of)
+        report["boundary_edges"] = int(np.count_nonzero(faces_per_edge == 1))
+        report["non_manifold_edges"] = int(np.count_nonzero(faces_per_edge > 2))
+        report["watertight"] = bool(proper.is_watertight)
+
+    # Faces sharing a (merged) vertex are one piece; vertices used by no face do not count.
+    report["components"] = len(
+        trimesh.graph.connected_components(merged.edges, nodes=np.unique(merged.faces))
+    )
     return report
-
-
-def _count_components(faces: np.ndarray, n_vertices: int) -> int:
-    """Number of connected pieces of the faces ``(F, 3)`` (isolated vertices ignored)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
-    cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))
-    _, labels = connected_components(graph, directed=False)
-    return int(len(np.unique(labels[np.unique(faces)])))
 
 
 # --------------------------------------------------------------------------- images

@@ -15,6 +15,7 @@ import numpy as np
 import trimesh
 
 from models.bundle.spec import NORMALISED_EXTENT
+from models.geometry.normals import face_normals_and_areas
 
 #: Faces meeting at more than this dihedral angle (degrees) keep their own shading normals.
 CREASE_ANGLE_DEG = 30.0
@@ -276,9 +277,8 @@ def crease_normals(
     f = weld_positions(v, np.asarray(faces, dtype=np.int64))
     nf = len(f)
     tri = v[f]  # (F, 3, 3)
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    length = np.linalg.norm(cross, axis=1, keepdims=True)
-    face_n = np.divide(cross, length, out=np.zeros_like(cross), where=length > 0)
+    face_n, areas = face_normals_and_areas(v, f)
+    area = areas[:, None]  # (F, 1); zero exactly for the zero-area faces
     # corner angles as weights
     weights = np.zeros((nf, 3))
     for k in range(3):
@@ -288,7 +288,7 @@ def crease_normals(
         nb = np.linalg.norm(b, axis=1)
         cos = np.einsum("ij,ij->i", a, b) / np.maximum(na * nb, 1e-30)
         weights[:, k] = np.arccos(np.clip(cos, -1.0, 1.0))
-    weights[length[:, 0] == 0] = 0.0
+    weights[area[:, 0] == 0] = 0.0
 
     # Join corners (v, f) and (v, g) when faces f and g share an edge through v at a smooth
     # dihedral angle. Half-edge (f, k) runs from corner k to corner k+1.
@@ -305,7 +305,7 @@ def crease_normals(
     f1, f2 = h1 // 3, h2 // 3
     cos_limit = np.cos(np.radians(angle_deg))
     smooth = np.einsum("ij,ij->i", face_n[f1], face_n[f2]) >= cos_limit - 1e-12
-    smooth &= (length[f1, 0] > 0) & (length[f2, 0] > 0)
+    smooth &= (area[f1, 0] > 0) & (area[f2, 0] > 0)
     h1, h2, f1, f2 = h1[smooth], h2[smooth], f1[smooth], f2[smooth]
     # half-edge h has corners (h % 3) and (h % 3 + 1) % 3 of its face; match them by vertex
     c1a, c1b = h1 % 3, (h1 % 3 + 1) % 3
@@ -325,6 +325,6 @@ def crease_normals(
     np.add.at(sums, label, contrib)
     corner = sums[label].reshape(nf, 3, 3)
     norm = np.linalg.norm(corner, axis=2, keepdims=True)
-    fallback = np.where(length > 0, face_n, np.array([0.0, 0.0, 1.0]))[:, None, :]
+    fallback = np.where(area > 0, face_n, np.array([0.0, 0.0, 1.0]))[:, None, :]
     corner = np.where(norm > 1e-12, corner / np.maximum(norm, 1e-30), fallback)
     return corner.astype(np.float32)

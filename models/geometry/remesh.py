@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from models.geometry.normals import face_normals, face_normals_and_areas, vertex_normals
+
 #: Edges longer than this multiple of the target length are split.
 SPLIT_RATIO = 4.0 / 3.0
 #: Edges shorter than this multiple of the target length are collapsed.
@@ -31,6 +33,8 @@ FLIP_MIN_DIHEDRAL_COS = 0.5
 CREASE_COS = 0.866
 #: Ideal valence of an interior vertex.
 TARGET_VALENCE = 6
+#: Faces at or below this area (units squared) count as degenerate for collapses and flips.
+MIN_FACE_AREA = 0.5e-14
 
 
 def edges_unique(faces: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,22 +56,6 @@ def edges_unique(faces: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.n
 def edge_lengths(vertices: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """``(E,)`` Euclidean lengths of ``edges`` ``(E, 2)``."""
     return np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
-
-
-def face_normals(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unit face normals ``(F, 3)`` (0 for degenerate faces) and doubled areas ``(F,)``."""
-    tri = vertices[faces]
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    norm = np.linalg.norm(cross, axis=1)
-    return cross / np.maximum(norm, 1e-20)[:, None], norm
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals ``(V, 3)``."""
-    tri = vertices[faces]
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    acc = _scatter_sum(faces.ravel(), np.repeat(cross, 3, axis=0), len(vertices))
-    return acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-20)
 
 
 def _scatter_sum(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -257,11 +245,12 @@ def collapse_edges(
     new_pos = vertices[mf].copy()
     hit = mid >= 0
     new_pos[hit] = target[mid[hit]]
-    old_n, _ = face_normals(vertices, mf)
-    cross = np.cross(new_pos[:, 1] - new_pos[:, 0], new_pos[:, 2] - new_pos[:, 0])
-    new_area = np.linalg.norm(cross, axis=1)
-    new_n = cross / np.maximum(new_area, 1e-20)[:, None]
-    flips = (np.sum(old_n * new_n, axis=1) < COLLAPSE_MIN_NORMAL_COS) | (new_area <= 1e-14)
+    old_n = face_normals(vertices, mf)
+    corners = np.arange(3 * len(mf)).reshape(-1, 3)
+    new_n, new_area = face_normals_and_areas(new_pos.reshape(-1, 3), corners)
+    flips = (np.sum(old_n * new_n, axis=1) < COLLAPSE_MIN_NORMAL_COS) | (
+        new_area <= MIN_FACE_AREA
+    )
     ok[np.unique(which[flips])] = False
 
     ce = ce[ok]
@@ -317,20 +306,20 @@ def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     after = dev(va - 1) + dev(vb - 1) + dev(vc + 1) + dev(vd + 1)
     gain = before - after
 
-    n_old, _ = face_normals(vertices, faces)
+    n_old = face_normals(vertices, faces)
     dihedral = np.sum(n_old[f1] * n_old[f2], axis=1)
     new1 = np.stack([a, d, c], 1)
     new2 = np.stack([d, b, c], 1)
-    n1, area1 = face_normals(vertices, new1)
-    n2, area2 = face_normals(vertices, new2)
+    n1, area1 = face_normals_and_areas(vertices, new1)
+    n2, area2 = face_normals_and_areas(vertices, new2)
     avg = n_old[f1] + n_old[f2]
     geometric = (
         (dihedral > FLIP_MIN_DIHEDRAL_COS)
         & (np.sum(n1 * n2, axis=1) > FLIP_MIN_DIHEDRAL_COS)
         & (np.sum(n1 * avg, axis=1) > 0)
         & (np.sum(n2 * avg, axis=1) > 0)
-        & (area1 > 1e-14)
-        & (area2 > 1e-14)
+        & (area1 > MIN_FACE_AREA)
+        & (area2 > MIN_FACE_AREA)
     )
     lo, hi = np.minimum(c, d), np.maximum(c, d)
     new_key = lo * np.int64(num_v) + hi
@@ -382,7 +371,7 @@ def tangential_smooth(
     delta -= np.sum(delta * n, axis=1, keepdims=True) * n
     # Vertices on a crease (a face turned more than CREASE_COS from the vertex normal) stay put:
     # sliding them within an averaged tangent plane would round the crease off.
-    fn, _ = face_normals(vertices, faces)
+    fn = face_normals(vertices, faces)
     corner_cos = np.sum(fn[:, None, :] * n[faces], axis=2).ravel()
     min_cos = np.full(num_v, np.inf)
     np.minimum.at(min_cos, faces.ravel(), corner_cos)

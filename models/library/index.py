@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from models.cache import ModelKey, get_or_load
 from models.embed.image import DEFAULT_CONFIG, DescriptorError, image_descriptor
 from models.library.format import (
     LIBRARY_FILE,
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 INDEX_ARRAYS = "index.npz"
 INDEX_META = "index.json"
 INDEX_FORMAT = "foundry3d-library-index-v1"
+#: Kind of the loaded indexes in :mod:`models.cache`.
+CACHE_KIND = "library-index"
 #: Tile size of the renders whose views are described; small, descriptors are coarse anyway.
 DEFAULT_INDEX_TILE = 256
 NUM_VIEWS = 4
@@ -253,14 +255,7 @@ class LibraryIndex:
             (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
             for p in (folder / INDEX_META, folder / INDEX_ARRAYS)
         )
-        with _CACHE_LOCK:
-            hit = _INDEX_CACHE.get(folder)
-            if hit is not None and hit[0] == stamp:
-                return hit[1]
-        index = cls.load(folder)
-        with _CACHE_LOCK:
-            _INDEX_CACHE[folder] = (stamp, index)
-        return index
+        return get_or_load(ModelKey(CACHE_KIND, (str(folder),), stamp), lambda: cls.load(folder))
 
     def save(self) -> None:
         """Write ``index.npz`` then ``index.json`` (each atomically) into :attr:`folder`."""
@@ -287,10 +282,6 @@ class LibraryIndex:
         os.chmod(tmp.name, 0o644)
         os.replace(tmp.name, self.folder / INDEX_ARRAYS)
         _atomic_write(self.folder / INDEX_META, json.dumps(meta, indent=1).encode("utf-8"))
-
-
-_INDEX_CACHE: dict[Path, tuple[tuple, LibraryIndex]] = {}
-_CACHE_LOCK = threading.Lock()
 
 
 def build_library_index(

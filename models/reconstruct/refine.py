@@ -37,6 +37,7 @@ import trimesh
 from models.bundle.cameras import BundleCameras
 from models.bundle.spec import Bundle, BundleSpec
 from models.geometry import remesh as rm
+from models.geometry.normals_torch import face_normals_t, vertex_normals_t
 from models.reconstruct.optimise import OptimiserConfig, VertexOptimiser
 
 #: An init mesh must lie within this box (bundle frame) to be accepted without normalisation.
@@ -163,16 +164,6 @@ def _downsample_targets(bundle: Bundle, resolution: int, device: torch.device) -
 # --------------------------------------------------------------------------------- rendering
 
 
-def vertex_normals_t(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals ``(V, 3)``, differentiable."""
-    tri = vertices[faces]
-    cross = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
-    acc = torch.zeros_like(vertices)
-    for k in range(3):
-        acc = acc.index_add(0, faces[:, k], cross)
-    return F.normalize(acc, dim=1, eps=1e-12)
-
-
 def _clip(vertices: torch.Tensor, mvp: torch.Tensor) -> torch.Tensor:
     """World ``(V, 3)`` -> clip ``(B, V, 4)`` for ``mvp`` ``(B, 4, 4)``."""
     homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], dim=1)
@@ -187,9 +178,7 @@ def _render(rasteriser, vertices, faces, mvp, rotations, resolution, flat):
         # Flat shading: each pixel takes its triangle's normal. Smooth vertex normals let the
         # normal loss of a visible face bend the unseen faces beside a crease (an object's
         # bottom bulges down); face normals keep every gradient on the faces that are seen.
-        tri = vertices[faces]
-        fn = F.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1),
-                         dim=1, eps=1e-12)
+        fn = face_normals_t(vertices, faces)
         covered = raster.tri_id >= 0
         n_world = torch.where(covered[..., None], fn[raster.tri_id.clamp_min(0)], 0.0)
     else:
@@ -430,9 +419,7 @@ def _refine(
                                   remesh_interval=0)
         exp = VertexOptimiser(v, faces, opt.edge_length, exp_cfg, device=device)
         for _ in range(params.explicit_steps):
-            tri = exp.vertices[faces]
-            n_f = F.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1),
-                              dim=1, eps=1e-12)
+            n_f = face_normals_t(exp.vertices, faces)
             err = (n_f - t_f).square().sum(1)
             loss = (err * face_found).sum() / face_found.sum().clamp_min(1)
             box = F.relu(exp.vertices.abs() - INIT_BOX).square().sum(1).mean()

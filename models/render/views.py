@@ -28,6 +28,7 @@ from models.geometry.materials import (
     sample_texture,
 )
 from models.geometry.mesh import crease_normals, normalise_mesh, to_y_up
+from models.geometry.normals import face_normals
 from models.raster import Rasteriser, get_rasteriser
 
 #: Samples per pixel side for anti-aliasing (the golden bundles use 2 x 2).
@@ -242,15 +243,12 @@ class _Surface:
         if len(faces) == 0:
             raise ValueError("cannot render a mesh without faces")
         tri = vertices[faces]
-        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        length = np.linalg.norm(cross, axis=1, keepdims=True)
-        face_normals = np.divide(cross, length, out=np.zeros_like(cross), where=length > 0)
         colours, uv, texture, factor = _base_colour(mesh, faces)
         return cls(
             vertices=vertices,
             faces=faces,
             corner_normals=crease_normals(vertices, faces).astype(np.float64),
-            face_normals=face_normals,
+            face_normals=face_normals(vertices, faces),
             centroids=tri.mean(1),
             corner_colours=colours,
             corner_uv=uv,
@@ -306,11 +304,6 @@ def _base_colour(mesh: trimesh.Trimesh, faces: np.ndarray) -> tuple[Any, Any, An
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _encode(n: np.ndarray) -> np.ndarray:
-    """Camera-space normals -> the spec's colours as floats (rounded after averaging)."""
-    return 255.0 * np.stack([(1.0 - n[:, 0]) / 2, (1.0 + n[:, 1]) / 2, (1.0 + n[:, 2]) / 2], -1)
 
 
 def _blend(b: np.ndarray, corner: np.ndarray, f: np.ndarray) -> np.ndarray:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage import queries
 from storage.objects import open_store
+from storage.schema import Batch
 from tasks.resources import engine_for
 from tests.flows.conftest import FAST_PARAMS, write_manifest
 
@@ -88,6 +90,46 @@ def test_rejected_rows_are_recorded_with_their_line_and_valid_rows_go_on(
     assert summary.rejections[0]["line"] > 0
 
 
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)  # Prefect, not storage
+def test_a_batch_ends_finished_with_its_assets_per_state_and_rejected_rows(
+    pipeline_config, tmp_path
+):
+    from flows.catalog import catalog_flow
+
+    manifest = write_manifest(tmp_path, [
+        {"prompt": "a metal can", "init": "library"},
+        {"prompt": "a ball", "seed": -3},
+    ])
+    summary = catalog_flow(str(manifest), pipeline_config)
+    with Session(engine_for(pipeline_config.database_url)) as session:
+        batch = session.get(Batch, summary.batch_id)
+        assert batch.status == "finished" and batch.finished_at is not None
+        assert batch.summary["states"] == {
+            "pending": 0, "running": 0, "succeeded": 1, "failed": 0, "rejected": 1
+        }
+        assert (batch.summary["produced"], batch.summary["rejected"]) == (1, 1)
+
+
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)  # Prefect, not storage
+def test_a_batch_whose_run_raises_ends_failed_with_the_error_and_its_counts(
+    pipeline_config, tmp_path
+):
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.catalog import catalog_flow
+
+    manifest = write_manifest(tmp_path, [{"prompt": "a metal can", "init": "library"}])
+    with pytest.raises(ObjectNotFound):
+        catalog_flow(str(manifest), pipeline_config, deployment="no-such-flow/no-such-deployment")
+    with Session(engine_for(pipeline_config.database_url)) as session:
+        (batch,) = session.scalars(
+            select(Batch).where(Batch.manifest_path == str(manifest))
+        ).all()
+        assert batch.status == "failed" and batch.finished_at is not None
+        assert batch.summary["error"].startswith("ObjectNotFound")
+        assert batch.summary["states"]["pending"] == 1
+
+
 def test_a_permanent_error_fails_only_that_asset(pipeline_config, tmp_path):
     from flows.catalog import catalog_flow
 
@@ -130,7 +172,7 @@ def test_a_retryable_stage_error_is_retried_and_the_asset_succeeds(pipeline_conf
     GENERATORS["flaky-test"] = flaky
     try:
         with Session(engine_for(pipeline_config.database_url)) as session:
-            queries.upsert_asset(
+            queries.insert_asset_if_new(
                 session, asset_id="flaky0000001", kind="prompt", prompt="a soda can",
                 image_ref=None, image_sha256=None, bundle_ref=None, seed=0, variant=0,
                 generator="flaky-test", init="sphere",

@@ -64,6 +64,12 @@ def test_a_40000_square_header_is_refused_fast_without_allocating():
     assert peak < 1_000_000
 
 
+def test_header_sizes_beyond_pillows_own_bomb_limit_are_read_not_refused():
+    width = height = 40000  # far above Image.MAX_IMAGE_PIXELS: Image.open would raise
+    assert width * height > 2 * Image.MAX_IMAGE_PIXELS
+    assert read_header_size(_png_claiming(width, height)) == ("PNG", width, height)
+
+
 def test_pixel_limit_is_inclusive():
     data = _encode("PNG", (8, 8))
     assert check_image(data, max_pixels=64).width == 8

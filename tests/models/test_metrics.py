@@ -137,6 +137,19 @@ def test_seams_split_for_uvs_do_not_count_as_holes():
     assert h["components"] == 1
 
 
+def test_mesh_health_leaves_the_callers_mesh_as_it_was():
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    unmerged = trimesh.Trimesh(
+        vertices=cube.vertices[cube.faces].reshape(-1, 3),
+        faces=np.arange(36).reshape(-1, 3),
+        process=False,
+    )
+    before = unmerged.vertices.copy(), unmerged.faces.copy()
+    mesh_health(unmerged)
+    assert np.array_equal(unmerged.vertices, before[0])
+    assert np.array_equal(unmerged.faces, before[1])
+
+
 def test_broken_mesh_reports_its_defects():
     cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
     faces = cube.faces[1:]  # a hole: one triangle missing

@@ -44,7 +44,7 @@ def test_split_edges_handles_one_two_and_three_split_edges_per_face():
         area = trimesh.Trimesh(v2, f2, process=False).area
         assert len(f2) == n_faces
         assert area == pytest.approx(6.0)
-        normals, _ = rm.face_normals(v2, f2)
+        normals = rm.face_normals(v2, f2)
         assert np.allclose(normals, [0.0, 0.0, 1.0])
 
 

@@ -36,7 +36,7 @@ def populated(db_url, use_database):
     """One asset that failed at `refine` after a successful `bundle`, with a metric."""
     engine = make_engine(db_url)
     with session_scope(engine) as session:
-        q.upsert_asset(
+        q.insert_asset_if_new(
             session,
             asset_id=ASSET,
             kind="prompt",

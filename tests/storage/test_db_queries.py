@@ -32,16 +32,16 @@ def _request(asset_id: str = "a" * 64, **overrides) -> dict:
 
 def _add(engine: sa.Engine, asset_id: str = "a" * 64, **overrides) -> str:
     with session_scope(engine) as session:
-        q.upsert_asset(session, **_request(asset_id, **overrides))
+        q.insert_asset_if_new(session, **_request(asset_id, **overrides))
     return asset_id
 
 
 # --- requests -----------------------------------------------------------------------------------
 
 
-def test_upsert_asset_creates_a_pending_request_once(db_engine):
+def test_inserting_a_request_creates_a_pending_asset_once(db_engine):
     with session_scope(db_engine) as session:
-        asset, created = q.upsert_asset(session, **_request())
+        asset, created = q.insert_asset_if_new(session, **_request())
         assert created
         assert (asset.state, asset.attempts, asset.params, asset.tags) == (
             "pending",
@@ -50,33 +50,33 @@ def test_upsert_asset_creates_a_pending_request_once(db_engine):
             ["furniture"],
         )
     with session_scope(db_engine) as session:
-        again, created_again = q.upsert_asset(session, **_request(prompt="something else"))
+        again, created_again = q.insert_asset_if_new(session, **_request(prompt="something else"))
         assert not created_again
         assert again.prompt == "a red chair"
         assert session.scalar(sa.select(sa.func.count()).select_from(Asset)) == 1
 
 
-def test_upsert_asset_leaves_a_running_asset_untouched(db_engine):
+def test_inserting_an_existing_request_leaves_a_running_asset_untouched(db_engine):
     asset_id = _add(db_engine)
     with session_scope(db_engine) as session:
         assert q.claim_asset(session, asset_id, "worker-1", 60)
     with session_scope(db_engine) as session:
-        asset, created = q.upsert_asset(session, **_request(asset_id))
+        asset, created = q.insert_asset_if_new(session, **_request(asset_id))
         assert not created
         assert (asset.state, asset.lease_owner) == ("running", "worker-1")
 
 
-def test_concurrent_upserts_create_the_asset_exactly_once(db_url):
+def test_concurrent_inserts_of_one_request_create_the_asset_exactly_once(db_url):
     engines = [make_engine(db_url) for _ in range(4)]
     barrier = threading.Barrier(len(engines))
     created: list[bool] = []
 
-    def upsert(engine: sa.Engine) -> None:
+    def insert(engine: sa.Engine) -> None:
         barrier.wait()
         with session_scope(engine) as session:
-            created.append(q.upsert_asset(session, **_request())[1])
+            created.append(q.insert_asset_if_new(session, **_request())[1])
 
-    threads = [threading.Thread(target=upsert, args=(e,)) for e in engines]
+    threads = [threading.Thread(target=insert, args=(e,)) for e in engines]
     for t in threads:
         t.start()
     for t in threads:
@@ -131,6 +131,51 @@ def test_batches_record_accepted_and_rejected_rows_and_share_assets(db_engine):
         ]
         assert [a.id for a in q.list_assets(session, batch_id=ids[1])] == [asset_id]
         assert q.get_asset_detail(session, asset_id).batch_ids == sorted(ids)
+
+
+def test_batch_counts_give_each_distinct_asset_state_and_the_rejected_rows(db_engine):
+    done, waiting = _add(db_engine, "d" * 64), _add(db_engine, "e" * 64)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, done, "w", 60)
+        q.release_asset(session, done, "w", "succeeded")
+        batch = q.create_batch(session, "m.yaml")
+        q.add_batch_items(session, batch.id, [
+            {"line": 1, "asset_id": done, "status": "accepted"},
+            {"line": 2, "asset_id": done, "status": "accepted"},  # a duplicate row
+            {"line": 3, "asset_id": waiting, "status": "accepted"},
+            {"line": 4, "status": "rejected", "reason": "negative seed"},
+        ])
+        counts = q.batch_counts(session, batch.id)
+        states = q.batch_asset_states(session, batch.id)
+    assert counts == {"pending": 1, "running": 0, "succeeded": 1, "failed": 0, "rejected": 1}
+    assert states == {done: "succeeded", waiting: "pending"}
+
+
+def test_asset_lookups_by_id_skip_unknown_ids(db_engine):
+    known = _add(db_engine)
+    with session_scope(db_engine) as session:
+        assert q.asset_states(session, [known, "f" * 64]) == {known: "pending"}
+        assert list(q.assets_by_id(session, [known, "f" * 64])) == [known]
+        assert q.asset_states(session, []) == {}
+
+
+def test_asset_lookups_split_long_id_lists(db_engine):
+    known = _add(db_engine)
+    many = [f"{i:064x}" for i in range(q.IN_CLAUSE_SIZE + 10)] + [known]
+    with session_scope(db_engine) as session:
+        assert q.asset_states(session, many) == {known: "pending"}
+
+
+def test_succeeded_stage_runs_are_those_of_the_given_assets_only(db_engine):
+    mine, other = _add(db_engine, "a" * 64), _add(db_engine, "b" * 64)
+    with session_scope(db_engine) as session:
+        for asset_id in (mine, other):
+            run = q.record_stage_start(session, asset_id, "bundle", "h")
+            q.record_stage_success(session, run.id, {})
+        failed = q.record_stage_start(session, mine, "init", "h")
+        q.record_stage_failure(session, failed.id, "E", "x")
+        runs = q.succeeded_stage_runs(session, [mine])
+    assert [(r.asset_id, r.stage) for r in runs] == [(mine, "bundle")]
 
 
 def test_a_rejected_batch_item_needs_a_reason(db_engine):
@@ -388,7 +433,6 @@ def test_completed_stage_matches_only_succeeded_runs_with_the_same_params(db_eng
         assert q.completed_stage(session, asset_id, "bundle", "h1") is None
         done = q.record_stage_start(session, asset_id, "bundle", "h1")
         q.record_stage_success(session, done.id, {"bundle.png": "k"})
-        q.record_stage_skipped(session, asset_id, "bundle", "h1")
         assert q.completed_stage(session, asset_id, "bundle", "h1").id == done.id
         assert q.completed_stage(session, asset_id, "bundle", "h2") is None
         assert q.completed_stage(session, asset_id, "init", "h1") is None
@@ -463,7 +507,7 @@ def test_asset_detail_gathers_runs_and_metrics(db_engine):
 
 def test_query_functions_never_commit(db_engine):
     with session_scope(db_engine) as session:
-        q.upsert_asset(session, **_request())
+        q.insert_asset_if_new(session, **_request())
         q.create_batch(session, "m.yaml")
         session.rollback()
     with session_scope(db_engine) as session:

@@ -53,7 +53,7 @@ def _index_prompts(engine: sa.Engine) -> sa.Engine:
     """The four prompts indexed, with embeddings at ANGLES from the query; the mug succeeded."""
     with session_scope(engine) as session:
         for name, (text, tags) in PROMPTS.items():
-            q.upsert_asset(
+            q.insert_asset_if_new(
                 session,
                 asset_id=_asset_id(name),
                 kind="prompt",
@@ -268,7 +268,7 @@ def _index_many(engine: sa.Engine) -> sa.Engine:
         for i, vector in enumerate(vectors):
             asset_id = f"m{i:04d}".ljust(64, "0")
             tags = [RARE_TAG] if i % 50 == 0 else ["common"]
-            q.upsert_asset(
+            q.insert_asset_if_new(
                 session,
                 asset_id=asset_id,
                 kind="prompt",
@@ -352,7 +352,7 @@ def test_a_prompt_indexed_by_another_connection_is_found_right_after_its_commit(
     writer = make_engine(many.url)  # another engine: nothing shared with the reader's cache
     try:
         with session_scope(writer) as session:
-            q.upsert_asset(
+            q.insert_asset_if_new(
                 session,
                 asset_id="new".ljust(64, "0"),
                 kind="prompt",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -333,11 +333,6 @@ def generate_bundles(
                             for i in bad)
         raise DegenerateBundleError(f"degenerate bundle(s): {reasons}", bad, results)
     return results
-
-
-def generate_bundle(caption: str, seed: int, params: Kiss3DGenParams) -> GeneratedBundle:
-    """One caption, one seed: :func:`generate_bundles` for a single item."""
-    return generate_bundles([caption], [seed], replace(params, batch_size=1))[0]
 
 
 def params_for_request(request, context) -> Kiss3DGenParams:

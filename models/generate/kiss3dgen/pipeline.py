@@ -37,14 +37,13 @@ asset.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.cache import ModelKey, clear, get_or_load
 from models.generate.kiss3dgen.params import Kiss3DGenParams, check_inputs
 from models.generate.kiss3dgen.weights import WeightsMissingError, dtype_kwarg
 
@@ -62,6 +61,8 @@ FLUX_FOLDER_PARTS = (
 )
 #: Pipelines kept loaded per process. One Flux.1-dev is ~24 GB in bf16; keep one.
 MODEL_CACHE_SIZE = 1
+#: Kind of the pipelines in :mod:`models.cache`.
+CACHE_KIND = "kiss3dgen"
 
 _FOLDER_EXPECTED = (
     "a Flux diffusers folder (model_index.json and sub-folders "
@@ -70,8 +71,6 @@ _FOLDER_EXPECTED = (
 )
 
 
-_CACHE: OrderedDict[tuple, Any] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
 
 
 def resolve_device(params: Kiss3DGenParams) -> torch.device:
@@ -363,24 +362,15 @@ def model_identity(
 
 
 def cached(slot: str, key: tuple, load: Callable[[], Any]) -> Any:
-    """The model cached under ``(slot, key)``, loaded with ``load()`` on first use.
+    """The model cached under ``(slot, key)`` in the process's model cache (:mod:`models.cache`),
+    loaded with ``load()`` on first use.
 
-    Each slot (``flux``, ``redux``) keeps :data:`MODEL_CACHE_SIZE` entries, least recently used
-    dropped first, so a Redux encoder never evicts the Flux pipeline it feeds.
+    Each slot (``flux``, ``redux``) is a kind of its own holding :data:`MODEL_CACHE_SIZE`
+    entries, least recently used dropped first, so a Redux encoder never evicts the Flux
+    pipeline it feeds.
     """
-    with _CACHE_LOCK:
-        full_key = (slot, key)
-        if full_key in _CACHE:
-            _CACHE.move_to_end(full_key)
-            return _CACHE[full_key]
-        in_slot = [k for k in _CACHE if k[0] == slot]
-        while len(in_slot) >= MODEL_CACHE_SIZE:
-            del _CACHE[in_slot.pop(0)]
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        model = load()
-        _CACHE[full_key] = model
-        return model
+    kind = CACHE_KIND if slot == "flux" else f"{CACHE_KIND}-{slot}"
+    return get_or_load(ModelKey(kind, key), load, max_entries=MODEL_CACHE_SIZE)
 
 
 def get_pipeline(
@@ -419,6 +409,6 @@ def get_redux(path: Path, params: Kiss3DGenParams, memory_mode: str | None = Non
 
 
 def clear_cache() -> None:
-    """Drop every cached pipeline."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    """Drop every cached pipeline and Redux encoder."""
+    clear(CACHE_KIND)
+    clear(f"{CACHE_KIND}-redux")

@@ -16,35 +16,34 @@ import torch
 import trimesh
 
 from models.bundle.spec import Bundle
+from models.cache import ModelKey, clear, get_or_load
 from models.reconstruct.lrm.cameras import model_inputs, model_to_bundle
 from models.reconstruct.lrm.config import LRMConfig, get_config
 from models.reconstruct.lrm.model import LRM, load_checkpoint, save_checkpoint
 
 __all__ = ["lrm_init", "load_cached", "clear_cache", "save_checkpoint"]
 
-_CACHE: dict[tuple[str, int, str, str], LRM] = {}
+#: Kind of the LRM models in :mod:`models.cache`.
+CACHE_KIND = "lrm"
 
 
 def load_cached(checkpoint: str | Path, variant: str | LRMConfig, device: str) -> LRM:
-    """The model for ``checkpoint`` on ``device``, loaded once per process (eval mode)."""
+    """The model for ``checkpoint`` on ``device``, loaded once per process (eval mode).
+
+    Keyed by resolved path, variant config and device; a rewritten file (another mtime)
+    replaces the stale model.
+    """
     path = Path(checkpoint).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"LRM checkpoint not found: {path}")
     config = get_config(variant)
-    key = (str(path), path.stat().st_mtime_ns, repr(config), str(device))
-    model = _CACHE.get(key)
-    if model is None:
-        # a rewritten file or another device replaces the older entries for this path
-        for old in [k for k in _CACHE if k[0] == key[0]]:
-            del _CACHE[old]
-        model = load_checkpoint(path, config).to(device).eval()
-        _CACHE[key] = model
-    return model
+    key = ModelKey(CACHE_KIND, (str(path), repr(config), str(device)), (path.stat().st_mtime_ns,))
+    return get_or_load(key, lambda: load_checkpoint(path, config).to(device).eval())
 
 
 def clear_cache() -> None:
     """Forget every cached model (frees their memory once no one else holds them)."""
-    _CACHE.clear()
+    clear(CACHE_KIND)
 
 
 @torch.no_grad()
