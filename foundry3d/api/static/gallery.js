@@ -44,6 +44,7 @@ function fmt(value) {
 // --- index: search grid ----------------------------------------------------------------------
 
 let nextCursor = null;
+let searchNumber = 0;  // a newer search wins over a slower older one
 
 function card(item) {
   const li = el("li", null, { class: "card", "data-asset": item.asset_id });
@@ -73,9 +74,12 @@ async function search(append = false) {
   params.set("limit", "24");
   if (append && nextCursor) params.set("cursor", nextCursor);
   say("Searching…");
+  const mine = ++searchNumber;
   try {
     const page = await api("/v1/assets?" + params.toString());
+    if (mine !== searchNumber) return;
     if (!append) $("results").replaceChildren();
+    $("results").dataset.query = params.get("q") || "";
     page.items.forEach((item) => $("results").append(card(item)));
     nextCursor = page.next_cursor;
     $("more").hidden = !nextCursor;
