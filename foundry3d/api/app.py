@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 
@@ -17,6 +18,8 @@ from foundry3d.api.settings import ApiSettings
 from foundry3d.settings import Settings
 
 log = logging.getLogger("foundry3d.api")
+QUERY_CACHE_SIZE = 4096
+"""Query embeddings kept by the server (1.5 KiB each)."""
 
 
 def _embedder() -> Callable[[str], np.ndarray | None]:
@@ -31,7 +34,15 @@ def _embedder() -> Callable[[str], np.ndarray | None]:
     except EmbedderUnavailable as exc:
         log.warning("semantic search off: %s", exc)
         return lambda _text: None
-    return lambda text: embedder.embed_texts([text])[0]
+
+    # Repeated queries (the gallery's next pages, popular searches) skip the model.
+    @functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
+    def embed(text: str) -> np.ndarray:
+        vector = embedder.embed_texts([text])[0]
+        vector.setflags(write=False)
+        return vector
+
+    return embed
 
 
 def create_app(settings: Settings, api_settings: ApiSettings, *,
@@ -72,6 +83,13 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
                                  deployment=deployment,
                                  callback_secret=api_settings.callback_secret)
     install_error_handlers(app)
+
+    @app.get("/v1/health", tags=["service"], summary="Liveness and readiness")
+    def health() -> dict:
+        """Open to all: ``workers_ready`` turns true once Prefect and the pipeline are warm."""
+        warmed = getattr(app.state.runner, "warmed", None)
+        return {"status": "ok", "workers_ready": warmed is not None and not warmed.is_alive()}
+
     app.include_router(routes_jobs.router)
     app.include_router(routes_assets.router)
     app.include_router(gallery.router)

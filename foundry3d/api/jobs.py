@@ -85,6 +85,8 @@ class JobRunner:
         from tasks import progress
 
         self._unsubscribe = progress.subscribe(self._on_progress)
+        self.warmed = threading.Thread(target=_warm_up, name="foundry3d-warm-up", daemon=True)
+        self.warmed.start()
         for n in range(self.concurrency):
             thread = threading.Thread(target=self._work, name=f"foundry3d-job-{n}", daemon=True)
             thread.start()
@@ -189,6 +191,7 @@ class JobRunner:
             return self._queue.popleft()
 
     def _work(self) -> None:
+        self.warmed.join()  # the first asset would wait for the same start-up anyway
         while (entry := self._next()) is not None:
             job, asset_id = entry
             outcome = self._run_one(job, asset_id)
@@ -248,3 +251,20 @@ class JobRunner:
                        else "finished", "outcomes": dict(counts),
                        "finished_at": job.finished_at.isoformat()}
             job.callback = post_callback(job.callback_url, payload, self.callback_secret)
+
+
+def _warm_up() -> None:
+    """Import the pipeline and run one empty flow, so that Prefect's ephemeral API server (a
+    subprocess that takes seconds to start) is up before the first job, not during it."""
+    try:
+        from prefect import flow
+
+        import flows.asset  # noqa: F401 - the stage modules and their model imports
+
+        @flow(name="api-warm-up")
+        def warm_up() -> None:
+            return None
+
+        warm_up()
+    except Exception:  # noqa: BLE001 - a failed warm-up only costs the first job its time
+        log.exception("warm-up failed; the first job will start Prefect itself")

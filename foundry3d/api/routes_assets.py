@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -122,11 +123,14 @@ def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
     from storage.search import hybrid_search
 
     offset = int(position.get("o", 0)) if position.get("q") == q else 0
+    clock = time.perf_counter()
     embedding = app.state.embed(q)
+    embedded = time.perf_counter()
     wanted = offset + limit + 1
     # A batch filter is applied to the ranked hits: rank a wider pool so the page stays full.
     pool = wanted * 10 if batch else wanted
     hits = hybrid_search(session, q, embedding, limit=pool, state=state, tag=tag)
+    searched = time.perf_counter()
     if batch:
         members = set(session.scalars(sa.select(BatchItem.asset_id).where(
             BatchItem.batch_id == batch)))
@@ -136,8 +140,11 @@ def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
     assets = {a.id: a for a in session.scalars(sa.select(Asset).where(Asset.id.in_(ids)))}
     items = _cards(session, assets, ids, {h.asset_id: round(h.score, 4) for h in page})
     more = len(hits) > offset + limit
+    timing = {"embed": embedded - clock, "search": searched - embedded,
+              "cards": time.perf_counter() - searched}
     return {"items": items,
-            "next_cursor": _encode_cursor({"q": q, "o": offset + limit}) if more else None}
+            "next_cursor": _encode_cursor({"q": q, "o": offset + limit}) if more else None,
+            "timing_ms": {k: round(v * 1000, 2) for k, v in timing.items()}}
 
 
 @router.get("/assets/{asset_id}", summary="One asset's record",
