@@ -14,7 +14,7 @@ from foundry3d.api import gallery, routes_assets, routes_jobs
 from foundry3d.api.auth import Authenticator
 from foundry3d.api.errors import install_error_handlers
 from foundry3d.api.jobs import JobRunner
-from foundry3d.api.settings import ApiSettings
+from foundry3d.api.settings import ApiSettings, database_fingerprint
 from foundry3d.settings import Settings
 
 log = logging.getLogger("foundry3d.api")
@@ -88,7 +88,8 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
     def health() -> dict:
         """Open to all: ``workers_ready`` turns true once Prefect and the pipeline are warm."""
         warmed = getattr(app.state.runner, "warmed", None)
-        return {"status": "ok", "workers_ready": warmed is not None and not warmed.is_alive()}
+        return {"status": "ok", "workers_ready": warmed is not None and not warmed.is_alive(),
+                "database": database_fingerprint(settings.resolved_database_url)}
 
     app.include_router(routes_jobs.router)
     app.include_router(routes_assets.router)

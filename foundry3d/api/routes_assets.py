@@ -139,6 +139,10 @@ def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
     ids = [h.asset_id for h in page]
     assets = {a.id: a for a in session.scalars(sa.select(Asset).where(Asset.id.in_(ids)))}
     items = _cards(session, assets, ids, {h.asset_id: round(h.score, 4) for h in page})
+    by_id = {h.asset_id: h for h in page}
+    for item in items:
+        hit = by_id[item["asset_id"]]
+        item["keyword_score"], item["semantic_score"] = hit.keyword_score, hit.semantic_score
     more = len(hits) > offset + limit
     timing = {"embed": embedded - clock, "search": searched - embedded,
               "cards": time.perf_counter() - searched}

@@ -32,9 +32,19 @@ class ApiSettings(BaseSettings):
         "http://127.0.0.1:8000",
         description="Where `foundry3d search` looks for a running API server first.",
     )
+    token: str | None = Field(
+        None, description="Bearer token `foundry3d search` sends to that server (read scope)."
+    )
 
 
 @lru_cache(maxsize=1)
 def get_api_settings() -> ApiSettings:
     """The process-wide API settings, read once from the environment."""
     return ApiSettings()
+
+
+def database_fingerprint(database_url: str) -> str:
+    """A short hash naming a database without revealing its URL (or password)."""
+    import hashlib
+
+    return hashlib.sha256(database_url.encode()).hexdigest()[:16]
