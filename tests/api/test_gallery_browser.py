@@ -125,6 +125,30 @@ def test_the_batch_page_retries_a_failed_asset(browser, api_server):
     browser.save_screenshot(str(ARTEFACTS / "batch-retried.png"))
 
 
+def test_without_model_viewer_the_asset_page_shows_the_preview_and_says_why(
+    browser, api_server, produced_asset, tmp_path
+):
+    from selenium.webdriver.common.by import By
+
+    from tests.api.conftest import start_server, stop_server
+
+    # A second server on the same database, with an empty npm folder.
+    env = dict(api_server.env, FOUNDRY_API_VENDOR_DIR=str(tmp_path / "no-node-modules"))
+    server = start_server(env, tmp_path)
+    try:
+        browser.get(server.url + "/")
+        browser.execute_script("localStorage.setItem('foundry3d-token', arguments[0])",
+                               api_server.tokens["reader"])
+        browser.get(f"{server.url}/assets/{produced_asset['asset_id']}")
+        notice = _wait(lambda: browser.find_element(By.ID, "viewer-notice"), "the notice")
+        assert "model-viewer is not installed" in notice.text
+        preview = browser.find_element(By.CSS_SELECTOR, "#viewer img")
+        _wait(lambda: preview.get_attribute("naturalWidth") not in (None, "0"), "the preview")
+        assert not browser.find_elements(By.CSS_SELECTOR, "model-viewer")
+    finally:
+        stop_server(server)
+
+
 def test_screenshots_are_copied_for_the_readme():
     """Keeps docs/images/ in step with the gallery (runs after the browser tests)."""
     docs = Path(__file__).resolve().parents[2] / "docs" / "images"
