@@ -115,12 +115,13 @@ def api_server(database_url: str, workdir: Path, library: Path) -> Iterator[str]
 
 
 def time_search(url: str, queries: list[str], warmup: int) -> tuple[list[float], dict]:
-    """Milliseconds per ``GET /v1/assets?q=`` over one kept-alive connection, and the medians
-    of the server's own split (``timing_ms``: embed, search, cards)."""
+    """Milliseconds per ``GET /v1/assets?q=`` over one kept-alive connection (the first
+    ``warmup`` queries untimed), and the medians of the server's own split (``timing_ms``:
+    embed, search, cards)."""
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     times, parts_ms = [], []
-    for n, text in enumerate(queries[:warmup] + queries):
+    for n, text in enumerate(queries):
         path = "/v1/assets?" + urllib.parse.urlencode({"q": text, "limit": 20})
         started = time.perf_counter()
         connection.request("GET", path)
@@ -180,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rng = random.Random(1)
-    queries = [fill.query_text(rng) for _ in range(args.queries)]
+    # Distinct texts, warm-up ones included: the server caches query embeddings, and a
+    # repeated query would time the cache, not the model.
+    distinct: dict[str, None] = {}
+    while len(distinct) < args.warmup + args.queries:
+        distinct[fill.query_text(rng)] = None
+    queries = list(distinct)
     rows = []
     with tempfile.TemporaryDirectory(prefix="foundry3d-api-bench-") as tmp:
         workdir = Path(tmp)

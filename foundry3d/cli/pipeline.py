@@ -195,7 +195,7 @@ def search(
     A running `foundry3d api` server on the same database (FOUNDRY_API_URL) answers with its
     loaded model; otherwise the query is embedded here by the numpy encoder (no torch import).
     """
-    from foundry3d.cli.api import search_via_server
+    from foundry3d.api.client import search_via_server
 
     hits = None if urls else search_via_server(query, limit=limit, state=state, tag=tag)
     if hits is None:

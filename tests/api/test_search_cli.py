@@ -24,7 +24,7 @@ def cli_settings(api_server, monkeypatch):
 
 
 def test_search_asks_a_running_server_on_the_same_database(cli_settings, produced_asset):
-    from foundry3d.cli.api import search_via_server
+    from foundry3d.api.client import search_via_server
 
     hits = search_via_server("wooden crate", limit=5, state="succeeded", tag=None)
     assert hits is not None
@@ -32,7 +32,7 @@ def test_search_asks_a_running_server_on_the_same_database(cli_settings, produce
 
 
 def test_search_ignores_a_server_on_another_database(cli_settings, monkeypatch, tmp_path):
-    from foundry3d.cli.api import search_via_server
+    from foundry3d.api.client import search_via_server
     from foundry3d.settings import get_settings
 
     monkeypatch.setenv("FOUNDRY_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
