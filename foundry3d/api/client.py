@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 SERVER_TIMEOUT_S = 0.5
 """How long `foundry3d search` waits for a running API server before searching itself."""
 
 
 def search_via_server(query: str, *, limit: int, state: str | None, tag: str | None):  # noqa: ANN201
-    """Search hits from a running API server on this process's database, or None.
+    """Search hits (``SearchHit``-like records) from a running API server on this process's
+    database, or None.
 
     None when no server answers at FOUNDRY_API_URL within :data:`SERVER_TIMEOUT_S`, or when it
     serves another database (its health names a fingerprint of its database URL).
@@ -39,12 +42,12 @@ def search_via_server(query: str, *, limit: int, state: str | None, tag: str | N
         page = get("/v1/assets?" + urllib.parse.urlencode(params))
     except (OSError, ValueError, urllib.error.URLError):
         return None
-    from storage.search import SearchHit
-
-    return [SearchHit(asset_id=item["asset_id"], score=item.get("score", 0.0),
-                      keyword_score=item.get("keyword_score"),
-                      semantic_score=item.get("semantic_score"), text=item.get("prompt") or "",
-                      state=item["state"],
-                      output_keys={"asset.glb": f"assets/{item['asset_id']}/asset.glb"}
-                      if item.get("glb_url") else {})
+    # Plain records with SearchHit's attribute names: importing storage.search (SQLAlchemy,
+    # numpy) would cost a cold process about as much as the whole request.
+    return [SimpleNamespace(asset_id=item["asset_id"], score=item.get("score", 0.0),
+                            keyword_score=item.get("keyword_score"),
+                            semantic_score=item.get("semantic_score"),
+                            text=item.get("prompt") or "", state=item["state"],
+                            output_keys={"asset.glb": f"assets/{item['asset_id']}/asset.glb"}
+                            if item.get("glb_url") else {})
             for item in page["items"]]
