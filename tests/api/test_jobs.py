@@ -98,3 +98,24 @@ def test_submitting_needs_an_active_write_token(api_server, token, status):
 
 def test_a_read_token_may_search(api_server):
     assert api_server.request("GET", "/v1/assets", token="reader").status == 200
+
+
+def test_an_uploaded_csv_manifest_lists_its_rejected_rows_by_line(api_server):
+    import json
+    import uuid
+
+    from tests.flows.conftest import FAST_PARAMS
+
+    params = json.dumps(FAST_PARAMS).replace('"', '""')
+    csv = ("prompt,seed,params\n"
+           f'a round rubber ball,5,"{params}"\n'
+           "a broken row,not-a-number,\n").encode()
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"manifest\"; "
+            f"filename=\"upload.csv\"\r\nContent-Type: text/csv\r\n\r\n").encode() + csv + \
+        f"\r\n--{boundary}--\r\n".encode()
+    reply = api_server.request("POST", "/v1/jobs", body,
+                               content_type=f"multipart/form-data; boundary={boundary}")
+    assert reply.status == 202, reply.body
+    assert [r["line"] for r in reply.json()["rejected"]] == [3]
+    api_server.request("POST", f"/v1/jobs/{reply.json()['batch_id']}/cancel")
