@@ -142,7 +142,7 @@ class JobRunner:
         with self._cond:
             job = self.jobs.get(batch_id)
             dropped: list[str] = []
-            if job is not None:
+            if job is not None and (job.outstanding or asset_ids):  # a finished job stays so
                 job.cancelled = True
                 kept = collections.deque()
                 for entry in self._queue:
