@@ -29,11 +29,12 @@ def api(
     from foundry3d.api.settings import get_api_settings
     from foundry3d.cli.pipeline import _prepare
     from storage import queries
-    from storage.db import session_scope
+    from storage.db import DatabaseNotMigrated, get_engine, session_scope
 
-    settings, _config = _prepare()
-    from storage.db import get_engine
-
+    try:
+        settings, _config = _prepare()  # quiet Prefect logs, data folder, database checked
+    except DatabaseNotMigrated as exc:
+        raise UserError(str(exc)) from exc
     with session_scope(get_engine(settings.resolved_database_url)) as session:
         _total, active = queries.api_token_counts(session)
     if (reason := check_bind(host, active)) is not None:
@@ -41,4 +42,3 @@ def api(
     application = create_app(settings, get_api_settings(), concurrency=concurrency or None)
     console.print(f"foundry3d API on http://{host}:{port}  (gallery /, OpenAPI /docs)")
     uvicorn.run(application, host=host, port=port, log_level=log_level)
-
