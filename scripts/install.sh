@@ -30,9 +30,10 @@ fi
 # The API's gallery and its browser tests (issue 15): the 3D viewer from npm into vendor/
 # (served by the app, never from a CDN), and headless Chromium for the selenium tests.
 if command -v npm >/dev/null 2>&1; then
-  [ -f vendor/node_modules/@google/model-viewer/dist/model-viewer.min.js ] ||
-    npm install --silent --no-audit --no-fund --prefix vendor @google/model-viewer >/dev/null ||
-    echo "note: npm could not install @google/model-viewer; the gallery shows static previews" >&2
+  [ -f vendor/node_modules/@google/model-viewer/dist/model-viewer.min.js ] &&
+    [ -f vendor/node_modules/swagger-ui-dist/swagger-ui-bundle.js ] ||
+    npm install --silent --no-audit --no-fund --prefix vendor @google/model-viewer swagger-ui-dist >/dev/null ||
+    echo "note: npm could not install the gallery's viewer; it shows static previews" >&2
 else
   echo "note: npm not found; the gallery's asset page shows static previews, not the 3D viewer" >&2
 fi

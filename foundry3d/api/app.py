@@ -69,6 +69,8 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
         summary="A batch factory for 3D assets: submit manifests, follow jobs, search assets.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served by the gallery router, from the npm folder
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.api_settings = api_settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
 from foundry3d.api.errors import ApiError
@@ -17,6 +18,10 @@ from foundry3d.api.errors import ApiError
 STATIC = Path(__file__).resolve().parent / "static"
 MODEL_VIEWER = Path("@google") / "model-viewer" / "dist" / "model-viewer.min.js"
 """The self-contained build of model-viewer (three.js included) inside node_modules."""
+SWAGGER_UI = Path("swagger-ui-dist")
+"""Swagger UI's files inside node_modules, for ``/docs`` without a CDN."""
+SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                 "favicon-32x32.png": "image/png"}
 
 router = APIRouter(include_in_schema=False)
 
@@ -55,3 +60,25 @@ def model_viewer(request: Request) -> FileResponse:
         raise ApiError(404, "viewer_missing", "@google/model-viewer is not installed; run "
                        "scripts/install.sh (needs npm)", {"looked_in": str(path)})
     return FileResponse(path, media_type="text/javascript")
+
+
+@router.get("/docs")
+def docs(request: Request) -> HTMLResponse:
+    """Swagger UI from the npm folder; FastAPI's CDN links only when it is not installed."""
+    folder = request.app.state.api_settings.vendor_dir / SWAGGER_UI
+    if not (folder / "swagger-ui-bundle.js").is_file():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="foundry3d API")
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json", title="foundry3d API",
+        swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url="/vendor/swagger-ui/swagger-ui.css",
+        swagger_favicon_url="/vendor/swagger-ui/favicon-32x32.png",
+    )
+
+
+@router.get("/vendor/swagger-ui/{name}")
+def swagger_file(name: str, request: Request) -> FileResponse:
+    path = request.app.state.api_settings.vendor_dir / SWAGGER_UI / name
+    if name not in SWAGGER_FILES or not path.is_file():
+        raise ApiError(404, "not_found", f"no Swagger UI file {name!r}")
+    return FileResponse(path, media_type=SWAGGER_FILES[name])

@@ -26,7 +26,8 @@ class ApiSettings(BaseSettings):
     )
     vendor_dir: Path = Field(
         REPO / "vendor" / "node_modules",
-        description="npm folder holding @google/model-viewer (scripts/install.sh fills it).",
+        description="npm folder holding @google/model-viewer and swagger-ui-dist "
+        "(scripts/install.sh fills it).",
     )
     url: str = Field(
         "http://127.0.0.1:8000",
