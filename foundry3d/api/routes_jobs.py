@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import uuid
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from foundry3d.api.auth import require
 from foundry3d.api.callbacks import CallbackRefused, check_callback_url
 from foundry3d.api.errors import ApiError
 from foundry3d.api.views import error_view, iso, stage_progress
-from intake.limits import MAX_MANIFEST_BYTES
+from intake.limits import MAX_MANIFEST_BYTES, MAX_SEED
 from storage import queries
 from storage.db import session_scope
 
@@ -191,30 +192,52 @@ def cancel_job(batch_id: str, request: Request) -> dict[str, Any]:
     return {"batch_id": batch_id, "cancelled": cancelled}
 
 
-class RetryRequest(BaseModel):
-    """Optional changes for the retried asset."""
+@dataclass(frozen=True)
+class RetryOptions:
+    """Optional changes for a retried asset (the JSON body of ``POST /v1/assets/{id}/retry``)."""
 
-    model_config = {"extra": "forbid"}
+    seed: int | None = None
+    """A new seed, 0 <= seed < 2**32; every stage from the bundle on runs again."""
+    reseed: bool = False
+    """Draw a new random seed (ignored when ``seed`` is given)."""
+    params: dict[str, str | int | float | bool] = field(default_factory=dict)
+    """Stage parameters merged into the asset's (the stages they change run again)."""
 
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="A new seed.")
-    reseed: bool = Field(False, description="Draw a new random seed.")
-    params: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Stage parameters merged into the asset's.")
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> RetryOptions:
+        """Options from a JSON object; raises ValueError naming an unknown key's nearest
+        valid one, or the first bad value."""
+        from intake.items import _check_params
+
+        data = dict(data or {})
+        known = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; known: {known}"
+                raise ValueError(f"unknown retry option {key!r}{hint}")
+        seed = data.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed <= MAX_SEED):
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+        if not isinstance(data.get("reseed", False), bool):
+            raise ValueError(f"reseed must be true or false, got {data['reseed']!r}")
+        return cls(seed=seed, reseed=data.get("reseed", False),
+                   params=dict(_check_params(data.get("params"))))
 
 
 @router.post("/assets/{asset_id}/retry", status_code=202, summary="Retry a failed asset",
              dependencies=[Depends(require("write"))])
 def retry_asset(asset_id: str, request: Request,
-                body: RetryRequest | None = Body(None)) -> dict[str, Any]:
-    """Resumes at the first stage not done; a new seed or params re-run the stages they
-    change."""
+                body: Annotated[dict[str, Any] | None, Body(
+                    examples=[{"reseed": True}, {"seed": 7, "params": {"refine_steps": 300}}])]
+                = None) -> dict[str, Any]:
+    """Resumes at the first stage not done. Body (optional): ``seed``, ``reseed``,
+    ``params``; a new seed or params re-run the stages they change."""
     import secrets
 
-    from intake.items import _check_params
-
-    body = body or RetryRequest()
     try:
-        _check_params(body.params)
+        options = RetryOptions.from_mapping(body)
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
     app = request.app
@@ -225,11 +248,11 @@ def retry_asset(asset_id: str, request: Request,
         if asset.state != "failed":
             raise ApiError(409, "not_failed", f"asset {asset_id} is {asset.state}; only failed "
                            "assets are retried")
-        seed = body.seed if body.seed is not None else (
-            secrets.randbelow(2**31 - 1) if body.reseed else None)
+        seed = options.seed if options.seed is not None else (
+            secrets.randbelow(2**31 - 1) if options.reseed else None)
         queries.reset_for_retry(session, asset_id, new_seed=seed)
-        if body.params:
-            queries.override_asset_params(session, asset_id, body.params)
+        if options.params:
+            queries.override_asset_params(session, asset_id, options.params)
         batch_ids = queries.get_asset_detail(session, asset_id).batch_ids
     latest = _latest_batch(app, batch_ids)
     app.state.runner.retry(latest, asset_id)

@@ -119,3 +119,13 @@ def test_an_uploaded_csv_manifest_lists_its_rejected_rows_by_line(api_server):
     assert reply.status == 202, reply.body
     assert [r["line"] for r in reply.json()["rejected"]] == [3]
     api_server.request("POST", f"/v1/jobs/{reply.json()['batch_id']}/cancel")
+
+
+def test_a_misspelt_retry_option_is_refused_naming_the_nearest_one(api_server):
+    reply = api_server.request("POST", "/v1/assets/whatever/retry", {"resed": True})
+    assert reply.status == 422
+    assert "'reseed'" in reply.json()["error"]["message"]
+
+
+def test_listing_without_a_token_is_refused_once_tokens_exist(api_server):
+    assert api_server.request("GET", "/v1/assets", token=None).status == 401
