@@ -201,6 +201,7 @@ def search(
     if hits is None:
         # Read only: no migration check (a second of Alembic imports); a database without the
         # schema fails the query below, with the command that fixes it.
+        from sqlalchemy.engine import make_url
         from sqlalchemy.exc import OperationalError, ProgrammingError
         from sqlalchemy.orm import Session
 
@@ -217,7 +218,8 @@ def search(
                 hits = hybrid_search(session, query, embedding, limit=limit, state=state,
                                      tag=tag)
         except (OperationalError, ProgrammingError) as exc:
-            raise UserError(f"cannot search {config.database_url}: "
+            shown = make_url(config.database_url).render_as_string(hide_password=True)
+            raise UserError(f"cannot search {shown}: "
                             f"{str(exc.orig).splitlines()[0]}; run `foundry3d db upgrade`"
                             ) from exc
     if not hits:

@@ -1,12 +1,12 @@
 """The gallery in headless Chromium (Debian chromium + chromium-driver, driven by selenium).
 
-Screenshots go to ``test-artefacts/api/``; two of them illustrate the README (docs/images/).
+Screenshots go to ``test-artefacts/api/``; ``gallery-search.png`` and ``asset-page.png`` are
+copied by hand into ``docs/images/`` for the README (tests never write tracked files).
 """
 
 from __future__ import annotations
 
 import io
-import shutil
 import time
 from pathlib import Path
 
@@ -147,13 +147,3 @@ def test_without_model_viewer_the_asset_page_shows_the_preview_and_says_why(
         assert not browser.find_elements(By.CSS_SELECTOR, "model-viewer")
     finally:
         stop_server(server)
-
-
-def test_screenshots_are_copied_for_the_readme():
-    """Keeps docs/images/ in step with the gallery (runs after the browser tests)."""
-    docs = Path(__file__).resolve().parents[2] / "docs" / "images"
-    docs.mkdir(parents=True, exist_ok=True)
-    for name in ("gallery-search.png", "asset-page.png"):
-        source = ARTEFACTS / name
-        assert source.exists(), f"{name} was not produced by the browser tests"
-        shutil.copyfile(source, docs / name)
