@@ -212,13 +212,17 @@ def search(
         from tasks.resources import engine_for
 
         config = pipeline_config(get_settings())
+        url = make_url(config.database_url)
+        if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+            raise UserError(f"no database at {url.database} yet; produce assets first "
+                            "(`foundry3d run MANIFEST`)")
         embedding = get_numpy_text_embedder().embed_texts([query])[0]
         try:
             with Session(engine_for(config.database_url)) as session:
                 hits = hybrid_search(session, query, embedding, limit=limit, state=state,
                                      tag=tag)
         except (OperationalError, ProgrammingError) as exc:
-            shown = make_url(config.database_url).render_as_string(hide_password=True)
+            shown = url.render_as_string(hide_password=True)
             raise UserError(f"cannot search {shown}: "
                             f"{str(exc.orig).splitlines()[0]}; run `foundry3d db upgrade`"
                             ) from exc
