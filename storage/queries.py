@@ -915,3 +915,13 @@ def override_asset_params(session: Session, asset_id: str, params: dict[str, Any
         raise UnknownAsset(f"no asset with id {asset_id!r}")
     asset.params = {**asset.params, **params}
     session.flush()
+
+
+def stage_runs_of(session: Session, asset_ids: list[str]) -> dict[str, list[StageRun]]:
+    """Every stage attempt of each of ``asset_ids`` (in start order), in one query."""
+    runs: dict[str, list[StageRun]] = {asset_id: [] for asset_id in asset_ids}
+    if asset_ids:
+        for run in session.scalars(sa.select(StageRun).where(StageRun.asset_id.in_(asset_ids))
+                                   .order_by(StageRun.id)):
+            runs[run.asset_id].append(run)
+    return runs

@@ -133,7 +133,7 @@ def job_view(app, batch_id: str) -> dict[str, Any]:  # noqa: ANN001
             raise ApiError(404, "not_found", f"no job with id {batch_id!r}")
         assets = queries.batch_assets(session, batch_id)
         rejections = queries.batch_rejections(session, batch_id)
-        runs = {a.id: queries.stage_runs(session, a.id) for a in assets}
+        runs = queries.stage_runs_of(session, [a.id for a in assets])
         counts = dict.fromkeys(("pending", "running", "succeeded", "failed"), 0)
         rows = []
         for asset in assets:

@@ -71,3 +71,15 @@ def test_cancel_fails_pending_and_running_assets_only(engine):
         # The worker that held the running asset has lost its lease.
         assert not queries.renew_lease(session, running, "worker", 60)
         assert queries.get_asset(session, done).state == "succeeded"
+
+
+def test_stage_runs_of_many_assets_come_in_one_mapping(engine):
+    with session_scope(engine) as session:
+        first, second, idle = _assets(session, 3)
+        for asset_id, stages in ((first, ("bundle", "init")), (second, ("bundle",))):
+            for stage in stages:
+                queries.record_stage_start(session, asset_id, stage, params_hash=None)
+        runs = queries.stage_runs_of(session, [first, second, idle])
+    assert [r.stage for r in runs[first]] == ["bundle", "init"]
+    assert [r.stage for r in runs[second]] == ["bundle"]
+    assert runs[idle] == []
