@@ -137,3 +137,36 @@ def _optional_str(path: Path | None) -> str | None:
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+#: The repository root (the npm folder of the gallery's viewer lives under it).
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ApiSettings(BaseSettings):
+    """Options of ``foundry3d api``; each field is ``FOUNDRY_API_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FOUNDRY_API_", extra="ignore")
+
+    callback_secret: str | None = Field(
+        None, description="HMAC-SHA256 key that signs job callbacks; callbacks are refused "
+        "without it."
+    )
+    vendor_dir: Path = Field(
+        REPO / "vendor" / "node_modules",
+        description="npm folder holding @google/model-viewer and swagger-ui-dist "
+        "(scripts/install.sh fills it).",
+    )
+    url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Where `foundry3d search` looks for a running API server first.",
+    )
+    token: str | None = Field(
+        None, description="Bearer token `foundry3d search` sends to that server (read scope)."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_api_settings() -> ApiSettings:
+    """The process-wide API settings, read once from the environment."""
+    return ApiSettings()

@@ -18,7 +18,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from storage.schema import (
+    API_TOKEN_SCOPES,
     ASSET_STATES,
+    ApiToken,
     Asset,
     Batch,
     BatchItem,
@@ -794,3 +796,160 @@ def get_asset_detail(session: Session, asset_id: str) -> AssetDetail | None:
         metrics=get_metrics(session, asset_id),
         batch_ids=sorted(batch_ids),
     )
+
+
+# === HTTP API: tokens, jobs, asset listings (appended by the api package's work) ==============
+
+
+def create_api_token(session: Session, *, name: str, scope: str, token_sha256: str) -> ApiToken:
+    """Record a token by the sha256 of its secret; raises ValueError if the name is taken."""
+    if scope not in API_TOKEN_SCOPES:
+        raise ValueError(f"unknown token scope {scope!r}; expected one of {API_TOKEN_SCOPES}")
+    if session.scalar(sa.select(ApiToken.id).where(ApiToken.name == name)) is not None:
+        raise ValueError(f"a token named {name!r} already exists")
+    token = ApiToken(name=name, scope=scope, token_sha256=token_sha256)
+    session.add(token)
+    session.flush()
+    return token
+
+
+def find_api_token(session: Session, token_sha256: str) -> ApiToken | None:
+    """The token whose secret hashes to ``token_sha256`` (revoked ones included), or None."""
+    return session.scalar(sa.select(ApiToken).where(ApiToken.token_sha256 == token_sha256))
+
+
+def revoke_api_token(session: Session, name: str) -> bool:
+    """Revoke the token named ``name``; True if it was active, False if already revoked.
+
+    Raises LookupError for an unknown name."""
+    token = session.scalar(sa.select(ApiToken).where(ApiToken.name == name))
+    if token is None:
+        raise LookupError(f"no token named {name!r}")
+    if token.revoked_at is not None:
+        return False
+    token.revoked_at = utcnow()
+    session.flush()
+    return True
+
+
+def list_api_tokens(session: Session) -> list[ApiToken]:
+    """Every token, oldest first."""
+    return list(session.scalars(sa.select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)))
+
+
+def api_token_counts(session: Session) -> tuple[int, int]:
+    """``(tokens ever created, tokens still active)``."""
+    total, active = session.execute(
+        sa.select(sa.func.count(), sa.func.count(sa.case((ApiToken.revoked_at.is_(None), 1))))
+    ).one()
+    return int(total), int(active or 0)
+
+
+def get_batch(session: Session, batch_id: str) -> Batch | None:
+    """The batch with id ``batch_id``, or None."""
+    return session.get(Batch, batch_id)
+
+
+def batch_assets(session: Session, batch_id: str) -> list[Asset]:
+    """The assets a batch accepted, in manifest line order (each once)."""
+    rows = session.execute(
+        sa.select(BatchItem.asset_id, sa.func.min(BatchItem.line))
+        .where(BatchItem.batch_id == batch_id, BatchItem.asset_id.is_not(None))
+        .group_by(BatchItem.asset_id)
+    ).all()
+    order = {asset_id: line for asset_id, line in rows}
+    assets = list(session.scalars(sa.select(Asset).where(Asset.id.in_(list(order))))) if order \
+        else []
+    return sorted(assets, key=lambda a: (order[a.id], a.id))
+
+
+def batch_rejections(session: Session, batch_id: str) -> list[BatchItem]:
+    """The rejected rows of a batch, by line."""
+    return list(session.scalars(
+        sa.select(BatchItem)
+        .where(BatchItem.batch_id == batch_id, BatchItem.status == "rejected")
+        .order_by(BatchItem.line)
+    ))
+
+
+def cancel_assets(session: Session, asset_ids: list[str], message: str) -> list[str]:
+    """Mark the pending and running assets among ``asset_ids`` failed with error class
+    ``Cancelled``; returns the ids changed.
+
+    A running asset loses its lease: its worker notices at its next lease renewal (between two
+    stages), so the stage in progress finishes and the next one never starts. ``retry`` resumes a
+    cancelled asset like any failed one.
+    """
+    if not asset_ids:
+        return []
+    now = utcnow()
+    changed = session.scalars(
+        sa.update(Asset)
+        .where(Asset.id.in_(asset_ids), Asset.state.in_(("pending", "running")))
+        .values(state="failed", lease_owner=None, lease_expires_at=None,
+                last_error_class="Cancelled", last_error_message=message,
+                updated_at=now, finished_at=now)
+        .returning(Asset.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for asset_id in changed:
+        _refresh(session, asset_id)
+    return list(changed)
+
+
+def page_assets(
+    session: Session,
+    *,
+    state: str | None = None,
+    tag: str | None = None,
+    batch_id: str | None = None,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> list[Asset]:
+    """Newest assets first, ``limit`` of them, after the keyset ``(created_at, id)`` cursor.
+
+    ``tag`` matches an element of the asset's tags list (JSON on both dialects)."""
+    query = sa.select(Asset)
+    if state is not None:
+        query = query.where(Asset.state == state)
+    if batch_id is not None:
+        query = query.where(Asset.id.in_(_batch_asset_ids(batch_id)))
+    if tag is not None:
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.where(
+                sa.cast(Asset.tags, postgresql.JSONB).contains(sa.cast([tag], postgresql.JSONB))
+            )
+        else:
+            query = query.where(sa.text(
+                "EXISTS (SELECT 1 FROM json_each(assets.tags) WHERE json_each.value = :tag)"
+            ).bindparams(tag=tag))
+    if after is not None:
+        created, asset_id = after
+        query = query.where(sa.or_(
+            Asset.created_at < created,
+            sa.and_(Asset.created_at == created, Asset.id < asset_id),
+        ))
+    return list(session.scalars(query.order_by(Asset.created_at.desc(), Asset.id.desc())
+                                .limit(limit)))
+
+
+def override_asset_params(session: Session, asset_id: str, params: dict[str, Any]) -> None:
+    """Merge ``params`` into a (failed, about to be retried) asset's stage parameters.
+
+    The stage parameter hashes change with them, so the stages they affect run again; the
+    asset keeps its id (the id names the original request)."""
+    asset = session.get(Asset, asset_id, with_for_update=True, populate_existing=True)
+    if asset is None:
+        raise UnknownAsset(f"no asset with id {asset_id!r}")
+    asset.params = {**asset.params, **params}
+    session.flush()
+
+
+def stage_runs_of(session: Session, asset_ids: list[str]) -> dict[str, list[StageRun]]:
+    """Every stage attempt of each of ``asset_ids`` (in start order), in one query."""
+    runs: dict[str, list[StageRun]] = {asset_id: [] for asset_id in asset_ids}
+    if asset_ids:
+        for run in session.scalars(sa.select(StageRun).where(StageRun.asset_id.in_(asset_ids))
+                                   .order_by(StageRun.id)):
+            runs[run.asset_id].append(run)
+    return runs

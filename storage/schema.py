@@ -242,3 +242,24 @@ class PromptIndex(Base):
     tags: Mapped[list[str]] = mapped_column(default=list)
     embedding: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
+
+
+API_TOKEN_SCOPES = ("read", "write")
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API: its name, scope and the sha256 of its secret.
+
+    The secret itself is shown once when the token is created and never stored.
+    """
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (sa.CheckConstraint(_in("scope", API_TOKEN_SCOPES), name="scope"),)
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    scope: Mapped[str] = mapped_column(sa.String(16))
+    token_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

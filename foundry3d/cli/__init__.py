@@ -10,7 +10,16 @@ from foundry3d.prefect_defaults import apply_prefect_defaults
 apply_prefect_defaults()
 
 # Importing the command modules registers their commands on `app`.
-from foundry3d.cli import core3d, db, generators, library, manifests, pipeline  # noqa: E402,F401
+from foundry3d.cli import (  # noqa: E402,F401
+    api,
+    core3d,
+    db,
+    generators,
+    library,
+    manifests,
+    pipeline,
+    tokens,
+)
 from foundry3d.cli.app import UserError, app, err_console  # noqa: E402
 
 

@@ -189,28 +189,55 @@ def search(
     tag: Annotated[str | None, typer.Option(help="Only assets with this tag.")] = None,
     urls: Annotated[bool, typer.Option(help="Show presigned URLs of the GLB files.")] = False,
 ) -> None:
-    """Find produced assets by prompt: keyword and semantic ranking combined."""
-    settings, config = _prepare()
-    from sqlalchemy.orm import Session
+    """Find produced assets by prompt: keyword and semantic ranking combined.
 
-    from models.embed.text import embed_texts
-    from storage.db import get_engine
-    from storage.search import hybrid_search
-    from tasks.resources import store_for
+    A running `foundry3d api` server on the same database (FOUNDRY_API_URL) answers with its
+    loaded model; otherwise the query is embedded here by the numpy encoder (no torch import).
+    """
+    from foundry3d.api.client import search_via_server
 
-    embedding = embed_texts([query])[0]
-    with Session(get_engine(config.database_url)) as session:
-        hits = hybrid_search(session, query, embedding, limit=limit, state=state, tag=tag)
+    hits = None if urls else search_via_server(query, limit=limit, state=state, tag=tag)
+    if hits is None:
+        # Read only: no migration check (a second of Alembic imports); a database without the
+        # schema fails the query below, with the command that fixes it.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+        from sqlalchemy.orm import Session
+
+        from foundry3d.settings import get_settings
+        from models.embed.numpy_text import get_numpy_text_embedder
+        from storage.db import get_engine
+        from storage.search import hybrid_search
+
+        config = get_settings().pipeline_config()
+        url = make_url(config.database_url)
+        if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+            raise UserError(f"no database at {url.database} yet; produce assets first "
+                            "(`foundry3d run MANIFEST`)")
+        embedding = get_numpy_text_embedder().embed_texts([query])[0]
+        try:
+            with Session(get_engine(config.database_url)) as session:
+                hits = hybrid_search(session, query, embedding, limit=limit, state=state,
+                                     tag=tag)
+        except (OperationalError, ProgrammingError) as exc:
+            shown = url.render_as_string(hide_password=True)
+            raise UserError(f"cannot search {shown}: "
+                            f"{str(exc.orig).splitlines()[0]}; run `foundry3d db upgrade`"
+                            ) from exc
     if not hits:
         console.print(f"No assets match {query!r}.")
         return
-    store = store_for(config.store_url)
+    store = None
+    if urls:
+        from tasks.resources import store_for
+
+        store = store_for(config.store_url)
     table = Table(title=f"search: {query}")
     for column in ("score", "keyword", "semantic", "asset", "prompt", "asset.glb"):
         table.add_column(column, overflow="fold")
     for hit in hits:
         key = (hit.output_keys or {}).get("asset.glb", "")
-        location = store.presigned_url(key) if (urls and key) else key
+        location = store.presigned_url(key) if (store and key) else key
         table.add_row(f"{hit.score:.3f}", _score(hit.keyword_score), _score(hit.semantic_score),
                       hit.asset_id, hit.text, location)
     console.print(table)

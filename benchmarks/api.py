@@ -1,0 +1,224 @@
+"""Benchmark the HTTP API: warm search latency over 100,000 assets, submit-to-first-stage.
+
+Not a test: it prints figures against the targets of issue 15.
+
+1. ``GET /v1/assets?q=...&limit=20`` on a real ``foundry3d api`` server process (uvicorn, the
+   search model loaded at start-up) over 100,000 synthetic assets with prompt-index entries,
+   filled as ``benchmarks/pipeline.py`` fills them (SQLite: executemany; PostgreSQL: COPY, then
+   the search indexes rebuilt). Varied 1-3 word queries over one kept-alive connection, after
+   warm-up queries; client-side wall time per request. Target: p95 <= 20 ms, on SQLite and on
+   PostgreSQL.
+2. Submit-to-first-stage: ``POST /v1/jobs`` of a one-prompt manifest (the ``library`` generator
+   on a three-mesh library at 64-pixel tiles) to the moment its first stage starts, as the
+   server records it (``first_stage_s`` of ``GET /v1/jobs/{id}``), on the same servers.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/api.py                      # SQLite and PostgreSQL
+    .venv/bin/python benchmarks/api.py --no-postgres --rows 20000 --queries 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import pipeline as fill  # noqa: E402 - benchmarks/pipeline.py: the 100k-row fillers
+
+TARGET_SEARCH_P95_MS = 20.0
+START_TIMEOUT_S = 300.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_library(folder: Path) -> Path:
+    """Three coloured primitives with captions, indexed at 64-pixel tiles."""
+    import trimesh
+
+    from models.embed.text import get_text_embedder
+    from models.library.index import build_library_index
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = [("crate", "a wooden crate box", trimesh.creation.box(extents=(1.0, 0.6, 0.8))),
+              ("ball", "a round rubber ball", trimesh.creation.icosphere(subdivisions=3))]
+    lines = []
+    for name, caption, mesh in shapes:
+        mesh.visual.vertex_colors = np.tile([150, 100, 50, 255], (len(mesh.vertices), 1))
+        mesh.export(folder / f"{name}.ply")
+        lines.append(json.dumps({"id": name, "path": f"{name}.ply", "caption": caption,
+                                 "tags": ["bench"], "up": "y", "licence": "CC0 (generated)"}))
+    (folder / "library.jsonl").write_text("\n".join(lines) + "\n")
+    build_library_index(folder, embedder=get_text_embedder(), tile=64)
+    return folder
+
+
+@contextlib.contextmanager
+def api_server(database_url: str, workdir: Path, library: Path) -> Iterator[str]:
+    """A ``foundry3d api`` process on a free loopback port; yields its base URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FOUNDRY_", "PREFECT_"))}
+    env.update(FOUNDRY_DATABASE_URL=database_url, FOUNDRY_STORE_URL=(workdir / "objects").as_uri(),
+               FOUNDRY_LIBRARY_PATH=str(library), FOUNDRY_DATA_DIR=str(workdir / "data"),
+               PREFECT_HOME=str(workdir / f"prefect-{port}"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO))
+    log_file = open(workdir / f"api-{port}.log", "w")  # noqa: SIM115 - lives with the process
+    process = subprocess.Popen([sys.executable, "-m", "foundry3d", "api", "--port", str(port),
+                                "--concurrency", "1"], env=env, stdout=log_file,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"the API server exited; see {log_file.name}")
+            with contextlib.suppress(OSError):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/openapi.json")
+                if connection.getresponse().status == 200:
+                    break
+            if time.perf_counter() - started > START_TIMEOUT_S:
+                raise SystemExit(f"the API server did not start; see {log_file.name}")
+            time.sleep(0.5)
+        log(f"API server up in {time.perf_counter() - started:.1f} s at {url}")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log_file.close()
+
+
+def time_search(url: str, queries: list[str], warmup: int) -> tuple[list[float], dict]:
+    """Milliseconds per ``GET /v1/assets?q=`` over one kept-alive connection (the first
+    ``warmup`` queries untimed), and the medians of the server's own split (``timing_ms``:
+    embed, search, cards)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    times, parts_ms = [], []
+    for n, text in enumerate(queries):
+        path = "/v1/assets?" + urllib.parse.urlencode({"q": text, "limit": 20})
+        started = time.perf_counter()
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        elapsed = (time.perf_counter() - started) * 1000.0
+        if response.status != 200 or not json.loads(body)["items"]:
+            raise RuntimeError(f"search {text!r}: {response.status} {body[:200]!r}")
+        if n >= warmup:
+            times.append(elapsed)
+            parts_ms.append(json.loads(body)["timing_ms"])
+    connection.close()
+    split = {k: statistics.median(p[k] for p in parts_ms) for k in parts_ms[0]}
+    return times, split
+
+
+def submit_to_first_stage(url: str) -> tuple[float, float]:
+    """(POST /v1/jobs ms, seconds from submission to the first stage's start)."""
+    import yaml
+
+    manifest = yaml.safe_dump({"defaults": {"params": {"tile": 64, "refine_coarse_steps": 2,
+                                                        "refine_fine_steps": 2}},
+                               "items": [{"prompt": f"a wooden crate {time.time()}"}]}).encode()
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:  # steady state: Prefect warm, as after the first job
+        connection.request("GET", "/v1/health")
+        if json.loads(connection.getresponse().read())["workers_ready"]:
+            break
+        time.sleep(0.5)
+    started = time.perf_counter()
+    connection.request("POST", "/v1/jobs", manifest, {"Content-Type": "application/x-yaml"})
+    response = connection.getresponse()
+    reply = json.loads(response.read())
+    post_ms = (time.perf_counter() - started) * 1000.0
+    if response.status != 202:
+        raise RuntimeError(f"submit: {response.status} {reply}")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        connection.request("GET", f"/v1/jobs/{reply['batch_id']}")
+        job = json.loads(connection.getresponse().read())
+        if job["first_stage_s"] is not None:
+            connection.request("POST", f"/v1/jobs/{reply['batch_id']}/cancel")
+            connection.getresponse().read()
+            return post_ms, job["first_stage_s"]
+        time.sleep(0.02)
+    raise RuntimeError("the job's first stage did not start in 120 s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="Synthetic assets.")
+    parser.add_argument("--queries", type=int, default=300, help="Timed search requests.")
+    parser.add_argument("--warmup", type=int, default=20, help="Untimed requests first.")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only.")
+    args = parser.parse_args(argv)
+
+    rng = random.Random(1)
+    # Distinct texts, warm-up ones included: the server caches query embeddings, and a
+    # repeated query would time the cache, not the model.
+    distinct: dict[str, None] = {}
+    while len(distinct) < args.warmup + args.queries:
+        distinct[fill.query_text(rng)] = None
+    queries = list(distinct)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="foundry3d-api-bench-") as tmp:
+        workdir = Path(tmp)
+        library = tiny_library(workdir / "library")
+        log(f"generating {args.rows} synthetic assets")
+        assets, index, embeddings = fill._synthetic_rows(args.rows)
+        with contextlib.ExitStack() as stack:
+            admin = None if args.no_postgres else stack.enter_context(fill.postgres_server())
+            for backend in ["sqlite"] + ([] if admin is None else ["postgresql"]):
+                url = fill.new_database(backend, workdir, "api_bench", admin)
+                started = time.perf_counter()
+                if backend == "sqlite":
+                    fill._load_sqlite(url, assets, index)
+                else:
+                    fill._load_postgres(url, assets, index, embeddings)
+                log(f"{backend}: {args.rows} rows loaded in {time.perf_counter() - started:.1f} s")
+                with api_server(url, workdir, library) as base:
+                    times, split = time_search(base, queries, args.warmup)
+                    post_ms, first_stage_s = submit_to_first_stage(base)
+                p95 = fill.percentile(times, 95)
+                rows.append([backend, f"{args.rows:,}", f"{statistics.median(times):.1f}",
+                             f"{p95:.1f}", fill.verdict(p95, TARGET_SEARCH_P95_MS),
+                             " / ".join(f"{split[k]:.1f}" for k in ("embed", "search", "cards")),
+                             f"{post_ms:.0f}", f"{first_stage_s:.2f}"])
+    fill.print_table(
+        f"API: warm GET /v1/assets?q= ({args.queries} queries, limit 20) and submit latency",
+        ["database", "assets", "search median ms", "search p95 ms",
+         f"p95 <= {TARGET_SEARCH_P95_MS:.0f} ms", "server embed/search/cards ms",
+         "POST /v1/jobs ms", "submit->1st stage s"],
+        rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""The FastAPI application: settings -> engine, store, embedder, job runner; routes; errors."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from fastapi import FastAPI
+
+from foundry3d.api import gallery, routes_assets, routes_jobs
+from foundry3d.api.auth import Authenticator
+from foundry3d.api.errors import install_error_handlers
+from foundry3d.api.fingerprint import database_fingerprint
+from foundry3d.api.jobs import JobRunner
+from foundry3d.settings import ApiSettings, Settings
+
+log = logging.getLogger("foundry3d.api")
+QUERY_CACHE_SIZE = 4096
+"""Query embeddings kept by the server (1.5 KiB each)."""
+
+
+def _embedder() -> Callable[[str], np.ndarray | None]:
+    """Query text -> ``(384,)`` float32 unit embedding, with the model loaded now and kept.
+
+    Without the packaged model, search is keyword-only (the log says why)."""
+    from models.embed.text import EmbedderUnavailable, get_text_embedder
+
+    try:
+        embedder = get_text_embedder()
+        embedder.embed_texts(["warm up"])  # load the weights before the first request
+    except EmbedderUnavailable as exc:
+        log.warning("semantic search off: %s", exc)
+        return lambda _text: None
+
+    # Repeated queries (the gallery's next pages, popular searches) skip the model.
+    @functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
+    def embed(text: str) -> np.ndarray:
+        vector = embedder.embed_texts([text])[0]
+        vector.setflags(write=False)
+        return vector
+
+    return embed
+
+
+def create_app(settings: Settings, api_settings: ApiSettings, *,
+               concurrency: int | None = None) -> FastAPI:
+    """The API + gallery app on ``settings``' database, object store and library."""
+    from storage.db import ensure_database
+    from tasks.resources import store_for
+
+    config = settings.pipeline_config()
+    engine = ensure_database(settings.resolved_database_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Iterator[None]:
+        app.state.embed = _embedder()
+        app.state.runner.start()
+        try:
+            yield
+        finally:
+            app.state.runner.stop()
+
+    app = FastAPI(
+        title="foundry3d",
+        summary="A batch factory for 3D assets: submit manifests, follow jobs, search assets.",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,  # served by the gallery router, from the npm folder
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.api_settings = api_settings
+    app.state.config = config
+    app.state.engine = engine
+    app.state.store = store_for(config.store_url)
+    app.state.auth = Authenticator(engine)
+    app.state.upload_dir = settings.data_dir.resolve() / "api-manifests"
+    app.state.embed = lambda _text: None  # replaced at start-up
+    deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
+    app.state.runner = JobRunner(config, engine, concurrency=concurrency or settings.concurrency,
+                                 deployment=deployment,
+                                 callback_secret=api_settings.callback_secret)
+    install_error_handlers(app)
+
+    @app.get("/v1/health", tags=["service"], summary="Liveness and readiness")
+    def health() -> dict:
+        """Open to all: ``workers_ready`` turns true once Prefect and the pipeline are warm."""
+        warmed = getattr(app.state.runner, "warmed", None)
+        return {"status": "ok", "workers_ready": warmed is not None and not warmed.is_alive(),
+                "database": database_fingerprint(settings.resolved_database_url)}
+
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_assets.router)
+    app.include_router(gallery.router)
+    return app
