@@ -51,6 +51,7 @@ __all__ = [
     "ParameterError",
     "ParamsEntry",
     "check_manifest_params",
+    "check_parameter",
     "parameter_class",
     "parse_stage_params",
 ]
@@ -264,6 +265,36 @@ def check_manifest_params(params: Mapping[str, Any] | None, *, generator: str, i
     """Raise :class:`ParameterError` if any of a manifest row's ``params`` is unknown to the
     stages of its ``generator`` and ``init``, has the wrong type, or is out of range."""
     parse_stage_params(params, generator=generator, init=init)
+
+
+def check_parameter(key: str, value: Any) -> None:
+    """Raise :class:`ParameterError` unless ``key`` is a parameter of some stage (for some
+    generator or init) and ``value`` fits it: the check of a ``retry --set`` before any asset
+    is looked at."""
+    prefix, _, rest = key.partition("_")
+    if prefix in PREFIXED_STAGES and rest:
+        _build(STAGE_PARAMS[prefix], {rest: value}, {})
+        return
+    if key == "tile":
+        _build(STAGE_PARAMS["bundle"], {key: value}, {})
+        return
+    if key in field_names(InitParams):
+        _build(STAGE_PARAMS["init"], {key: value}, {})
+        return
+    for name, entry in GENERATOR_PARAMS.items():
+        if entry is not None and key in field_names(_resolve(entry.cls)):
+            _build(entry, {key: value}, _generator_defaults(name, 512))
+            return
+    candidates = {"tile", *field_names(InitParams)}
+    for entry in GENERATOR_PARAMS.values():
+        if entry is not None:
+            candidates |= set(field_names(_resolve(entry.cls)))
+    for stage in PREFIXED_STAGES:
+        fixed = STAGE_PARAMS[stage].fixed
+        names = field_names(parameter_class(stage))
+        candidates |= {f"{stage}_{name}" for name in names if name not in fixed}
+    best = nearest_name(key, candidates)
+    raise ParameterError(f"unknown parameter {key!r} (did you mean {best!r}?)")
 
 
 def _generator_defaults(generator: str, tile: int) -> dict[str, Any]:

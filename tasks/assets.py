@@ -1,6 +1,7 @@
 """A plain snapshot of an asset row, and the plan of its stages: typed parameters and hashes.
 
-The plan is computed once per asset run (:func:`plan_stages`) and handed to every stage task.
+The plan is computed once per asset run (:func:`plan_stages`) and handed to every stage task;
+:func:`retried_params` checks a retry's parameter changes the same way.
 Each stage's hash covers exactly what the stage reads (its typed parameters as plain values)
 plus its upstream stage's hash, so changing anything early (a new seed, another generator)
 re-runs everything after it, changing a late parameter re-runs that stage and the ones after
@@ -19,6 +20,7 @@ from models.parameters import (
     AssetParameters,
     ParameterError,
     check_manifest_params,
+    check_parameter,
     parse_stage_params,
 )
 from storage.schema import Asset
@@ -121,11 +123,14 @@ def retried_params(
     """Asset id -> its parameters with ``overrides`` applied, each checked against the stages of
     its generator and init (empty when there are no overrides).
 
-    Raises :class:`models.parameters.ParameterError` naming the asset and the first bad key,
-    before anything is changed.
+    Raises :class:`models.parameters.ParameterError` on an override that is no stage's
+    parameter (even when no asset is selected), or naming the asset and the first bad key.
+    Nothing is changed: the caller writes the result.
     """
     if not overrides:
         return {}
+    for key, value in overrides.items():
+        check_parameter(key, value)
     out: dict[str, dict[str, Any]] = {}
     with Session(engine_for(config.database_url)) as session:
         for asset_id in asset_ids:

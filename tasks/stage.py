@@ -109,8 +109,8 @@ def run_stage(
             device=torch_device(config.device),
             flow_run_id=flow_run_id,
         )
+        run_id = run.id  # read before the commit expires it (reading it after is a third query)
         session.commit()
-        run_id = run.id
     progress.emit(asset_id, stage, "start")
     started = time.perf_counter()
     try:
