@@ -120,7 +120,8 @@ def test_defaults_sit_beneath_the_manifest_and_may_name_unread_fields():
 
 def test_kiss3dgen_parameters_follow_the_tile_and_keep_their_own_checks():
     params = parse_stage_params({"tile": 64, "steps": 2}, generator="kiss3dgen", init="sphere")
-    assert (params.generator.steps, params.generator.height, params.generator.width) == (2, 128, 256)
+    kiss = params.generator
+    assert (kiss.steps, kiss.height, kiss.width) == (2, 128, 256)
     assert params.generator_given == {"steps": 2}
     with pytest.raises(ParameterError, match="height must be half of width"):
         parse_stage_params({"height": 512, "width": 512}, generator="kiss3dgen", init="sphere")
