@@ -195,9 +195,11 @@ class AssetParameters:
     generator: Any | None
     """The generator's own parameter object, ``None`` for a generator that takes none."""
     generator_given: dict[str, Any]
-    """The generator keys the manifest set, checked: what the generator's request carries (it
-    applies its own defaults, e.g. weights paths from settings, beneath them)."""
+    """The generator keys the manifest set (checked, as written): what the generator's request
+    carries, since the generator applies its own defaults beneath them (weights paths from
+    settings, a size from the tile)."""
     init: InitParams
+    """The init parameters; the stage reads only its backend's fields (``READ_BY_INIT``)."""
     refine: Any
     """:class:`models.reconstruct.refine.RefineParams` (``seed`` is the asset's)."""
     texture: Any
