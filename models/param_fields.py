@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Collection, Mapping
@@ -94,7 +95,7 @@ def checked_params(
             raise ParameterError(unknown_name_message(what, str(key), allowed))
     merged = {k: v for k, v in (defaults or {}).items() if v is not None}
     merged.update(data)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     values = {}
     for key, value in merged.items():
         if key not in names:
@@ -108,6 +109,13 @@ def checked_params(
                     f"{what} parameter {key!r} must be {problem}, got {value!r}"
                 )
     return cls(**values)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of ``cls`` (resolving the annotations' strings is the slow part
+    of building parameters, and a class's types never change)."""
+    return typing.get_type_hints(cls)
 
 
 def _coerce(what: str, key: str, hint: Any, value: Any) -> Any:
