@@ -16,6 +16,8 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from sqlalchemy.orm import Session
 
 from storage import queries
+from storage.schema import Asset
+from tasks.assets import AssetSnapshot, plan_stages, snapshot
 from tasks.config import PipelineConfig
 from tasks.errors import LeaseLost, error_class
 from tasks.resources import engine_for, store_for, worker_name
@@ -59,13 +61,16 @@ class AssetFailed(RuntimeError):
     """The asset's pipeline stopped at a stage; the database holds the error."""
 
 
-def _claim(config: PipelineConfig, asset_id: str, owner: str) -> bool:
+def _claim(config: PipelineConfig, asset_id: str, owner: str) -> AssetSnapshot | None:
+    """Claim the asset and read it, in one session: its plain values, or None if not claimed."""
     with Session(engine_for(config.database_url)) as session:
         claimed = queries.claim_asset(session, asset_id, owner, config.lease_seconds)
+        asset = None
         if claimed:
             queries.abandon_running_stages(session, asset_id)
+            asset = snapshot(session.get(Asset, asset_id))
         session.commit()
-    return claimed
+    return asset
 
 
 def _renew(config: PipelineConfig, asset_id: str, owner: str) -> None:
@@ -112,18 +117,20 @@ def asset_flow(asset_id: str, config: PipelineConfig) -> str:
     (done already, or another worker holds it); raises :class:`AssetFailed` on failure."""
     logger = get_run_logger()
     owner = config.worker or worker_name()
-    if not _claim(config, asset_id, owner):
+    asset = _claim(config, asset_id, owner)
+    if asset is None:
         logger.info("asset %s: not claimable (done or held by another worker)", asset_id)
         return "skipped"
     try:
         if removed := _clean_orphans(config, asset_id):
             logger.info("asset %s: removed %d orphaned objects", asset_id, removed)
-        keys = bundle_task(asset_id, config)
+        plan = plan_stages(asset, config)  # once per run; a bad parameter fails here, permanently
+        keys = bundle_task(asset, plan, config)
         for stage_task in (init_task, refine_task, texture_task, export_task, evaluate_task):
             _renew(config, asset_id, owner)
-            keys = {**keys, **stage_task(asset_id, keys, config)}
+            keys = {**keys, **stage_task(asset, plan, keys, config)}
         _renew(config, asset_id, owner)
-        publish_task(asset_id, keys, config)
+        publish_task(asset, plan, keys, config)
     except LeaseLost:
         raise
     except Exception as exc:

@@ -1,19 +1,24 @@
 """The ``retry`` flow: re-run failed assets (and those whose worker died holding the lease).
 
 Each asset resumes at its first stage that is not done; ``reseed`` gives it a new seed, which
-changes every stage's parameters from the bundle on, so all of them run again.
+changes every stage's parameters from the bundle on, so all of them run again (the old seed is
+kept in the asset's ``previous_seeds``, never in its parameters). ``overrides`` (``retry --set
+refine_fine_steps=200``) change manifest parameters, checked like a manifest row's: the stages
+that read them re-run, and the ones after them.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prefect import flow, get_run_logger
 from sqlalchemy.orm import Session
 
 from flows.asset import AssetFailed, asset_flow, subflow_settings
 from storage import queries
+from tasks.assets import retried_params
 from tasks.config import PipelineConfig
 from tasks.resources import engine_for
 
@@ -54,18 +59,26 @@ def retry_flow(
     asset_ids: list[str] | None = None,
     reseed: bool = False,
     concurrency: int = 2,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Re-run the selected assets from their failing stage; returns asset id -> outcome."""
+    """Re-run the selected assets from their failing stage; returns asset id -> outcome.
+
+    ``overrides``: flat manifest parameters to set on every selected asset (checked first; a
+    bad one raises :class:`models.parameters.ParameterError` and nothing is retried).
+    """
     logger = get_run_logger()
     selected = select_retryable(
         config, batch_id=batch_id, stage=stage, error_class=error_class,
         older_than_s=older_than_s, asset_ids=asset_ids,
     )
     logger.info("retrying %d assets", len(selected))
+    new_params = retried_params(config, selected, overrides)
     with Session(engine_for(config.database_url)) as session:
         for asset_id in selected:
             new_seed = _new_seed() if reseed else None
-            queries.reset_for_retry(session, asset_id, new_seed=new_seed)
+            queries.reset_for_retry(
+                session, asset_id, new_seed=new_seed, params=new_params.get(asset_id)
+            )
         session.commit()
 
     def one(asset_id: str) -> str:

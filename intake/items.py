@@ -26,6 +26,7 @@ from intake.limits import (
     PARAM_KEY_RE,
     Kind,
 )
+from models.parameters import check_manifest_params
 
 
 def _check_text(value: str, what: str, limit: int) -> str:
@@ -132,7 +133,8 @@ class ManifestItem(_ManifestFields):
     init: InitName = "sphere"
     """Coarse-mesh backend."""
     params: dict[str, Any] = Field(default_factory=dict)
-    """Stage parameter overrides (scalars only)."""
+    """Stage parameters, flat scalars (``tile``, generator and init fields, ``refine_<field>``,
+    ...): see :mod:`models.parameters`."""
 
     @field_validator("id", mode="before")
     @classmethod
@@ -182,6 +184,13 @@ class ManifestItem(_ManifestFields):
             self.generator = "library"
         if self.seed + self.variants - 1 > MAX_SEED:
             raise ValueError(f"seed + variants - 1 must be at most {MAX_SEED}")
+        return self
+
+    @model_validator(mode="after")
+    def _params_read_by_stages(self) -> ManifestItem:
+        """Every ``params`` key must be a parameter that a stage of this row reads, with a
+        value of its type and range (:mod:`models.parameters`)."""
+        check_manifest_params(self.params, generator=str(self.generator), init=self.init)
         return self
 
     @property

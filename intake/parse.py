@@ -14,6 +14,10 @@ Formats (see tests/data/good_manifests/ for one of each):
 - CSV (``.csv``): a header row with columns prompt, image, bundle, id, seed, variants,
   tags (``;``-separated), generator, init, params (a JSON object); empty cells are absent.
 
+A row's ``params`` must each be a parameter that a stage of its generator and init reads, with
+a value of the right type and range (:mod:`models.parameters`); otherwise the row is rejected
+naming the key and the nearest valid one.
+
 Line numbers are physical lines (1-based): where a YAML item starts, the JSONL line, the
 first line of a CSV row (the header is line 1).
 

@@ -424,13 +424,19 @@ def release_asset(
     return released
 
 
-def reset_for_retry(session: Session, asset_id: str, new_seed: int | None = None) -> bool:
+def reset_for_retry(
+    session: Session,
+    asset_id: str,
+    new_seed: int | None = None,
+    params: dict[str, Any] | None = None,
+) -> bool:
     """Put a failed asset back to ``pending``; True if it was failed.
 
     The stage history is kept, so a retry resumes at the first stage not done. With
     ``new_seed`` the asset's seed changes and the old seed is appended to
-    ``params["previous_seeds"]``: parameter hashes computed from the asset then differ, so every
-    stage re-runs.
+    ``previous_seeds``: parameter hashes computed from the asset then differ, so every stage
+    re-runs. With ``params`` the asset's manifest parameters are replaced (checked by the
+    caller); stages whose parameters changed re-run.
     """
     asset = session.get(Asset, asset_id, with_for_update=True, populate_existing=True)
     if asset is None:
@@ -444,10 +450,10 @@ def reset_for_retry(session: Session, asset_id: str, new_seed: int | None = None
     asset.last_error_message = None
     asset.finished_at = None
     if new_seed is not None and int(new_seed) != asset.seed:
-        params = dict(asset.params)
-        params["previous_seeds"] = [*params.get("previous_seeds", []), asset.seed]
-        asset.params = params
+        asset.previous_seeds = [*(asset.previous_seeds or []), asset.seed]
         asset.seed = int(new_seed)
+    if params is not None:
+        asset.params = dict(params)
     session.flush()
     return True
 

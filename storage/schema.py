@@ -139,6 +139,10 @@ class Asset(Base):
     init: Mapped[str] = mapped_column(sa.String(64))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     tags: Mapped[list[str]] = mapped_column(default=list)
+    previous_seeds: Mapped[list[int]] = mapped_column(
+        sa.JSON, default=list, server_default=sa.text("'[]'")
+    )
+    """Seeds that ``retry --reseed`` replaced, oldest first (never part of ``params``)."""
     state: Mapped[str] = mapped_column(sa.String(16), default="pending")
     current_stage: Mapped[str | None] = mapped_column(sa.String(32))
     lease_owner: Mapped[str | None] = mapped_column(sa.String(128))

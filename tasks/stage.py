@@ -34,7 +34,7 @@ def asset_key(asset_id: str, artefact: str) -> str:
 
 
 def params_hash(params: dict) -> str:
-    """Stable hash of a stage's parameters (sorted JSON)."""
+    """Stable hash of a stage's parameters (sorted JSON; paths and other objects as strings)."""
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -80,20 +80,21 @@ def run_stage(
     config: PipelineConfig,
     asset_id: str,
     stage: str,
-    params: dict,
+    phash: str,
     work: Work,
     *,
     flow_run_id: str | None = None,
 ) -> dict[str, str]:
-    """Run ``work`` for ``(asset_id, stage)`` unless done with the same ``params``.
+    """Run ``work`` for ``(asset_id, stage)`` unless it is done with the parameter hash ``phash``
+    (see :func:`tasks.assets.plan_stages`) and its recorded objects still exist.
 
-    ``work`` publishes its artefacts through the :class:`StageIO` and may return a dict of metrics
-    (name -> float). Returns the stage's output keys. Exceptions propagate after the failure is
-    recorded.
+    Two database sessions at most: one that checks for a done run and records the start (or
+    nothing else, when skipping), one that records the end. ``work`` publishes its artefacts
+    through the :class:`StageIO` and may return a dict of metrics (name -> float). Returns the
+    stage's output keys. Exceptions propagate after the failure is recorded.
     """
     engine = engine_for(config.database_url)
     store = store_for(config.store_url)
-    phash = params_hash(params)
     with Session(engine) as session:
         done = queries.completed_stage(session, asset_id, stage, phash)
         if done is not None and all(store.exists(k) for k in (done.output_keys or {}).values()):
@@ -108,8 +109,8 @@ def run_stage(
             device=torch_device(config.device),
             flow_run_id=flow_run_id,
         )
+        run_id = run.id  # read before the commit expires it (reading it after is a third query)
         session.commit()
-        run_id = run.id
     progress.emit(asset_id, stage, "start")
     started = time.perf_counter()
     try:

@@ -1,19 +1,22 @@
 """The seven stage tasks of one asset. Each is glue: fetch inputs, call models/, publish outputs.
 
-Every task takes an asset id, the keys its upstream stages produced, and the pipeline config, and
-returns its own output keys.
+Every task takes the asset (plain values, read once by the asset flow), the asset's stage plan
+(typed parameters and hashes, computed once per run: :func:`tasks.assets.plan_stages`), the keys
+its upstream stages produced and the pipeline config, and returns its own output keys. Tasks
+read their parameters from the plan only, so what a stage's hash covers is what it reads.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from prefect import task
 from prefect.runtime import flow_run
 
-from tasks.assets import AssetSnapshot, load_asset, split_params, stage_parameters
+from tasks.assets import AssetSnapshot, StagePlan
 from tasks.config import PipelineConfig
 from tasks.errors import retry_condition
 from tasks.resources import rasteriser_for, torch_device
@@ -22,9 +25,11 @@ from tasks.stage import StageIO, run_stage
 RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_condition}
 
 
-def _run(config: PipelineConfig, asset: AssetSnapshot, stage: str, work) -> dict[str, str]:
-    params = stage_parameters(asset, config)[stage]
-    return run_stage(config, asset.id, stage, params, work, flow_run_id=_flow_run_id())
+def _run(
+    config: PipelineConfig, asset: AssetSnapshot, plan: StagePlan, stage: str, work
+) -> dict[str, str]:
+    return run_stage(config, asset.id, stage, plan.hashes[stage], work,
+                     flow_run_id=_flow_run_id())
 
 
 def _flow_run_id() -> str | None:
@@ -47,13 +52,10 @@ def _load_mesh(io: StageIO, key: str):
 
 
 @task(name="bundle", **RETRIES)
-def bundle_task(asset_id: str, config: PipelineConfig) -> dict[str, str]:
+def bundle_task(asset: AssetSnapshot, plan: StagePlan, config: PipelineConfig) -> dict[str, str]:
     """Stage I: the bundle image (``bundle.png`` + ``bundle.json``, ``match.json`` if any)."""
     from models.generate.base import GenerationRequest, GeneratorContext
     from models.generate.registry import generate_bundle
-
-    asset = load_asset(config, asset_id)
-    tile = stage_parameters(asset, config)["bundle"]["tile"]
 
     def work(io: StageIO) -> dict:
         request = GenerationRequest(
@@ -62,8 +64,8 @@ def bundle_task(asset_id: str, config: PipelineConfig) -> dict[str, str]:
             image=_read_image(io, asset.image_ref) if asset.image_ref else None,
             bundle_path=_fetch_bundle_file(io, asset.bundle_ref) if asset.bundle_ref else None,
             seed=asset.seed,
-            tile=tile,
-            params=split_params(asset.params)["generator"],
+            tile=plan.params.bundle.tile,
+            params=dict(plan.params.generator_given),
         )
         context = GeneratorContext(
             library_path=Path(config.library_path),
@@ -81,50 +83,52 @@ def bundle_task(asset_id: str, config: PipelineConfig) -> dict[str, str]:
             io.publish("match.json")
         return generated.metrics
 
-    return _run(config, asset, "bundle", work)
+    return _run(config, asset, plan, "bundle", work)
 
 
 @task(name="init", **RETRIES)
-def init_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+def init_task(
+    asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
+) -> dict[str, str]:
     """Stage II start: the coarse mesh ``coarse.glb`` (sphere, library mesh or LRM)."""
     from models.geometry.glb import export_glb
     from models.reconstruct.init import InitContext, initial_mesh
     from models.reconstruct.refine import sphere_init
 
-    asset = load_asset(config, asset_id)
+    params = plan.params.init
 
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
         context = InitContext(
             library_path=Path(config.library_path),
-            lrm_path=split_params(asset.params)["lrm"].get("path", config.lrm_path),
-            lrm_variant=split_params(asset.params)["lrm"].get("variant", config.lrm_variant),
+            lrm_path=str(params.lrm_path) if params.lrm_path is not None else None,
+            lrm_variant=params.lrm_variant,
             device=torch_device(config.device),
         )
         mesh = initial_mesh(asset.init, bundle, context)
         if mesh is None:
-            mesh = sphere_init()
+            mesh = sphere_init(params.sphere_radius)
         export_glb(mesh, io.local("coarse.glb"))
         io.publish("coarse.glb")
         return {"init_faces": float(len(mesh.faces))}
 
-    return _run(config, asset, "init", work)
+    return _run(config, asset, plan, "init", work)
 
 
 @task(name="refine", **RETRIES)
-def refine_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+def refine_task(
+    asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
+) -> dict[str, str]:
     """ISOMER-style refinement of the coarse mesh against the normal maps: ``refined.glb``."""
     from models.geometry.glb import export_glb
-    from models.reconstruct.refine import RefineParams, refine_mesh
-
-    asset = load_asset(config, asset_id)
+    from models.reconstruct.refine import refine_mesh
 
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
         coarse = _load_mesh(io, inputs["coarse.glb"])
         device = torch_device(config.device)
-        overrides = split_params(asset.params)["refine"]
-        params = RefineParams(**{"seed": asset.seed, "device": device, **overrides})
+        # The device is the worker's, not a parameter: the hash covers the plan's "cpu".
+        params = replace(plan.params.refine, device=device)
 
         def report(step: int, total: int, losses: dict) -> None:
             io.progress(step, total, ", ".join(f"{k} {v:.3g}" for k, v in losses.items()))
@@ -137,16 +141,16 @@ def refine_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -
         io.publish("refined.glb")
         return {"refined_faces": float(len(refined.faces))}
 
-    return _run(config, asset, "refine", work)
+    return _run(config, asset, plan, "refine", work)
 
 
 @task(name="texture", **RETRIES)
-def texture_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+def texture_task(
+    asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
+) -> dict[str, str]:
     """Colour projection from the 4 views onto the refined mesh: ``textured.glb``."""
     from models.geometry.glb import export_glb
     from models.reconstruct.texture import project_colours
-
-    asset = load_asset(config, asset_id)
 
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
@@ -154,22 +158,23 @@ def texture_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) 
         textured = project_colours(
             bundle, refined,
             rasteriser=rasteriser_for(config.rasteriser, torch_device(config.device)),
-            **split_params(asset.params)["texture"],
+            **plan.params.texture.keywords(),
         )
         export_glb(textured, io.local("textured.glb"))
         io.publish("textured.glb")
         return {}
 
-    return _run(config, asset, "texture", work)
+    return _run(config, asset, plan, "texture", work)
 
 
 @task(name="export", **RETRIES)
-def export_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
-    """The deliverables: ``asset.glb`` and the ``preview.png`` sheet."""
+def export_task(
+    asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
+) -> dict[str, str]:
+    """The deliverables: ``asset.glb`` and the ``preview.png`` sheet (``plan.params.export``
+    has no options yet)."""
     from models.geometry.glb import export_glb
     from models.render.preview import preview_sheet
-
-    asset = load_asset(config, asset_id)
 
     def work(io: StageIO) -> dict:
         mesh = _load_mesh(io, inputs["textured.glb"])
@@ -179,35 +184,38 @@ def export_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -
         io.publish("preview.png")
         return {}
 
-    return _run(config, asset, "export", work)
+    return _run(config, asset, plan, "export", work)
 
 
 @task(name="evaluate", **RETRIES)
-def evaluate_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+def evaluate_task(
+    asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
+) -> dict[str, str]:
     """Metrics of the asset against its bundle (and its reference mesh when one exists)."""
     from models.evaluate.asset import evaluate_asset
-
-    asset = load_asset(config, asset_id)
 
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
         mesh = _load_mesh(io, inputs["asset.glb"])
-        metrics = evaluate_asset(bundle, mesh, library_path=Path(config.library_path))
+        metrics = evaluate_asset(
+            bundle, mesh, library_path=Path(config.library_path),
+            samples=plan.params.evaluate.samples,
+        )
         io.local("metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         io.publish("metrics.json")
         return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
-    return _run(config, asset, "evaluate", work)
+    return _run(config, asset, plan, "evaluate", work)
 
 
 @task(name="publish", **RETRIES)
-def publish_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
+def publish_task(
+    asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
+) -> dict[str, str]:
     """Index the asset for search once every artefact it claims is really in the store."""
     from models.embed.text import embed_texts
     from storage.search import index_prompt
     from tasks.resources import engine_for, store_for
-
-    asset = load_asset(config, asset_id)
 
     def work(io: StageIO) -> dict:
         store = store_for(config.store_url)
@@ -223,7 +231,7 @@ def publish_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) 
             session.commit()
         return {}
 
-    return _run(config, asset, "publish", work)
+    return _run(config, asset, plan, "publish", work)
 
 
 def _describe_promptless(io: StageIO, inputs: dict[str, str], asset: AssetSnapshot) -> str:

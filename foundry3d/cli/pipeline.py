@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.live import Live
@@ -157,16 +157,33 @@ def retry(
     older_than: Annotated[float | None, typer.Option(help="Only failures older than N s.")] = None,
     asset: Annotated[list[str] | None, typer.Option(help="Only these asset ids.")] = None,
     reseed: Annotated[bool, typer.Option(help="Give each asset a new seed.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Change a manifest parameter before retrying, e.g. --set refine_fine_steps=200 "
+            "(repeatable; checked like a manifest row's params).",
+        ),
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="Assets retried at once.")] = 0,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
 ) -> None:
     """Re-run failed assets (and those whose worker died) from their failing stage."""
+    overrides = parse_overrides(set_ or [])
     settings, config = _prepare(verbose)
-    from flows.retry import retry_flow
+    from flows.retry import retry_flow, select_retryable
+    from tasks.assets import ParameterError, retried_params
 
+    filters = {"batch_id": batch, "stage": stage, "error_class": error,
+               "older_than_s": older_than, "asset_ids": asset}
+    if overrides:
+        try:  # checked here, before the flow, so a bad key is one line and not a traceback
+            retried_params(config, select_retryable(config, **filters), overrides)
+        except ParameterError as exc:
+            raise UserError(str(exc)) from None
     outcomes = retry_flow(
-        config, batch_id=batch, stage=stage, error_class=error, older_than_s=older_than,
-        asset_ids=asset, reseed=reseed, concurrency=concurrency or settings.concurrency,
+        config, **filters, reseed=reseed, concurrency=concurrency or settings.concurrency,
+        overrides=overrides or None,
     )
     if not outcomes:
         console.print("No failed assets match; nothing to retry.")
@@ -179,6 +196,30 @@ def retry(
     console.print(table)
     if any(o == "failed" for o in outcomes.values()):
         raise typer.Exit(1)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["refine_fine_steps=200", "library_id=mug"]`` -> ``{"refine_fine_steps": 200, ...}``.
+
+    Values are read as YAML scalars, as a manifest's are (``200`` an integer, ``0.5`` a number,
+    ``true`` a boolean, anything else a string). Raises :class:`UserError` on a malformed pair.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UserError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set refine_fine_steps=200")
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            value = text
+        if not isinstance(value, str | int | float | bool):
+            value = text  # lists, mappings, nulls: a manifest param is a scalar, keep the text
+        out[key] = value
+    return out
 
 
 @app.command()

@@ -13,7 +13,13 @@ from pathlib import Path
 import trimesh
 
 from models.bundle.spec import Bundle
-from models.evaluate.metrics import chamfer_fscore, mesh_health, normal_consistency, render_metrics
+from models.evaluate.metrics import (
+    DEFAULT_SAMPLES,
+    chamfer_fscore,
+    mesh_health,
+    normal_consistency,
+    render_metrics,
+)
 from models.reconstruct.init import InitContext, InitInputError, init_from_library
 
 
@@ -28,9 +34,15 @@ def reference_mesh(bundle: Bundle, library_path: Path | None) -> trimesh.Trimesh
 
 
 def evaluate_asset(
-    bundle: Bundle, mesh: trimesh.Trimesh, *, library_path: Path | None = None
+    bundle: Bundle,
+    mesh: trimesh.Trimesh,
+    *,
+    library_path: Path | None = None,
+    samples: int = DEFAULT_SAMPLES,
 ) -> dict[str, float]:
     """Flat metrics of ``mesh`` (bundle frame) against ``bundle``; NaNs are left out.
+
+    ``samples``: surface samples per mesh for the reference comparisons.
 
     Keys: ``mask_iou``, ``normal_angle_deg``, ``colour_psnr``, ``colour_psnr_fg``, ``colour_ssim``,
     ``mesh_<health key>`` and, with a reference, ``chamfer``, ``fscore@0.05``, ``fscore@0.1``,
@@ -44,8 +56,8 @@ def evaluate_asset(
         metrics[f"mesh_{key}"] = float(value)
     reference = reference_mesh(bundle, library_path)
     if reference is not None:
-        scores = chamfer_fscore(mesh, reference)
+        scores = chamfer_fscore(mesh, reference, samples=samples)
         for key in ("chamfer", "fscore@0.05", "fscore@0.1"):
             metrics[key] = float(scores[key])
-        metrics["normal_consistency"] = float(normal_consistency(mesh, reference))
+        metrics["normal_consistency"] = float(normal_consistency(mesh, reference, samples=samples))
     return {k: v for k, v in metrics.items() if not math.isnan(v)}

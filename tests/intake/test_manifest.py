@@ -149,13 +149,15 @@ def test_seed_zero_is_a_real_seed_not_a_missing_one(tmp_path):
 
 def test_defaults_merge_params_and_tags_and_the_item_wins(tmp_path):
     text = (
-        "defaults:\n  init: lrm\n  tags: [a]\n  params: {steps: 4, guidance: 2.0}\n"
-        "items:\n  - prompt: p\n    init: library\n    tags: [b, a]\n    params: {steps: 8}\n"
+        "defaults:\n  init: lrm\n  tags: [a]\n"
+        "  params: {texture_erosion_px: 4, evaluate_samples: 2000}\n"
+        "items:\n  - prompt: p\n    init: library\n    tags: [b, a]\n"
+        "    params: {texture_erosion_px: 8}\n"
     )
     (request,) = parse_manifest(_write(tmp_path / "m.yaml", text)).requests
     assert request.init == "library"
     assert request.tags == ("a", "b")
-    assert request.params == {"steps": 8, "guidance": 2.0}
+    assert request.params == {"texture_erosion_px": 8, "evaluate_samples": 2000}
 
 
 def test_generator_defaults_to_library_and_bundles_use_file(tmp_path):
@@ -179,7 +181,7 @@ def test_identity_ignores_tags_ids_and_lines_but_not_params(tmp_path):
     rows = [
         {"prompt": "a cup", "id": "one", "tags": ["x"]},
         {"prompt": "a cup", "id": "two"},
-        {"prompt": "a cup", "params": {"steps": 3}},
+        {"prompt": "a cup", "params": {"evaluate_samples": 3000}},
     ]
     path = _write(tmp_path / "m.jsonl", "\n".join(json.dumps(r) for r in rows))
     ids = [r.canonical_json() for r in parse_manifest(path).requests]

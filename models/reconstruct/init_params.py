@@ -1,0 +1,51 @@
+"""Parameters of the ``init`` stage (Stage II's coarse mesh), one field group per backend.
+
+A backend reads only its own fields (:data:`READ_BY_INIT`); a manifest key names the field
+itself (``lrm_path``, ``sphere_radius``), and a row may only set fields its ``init`` reads. To
+give a new backend parameters, add fields named after it and list them in :data:`READ_BY_INIT`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from models.param_fields import Range, checked_params
+
+
+@dataclass(frozen=True)
+class InitParams:
+    """Where refinement starts from."""
+
+    lrm_path: Path | None = None
+    """``lrm``: the LRM checkpoint file (default ``FOUNDRY_LRM_PATH``)."""
+    lrm_variant: str = "prm"
+    """``lrm``: the LRM architecture name of the checkpoint (default ``FOUNDRY_LRM_VARIANT``)."""
+    sphere_radius: float = 0.85
+    """``sphere``: radius of the starting icosphere, bundle-frame units (the object spans
+    [-0.9, 0.9]); 0.1..1.0 so the sphere stays inside refinement's unit box."""
+    hull_resolution: int = 64
+    """``hull``: voxels per side of the visual hull carved from the 4 masks; 16..512 (a 512^3
+    grid of float32 is 512 MiB, larger would not fit a worker's memory)."""
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "sphere_radius": Range(0.1, 1.0),
+        "hull_resolution": Range(16, 512),
+    }
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, **defaults: Any) -> InitParams:
+        """Params from a mapping over ``defaults`` (the LRM settings); unknown keys, wrong types
+        and out-of-range values raise :class:`models.param_fields.ParameterError`."""
+        return checked_params(cls, data, what="init", ranges=cls.RANGES, defaults=defaults)
+
+
+READ_BY_INIT: dict[str, tuple[str, ...]] = {
+    "sphere": ("sphere_radius",),
+    "library": (),
+    "lrm": ("lrm_path", "lrm_variant"),
+    "hull": ("hull_resolution",),
+}
+"""Init backend -> the :class:`InitParams` fields it reads (a backend not listed reads none)."""
