@@ -16,7 +16,6 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from sqlalchemy.orm import Session
 
 from storage import queries
-from storage.schema import Asset
 from tasks.assets import AssetSnapshot, plan_stages, snapshot
 from tasks.config import PipelineConfig
 from tasks.errors import LeaseLost, error_class
@@ -68,7 +67,7 @@ def _claim(config: PipelineConfig, asset_id: str, owner: str) -> AssetSnapshot |
         asset = None
         if claimed:
             queries.abandon_running_stages(session, asset_id)
-            asset = snapshot(session.get(Asset, asset_id))
+            asset = snapshot(queries.get_asset(session, asset_id))
         session.commit()
     return asset
 

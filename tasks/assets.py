@@ -23,6 +23,7 @@ from models.parameters import (
     check_parameter,
     parse_stage_params,
 )
+from storage import queries
 from storage.schema import Asset
 from tasks.config import PipelineConfig
 from tasks.resources import engine_for
@@ -134,7 +135,7 @@ def retried_params(
     out: dict[str, dict[str, Any]] = {}
     with Session(engine_for(config.database_url)) as session:
         for asset_id in asset_ids:
-            asset = session.get(Asset, asset_id)
+            asset = queries.get_asset(session, asset_id)
             if asset is None:
                 continue
             params = {**(asset.params or {}), **overrides}

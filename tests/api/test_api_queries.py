@@ -18,7 +18,7 @@ def engine(db_url):
 def _assets(session, n: int) -> list[str]:
     ids = []
     for i in range(n):
-        asset, _ = queries.upsert_asset(
+        asset, _ = queries.insert_asset_if_new(
             session, asset_id=f"asset{i:02d}", kind="prompt", prompt=f"thing {i}", seed=i,
             generator="library", init="sphere", tags=["even"] if i % 2 == 0 else ["odd", "x"])
         ids.append(asset.id)

@@ -25,7 +25,7 @@ def _add(config, asset_id: str, **fields) -> None:
                   params=dict(FAST_PARAMS), tags=[])
     values.update(fields)
     with Session(engine_for(config.database_url)) as session:
-        queries.upsert_asset(session, asset_id=asset_id, **values)
+        queries.insert_asset_if_new(session, asset_id=asset_id, **values)
         session.commit()
 
 

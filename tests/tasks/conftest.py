@@ -43,7 +43,7 @@ def add_asset(
     from tasks.resources import engine_for
 
     with Session(engine_for(config.database_url)) as session:
-        queries.upsert_asset(
+        queries.insert_asset_if_new(
             session, asset_id=asset_id, kind="prompt", prompt=prompt, image_ref=None,
             image_sha256=None, bundle_ref=None, seed=seed, variant=0, generator=generator,
             init=init, params={**FAST_PARAMS, **(params or {})}, tags=["test"],

@@ -5,8 +5,8 @@ where every generator's parameter check rejects it (a reseeded ``kiss3dgen`` ass
 run again). The history moves to its own JSON list column; rows that carry it in ``params`` are
 moved over.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-29 20:10:00.000000
 """
 
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
