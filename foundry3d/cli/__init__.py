@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from foundry3d.prefect_defaults import apply_prefect_defaults
 
 # Before any command module imports Prefect.
 apply_prefect_defaults()
 
 # Importing the command modules registers their commands on `app`.
-from foundry3d.cli import core3d, db, generators, library, manifests, pipeline  # noqa: E402,F401
+from foundry3d.cli import core3d, db, generators, library, manifests, pipeline, serve  # noqa: E402,F401
 from foundry3d.cli.app import UserError, app, err_console  # noqa: E402
 
 
@@ -19,5 +21,6 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        # soft_wrap: one line however narrow the terminal (or none: a pipe reads as 80 columns)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
