@@ -9,6 +9,7 @@ deployment's parameters on the Prefect server.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import urllib.error
 import urllib.request
@@ -92,6 +93,8 @@ async def _serve_until_signalled(runner) -> None:
         serving.result()  # a runner that ended by itself: surface why
         return
     console.print("Stopping: runs in progress are cancelled, the schedule is paused.")
+    # Prefect's control channel logs each connection it cancels as an asyncio ERROR traceback.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         await asyncio.wait_for(runner.astop(), SHUTDOWN_TIMEOUT_S)
         await asyncio.wait_for(serving, SHUTDOWN_TIMEOUT_S)
@@ -142,7 +145,9 @@ def serve(
     )
     deployment.work_pool_name = None  # set explicitly: runs stay with this runner, no pool
     deployment.work_queue_name = None
-    runner = Runner(name=name)  # pauses the schedule when it stops: no runs pile up unserved
+    # limit=1: runs of one schedule never overlap (a late run waits for the one before it);
+    # pause_on_shutdown (the default): a stopped serve leaves no runs piling up unserved.
+    runner = Runner(name=name, limit=1)
     runner.add_deployment(deployment)
     when = f"every {interval:g} s" if interval is not None else f"on cron {cron or '0 2 * * *'!r}"
     console.print(f"Serving [bold]{scheduled_catalog.name}/{name}[/] for {manifest} {when} "
