@@ -22,6 +22,9 @@ import typer
 from foundry3d.cli.app import UserError, app, console
 from foundry3d.cli.pipeline import _check_library, _check_manifest_file, _prepare
 
+DEFAULT_CRON = "0 2 * * *"
+"""Nightly at 02:00 when neither --cron nor --interval is given."""
+
 HEALTH_TIMEOUT_S = 30.0
 """How long the Prefect API may take to answer its health check (a busy server is slow)."""
 
@@ -64,7 +67,7 @@ def _schedule(cron: str | None, interval: float | None, timezone: str) -> dict:
         if interval <= 0:
             raise UserError(f"--interval must be a positive number of seconds, got {interval}")
         return {"schedule": Interval(timedelta(seconds=interval))}
-    cron = cron or "0 2 * * *"
+    cron = cron or DEFAULT_CRON
     try:
         CronSchedule(cron=cron, timezone=timezone)  # checks both, naming what is wrong
     except ValidationError as exc:
@@ -119,8 +122,23 @@ def serve(
     `scheduled-catalog` flow, run in a subprocess with this machine's FOUNDRY_* settings
     (the foundry3d packages must be importable there, as they are once installed).
     """
+    # Until the runner's loop takes signals over, SIGTERM stops serve as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    when = f"every {interval:g} s" if interval is not None else f"on cron {cron or DEFAULT_CRON!r}"
+    try:
+        _serve(manifest, _schedule(cron, interval, timezone), when, name, concurrency, shard_size)
+    except KeyboardInterrupt:
+        console.print("Stopped.")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(manifest: Path, schedule: dict, when: str, name: str, concurrency: int,
+           shard_size: int) -> None:
+    """Check everything, register the deployment and serve it until a signal."""
     _check_manifest_file(manifest)
-    schedule = _schedule(cron, interval, timezone)
     _, config = _prepare()
     _check_library(config)
     api_url = _prefect_api_url()
@@ -149,7 +167,6 @@ def serve(
     # pause_on_shutdown (the default): a stopped serve leaves no runs piling up unserved.
     runner = Runner(name=name, limit=1)
     runner.add_deployment(deployment)
-    when = f"every {interval:g} s" if interval is not None else f"on cron {cron or '0 2 * * *'!r}"
     console.print(f"Serving [bold]{scheduled_catalog.name}/{name}[/] for {manifest} {when} "
                   f"via {api_url}; Ctrl-C stops.", soft_wrap=True)
     asyncio.run(_serve_until_signalled(runner))

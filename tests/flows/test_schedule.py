@@ -43,9 +43,10 @@ def start_serve(request, prefect_server, config, tmp_path: Path, *args: str) -> 
     manifest = write_manifest(tmp_path, [{"prompt": "a wooden crate", "init": "library"}])
     watch(request.node, prefect_server)
     try:
-        env = cli_env(config, tmp_path, PREFECT_API_URL=prefect_server.api_url)
+        prefect_server.wait_ready()
     except RuntimeError as exc:  # the server did not come up
         pytest.fail(str(exc))
+    env = cli_env(config, tmp_path, PREFECT_API_URL=prefect_server.api_url)
     serve = ManagedProcess("serve", foundry3d_cmd("serve", str(manifest), *args), env, tmp_path)
     watch(request.node, serve)
     serve.start()
@@ -151,7 +152,7 @@ def test_prefect_deploy_from_prefect_yaml_creates_the_nightly_catalog(
     assert deployment.work_pool_name == "cpu-pool"
     assert deployment.parameters["manifest"] == f"{REPO}/examples/catalog.yaml"
     listing = subprocess.run(
-        [str(PREFECT), "deployment", "ls"], env=env, cwd=tmp_path,
+        [str(PREFECT), "deployment", "ls"], env={**env, "COLUMNS": "250"}, cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
     )
     assert listing.returncode == 0, listing.stdout
