@@ -218,9 +218,9 @@ def run(
     FOUNDRY_PREFECT_MODE=server. Assets already done are skipped; rejected rows are listed.
 
     Exit status: 0 when every asset is done (or being produced by another run); 1 when an
-    asset failed (now or in an earlier run) or a row was rejected; 2 when nothing could start
-    (unreadable manifest, unreachable database, no library, no Prefect API); 130 when
-    interrupted.
+    asset failed (now or in an earlier run), a row was rejected or the run stopped on an
+    error; 2 when nothing could start (unreadable manifest, unreachable database, no library,
+    no Prefect API); 130 when interrupted.
     """
     _check_manifest_file(manifest)
     settings, config = _prepare(verbose)
