@@ -108,11 +108,11 @@ async def _serve_until_signalled(runner) -> None:
 @app.command()
 def serve(
     manifest: Annotated[Path, typer.Argument(help="Manifest to generate on each run.")],
-    cron: Annotated[str | None, typer.Option(help="Cron schedule [default: '0 2 * * *'].")] = None,
+    cron: Annotated[str | None, typer.Option(help="Cron; default '0 2 * * *' (02:00).")] = None,
     interval: Annotated[float | None, typer.Option(help="Run every N seconds instead.")] = None,
     timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC",
     name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled-catalog",
-    concurrency: Annotated[int, typer.Option(help="Assets produced at once.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Assets at once; 0: FOUNDRY_CONCURRENCY.")] = 0,
     shard_size: Annotated[int, typer.Option(help="Assets per worker process (server mode).")] = 1,
 ) -> None:
     """Generate MANIFEST on a schedule: a Prefect deployment served by this process.
