@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.sorting import FlowRunSort
 from sqlalchemy import select
@@ -125,7 +126,10 @@ def test_a_served_schedule_runs_the_catalog_and_the_asset_reaches_the_database(
                 limit=20,
             )
             completed = [run for run in runs if run.state and run.state.is_completed()]
-    assert completed, f"no scheduled run completed within {SCHEDULED_RUN_TIMEOUT_S:.0f} s"
+    assert completed, (
+        f"no scheduled run completed within {SCHEDULED_RUN_TIMEOUT_S:.0f} s (with SQLAlchemy "
+        f"{sqlalchemy.__version__}: 2.1 breaks the Prefect server's scheduler; install the lock)"
+    )
     with Session(engine) as session:
         assets = session.scalars(select(Asset)).all()
     assert [asset.state for asset in assets] == ["succeeded"]
