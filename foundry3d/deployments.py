@@ -14,7 +14,11 @@ from foundry3d.settings import get_settings
 
 @flow(name="scheduled-catalog")
 def scheduled_catalog(manifest: str, concurrency: int | None = None, shard_size: int = 1) -> str:
-    """Run ``manifest`` with this worker's settings; in server mode assets go to the GPU pool."""
+    """Run ``manifest`` with this worker's settings; in server mode assets go to the GPU pool.
+
+    Ends Failed (so that Prefect's notifications fire) when an asset failed or a row was
+    rejected, as ``foundry3d run`` exits 1; the summary artifact lists them either way.
+    """
     settings = get_settings()
     deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
     summary = catalog_flow(
@@ -24,4 +28,13 @@ def scheduled_catalog(manifest: str, concurrency: int | None = None, shard_size:
         shard_size=shard_size,
         deployment=deployment,
     )
+    if summary.failed or summary.rejected:
+        raise CatalogIncomplete(
+            f"{summary.failed} assets failed and {summary.rejected} manifest rows were "
+            f"rejected; retry the failed ones with `foundry3d retry --batch {summary.batch_id}`"
+        )
     return summary.render_text()
+
+
+class CatalogIncomplete(RuntimeError):
+    """A scheduled catalog ran to the end but left failed assets or rejected rows."""

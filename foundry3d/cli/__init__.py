@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from foundry3d.prefect_defaults import apply_prefect_defaults
 
 # Before any command module imports Prefect.
@@ -18,6 +20,7 @@ from foundry3d.cli import (  # noqa: E402,F401
     library,
     manifests,
     pipeline,
+    serve,
     tokens,
 )
 from foundry3d.cli.app import UserError, app, err_console  # noqa: E402
@@ -28,5 +31,6 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        # soft_wrap: one line however narrow the terminal (or none: a pipe reads as 80 columns)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)

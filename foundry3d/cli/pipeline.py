@@ -1,4 +1,4 @@
-"""CLI commands of the pipeline: run, retry, search, serve."""
+"""CLI commands of the pipeline: run, retry, search."""
 
 from __future__ import annotations
 
@@ -6,20 +6,29 @@ import logging
 import os
 import threading
 import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
-from foundry3d.cli.app import UserError, app, console
+from foundry3d.cli.app import UserError, app, console, err_console
 
 
 def _prepare(verbose: bool = False):
-    """Settings -> config, with the database migrated and Prefect quiet unless asked."""
+    """Settings -> config, with the database migrated and Prefect quiet unless asked.
+
+    An unreachable or unmigrated database is a :class:`UserError` (one line), not a traceback.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
     from foundry3d.settings import get_settings
-    from storage.db import ensure_database
+    from storage.db import DatabaseNotMigrated, ensure_database
 
     if not verbose:
         # The live table shows progress; Prefect's per-run INFO lines would scroll it away.
@@ -28,8 +37,21 @@ def _prepare(verbose: bool = False):
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_database(settings.resolved_database_url)
+    url = settings.resolved_database_url
+    try:
+        ensure_database(url)
+    except (SQLAlchemyError, OSError, DatabaseNotMigrated) as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise UserError(f"cannot use the database {shown}: {_first_line(exc)}") from None
     return settings, settings.pipeline_config()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a driver's own error when SQLAlchemy wraps
+    one), without SQLAlchemy's background link."""
+    inner = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return lines[0] if lines else type(inner).__name__
 
 
 class _ProgressBoard:
@@ -71,26 +93,115 @@ class _ProgressBoard:
         return table
 
 
-def _print_summary(summary, store_url: str) -> None:
+def _kind(row: dict) -> str:
+    """What happened to a summary row's asset in this run: ``produced``, ``already done``,
+    ``failed``, ``failed earlier`` or ``held`` (another run's lease holds it). An asset the
+    asset flow ``skipped`` (not claimable) is told apart by its state."""
+    outcome, state = row["outcome"], row["state"]
+    if outcome == "succeeded":
+        return "produced"
+    if outcome == "failed":
+        return "failed"
+    if outcome.startswith("failed earlier"):
+        return "failed earlier"
+    if outcome == "already done" or state == "succeeded":
+        return "already done"
+    return "held"
+
+
+@dataclass
+class _Tally:
+    """Asset ids of one catalog run by :func:`_kind`."""
+
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, summary) -> _Tally:
+        return cls({row["asset_id"]: _kind(row) for row in summary.assets})
+
+    def count(self, *kinds: str) -> int:
+        return sum(1 for kind in self.kinds.values() if kind in kinds)
+
+    def line(self, rejected: int, seconds: float) -> str:
+        """``2 produced, 1 skipped (already done), 1 failed, 0 rejected rows in 9.1 s``, with
+        the failures of earlier runs and the assets another run holds named apart."""
+        text = (f"{self.count('produced')} produced, {self.count('already done')} skipped "
+                f"(already done), {self.count('failed', 'failed earlier')} failed")
+        if self.count("failed earlier"):
+            text += f" ({self.count('failed earlier')} in an earlier run, not re-run)"
+        if self.count("held"):
+            text += f", {self.count('held')} being produced by another run"
+        return f"{text}, {rejected} rejected rows in {seconds:.1f} s"
+
+
+_OUTCOME_TEXT = {
+    "produced": "[green]succeeded[/]",
+    "already done": "[dim]already done[/]",
+    "failed": "[red]failed: {error}[/]",
+    "failed earlier": "[red]failed in an earlier run: {error}[/]",
+    "held": "[dim]being produced by another run[/]",
+}
+
+
+def _print_summary(summary, store_url: str) -> _Tally:
+    """The summary table, one line of counts, and the command that retries what failed."""
+    tally = _Tally.of(summary)
     table = Table(title="catalog summary")
     for column in ("asset", "request", "outcome", "seconds", "files (asset.glb, preview.png, ...)"):
         table.add_column(column, overflow="fold")
     for row in summary.assets:
-        style = {"succeeded": "green", "failed": "red"}.get(row["outcome"], "dim")
-        outcome = row["outcome"] if row["outcome"] != "failed" else f"failed: {row['error']}"
-        seconds = f"{row['seconds']:.1f}" if row["outcome"] == "succeeded" else ""
-        table.add_row(row["asset_id"][:12], row["prompt"], f"[{style}]{outcome}[/]", seconds,
-                      row["folder"])
+        kind = tally.kinds[row["asset_id"]]
+        outcome = _OUTCOME_TEXT[kind].format(error=escape(str(row["error"])))
+        seconds = f"{row['seconds']:.1f}" if kind == "produced" else ""
+        table.add_row(row["asset_id"][:12], row["prompt"], outcome, seconds, row["folder"])
     for rejection in summary.rejections:
         table.add_row("-", f"{Path(rejection['file']).name}:{rejection['line']}",
-                      f"[yellow]rejected: {rejection['reason']}[/]", "", "")
+                      f"[yellow]rejected: {escape(rejection['reason'])}[/]", "", "")
     console.print(table)
-    console.print(summary.render_text())
-    if summary.nothing_new:
-        console.print("[bold]Nothing new:[/] every asset of this manifest was already done "
-                      "(or is being produced by another run).")
+    console.print(tally.line(summary.rejected, summary.seconds), soft_wrap=True)
+    for stage, seconds in summary.stage_seconds.items():
+        console.print(f"  {stage:<9} {seconds:7.2f} s per asset")
+    if tally.count("failed", "failed earlier"):
+        # A re-run of the manifest skips failed assets on purpose (a permanent failure would
+        # fail again); retry re-runs them from their failing stage once the cause is fixed.
+        console.print(f"Retry the failed assets with: [bold]foundry3d retry --batch "
+                      f"{summary.batch_id}[/]", soft_wrap=True)
+    if tally.count("held"):
+        console.print("Assets being produced by another run are not waited for; run the "
+                      "manifest again later to see them done.")
+    if tally.count("already done") == len(tally.kinds) and not summary.rejected:
+        console.print("[bold]Nothing new:[/] every asset of this manifest was already done.")
     console.print(f"Files are in {store_url} under assets/<asset id>/ ; details: "
-                  "[bold]foundry3d show ASSET_ID[/]")
+                  "[bold]foundry3d show ASSET_ID[/]", soft_wrap=True)
+    return tally
+
+
+def _check_manifest_file(manifest: Path) -> None:
+    """Refuse a manifest that cannot be read at all (missing, a folder or FIFO, not UTF-8,
+    unknown format, unreadable) before anything starts, as one line."""
+    from intake.limits import FORMATS
+    from intake.readers import FileProblem, read_text
+
+    if manifest.suffix.lower() not in FORMATS:
+        raise UserError(f"manifest {manifest}: unknown format {manifest.suffix or '(none)'!r}; "
+                        f"use one of {', '.join(sorted(FORMATS))}")
+    try:
+        read_text(manifest)
+    except FileProblem as exc:
+        raise UserError(f"manifest {manifest}: {exc.reason}") from None
+    except OSError as exc:
+        raise UserError(f"manifest {manifest}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Non-verbose runs show one line per failed asset (the live table and the summary), not
+    Prefect's ERROR records with a traceback for every failed task and flow run."""
+    if verbose:
+        return
+    logging.getLogger("prefect").setLevel(logging.ERROR)
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine",
+                 "prefect.task_engine"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @app.command()
@@ -98,46 +209,73 @@ def run(
     manifest: Annotated[Path, typer.Argument(help="Manifest (YAML, JSONL or CSV).")],
     concurrency: Annotated[int, typer.Option(help="Assets produced at once.")] = 0,
     shard_size: Annotated[int, typer.Option(help="Assets per worker process (server mode).")] = 1,
-    verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's logs and tracebacks.")] = False,
 ) -> None:
     """Generate every asset of MANIFEST: bundle -> mesh -> refine -> texture -> GLB + metrics.
 
     Runs in this process on the embedded defaults, or on the asset deployment's work pool when
     FOUNDRY_PREFECT_MODE=server. Assets already done are skipped; rejected rows are listed.
+
+    Exit status: 0 when every asset is done (or being produced by another run); 1 when an
+    asset failed (now or in an earlier run), a row was rejected or the run stopped on an
+    error; 2 when nothing could start (unreadable manifest, unreachable database, no library,
+    no Prefect API); 130 when interrupted.
     """
-    if not manifest.exists():
-        raise UserError(f"manifest {manifest} does not exist")
+    _check_manifest_file(manifest)
     settings, config = _prepare(verbose)
     _check_library(config)
+    server_log = None if verbose else settings.data_dir / "prefect-api.log"
+    try:
+        from foundry3d.ephemeral_api import ensure_prefect_api
+
+        ensure_prefect_api(server_log)
+    except RuntimeError as exc:
+        raise UserError(f"{exc} (its log: {server_log})" if server_log else str(exc)) from None
     from flows.catalog import catalog_flow
     from tasks import progress
 
+    _quiet_prefect(verbose)
     board = _ProgressBoard()
     unsubscribe = progress.subscribe(board)
     deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
+    result: dict = {}
+
+    def produce() -> None:
+        try:
+            result["summary"] = catalog_flow(
+                str(manifest.resolve()), config,
+                concurrency=concurrency or settings.concurrency,
+                shard_size=shard_size, deployment=deployment,
+            )
+        except BaseException as exc:  # reported by the main thread, as one line
+            result["error"] = exc
+
     try:
         with Live(board.render(), console=console, refresh_per_second=2, transient=False) as live:
-            result: dict = {}
-            worker = threading.Thread(
-                target=lambda: result.update(summary=catalog_flow(
-                    str(manifest.resolve()), config,
-                    concurrency=concurrency or settings.concurrency,
-                    shard_size=shard_size, deployment=deployment,
-                )),
-                daemon=True,
-            )
+            worker = threading.Thread(target=produce, daemon=True)
             worker.start()
             while worker.is_alive():
                 live.update(board.render())
                 worker.join(0.5)
             live.update(board.render())
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]: assets being produced keep their lease "
+                          "until it expires; `foundry3d retry` picks them up after that")
+        raise typer.Exit(130) from None
     finally:
         unsubscribe()
-    if "summary" not in result:
-        raise UserError("the catalog flow stopped before producing a summary (see the log above)")
+    if "error" in result:
+        error = result["error"]
+        if verbose:
+            traceback.print_exception(error)
+        err_console.print(f"[bold red]error:[/] the catalog run failed: "
+                          f"{type(error).__name__}: {_first_line(error)}"
+                          + ("" if verbose else " (--verbose shows the traceback)"),
+                          soft_wrap=True)
+        raise typer.Exit(1)
     summary = result["summary"]
-    _print_summary(summary, config.store_url)
-    if summary.failed:
+    tally = _print_summary(summary, config.store_url)
+    if tally.count("failed", "failed earlier") or summary.rejected:
         raise typer.Exit(1)
 
 
@@ -286,33 +424,3 @@ def search(
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-@app.command()
-def serve(
-    manifest: Annotated[Path, typer.Argument(help="Manifest to generate on each run.")],
-    cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 2 * * *'.")] = "0 2 * * *",
-    name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled-catalog",
-) -> None:
-    """Serve the catalog flow as a deployment that runs MANIFEST on a cron schedule.
-
-    Needs a Prefect API (PREFECT_API_URL, or `prefect server start` beside it); blocks until
-    interrupted, running each scheduled catalog in this process.
-    """
-    if not manifest.exists():
-        raise UserError(f"manifest {manifest} does not exist")
-    settings, config = _prepare()
-    from flows.catalog import catalog_flow
-
-    deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
-    console.print(f"Serving catalog deployment [bold]{name}[/] for {manifest} on cron {cron!r}")
-    catalog_flow.serve(
-        name=name,
-        cron=cron,
-        parameters={
-            "manifest": str(manifest.resolve()),
-            "config": config.model_dump(),
-            "concurrency": settings.concurrency,
-            "deployment": deployment,
-        },
-    )

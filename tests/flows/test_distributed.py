@@ -102,36 +102,3 @@ def test_catalog_assets_run_on_the_worker_of_the_asset_deployment(
         )
     assert [run.state.type.value for run in shard_runs] == ["COMPLETED"]
     assert set(shard_runs[0].parameters["asset_ids"]) == {d.asset.id for d in details}
-
-
-@pytest.mark.slow
-def test_serve_registers_a_scheduled_catalog_deployment(prefect_server, tiny_library, tmp_path):
-    import time
-
-    config = PipelineConfig(
-        database_url=f"sqlite:///{tmp_path / 'app.db'}",
-        store_url=(tmp_path / "objects").as_uri(),
-        library_path=str(tiny_library),
-    )
-    manifest = write_manifest(tmp_path, [{"prompt": "a wooden crate"}])
-    env = cli_env(config, tmp_path, PREFECT_API_URL=prefect_server.api_url)
-    serve = subprocess.Popen(
-        foundry3d_cmd("serve", str(manifest), "--cron", "0 2 * * *", "--name", "nightly-test"),
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deployment = None
-    try:
-        deadline = time.monotonic() + 180
-        with prefect_server.client() as client:
-            while deployment is None and time.monotonic() < deadline:
-                assert serve.poll() is None, serve.stdout.read()
-                try:
-                    deployment = client.read_deployment_by_name("catalog/nightly-test")
-                except Exception:  # not registered yet
-                    time.sleep(1)
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
-    assert deployment is not None, "serve never registered its deployment"
-    assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
-    assert deployment.parameters["manifest"] == str(manifest.resolve())
