@@ -70,7 +70,8 @@ def main() -> None:
         print(f"{threshold:9.2f}  {kept_right:5d}/{about:<4d}  {kept_wrong:5d}/{unrelated}")
     print("\nper query (score, query, right):")
     for score, is_about, right, query in sorted(results):
-        print(f"  {score:.3f}  {query!r}  {'right' if right else ('-' if not is_about else 'WRONG')}")
+        verdict = "right" if right else ("WRONG" if is_about else "-")
+        print(f"  {score:.3f}  {query!r}  {verdict}")
     kept_right = sum(1 for s, a, r, _ in results if a and r and s >= MIN_HYBRID_SCORE)
     kept_wrong = sum(1 for s, a, _, _ in results if not a and s >= MIN_HYBRID_SCORE)
     print(f"\nMIN_HYBRID_SCORE {MIN_HYBRID_SCORE}: kept right {kept_right}/{about}, "
