@@ -139,6 +139,12 @@ def test_search_with_state_failed_finds_failed_assets(factory):
     assert failed in _flat(result.output)
 
 
+def test_search_with_an_unknown_state_is_a_user_error(factory):
+    result = runner.invoke(app, ["search", "kettle", "--state", "broken"])
+    assert isinstance(result.exception, UserError)
+    assert "succeeded" in str(result.exception)
+
+
 def test_search_without_a_good_match_says_so_and_all_shows_weak_hits(factory):
     add, *_ = factory
     add("mug", prompt="a red ceramic coffee mug")

@@ -199,6 +199,11 @@ def search(
     from foundry3d.api.client import search_via_server
 
     indexed = state in (None, "succeeded")
+    if not indexed:
+        from storage.schema import ASSET_STATES
+
+        if state not in ASSET_STATES:
+            raise UserError(f"--state must be one of {', '.join(ASSET_STATES)}, got {state!r}")
     hits = None if (urls or not indexed) else search_via_server(
         query, limit=limit, state=state, tag=tag)
     config = None
