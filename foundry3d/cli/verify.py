@@ -38,7 +38,8 @@ def verify(
     found: dict[str, list] = {}
     repaired: dict[str, list[str]] = {}
     with _session() as session:
-        for asset in session.scalars(sa.select(Asset).order_by(Asset.created_at, Asset.id)):
+        assets = session.scalars(sa.select(Asset).order_by(Asset.created_at, Asset.id)).all()
+        for asset in assets:  # read first: repairs write in the same transaction
             checked += 1
             problems = check_asset(session, store, asset)
             if not problems:
