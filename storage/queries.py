@@ -265,7 +265,7 @@ def add_batch_item(
 
 def add_batch_items(session: Session, batch_id: str, items: list[dict[str, Any]]) -> None:
     """:func:`add_batch_item` for many rows at once (dicts with ``line``, ``item_id``,
-    ``asset_id``, ``status``, ``reason``, ``raw``), as one bulk INSERT."""
+    ``asset_id``, ``status``, ``reason``, ``raw``, ``reference``), as one bulk INSERT."""
     rows = []
     for item in items:
         if item["status"] == "accepted" and item.get("asset_id") is None:
@@ -280,6 +280,7 @@ def add_batch_items(session: Session, batch_id: str, items: list[dict[str, Any]]
             "status": item["status"],
             "reason": item.get("reason"),
             "raw": item.get("raw"),
+            "reference": item.get("reference"),
         })
     if rows:
         session.execute(sa.insert(BatchItem), rows)
@@ -959,3 +960,157 @@ def stage_runs_of(session: Session, asset_ids: list[str]) -> dict[str, list[Stag
                                    .order_by(StageRun.id)):
             runs[run.asset_id].append(run)
     return runs
+
+
+# --- finding, deleting and repairing assets (show, assets delete/purge, verify) ----------------
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    """One accepted manifest row that names an asset."""
+
+    asset_id: str
+    """The asset the row requested."""
+    batch_id: str
+    """The batch (manifest run) the row belongs to."""
+    line: int
+    """1-based line of the row in its manifest."""
+    reference: str | None
+    """The row's image or bundle reference as written in the manifest, or None for a prompt."""
+
+
+def find_manifest_items(
+    session: Session, item_id: str, batch_id: str | None = None
+) -> list[ManifestItem]:
+    """Accepted manifest rows whose ``id`` is ``item_id`` (in ``batch_id`` only, if given),
+    one per distinct (asset, batch), newest batch first."""
+    query = (
+        sa.select(BatchItem.asset_id, BatchItem.batch_id, BatchItem.line, BatchItem.reference)
+        .join(Batch, Batch.id == BatchItem.batch_id)
+        .where(BatchItem.item_id == item_id, BatchItem.asset_id.is_not(None))
+        .order_by(Batch.created_at.desc(), BatchItem.line)
+    )
+    if batch_id is not None:
+        query = query.where(BatchItem.batch_id.like(_escaped(batch_id) + "%", escape="\\"))
+    seen: dict[tuple[str, str], ManifestItem] = {}
+    for row in session.execute(query):
+        seen.setdefault((row.asset_id, row.batch_id), ManifestItem(*row))
+    return list(seen.values())
+
+
+def _escaped(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def asset_references(session: Session, asset_ids: Collection[str]) -> dict[str, list[str]]:
+    """The manifest references (image or bundle file names/URLs) each asset was requested with,
+    by asset id, in first-seen order; assets requested by prompt only are absent."""
+    found: dict[str, list[str]] = {}
+    for chunk in _chunks(asset_ids):
+        rows = session.execute(
+            sa.select(BatchItem.asset_id, BatchItem.reference)
+            .where(BatchItem.asset_id.in_(chunk), BatchItem.reference.is_not(None))
+            .order_by(BatchItem.id)
+        )
+        for asset_id, reference in rows:
+            refs = found.setdefault(asset_id, [])
+            if reference not in refs:
+                refs.append(reference)
+    return found
+
+
+def metrics_of(session: Session, asset_ids: Collection[str], names: Collection[str]) -> dict:
+    """``{asset_id: {name: value}}`` of the named metrics of these assets (absent ones left out)."""
+    found: dict[str, dict[str, float]] = {}
+    for chunk in _chunks(asset_ids):
+        rows = session.execute(
+            sa.select(Metric.asset_id, Metric.name, Metric.value).where(
+                Metric.asset_id.in_(chunk), Metric.name.in_(list(names))
+            )
+        )
+        for asset_id, name, value in rows:
+            found.setdefault(asset_id, {})[name] = value
+    return found
+
+
+def record_object_digests(session: Session, asset_id: str, digests: dict[str, dict]) -> None:
+    """Merge ``{object key: {"size": bytes, "sha256": hex}}`` into the asset's recorded digests
+    (written right after the objects, so ``verify`` can detect corruption later)."""
+    if not digests:
+        return
+    asset = session.get(Asset, asset_id)
+    if asset is None:
+        raise UnknownAsset(f"no asset with id {asset_id!r}")
+    asset.object_digests = {**(asset.object_digests or {}), **digests}  # a new dict: ORM sees it
+    session.flush()
+
+
+def delete_assets(session: Session, asset_ids: Collection[str]) -> list[str]:
+    """Delete these assets and every row about them (stage runs, metrics, search entry, manifest
+    rows); returns the ids that existed. Idempotent: unknown ids are ignored.
+
+    Dependent rows are deleted explicitly rather than through ``ON DELETE CASCADE``, which SQLite
+    applies only when foreign keys are switched on for the connection.
+    """
+    from storage.schema import PromptIndex
+
+    existing = list(asset_states(session, asset_ids))
+    for chunk in _chunks(existing):
+        for table in (StageRun, Metric, PromptIndex, BatchItem):
+            session.execute(sa.delete(table).where(table.asset_id.in_(chunk)))
+        session.execute(sa.delete(Asset).where(Asset.id.in_(chunk)))
+    session.flush()
+    return existing
+
+
+def delete_rejected_items(
+    session: Session, *, batch_id: str | None = None, older_than: datetime | None = None
+) -> int:
+    """Delete rejected manifest rows (they have no asset and no objects); returns how many."""
+    query = sa.delete(BatchItem).where(BatchItem.status == "rejected")
+    if batch_id is not None:
+        query = query.where(BatchItem.batch_id == batch_id)
+    if older_than is not None:
+        query = query.where(
+            BatchItem.batch_id.in_(sa.select(Batch.id).where(Batch.created_at < older_than))
+        )
+    return session.execute(query).rowcount or 0
+
+
+def undo_stages(
+    session: Session,
+    asset_id: str,
+    stages: Collection[str],
+    error_class: str,
+    message: str,
+) -> list[str]:
+    """Mark the succeeded runs of ``stages`` (pipeline order) as failed with ``error_class``, so
+    the pipeline runs them again, and the asset as failed at the first of them; returns the
+    stages that had a succeeded run. The asset's output keys written by those runs are dropped."""
+    runs = session.scalars(
+        sa.select(StageRun)
+        .where(
+            StageRun.asset_id == asset_id,
+            StageRun.stage.in_(list(stages)),
+            StageRun.status == "succeeded",
+        )
+        .order_by(StageRun.id)
+    ).all()
+    asset = session.get(Asset, asset_id, populate_existing=True)
+    if asset is None:
+        raise UnknownAsset(f"no asset with id {asset_id!r}")
+    dropped: set[str] = set()
+    for run in runs:
+        run.status = "failed"
+        run.error_class = error_class
+        run.error_message = message
+        dropped.update((run.output_keys or {}).values())
+    asset.output_keys = {k: v for k, v in asset.output_keys.items() if v not in dropped}
+    asset.state = "failed"
+    asset.current_stage = next(iter(stages), None)  # the first to re-run, in pipeline order
+    asset.last_error_class = error_class
+    asset.last_error_message = message
+    asset.lease_owner = None
+    asset.lease_expires_at = None
+    session.flush()
+    return list(dict.fromkeys(run.stage for run in runs))

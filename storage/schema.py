@@ -151,6 +151,9 @@ class Asset(Base):
     last_error_class: Mapped[str | None] = mapped_column(sa.String(128))
     last_error_message: Mapped[str | None] = mapped_column(sa.Text)
     output_keys: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    object_digests: Mapped[dict[str, Any] | None]
+    """Object key -> ``{"size": bytes, "sha256": hex}`` recorded when a stage wrote it (migration
+    0006); keys written before it have no entry and are verified by existence and size only."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None]
@@ -180,6 +183,9 @@ class BatchItem(Base):
     status: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str | None] = mapped_column(sa.Text)
     raw: Mapped[str | None] = mapped_column(sa.Text)
+    reference: Mapped[str | None] = mapped_column(sa.Text)
+    """The row's image or bundle reference as the manifest gave it (resolved path or URL); the
+    asset itself only keeps the content-addressed store key (migration 0006)."""
 
     batch: Mapped[Batch] = relationship(back_populates="items")
 

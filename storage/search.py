@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from storage import queries
 from storage.queries import dialect_insert
 from storage.schema import (
     EMBEDDING_DIM,
@@ -63,6 +64,11 @@ class SearchHit:
     """The asset's state."""
     output_keys: dict[str, Any] = field(default_factory=dict)
     """Artefact name -> object key of the asset."""
+    references: list[str] = field(default_factory=list)
+    """The manifest's image/bundle references of the asset (filled by :func:`with_details`)."""
+    library_match_weak: bool | None = None
+    """Whether the library mesh it was built from matched weakly; None when not retrieved
+    (filled by :func:`with_details`)."""
 
 
 # --- embeddings -------------------------------------------------------------------------------
@@ -802,3 +808,135 @@ def _exact_cosines(session: Session, asset_ids: list[str], query: np.ndarray) ->
     matrix = _unit(np.stack([decode_embedding(row.embedding) for row in rows]))
     scores = matrix @ query
     return {row.asset_id: float(s) for row, s in zip(rows, scores, strict=True)}
+
+
+# --- what users search for --------------------------------------------------------------------
+
+MIN_HYBRID_SCORE = 0.17
+"""Hybrid score (``keyword_weight`` 0.5) below which a hit is a weak match, not shown by default.
+
+Calibrated by ``benchmarks/search_threshold.py`` (12 prompts, 23 labelled queries, numpy
+all-MiniLM-L6-v2 encoder): the best hit of a query about nothing in the catalog scored 0.06-0.16,
+the right hit of a query about it 0.19 (a paraphrase sharing no word) to 0.90; 0.17 keeps all 13
+right hits and none of the 10 unrelated ones. The gap is narrow: paraphrases that share no word
+score low, so ``--all`` stays available."""
+
+
+def request_search_text(
+    kind: str,
+    prompt: str | None,
+    references: list[str] | None = None,
+    tags: list[str] | None = None,
+    caption: str | None = None,
+) -> str:
+    """The text indexed for an asset: its prompt, or for an image/bundle request its file
+    names (whole and split into words), what it matched in the library, and its tags.
+
+    Tags are stored beside the text too, but keyword search reads the text alone, so a
+    promptless request needs them in its text to be found by them.
+    """
+    if prompt:
+        return prompt
+    parts = [f"{kind} request"]
+    for reference in references or []:
+        name = reference.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        stem = name.rsplit(".", 1)[0]
+        words = " ".join(_WORD.findall(stem.replace("_", " ")))
+        parts.append(name if words == stem else f"{name} ({words})")
+    if caption:
+        parts.append(f"like {caption}")
+    if tags:
+        parts.append("tags: " + ", ".join(tags))
+    return " ".join(parts)
+
+
+def search_assets_table(
+    session: Session,
+    query: str,
+    *,
+    state: str,
+    limit: int = 10,
+    tag: str | None = None,
+) -> list[SearchHit]:
+    """Assets in ``state`` whose prompt, manifest file names or tags contain words of ``query``.
+
+    For states other than ``succeeded``: only published assets are in the search index, so a
+    failed or running asset is found here, by keyword, in the assets table. ``score`` is the
+    fraction of the query's words found (case-insensitive substring); ties go to the newest.
+    """
+    from storage.schema import BatchItem
+
+    words = [w.lower() for w in query_words(query)]
+    if not words or limit <= 0:
+        return []
+    references = (
+        sa.select(
+            BatchItem.asset_id,
+            sa.func.group_concat(BatchItem.reference, " ").label("refs")
+            if session.get_bind().dialect.name == "sqlite"
+            else sa.func.string_agg(BatchItem.reference, " ").label("refs"),
+        )
+        .where(BatchItem.reference.is_not(None))
+        .group_by(BatchItem.asset_id)
+        .subquery()
+    )
+    haystack = sa.func.lower(
+        sa.func.coalesce(Asset.prompt, "")
+        + " "
+        + sa.func.coalesce(references.c.refs, "")
+        + " "
+        + sa.cast(Asset.tags, sa.Text)
+    )
+    matched = [sa.case((haystack.contains(w, autoescape=True), 1), else_=0) for w in words]
+    found = sum(matched[1:], matched[0]).label("found")
+    statement = (
+        sa.select(Asset, references.c.refs, found)
+        .outerjoin(references, references.c.asset_id == Asset.id)
+        .where(Asset.state == state, found > 0)
+        .order_by(found.desc(), Asset.updated_at.desc(), Asset.id)
+        .limit(limit * 4 if tag else limit)
+    )
+    hits = []
+    for asset, refs, count in session.execute(statement):
+        if tag is not None and tag not in (asset.tags or []):
+            continue
+        hits.append(
+            SearchHit(
+                asset_id=asset.id,
+                score=count / len(words),
+                keyword_score=count / len(words),
+                semantic_score=None,
+                text=asset.prompt or refs or f"{asset.kind} request",
+                state=asset.state,
+                output_keys=asset.output_keys or {},
+            )
+        )
+    return hits[:limit]
+
+
+def with_details(session: Session, hits: list[SearchHit]) -> list[SearchHit]:
+    """``hits`` with their manifest references and weak-library-match flag filled in."""
+    ids = [hit.asset_id for hit in hits]
+    references = queries.asset_references(session, ids)
+    weak = {
+        asset_id: bool(values["library_match_weak"])
+        for asset_id, values in queries.metrics_of(session, ids, ["library_match_weak"]).items()
+    }
+    return [
+        replace(
+            hit,
+            references=references.get(hit.asset_id, []),
+            library_match_weak=weak.get(hit.asset_id),
+        )
+        for hit in hits
+    ]
+
+
+def asset_search_text(session: Session, asset_id: str, caption: str | None = None) -> str:
+    """:func:`request_search_text` of a recorded asset (its prompt, or its manifest file names,
+    ``caption`` of its library match and tags), for the publish stage to index."""
+    asset = session.get(Asset, asset_id)
+    if asset is None:
+        raise queries.UnknownAsset(f"no asset with id {asset_id!r}")
+    references = queries.asset_references(session, [asset_id]).get(asset_id, [])
+    return request_search_text(asset.kind, asset.prompt, references, list(asset.tags), caption)

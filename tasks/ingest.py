@@ -139,7 +139,8 @@ def _record(
             assets.setdefault(values["asset_id"], values)
             result.labels.setdefault(values["asset_id"], _label(request))
             items.append({"line": request.line, "item_id": request.item_id,
-                          "asset_id": values["asset_id"], "status": "accepted"})
+                          "asset_id": values["asset_id"], "status": "accepted",
+                          "reference": request.image_ref or request.bundle_ref})
         queries.insert_assets_if_new(session, list(assets.values()))
         queries.add_batch_items(session, batch.id, items)
         session.commit()

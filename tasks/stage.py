@@ -13,12 +13,13 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from storage import queries
+from storage.integrity import file_digest
 from storage.objects import ObjectStore
 from tasks import progress
 from tasks.config import PipelineConfig
@@ -48,6 +49,8 @@ class StageIO:
     stage: str
     scratch: Path
     outputs: dict[str, str]
+    digests: dict[str, dict] = field(default_factory=dict)
+    """Object key -> size and sha256 of what :meth:`publish` wrote (checked by ``verify``)."""
 
     def fetch(self, key: str, name: str | None = None) -> Path:
         """Download ``key`` into the scratch folder (as ``name``); returns the local path."""
@@ -66,6 +69,7 @@ class StageIO:
         """Upload ``artefact`` (from :meth:`local` unless ``path``); returns its key."""
         key = asset_key(self.asset_id, artefact)
         self.store.put_file(key, path or self.local(artefact))
+        self.digests[key] = file_digest(path or self.local(artefact))
         self.outputs[artefact] = key
         return key
 
@@ -125,6 +129,7 @@ def run_stage(
         raise
     with Session(engine) as session:
         queries.record_stage_success(session, run_id, io.outputs, peak_memory_mb=_peak_rss_mb())
+        queries.record_object_digests(session, asset_id, io.digests)
         if metrics:
             queries.set_metrics(session, asset_id, metrics)
         session.commit()

@@ -213,8 +213,10 @@ def publish_task(
     asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
 ) -> dict[str, str]:
     """Index the asset for search once every artefact it claims is really in the store."""
+    from sqlalchemy.orm import Session
+
     from models.embed.text import embed_texts
-    from storage.search import index_prompt
+    from storage.search import asset_search_text, index_prompt
     from tasks.resources import engine_for, store_for
 
     def work(io: StageIO) -> dict:
@@ -222,11 +224,9 @@ def publish_task(
         missing = [key for key in inputs.values() if not store.exists(key)]
         if missing:
             raise FileNotFoundError(f"artefacts missing from the store: {', '.join(missing)}")
-        text = asset.prompt or _describe_promptless(io, inputs, asset)
-        embedding = embed_texts([text])[0]
-        from sqlalchemy.orm import Session
-
         with Session(engine_for(config.database_url)) as session:
+            text = asset.prompt or asset_search_text(session, asset.id, _match_caption(io, inputs))
+            embedding = embed_texts([text])[0]
             index_prompt(session, asset.id, text, list(asset.tags), embedding)
             session.commit()
         return {}
@@ -234,12 +234,12 @@ def publish_task(
     return _run(config, asset, plan, "publish", work)
 
 
-def _describe_promptless(io: StageIO, inputs: dict[str, str], asset: AssetSnapshot) -> str:
-    """Searchable text for an image or bundle request: the caption of what it matched."""
-    if "match.json" in inputs:
-        match = json.loads(io.fetch(inputs["match.json"], "match.json").read_text())
-        return f"{asset.kind} request like {match.get('caption', match.get('id', ''))}"
-    return f"{asset.kind} request {asset.id}"
+def _match_caption(io: StageIO, inputs: dict[str, str]) -> str | None:
+    """The caption of the library mesh an image or bundle request matched, if any."""
+    if "match.json" not in inputs:
+        return None
+    match = json.loads(io.fetch(inputs["match.json"], "match.json").read_text())
+    return match.get("caption") or match.get("id")
 
 
 def _read_image(io: StageIO, key: str) -> np.ndarray:

@@ -49,5 +49,7 @@ def search_via_server(query: str, *, limit: int, state: str | None, tag: str | N
                             semantic_score=item.get("semantic_score"),
                             text=item.get("prompt") or "", state=item["state"],
                             output_keys={"asset.glb": f"assets/{item['asset_id']}/asset.glb"}
-                            if item.get("glb_url") else {})
+                            if item.get("glb_url") else {},
+                            references=item.get("references") or [],
+                            library_match_weak=item.get("library_match_weak"))
             for item in page["items"]]

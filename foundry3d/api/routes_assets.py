@@ -58,6 +58,8 @@ def _cards(session, assets: dict[str, Asset], order: list[str],  # noqa: ANN001
             Metric.asset_id.in_(order), Metric.name.in_(KEY_METRICS)))
         for asset_id, name, value in rows:
             metrics.setdefault(asset_id, {})[name] = value
+    weak = queries.metrics_of(session, order, ["library_match_weak"]) if order else {}
+    references = queries.asset_references(session, order) if order else {}
     cards = []
     for asset_id in order:
         asset = assets.get(asset_id)
@@ -72,6 +74,9 @@ def _cards(session, assets: dict[str, Asset], order: list[str],  # noqa: ANN001
             "thumbnail_url": thumbnail_of(asset.id, names),
             "glb_url": f"/v1/assets/{asset.id}/files/asset.glb" if "asset.glb" in names else None,
             "url": f"/v1/assets/{asset.id}",
+            "references": references.get(asset_id, []),
+            "library_match_weak": bool(weak[asset_id]["library_match_weak"])
+            if asset_id in weak else None,
         }
         if asset_id in scores:
             card["score"] = scores[asset_id]
@@ -169,9 +174,29 @@ def get_asset(asset_id: str, request: Request) -> dict[str, Any]:
             "stages": [stage_run_view(r) for r in detail.stage_runs],
             "metrics": detail.metrics,
         }
+        view["request"]["references"] = queries.asset_references(
+            session, [asset_id]).get(asset_id, [])
+        view["library_match"] = _library_match(app.state.store, asset, detail.metrics)
     keys = app.state.store.list(f"assets/{asset_id}/")
     view["files"] = files_of(asset_id, keys)
     return view
+
+
+def _library_match(store, asset: Asset, metrics: dict[str, float]) -> dict | None:  # noqa: ANN001
+    """The retrieved library mesh (its ``match.json``) with ``weak`` and ``similarity`` from the
+    metrics; None for an asset not built from the library."""
+    match: dict[str, Any] = {}
+    key = (asset.output_keys or {}).get("match.json")
+    if key:
+        try:
+            match = json.loads(store.get_bytes(key))
+        except (ObjectNotFound, ValueError):
+            match = {}
+    if "library_similarity" in metrics:
+        match["similarity"] = metrics["library_similarity"]
+    if "library_match_weak" in metrics:
+        match["weak"] = bool(metrics["library_match_weak"])
+    return match or None
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:

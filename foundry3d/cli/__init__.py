@@ -14,6 +14,7 @@ apply_prefect_defaults()
 # Importing the command modules registers their commands on `app`.
 from foundry3d.cli import (  # noqa: E402,F401
     api,
+    assets,
     core3d,
     db,
     generators,
@@ -22,6 +23,7 @@ from foundry3d.cli import (  # noqa: E402,F401
     pipeline,
     serve,
     tokens,
+    verify,
 )
 from foundry3d.cli.app import UserError, app, err_console  # noqa: E402
 

@@ -124,21 +124,89 @@ def status(
         console.print(table)
 
 
+def resolve_shown_asset(session, name: str, batch: str | None) -> str:  # noqa: ANN001
+    """The asset id meant by ``name``: an asset id (or unique prefix), else a manifest ``id``
+    (within ``batch`` when given). Raises :class:`UserError` naming the candidates when the
+    manifest id names several assets."""
+    from storage import queries
+
+    if batch is None:
+        try:
+            return queries.resolve_asset_id(session, name)
+        except queries.AmbiguousAssetId as exc:
+            raise UserError(str(exc)) from exc
+        except queries.UnknownAsset:
+            pass
+    items = queries.find_manifest_items(session, name.strip(), batch)
+    assets = list(dict.fromkeys(item.asset_id for item in items))
+    if len(assets) == 1:
+        return assets[0]
+    if not assets:
+        where = f" in batch {batch!r}" if batch else ""
+        raise UserError(f"no asset with id {name!r} and no manifest row with id {name!r}{where}")
+    shown = "; ".join(
+        f"{item.asset_id[:12]} (batch {item.batch_id[:12]}, line {item.line})" for item in items
+    )
+    raise UserError(
+        f"manifest id {name!r} names {len(assets)} assets: {shown}; pick one with --batch BATCH"
+    )
+
+
+def library_match(asset, metrics: dict[str, float]) -> dict | None:  # noqa: ANN001
+    """The library mesh an asset was built from (``match.json`` of its bundle stage, read from
+    the store), or what its metrics say of it; None when it was not retrieved."""
+    import json
+
+    from foundry3d.settings import get_settings
+    from storage.objects import StoreError, open_store
+
+    match: dict = {}
+    key = (asset.output_keys or {}).get("match.json")
+    if key:
+        try:
+            store = open_store(get_settings().pipeline_config().store_url)
+            match = json.loads(store.get_bytes(key))
+        except (StoreError, ValueError, OSError):
+            match = {}  # the metrics below still say how good the match was
+    if "library_similarity" in metrics:
+        match.setdefault("similarity", metrics["library_similarity"])
+    if "library_match_weak" in metrics:
+        match["weak"] = bool(metrics["library_match_weak"])
+    return match or None
+
+
+def _match_line(match: dict) -> str:
+    name = match.get("caption") or match.get("id") or "?"
+    parts = [f"{match['id']}: {name}" if match.get("id") and match.get("caption") else name]
+    if match.get("similarity") is not None:
+        parts.append(f"similarity {float(match['similarity']):.2f}")
+    if match.get("licence"):
+        parts.append(f"licence: {match['licence']}")
+    line = ", ".join(parts)
+    if match.get("weak"):
+        line = "[bold yellow]WEAK MATCH[/] " + line + " (review: it may not be what was asked for)"
+    return line
+
+
 @app.command("show")
 def show(
-    asset_id: Annotated[str, typer.Argument(help="Asset id, or a unique prefix of it.")],
+    asset_id: Annotated[
+        str, typer.Argument(help="Asset id (or a unique prefix), or the manifest row's id.")
+    ],
+    batch: Annotated[
+        str | None, typer.Option(help="Batch id (or prefix) when a manifest id is ambiguous.")
+    ] = None,
 ) -> None:
     """Everything recorded about one asset: request, stages, errors, metrics, object keys."""
     from storage import queries
 
     with _session() as session:
-        try:
-            full_id = queries.resolve_asset_id(session, asset_id)
-        except LookupError as exc:
-            raise UserError(str(exc)) from exc
+        full_id = resolve_shown_asset(session, asset_id, batch)
         detail = queries.get_asset_detail(session, full_id)
+        references = queries.asset_references(session, [full_id]).get(full_id, [])
     assert detail is not None
     asset = detail.asset
+    match = library_match(asset, detail.metrics)
 
     about = Table(title=f"Asset {asset.id}", show_header=False)
     about.add_column("field", style="bold")
@@ -147,6 +215,8 @@ def show(
     rows = [
         ("kind", asset.kind),
         ("request", request or "-"),
+        ("files", ", ".join(references) or "-"),
+        ("library mesh", _match_line(match) if match else "-"),
         ("seed / variant", f"{asset.seed} / {asset.variant}"),
         ("generator / init", f"{asset.generator} / {asset.init}"),
         ("tags", ", ".join(asset.tags) or "-"),

@@ -367,44 +367,37 @@ def search(
     state: Annotated[str | None, typer.Option(help="Only assets in this state.")] = "succeeded",
     tag: Annotated[str | None, typer.Option(help="Only assets with this tag.")] = None,
     urls: Annotated[bool, typer.Option(help="Show presigned URLs of the GLB files.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Show weak matches too.")] = False,
 ) -> None:
-    """Find produced assets by prompt: keyword and semantic ranking combined.
+    """Find produced assets by prompt, file name or tag: keyword and semantic ranking combined.
 
     A running `foundry3d api` server on the same database (FOUNDRY_API_URL) answers with its
     loaded model; otherwise the query is embedded here by the numpy encoder (no torch import).
+    Failed, pending and running assets (--state) are found by keyword in the assets table.
     """
     from foundry3d.api.client import search_via_server
 
-    hits = None if urls else search_via_server(query, limit=limit, state=state, tag=tag)
+    indexed = state in (None, "succeeded")
+    if not indexed:
+        from storage.schema import ASSET_STATES
+
+        if state not in ASSET_STATES:
+            raise UserError(f"--state must be one of {', '.join(ASSET_STATES)}, got {state!r}")
+    hits = None if (urls or not indexed) else search_via_server(
+        query, limit=limit, state=state, tag=tag)
+    config = None
     if hits is None:
-        # Read only: no migration check (a second of Alembic imports); a database without the
-        # schema fails the query below, with the command that fixes it.
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import OperationalError, ProgrammingError
-        from sqlalchemy.orm import Session
+        config, hits = _search_database(query, limit, state, tag, indexed)
+    from storage.search import MIN_HYBRID_SCORE
 
-        from foundry3d.settings import get_settings
-        from models.embed.numpy_text import get_numpy_text_embedder
-        from storage.db import get_engine
-        from storage.search import hybrid_search
-
-        config = get_settings().pipeline_config()
-        url = make_url(config.database_url)
-        if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-            raise UserError(f"no database at {url.database} yet; produce assets first "
-                            "(`foundry3d run MANIFEST`)")
-        embedding = get_numpy_text_embedder().embed_texts([query])[0]
-        try:
-            with Session(get_engine(config.database_url)) as session:
-                hits = hybrid_search(session, query, embedding, limit=limit, state=state,
-                                     tag=tag)
-        except (OperationalError, ProgrammingError) as exc:
-            shown = url.render_as_string(hide_password=True)
-            raise UserError(f"cannot search {shown}: "
-                            f"{str(exc.orig).splitlines()[0]}; run `foundry3d db upgrade`"
-                            ) from exc
+    shown = hits if (show_all or not indexed) else [h for h in hits if h.score >= MIN_HYBRID_SCORE]
     if not hits:
         console.print(f"No assets match {query!r}.")
+        return
+    if not shown:
+        best = hits[0]
+        console.print(f"No asset matches {query!r} well (best: {best.text!r} {best.score:.2f}); "
+                      "--all shows weak matches.")
         return
     store = None
     if urls:
@@ -412,14 +405,57 @@ def search(
 
         store = store_for(config.store_url)
     table = Table(title=f"search: {query}")
-    for column in ("score", "keyword", "semantic", "asset", "prompt", "asset.glb"):
+    for column in ("score", "keyword", "semantic", "asset", "prompt / files", "asset.glb"):
         table.add_column(column, overflow="fold")
-    for hit in hits:
+    for hit in shown:
         key = (hit.output_keys or {}).get("asset.glb", "")
         location = store.presigned_url(key) if (store and key) else key
-        table.add_row(f"{hit.score:.3f}", _score(hit.keyword_score), _score(hit.semantic_score),
-                      hit.asset_id, hit.text, location)
+        text = hit.text
+        files = getattr(hit, "references", None) or []
+        if files and not any(Path(f).name in text for f in files):
+            text += "\nfiles: " + ", ".join(Path(f).name for f in files)
+        if getattr(hit, "library_match_weak", None):
+            text += "\n[yellow]weak library match: review[/]"
+        score = f"{hit.score:.3f}" if hit.score >= MIN_HYBRID_SCORE or not indexed else (
+            f"[dim]{hit.score:.3f} weak[/]")
+        table.add_row(score, _score(hit.keyword_score), _score(hit.semantic_score),
+                      hit.asset_id, text, location)
     console.print(table)
+
+
+def _search_database(query: str, limit: int, state: str | None, tag: str | None,
+                     indexed: bool):  # noqa: ANN202
+    """(pipeline config, hits with details) from the database itself."""
+    # Read only: no migration check (a second of Alembic imports); a database without the
+    # schema fails the query below, with the command that fixes it.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from sqlalchemy.orm import Session
+
+    from foundry3d.settings import get_settings
+    from storage.db import get_engine
+    from storage.search import hybrid_search, search_assets_table, with_details
+
+    config = get_settings().pipeline_config()
+    url = make_url(config.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise UserError(f"no database at {url.database} yet; produce assets first "
+                        "(`foundry3d run MANIFEST`)")
+    try:
+        with Session(get_engine(config.database_url)) as session:
+            if indexed:
+                from models.embed.numpy_text import get_numpy_text_embedder
+
+                embedding = get_numpy_text_embedder().embed_texts([query])[0]
+                hits = hybrid_search(session, query, embedding, limit=limit, state=state,
+                                     tag=tag)
+            else:
+                hits = search_assets_table(session, query, state=state, limit=limit, tag=tag)
+            return config, with_details(session, hits)
+    except (OperationalError, ProgrammingError) as exc:
+        shown = url.render_as_string(hide_password=True)
+        raise UserError(f"cannot search {shown}: "
+                        f"{str(exc.orig).splitlines()[0]}; run `foundry3d db upgrade`") from exc
 
 
 def _score(value: float | None) -> str:
