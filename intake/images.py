@@ -206,18 +206,34 @@ def load_reference_image(
     dropped before any float work downstream. Aspect ratio is kept; an image within the
     bound comes back at its own size.
     """
-    with Image.open(path) as img:
-        width, height = img.size
-        if width * height > max_pixels:
-            scale = math.sqrt(max_pixels / (width * height))
-            target = (max(1, int(width * scale)), max(1, int(height * scale)))
-            img.draft("RGB", target)  # a no-op for formats without reduced decoding
-            factor = min(img.size[0] // target[0], img.size[1] // target[1])
-            reduced = img.reduce(factor) if factor > 1 else img
-            if reduced.size != target:
-                reduced = reduced.resize(target, Image.Resampling.LANCZOS)
-            return np.asarray(reduced.convert("RGB"))
+    with Image.open(path) as opened:
+        width, height = opened.size
+        if width * height <= max_pixels:
+            return np.asarray(_eight_bit(opened).convert("RGB"))
+        scale = math.sqrt(max_pixels / (width * height))
+        target = (max(1, int(width * scale)), max(1, int(height * scale)))
+        opened.draft("RGB", target)  # a no-op for formats without reduced decoding
+        img = _eight_bit(opened)
+        factor = min(img.size[0] // target[0], img.size[1] // target[1])
+        if factor > 1:
+            img = img.reduce(factor)
+        if img.size != target:
+            img = img.resize(target, Image.Resampling.LANCZOS)
         return np.asarray(img.convert("RGB"))
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """``img`` with 8 bits per channel: 16-bit grey (``I;16``, ``I``) keeps its top byte.
+
+    Pillow's own ``convert("RGB")`` clips 16-bit values at 255 (a white image), and its
+    ``reduce`` does not take these modes.
+    """
+    if img.mode.startswith("I"):
+        values = np.asarray(img).astype(np.int64) >> 8
+        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), mode="L")
+    return img
 
 
 def _decode_fully(data: bytes) -> None:

@@ -195,7 +195,7 @@ def read_sidecar(bundle: Path, roots: list[Path], tile: int | None = None) -> by
     sidecar = Path(bundle).with_suffix(".json")
     if not os.path.lexists(sidecar):
         return None
-    _, data = read_confined(str(sidecar), "sidecar", sidecar.parent, roots, MAX_SIDECAR_BYTES)
+    _, data = read_confined(sidecar.name, "sidecar", sidecar.parent, roots, MAX_SIDECAR_BYTES)
     try:
         check_sidecar(data, tile=tile)
     except ImageRejected as exc:
