@@ -29,7 +29,8 @@ def _shown_url(url: str) -> str:
     from storage.redact import redact_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        # redact_url as well: a password may also sit in the query (?password=...).
+        return redact_url(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:  # not a URL SQLAlchemy can parse: mask what looks like a secret
         return redact_url(url)
 
@@ -80,7 +81,7 @@ def db_upgrade(
         from storage.redact import redact_text
 
         # A driver's message may repeat the URL, password included.
-        detail = redact_text(str(exc))
+        detail = redact_text(" ".join(str(exc).split()))  # one line: drivers write several
         secret = _password(url)
         if secret:
             detail = detail.replace(secret, "***")
