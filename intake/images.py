@@ -229,8 +229,11 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     ``reduce`` does not take these modes.
     """
     if img.mode.startswith("I"):
-        values = np.asarray(img).astype(np.int64) >> 8
-        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
+        values = np.asarray(img)
+        values = values >> 8  # a new array of the same (16- or 32-bit) type, not int64
+        if values.dtype != np.uint16:  # "I" is signed 32-bit: clip what 16 bits cannot hold
+            values = np.clip(values, 0, 255)
+        return Image.fromarray(values.astype(np.uint8), mode="L")
     if img.mode == "F":
         return Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), mode="L")
     return img
