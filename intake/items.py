@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,11 +34,28 @@ def _check_text(value: str, what: str, limit: int) -> str:
     if len(value) > limit:
         raise ValueError(f"{what} is {len(value)} characters long, more than the limit of {limit}")
     for i, ch in enumerate(value):
-        if not (ch.isprintable() or ch in " \n\t"):
+        if not (ch.isprintable() or ch in " \n\t" or is_emoji_joiner(ch)):
             raise ValueError(
                 f"{what} contains a non-printable character (U+{ord(ch):04X}) at position {i}"
             )
     return value
+
+
+#: Format characters that are part of ordinary emoji: the zero-width joiner (family, flags of
+#: professions) and the variation selectors (text vs emoji style). Every other control or
+#: format character stays refused.
+EMOJI_JOINERS = frozenset({"\u200d", *map(chr, range(0xFE00, 0xFE10))})
+
+
+def is_emoji_joiner(ch: str) -> bool:
+    """Whether ``ch`` is a zero-width joiner or variation selector (allowed in text)."""
+    return ch in EMOJI_JOINERS
+
+
+def nfc(value: str) -> str:
+    """``value`` in Unicode normal form C, so that "café" typed composed or decomposed is one
+    prompt (and one asset id)."""
+    return unicodedata.normalize("NFC", value)
 
 
 def _check_tags(value: Any) -> Any:
@@ -153,7 +171,7 @@ class ManifestItem(_ManifestFields):
     def _prompt(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = value.strip()
+        value = nfc(value).strip()
         if not value:
             raise ValueError("prompt is empty")
         return _check_text(value, "prompt", MAX_PROMPT_CHARS)

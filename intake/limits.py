@@ -14,6 +14,14 @@ MAX_TAG_CHARS = 64
 MAX_PARAMS = 64
 MAX_PARAM_STR_CHARS = 1000
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
+#: A bundle's sidecar JSON is a dozen small fields; anything bigger is not a sidecar.
+MAX_SIDECAR_BYTES = 64 * 1024
+#: Smallest bundle tile (pixels) the reconstruction can use; smaller bundles fail at evaluation.
+MIN_BUNDLE_TILE = 64
+#: Longest local image path (bytes, UTF-8) accepted; longer ones fail in the OS (ENAMETOOLONG).
+MAX_PATH_BYTES = 4096
+#: Pixels a reference image is decoded to at most (the generators work at 512-1024 px a side).
+MAX_REFERENCE_DECODE_PIXELS = 2048 * 2048
 # YAML guards: the event pass stops a huge or deeply nested document before it is composed.
 MAX_YAML_EVENTS = 2_000_000
 MAX_YAML_DEPTH = 32

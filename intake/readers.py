@@ -6,7 +6,9 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,18 +55,34 @@ def _truncate(text: str) -> str:
 
 
 def read_text(path: Path) -> tuple[str, str]:
-    """(text, sha256 of the bytes); raises :class:`FileProblem` for whole-file problems."""
+    """(text, sha256 of the bytes); raises :class:`FileProblem` for whole-file problems.
+
+    The file is opened without blocking and checked on its descriptor: a FIFO, a device or a
+    folder is refused instead of hanging or failing later, and at most
+    :data:`MAX_MANIFEST_BYTES` + 1 bytes are read whatever size the file claims (files under
+    ``/proc`` claim 0). A read the OS refuses (``EIO``, ``EACCES``...) is one line, not a
+    traceback.
+    """
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise FileProblem(0, "manifest file not found") from None
-    if not path.is_file():
-        raise FileProblem(0, "manifest path is not a file")
-    if size > MAX_MANIFEST_BYTES:
-        raise FileProblem(
-            0, f"manifest is {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}"
-        )
-    data = path.read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise FileProblem(0, f"manifest cannot be opened: {_os_reason(exc)}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileProblem(0, "manifest path is not a regular file")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise FileProblem(
+                0, f"manifest is {info.st_size} bytes, more than the limit of {MAX_MANIFEST_BYTES}"
+            )
+        try:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise FileProblem(0, f"manifest cannot be read: {_os_reason(exc)}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise FileProblem(0, f"manifest is more than the limit of {MAX_MANIFEST_BYTES} bytes")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -77,6 +95,11 @@ def read_text(path: Path) -> tuple[str, str]:
     if not text.strip():
         raise FileProblem(0, "manifest file is empty")
     return text, hashlib.sha256(data).hexdigest()
+
+
+def _os_reason(exc: BaseException) -> str:
+    """``Input/output error``: the OS's words for a failure, without the path it repeats."""
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def yaml_rows(text: str) -> tuple[Row | None, list[Row], list[tuple[int, str]]]:

@@ -22,11 +22,14 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from storage.redact import redact_text, redact_url
 
 # Files larger than this go up to S3 as a multipart upload, in parts of this size.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -38,6 +41,9 @@ READ_TIMEOUT_S = 30.0
 MAX_ATTEMPTS = 2
 # Suffix of in-flight local temp files; keys may not end with it, list() never shows it.
 _TMP_SUFFIX = ".foundry-tmp"
+#: A temp file older than this was left by an interrupted write (a killed process); a live
+#: write finishes in far less, so sweeping older ones never races a writer.
+STALE_TEMP_S = 15 * 60
 
 
 class StoreError(Exception):
@@ -69,7 +75,7 @@ class ObjectNotFound(StoreError, KeyError):
         self.store_url = store_url
 
     def __str__(self) -> str:
-        return f"object {self.key!r} not found in {self.store_url}"
+        return f"object {self.key!r} not found in {redact_url(self.store_url)}"
 
 
 def validate_key(key: str) -> str:
@@ -159,8 +165,14 @@ class ObjectStore(abc.ABC):
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:
         """A URL that reads ``key`` without credentials (``file://`` URI for a local store)."""
 
+    def sweep_temp(self, prefix: str = "", older_than_s: float = STALE_TEMP_S) -> int:
+        """Remove temp files that interrupted writes left under ``prefix`` (older than
+        ``older_than_s`` seconds); returns how many. Only a local store has any: an S3 write is
+        one PUT or a completed multipart upload."""
+        return 0
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r})"
+        return f"{type(self).__name__}({redact_url(self.url)!r})"
 
 
 # --------------------------------------------------------------------------- local folder
@@ -171,6 +183,10 @@ class LocalObjectStore(ObjectStore):
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).resolve()
+        # mkstemp creates 0600 files; stored objects get what the umask allows, like any
+        # file this process creates (0644 under the usual 022).
+        self._file_mode = 0o666 & ~_current_umask()
+        self._swept: set[Path] = set()  # folders whose stale temp files were swept already
 
     @property
     def url(self) -> str:
@@ -187,6 +203,10 @@ class LocalObjectStore(ObjectStore):
         skips the fsyncs: for scratch copies (downloads), which need atomicity, not durability.
         """
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if durable and dest.parent not in self._swept:
+            # The first write into a folder sweeps what an interrupted write left there.
+            self._swept.add(dest.parent)
+            _sweep_folder(dest.parent, STALE_TEMP_S)
         fd, tmp_name = tempfile.mkstemp(
             dir=dest.parent, prefix=f".{dest.name}.", suffix=_TMP_SUFFIX
         )
@@ -195,6 +215,7 @@ class LocalObjectStore(ObjectStore):
             with os.fdopen(fd, "wb") as fh:
                 yield fh
                 if durable:
+                    os.fchmod(fh.fileno(), self._file_mode)
                     fh.flush()
                     os.fsync(fh.fileno())
             os.replace(tmp, dest)
@@ -284,6 +305,42 @@ class LocalObjectStore(ObjectStore):
         # A local file needs no signature; expires_s is accepted for interface parity.
         return self._path(key).as_uri()
 
+    def sweep_temp(self, prefix: str = "", older_than_s: float = STALE_TEMP_S) -> int:
+        _validate_prefix(prefix)
+        folder_part = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root.joinpath(*folder_part.split("/")) if folder_part else self.root
+        removed = 0
+        for dirpath, _dirnames, _filenames in os.walk(start):
+            removed += _sweep_folder(Path(dirpath), older_than_s)
+        return removed
+
+
+def _sweep_folder(folder: Path, older_than_s: float) -> int:
+    """Remove the temp files in ``folder`` (not below it) older than ``older_than_s``."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.endswith(_TMP_SUFFIX):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc``);
+    elsewhere set and restored at once (``os.umask`` has no read-only form)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 # --------------------------------------------------------------------------- S3
 
@@ -368,9 +425,12 @@ class S3ObjectStore(ObjectStore):
             response_checksum_validation="when_required",
         )
         session = boto3.session.Session()
-        self._client = session.client(
-            "s3", endpoint_url=endpoint_url, region_name=region, config=config
-        )
+        try:
+            self._client = session.client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config
+            )
+        except ValueError as exc:  # botocore: "Invalid endpoint: <the whole URL>"
+            raise StoreConfigError(redact_text(f"cannot open the S3 store: {exc}")) from None
         self._transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=max(MULTIPART_CHUNKSIZE, 5 * 1024 * 1024),
@@ -394,7 +454,8 @@ class S3ObjectStore(ObjectStore):
 
     @property
     def _where(self) -> str:
-        return self.endpoint_url or "the default AWS S3 endpoint"
+        # Redacted: an endpoint may carry userinfo, and this text ends up in logs and rows.
+        return redact_url(self.endpoint_url) if self.endpoint_url else "the default AWS S3 endpoint"
 
     def _full(self, key: str) -> str:
         validate_key(key)
@@ -427,6 +488,10 @@ class S3ObjectStore(ObjectStore):
                 if mapped is not None:
                     raise mapped from None
                 cause = cause.__cause__ or cause.__context__
+            if isinstance(exc, bex.BotoCoreError):  # its text may repeat the endpoint URL
+                raise StoreError(
+                    redact_text(f"S3 error for s3://{self.bucket} at {self._where}: {exc}")
+                ) from None
             raise
 
     def _map_error(self, exc: BaseException, key: str | None, bex: Any) -> StoreError | None:

@@ -13,10 +13,19 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from intake.parse import parse_manifest
-from intake.references import FetchedOnce, Fetcher, default_fetcher
+from intake.references import (
+    FetchedOnce,
+    Fetcher,
+    ReferenceRejected,
+    default_fetcher,
+    read_sidecar,
+    reference_roots,
+)
 from intake.requests import AssetRequest, ParsedManifest
 from storage import queries
 from storage.identity import asset_identity
+from storage.objects import ObjectStore, StoreError
+from storage.redact import redact_text
 from tasks.config import PipelineConfig
 from tasks.resources import get_engine, store_for
 
@@ -54,33 +63,83 @@ def _library_version(folder: Path) -> str:
     return hashlib.sha256(jsonl.read_bytes()).hexdigest()[:12]
 
 
-def _input_key(store, local: str, sha256: str) -> str:
-    """Copy a local input (image or bundle, plus a bundle's sidecar) into ``inputs/``."""
+def _input_key(store: ObjectStore, local: str, sha256: str, roots: list[Path]) -> str:
+    """Copy a local input (image or bundle, plus a bundle's sidecar) into ``inputs/``.
+
+    The sidecar is read again under the rules validation applied (:func:`read_sidecar`:
+    confined to ``roots``, a regular file, small, a JSON object), so a sidecar swapped for a
+    symlink or a FIFO after validation is refused, not copied or waited on."""
     path = Path(local)
     key = f"inputs/{sha256}{path.suffix.lower()}"
     if not store.exists(key):
         store.put_file(key, path)
-    sidecar = path.with_suffix(".json")
-    if sidecar.exists():
-        store.put_file(f"inputs/{sha256}.json", sidecar)
+    sidecar = read_sidecar(path, roots) if path.suffix.lower() == ".png" else None
+    if sidecar is not None:
+        store.put_bytes(f"inputs/{sha256}.json", sidecar, content_type="application/json")
     return key
 
 
-def _stage_input(store, ref: str | None, sha256: str | None, fetched: FetchedOnce) -> str | None:
-    """Copy a request's image or bundle into the store's ``inputs/`` (workers read it there).
+class InputNotStored(Exception):
+    """A request's image or bundle could not be fetched or stored; the message says why."""
 
-    A remote reference is stored from the copy parsing fetched (fetched now only when parsing
-    accepted it by reference without fetching)."""
-    if ref is None:
-        return None
-    if ref.startswith(("s3://", "https://")):
-        local = fetched.local_copy(ref)
-        digest = sha256 or _file_sha256(local)
-        key = f"inputs/{digest}{Path(ref.split('?')[0]).suffix.lower()}"
-        if not store.exists(key):
-            store.put_file(key, local)
-        return key
-    return _input_key(store, ref, sha256 or "")
+
+class _Inputs:
+    """Copies requests' images and bundles into the store's ``inputs/`` (workers read them
+    there), opening the store on first need and remembering each reference's outcome.
+
+    A failure (store down, bucket missing, reference unreadable) is remembered per reference,
+    so the variants of one row, or rows sharing an image, fail once and fast; the message is
+    redacted, since store errors name endpoints.
+    """
+
+    def __init__(self, store_url: str, fetched: FetchedOnce, roots: list[Path]) -> None:
+        self.store_url = store_url
+        self.fetched = fetched
+        self.roots = roots
+        self._store: ObjectStore | None = None
+        self._keys: dict[str, str] = {}
+        self._failures: dict[str, str] = {}
+
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = store_for(self.store_url)
+        return self._store
+
+    def key(self, ref: str | None, sha256: str | None) -> str | None:
+        """The ``inputs/`` key of ``ref``; raises :class:`InputNotStored` with the reason."""
+        if ref is None:
+            return None
+        if ref in self._failures:
+            raise InputNotStored(self._failures[ref])
+        if ref not in self._keys:
+            try:
+                self._keys[ref] = self._copy(ref, sha256)
+            except Exception as exc:  # noqa: BLE001 - one input's failure rejects its row only
+                self._failures[ref] = _reason(ref, exc)
+                raise InputNotStored(self._failures[ref]) from None
+        return self._keys[ref]
+
+    def _copy(self, ref: str, sha256: str | None) -> str:
+        if ref.startswith(("s3://", "https://")):
+            local = self.fetched.local_copy(ref)
+            digest = sha256 or _file_sha256(local)
+            key = f"inputs/{digest}{Path(ref.split('?')[0]).suffix.lower()}"
+            if not self.store().exists(key):
+                self.store().put_file(key, local)
+            return key
+        return _input_key(self.store(), ref, sha256 or "", self.roots)
+
+
+def _reason(ref: str, exc: BaseException) -> str:
+    """One line, secrets masked: why ``ref`` could not be stored."""
+    if isinstance(exc, ReferenceRejected | StoreError):
+        detail = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        detail = exc.strerror
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    detail = " ".join(detail.split())  # one line, whatever the library's message looked like
+    return redact_text(f"input {ref!r} could not be stored: {detail}")
 
 
 def _file_sha256(path: Path) -> str:
@@ -112,14 +171,18 @@ def ingest_manifest(
             fetch=config.allow_url_fetch,
             fetcher=fetched,
         )
-        return _record(path, parsed, config, fetched)
+        roots = reference_roots(path, config.image_roots)
+        return _record(path, parsed, config, _Inputs(config.store_url, fetched, roots))
 
 
 def _record(
-    path: Path, parsed: ParsedManifest, config: PipelineConfig, fetched: FetchedOnce
+    path: Path, parsed: ParsedManifest, config: PipelineConfig, inputs: _Inputs
 ) -> IngestResult:
-    """Store the inputs of the parsed requests and record the batch, its rows and new assets."""
-    store = store_for(config.store_url)
+    """Store the inputs of the parsed requests and record the batch, its rows and new assets.
+
+    A request whose inputs cannot be stored (unreachable S3, missing bucket, a file that
+    changed since validation) rejects its row with the line and the reason; the other rows
+    go on."""
     identities: dict[tuple, str] = {}  # generator identity per generator + weight params
     with Session(get_engine(config.database_url)) as session:
         batch = queries.create_batch(
@@ -128,14 +191,27 @@ def _record(
         result = IngestResult(batch_id=batch.id, manifest=str(path))
         items = []
         for rejection in parsed.rejected:
+            reason = redact_text(rejection.reason)
             items.append({"line": rejection.line, "status": "rejected",
-                          "reason": rejection.reason, "raw": rejection.raw})
+                          "reason": reason, "raw": redact_text(rejection.raw)})
             result.rejected.append(
-                {"file": str(rejection.file), "line": rejection.line, "reason": rejection.reason}
+                {"file": str(rejection.file), "line": rejection.line, "reason": reason}
             )
         assets: dict[str, dict] = {}  # asset id -> insert arguments, in manifest order
+        failed_lines: set[int] = set()
         for request in parsed.requests:
-            values = _asset_values(store, request, config, identities, fetched)
+            if request.line in failed_lines:
+                continue  # another variant of a row already rejected
+            try:
+                values = _asset_values(inputs, request, config, identities)
+            except InputNotStored as exc:
+                failed_lines.add(request.line)
+                items.append({"line": request.line, "item_id": request.item_id,
+                              "status": "rejected", "reason": str(exc)})
+                result.rejected.append(
+                    {"file": str(path), "line": request.line, "reason": str(exc)}
+                )
+                continue
             assets.setdefault(values["asset_id"], values)
             result.labels.setdefault(values["asset_id"], _label(request))
             items.append({"line": request.line, "item_id": request.item_id,
@@ -145,6 +221,7 @@ def _record(
         queries.add_batch_items(session, batch.id, items)
         session.commit()
         result.asset_ids = list(assets)
+        result.rejected.sort(key=lambda r: r["line"])
         states = queries.batch_asset_states(session, batch.id)
     for asset_id in result.asset_ids:
         state = states.get(asset_id)
@@ -158,13 +235,14 @@ def _record(
 
 
 def _asset_values(
-    store,
+    inputs: _Inputs,
     request: AssetRequest,
     config: PipelineConfig,
     identities: dict[tuple, str],
-    fetched: FetchedOnce,
 ) -> dict:
-    """The :func:`storage.queries.insert_asset_if_new` arguments of a request (inputs copied)."""
+    """The :func:`storage.queries.insert_asset_if_new` arguments of a request (inputs copied).
+
+    Raises :class:`InputNotStored` when the request's image or bundle cannot be stored."""
     params = dict(request.params)
     key = (request.generator, *(str(params.get(k)) for k in ("flux_path", "lora_path",
                                                               "lora_scale")))
@@ -174,9 +252,9 @@ def _asset_values(
         "asset_id": asset_identity(request.canonical(), identities[key]),
         "kind": request.kind,
         "prompt": request.prompt,
-        "image_ref": _stage_input(store, request.image_ref, request.image_sha256, fetched),
+        "image_ref": inputs.key(request.image_ref, request.image_sha256),
         "image_sha256": request.image_sha256,
-        "bundle_ref": _stage_input(store, request.bundle_ref, request.bundle_sha256, fetched),
+        "bundle_ref": inputs.key(request.bundle_ref, request.bundle_sha256),
         "seed": request.seed,
         "variant": request.variant,
         "generator": request.generator,

@@ -24,8 +24,26 @@ def _database_url() -> str:
 
 def _shown_url(url: str) -> str:
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return make_url(url).render_as_string(hide_password=True)
+    from storage.redact import redact_url
+
+    try:
+        # redact_url as well: a password may also sit in the query (?password=...).
+        return redact_url(make_url(url).render_as_string(hide_password=True))
+    except ArgumentError:  # not a URL SQLAlchemy can parse: mask what looks like a secret
+        return redact_url(url)
+
+
+def _password(url: str) -> str | None:
+    """The URL's password (to mask it wherever a message repeats it), if it has one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password or None
+    except ArgumentError:
+        return None
 
 
 @contextlib.contextmanager
@@ -60,7 +78,14 @@ def db_upgrade(
     try:
         reached = upgrade_database(url, revision)
     except Exception as exc:  # one line: unreachable server, bad URL...
-        raise UserError(f"could not upgrade {_shown_url(url)}: {exc}") from exc
+        from storage.redact import redact_text
+
+        # A driver's message may repeat the URL, password included.
+        detail = redact_text(" ".join(str(exc).split()))  # one line: drivers write several
+        secret = _password(url)
+        if secret:
+            detail = detail.replace(secret, "***")
+        raise UserError(f"could not upgrade {_shown_url(url)}: {detail}") from None
     console.print(f"database {_shown_url(url)} is at revision [bold]{reached}[/]")
 
 

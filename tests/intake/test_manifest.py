@@ -161,7 +161,7 @@ def test_defaults_merge_params_and_tags_and_the_item_wins(tmp_path):
 
 
 def test_generator_defaults_to_library_and_bundles_use_file(tmp_path):
-    _png(tmp_path / "b.png", (16, 8))
+    _png(tmp_path / "b.png", (256, 128))
     _png(tmp_path / "i.png")
     text = "items:\n  - prompt: p\n  - image: i.png\n    generator: kiss3dgen\n  - bundle: b.png\n"
     requests = parse_manifest(_write(tmp_path / "m.yaml", text)).requests

@@ -70,6 +70,15 @@ CASES = [
     ("file_generator_with_prompt.yaml", "generator 'file' needs a 'bundle'", 2, 1, {}),
     ("bad_id.yaml", "id '../../etc' must be", 2, 1, {}),
     ("bad_defaults.yaml", "defaults: seed: Input should be greater than or equal to 0", 2, 0, {}),
+    ("bundle_tiny_tiles.yaml", "bundle tiles are 1 px, less than the minimum of 64 px", 3, 1, {}),
+    ("sidecar_symlink.yaml", "sidecar path 'sidecar_link.json' is a symlink that leads outside",
+     4, 1, {}),
+    ("sidecar_list.yaml", "sidecar must be a JSON object, got a JSON list", 3, 1, {}),
+    ("sidecar_wrong_type.yaml", "sidecar 'tile' must be an integer, got a JSON string", 3, 1, {}),
+    ("nul_in_path.jsonl", "contains a NUL character", 1, 1, {}),
+    ("name_too_long.yaml", "cannot be opened: File name too long", 3, 1, {}),
+    ("path_too_long.yaml", "image path is 4205 bytes long, more than 4096", 3, 1, {}),
+    ("bad_bucket_name.yaml", "'My_Bucket' is not a valid S3 bucket name", 3, 1, {}),
 ]
 
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from intake.images import ImageRejected, check_bundle, check_image, read_header_size
+from intake.limits import MIN_BUNDLE_TILE
 
 
 def _encode(fmt: str, size: tuple[int, int], **kwargs) -> bytes:
@@ -97,10 +98,19 @@ def test_unknown_or_empty_data_is_refused(data):
 
 
 def test_bundle_must_be_a_png_twice_as_wide_as_high():
-    assert check_bundle(_encode("PNG", (16, 8)), max_pixels=1000).width == 16
+    assert check_bundle(_encode("PNG", (16, 8)), max_pixels=1000, min_tile=4).width == 16
     with pytest.raises(ImageRejected, match="twice as wide"):
-        check_bundle(_encode("PNG", (16, 16)), max_pixels=1000)
+        check_bundle(_encode("PNG", (16, 16)), max_pixels=1000, min_tile=4)
     with pytest.raises(ImageRejected, match="twice as wide"):
-        check_bundle(_encode("PNG", (14, 7)), max_pixels=1000)  # odd height
+        check_bundle(_encode("PNG", (14, 7)), max_pixels=1000, min_tile=4)  # odd height
     with pytest.raises(ImageRejected, match="not accepted"):
-        check_bundle(_encode("JPEG", (16, 8)), max_pixels=1000)
+        check_bundle(_encode("JPEG", (16, 8)), max_pixels=1000, min_tile=4)
+
+
+def test_a_bundle_with_tiles_below_the_minimum_is_rejected():
+    smallest = 2 * MIN_BUNDLE_TILE  # the height of a bundle whose tiles are the minimum
+    assert check_bundle(_encode("PNG", (2 * smallest, smallest)), max_pixels=10**6).height == (
+        smallest
+    )
+    with pytest.raises(ImageRejected, match=f"less than the minimum of {MIN_BUNDLE_TILE} px"):
+        check_bundle(_encode("PNG", (2 * smallest - 4, smallest - 2)), max_pixels=10**6)

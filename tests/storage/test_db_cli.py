@@ -119,3 +119,29 @@ def test_status_on_an_unmigrated_server_database_names_the_upgrade_command(
     result = runner.invoke(app, ["status"])
     assert isinstance(result.exception, UserError)
     assert "foundry3d db upgrade" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://app:SECRET@127.0.0.1:{port}/foundry",
+        "postgresql+psycopg://app@127.0.0.1:{port}/foundry?password=SECRET",
+    ],
+)
+def test_a_failed_db_upgrade_prints_one_line_without_the_password(
+    use_database, monkeypatch, capsys, url
+):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    use_database(url.format(port=port))
+    monkeypatch.setattr(sys, "argv", ["foundry3d", "db", "upgrade"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "could not upgrade" in shown and f"127.0.0.1:{port}" in shown
+    assert "SECRET" not in shown and "Traceback" not in shown

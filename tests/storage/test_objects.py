@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from storage.objects import (
+    _TMP_SUFFIX,
+    STALE_TEMP_S,
     InvalidKey,
     LocalObjectStore,
     ObjectNotFound,
@@ -309,3 +311,66 @@ def test_s3_url_options_are_parsed():
 def test_bad_store_urls_are_refused_with_a_reason(url, fragment):
     with pytest.raises(StoreConfigError, match=fragment):
         open_store(url)
+
+
+def test_an_endpoint_password_appears_in_no_store_error_or_repr(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key-id")  # so the client tries the endpoint
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+    port = _port_with_nothing_listening()
+    store = open_store(
+        f"s3://bucket/p?endpoint_url=http://user:SECRET@127.0.0.1:{port}&region=us-east-1"
+    )
+    with pytest.raises(StoreUnavailable) as unreachable:
+        store.put_bytes("assets/a/x.bin", b"x")
+    missing = ObjectNotFound("assets/a/x.bin", store.url)
+    for text in (str(unreachable.value), repr(store), str(missing)):
+        assert "SECRET" not in text
+        assert f"127.0.0.1:{port}" in text
+
+
+def test_an_invalid_endpoint_is_a_config_error_without_its_password():
+    with pytest.raises(StoreConfigError) as info:
+        S3ObjectStore("bucket", endpoint_url="http://user:SECRET@[not a host")
+    assert "SECRET" not in str(info.value)
+
+
+def _stale(path: Path, age_s: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"left by a killed writer")
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def test_the_next_write_into_a_folder_sweeps_its_stale_temp_files(tmp_path):
+    store = LocalObjectStore(tmp_path / "objects")
+    folder = tmp_path / "objects" / "assets" / "a"
+    old = _stale(folder / f".mesh.glb.x1{_TMP_SUFFIX}", STALE_TEMP_S + 60)
+    recent = _stale(folder / f".mesh.glb.x2{_TMP_SUFFIX}", 5)  # maybe a live writer's
+    store.put_bytes("assets/a/mesh.glb", b"new")
+    assert not old.exists()
+    assert recent.exists()
+
+
+def test_sweep_temp_removes_stale_temp_files_under_a_prefix_only(tmp_path):
+    store = LocalObjectStore(tmp_path / "objects")
+    root = tmp_path / "objects"
+    inside = _stale(root / "assets" / "a" / f".x.png.1{_TMP_SUFFIX}", STALE_TEMP_S + 60)
+    outside = _stale(root / "inputs" / f".y.png.1{_TMP_SUFFIX}", STALE_TEMP_S + 60)
+    assert store.sweep_temp("assets/") == 1
+    assert not inside.exists() and outside.exists()
+
+
+def test_stored_objects_get_the_mode_the_umask_allows(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        store = LocalObjectStore(tmp_path / "objects")
+        store.put_bytes("assets/a/x.bin", b"x")
+        src = tmp_path / "src.bin"
+        src.write_bytes(b"y")
+        store.put_file("assets/a/y.bin", src)
+    finally:
+        os.umask(previous)
+    for name in ("x.bin", "y.bin"):
+        mode = (tmp_path / "objects" / "assets" / "a" / name).stat().st_mode & 0o777
+        assert mode == 0o640, oct(mode)

@@ -2,7 +2,9 @@
 
 ok.png: 8x8 RGB; bundle_8x8.png: a square "bundle" (wrong aspect); corrupt.png: a valid PNG
 header followed by garbage; huge_header.png: a ~70-byte PNG whose IHDR claims 40000 x 40000;
-text.png: plain text with a .png name.
+text.png: plain text with a .png name; bundle_1px.png: a 4 x 2 bundle (1-px tiles);
+sidecar_*.png: 256 x 128 bundles whose sidecars are a list, a wrong type (sidecar_link.json
+is a committed symlink, not made here).
 """
 
 from __future__ import annotations
@@ -35,3 +37,8 @@ if __name__ == "__main__":
     (HERE / "corrupt.png").write_bytes(good[:33] + b"\x00garbage, not a zlib stream" * 4)
     (HERE / "huge_header.png").write_bytes(huge_header_png())
     (HERE / "text.png").write_text("this is not an image\n")
+    Image.new("RGB", (4, 2), (30, 30, 200)).save(HERE / "bundle_1px.png")
+    for name in ("sidecar_link", "sidecar_list", "sidecar_wrong_type"):
+        Image.new("RGB", (256, 128), (255, 255, 255)).save(HERE / f"{name}.png", optimize=True)
+    (HERE / "sidecar_list.json").write_text("[1, 2]\n")
+    (HERE / "sidecar_wrong_type.json").write_text('{"spec": "kiss3d-bundle-v1", "tile": "64"}\n')
