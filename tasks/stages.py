@@ -243,10 +243,11 @@ def _match_caption(io: StageIO, inputs: dict[str, str]) -> str | None:
 
 
 def _read_image(io: StageIO, key: str) -> np.ndarray:
-    from PIL import Image
+    """The reference image as ``(H, W, 3)`` uint8, scaled down to what a generator can use
+    before it is decoded in full (a huge PNG would otherwise take gigabytes)."""
+    from intake.images import load_reference_image
 
-    with Image.open(io.fetch(key, "reference" + Path(key).suffix)) as img:
-        return np.asarray(img.convert("RGB"))
+    return load_reference_image(io.fetch(key, "reference" + Path(key).suffix))
 
 
 def _fetch_bundle_file(io: StageIO, key: str) -> Path:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from storage import queries
 from storage.db import session_scope
+from storage.redact import redact_url
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult
 from tasks.resources import get_engine
@@ -61,7 +62,7 @@ def summarise_batch(
     summary = BatchSummary(
         batch_id=ingest.batch_id,
         manifest=ingest.manifest,
-        store_url=config.store_url,
+        store_url=redact_url(config.store_url),
         rejected=len(ingest.rejected),
         rejections=list(ingest.rejected),
         seconds=seconds,

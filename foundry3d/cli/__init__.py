@@ -26,6 +26,7 @@ from foundry3d.cli import (  # noqa: E402,F401
     verify,
 )
 from foundry3d.cli.app import UserError, app, err_console  # noqa: E402
+from storage.redact import redact_text  # noqa: E402
 
 
 def main() -> None:
@@ -34,5 +35,6 @@ def main() -> None:
         app()
     except UserError as exc:
         # soft_wrap: one line however narrow the terminal (or none: a pipe reads as 80 columns)
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        message = redact_text(str(exc))  # a URL in a message never shows its password
+        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
         sys.exit(2)

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from foundry3d.cli.app import UserError, app, console, err_console
+from storage.redact import redact_url
 
 
 def _prepare(verbose: bool = False):
@@ -171,7 +172,7 @@ def _print_summary(summary, store_url: str) -> _Tally:
                       "manifest again later to see them done.")
     if tally.count("already done") == len(tally.kinds) and not summary.rejected:
         console.print("[bold]Nothing new:[/] every asset of this manifest was already done.")
-    console.print(f"Files are in {store_url} under assets/<asset id>/ ; details: "
+    console.print(f"Files are in {redact_url(store_url)} under assets/<asset id>/ ; details: "
                   "[bold]foundry3d show ASSET_ID[/]", soft_wrap=True)
     return tally
 
