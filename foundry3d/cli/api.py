@@ -26,7 +26,7 @@ def api(
 
     from foundry3d.api.app import create_app
     from foundry3d.api.auth import check_bind
-    from foundry3d.cli.pipeline import _prepare
+    from foundry3d.cli.pipeline import _prepare, start_prefect_api
     from foundry3d.settings import get_api_settings
     from storage import queries
     from storage.db import DatabaseNotMigrated, get_engine, session_scope
@@ -39,6 +39,7 @@ def api(
         _total, active = queries.api_token_counts(session)
     if (reason := check_bind(host, active)) is not None:
         raise UserError(reason)
+    start_prefect_api(settings)
     application = create_app(settings, get_api_settings(), concurrency=concurrency or None)
     console.print(f"foundry3d API on http://{host}:{port}  (gallery /, OpenAPI /docs)")
     uvicorn.run(application, host=host, port=port, log_level=log_level)

@@ -47,6 +47,18 @@ def _prepare(verbose: bool = False):
     return settings, settings.pipeline_config()
 
 
+def start_prefect_api(settings, verbose: bool = False) -> None:
+    """Make sure this process talks to a Prefect API: ``PREFECT_API_URL``'s, or a private
+    ephemeral server that dies with this process (even on SIGKILL), never an orphan."""
+    from foundry3d.ephemeral_api import ensure_prefect_api
+
+    server_log = None if verbose else settings.data_dir / "prefect-api.log"
+    try:
+        ensure_prefect_api(server_log)
+    except RuntimeError as exc:
+        raise UserError(f"{exc} (its log: {server_log})" if server_log else str(exc)) from None
+
+
 def _first_line(exc: BaseException) -> str:
     """The first line of an exception's message (a driver's own error when SQLAlchemy wraps
     one), without SQLAlchemy's background link."""
@@ -225,13 +237,7 @@ def run(
     _check_manifest_file(manifest)
     settings, config = _prepare(verbose)
     _check_library(config)
-    server_log = None if verbose else settings.data_dir / "prefect-api.log"
-    try:
-        from foundry3d.ephemeral_api import ensure_prefect_api
-
-        ensure_prefect_api(server_log)
-    except RuntimeError as exc:
-        raise UserError(f"{exc} (its log: {server_log})" if server_log else str(exc)) from None
+    start_prefect_api(settings, verbose)
     from flows.catalog import catalog_flow
     from tasks import progress
 
@@ -310,6 +316,7 @@ def retry(
     """Re-run failed assets (and those whose worker died) from their failing stage."""
     overrides = parse_overrides(set_ or [])
     settings, config = _prepare(verbose)
+    start_prefect_api(settings, verbose)
     from flows.retry import retry_flow, select_retryable
     from tasks.assets import ParameterError, retried_params
 
