@@ -1,0 +1,54 @@
+"""Face budgets: quadric decimation of a mesh to a face count (fast-simplification, MIT)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: A decimated mesh must land within this fraction of its face target.
+FACE_TOLERANCE = 0.02
+#: Aggressiveness of fast-simplification's collapses (its default; lower keeps shape better
+#: but may stop short of the target).
+_AGGRESSIVENESS = 7.0
+
+
+class DecimationError(RuntimeError):
+    """The decimator could not reach a face target within :data:`FACE_TOLERANCE`."""
+
+
+def decimate(
+    vertices: np.ndarray, faces: np.ndarray, target_faces: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(vertices, faces)`` simplified to ``target_faces`` faces (within 2 %).
+
+    ``vertices`` ``(V, 3)`` float, any frame; ``faces`` ``(F, 3)`` int. A mesh with no more than
+    ``target_faces * 1.02`` faces is returned unchanged (copies). Returns ``(V', 3)`` float64
+    and ``(F', 3)`` int64 in the same frame; unreferenced vertices are dropped.
+    """
+    import fast_simplification
+
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    if target_faces < 1:
+        raise ValueError(f"target_faces must be >= 1, got {target_faces}")
+    if len(faces) <= target_faces * (1.0 + FACE_TOLERANCE):
+        return vertices.copy(), faces.copy()
+    # Quadric collapses sometimes stop short of the count (locked borders): ask again for the
+    # shortfall, a few times at most.
+    ask = target_faces
+    for _ in range(4):
+        v, f = fast_simplification.simplify(
+            vertices, faces.astype(np.int32), target_count=ask, agg=_AGGRESSIVENESS
+        )
+        if abs(len(f) - target_faces) <= FACE_TOLERANCE * target_faces:
+            return _compact(np.asarray(v, np.float64), np.asarray(f, np.int64))
+        ask = max(1, ask - (len(f) - target_faces))
+    raise DecimationError(
+        f"decimation reached {len(f)} faces for a target of {target_faces} "
+        f"(tolerance {FACE_TOLERANCE:.0%})"
+    )
+
+
+def _compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop vertices no face uses; re-index the faces."""
+    used, inverse = np.unique(faces.reshape(-1), return_inverse=True)
+    return vertices[used], inverse.reshape(-1, 3).astype(np.int64)
