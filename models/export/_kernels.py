@@ -155,3 +155,42 @@ def closest_on_candidates(
                 best_face[i] = f
                 best_bary[i, 0], best_bary[i, 1], best_bary[i, 2] = u, vv, ww
     return best_face, best_bary
+
+
+@njit(cache=True, fastmath=True)
+def texel_attributes(
+    tri: np.ndarray, bary: np.ndarray, faces: np.ndarray, vertices: np.ndarray, normals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Covered texels of a UV rasterisation: ``tri`` ``(S*S,)`` face ids (-1 empty) and
+    ``bary`` ``(S*S, 3)`` float32 -> flat indices ``(P,)``, faces ``(P,)``, barycentrics
+    ``(P, 3)``, surface points ``(P, 3)`` and unit interpolated normals ``(P, 3)``."""
+    count = 0
+    for i in range(tri.shape[0]):
+        if tri[i] >= 0:
+            count += 1
+    index = np.empty(count, np.int64)
+    face = np.empty(count, np.int64)
+    b = np.empty((count, 3))
+    points = np.empty((count, 3))
+    out_n = np.empty((count, 3))
+    k = 0
+    for i in range(tri.shape[0]):
+        f = tri[i]
+        if f < 0:
+            continue
+        index[k] = i
+        face[k] = f
+        b0, b1, b2 = float(bary[i, 0]), float(bary[i, 1]), float(bary[i, 2])
+        b[k, 0], b[k, 1], b[k, 2] = b0, b1, b2
+        a, c, d = faces[f, 0], faces[f, 1], faces[f, 2]
+        for j in range(3):
+            points[k, j] = b0 * vertices[a, j] + b1 * vertices[c, j] + b2 * vertices[d, j]
+            out_n[k, j] = b0 * normals[a, j] + b1 * normals[c, j] + b2 * normals[d, j]
+        length = np.sqrt(out_n[k, 0] ** 2 + out_n[k, 1] ** 2 + out_n[k, 2] ** 2)
+        if length > 1e-12:
+            for j in range(3):
+                out_n[k, j] /= length
+        else:
+            out_n[k, 0], out_n[k, 1], out_n[k, 2] = 0.0, 1.0, 0.0
+        k += 1
+    return index, face, b, points, out_n

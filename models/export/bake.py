@@ -147,13 +147,15 @@ def texels(mesh: UVMesh, size: int, rasteriser: Rasteriser | None = None) -> Tex
         raster = rasteriser.rasterise(
             torch.as_tensor(clip[None], dtype=torch.float32), torch.as_tensor(mesh.faces), (size, size)
         )
-    tri = raster.tri_id[0].cpu().numpy().reshape(-1)
-    index = np.flatnonzero(tri >= 0)
-    face = tri[index]
-    bary = raster.bary[0].cpu().numpy().reshape(-1, 3)[index].astype(np.float64)
-    corners = mesh.faces[face]
-    points = _blend(bary, mesh.vertices, corners)
-    normals = _unit(_blend(bary, mesh.normals, corners), fallback=np.array([0.0, 1.0, 0.0]))
+    from models.export import _kernels
+
+    index, face, bary, points, normals = _kernels.texel_attributes(
+        raster.tri_id[0].cpu().numpy().reshape(-1),
+        np.ascontiguousarray(raster.bary[0].cpu().numpy().reshape(-1, 3)),
+        mesh.faces,
+        np.ascontiguousarray(mesh.vertices),
+        np.ascontiguousarray(mesh.normals),
+    )
     return Texels(size=size, index=index, face=face, bary=bary, points=points, normals=normals)
 
 
@@ -235,27 +237,35 @@ def push_pull(image: np.ndarray, filled: np.ndarray) -> np.ndarray:
     """Fill the unfilled texels of ``image`` ``(S, S, C)`` from the filled ones ``(S, S)``
     bool: pull (average filled texels down a 2x pyramid), then push (each level's holes take
     the coarser level's value). Filled texels are kept exactly; the gutters take a smooth
-    continuation of the charts around them, so mip-mapping does not bleed a flat colour."""
-    image = np.asarray(image, dtype=np.float64)
-    weight = np.asarray(filled, dtype=np.float64)
-    levels = [(image * weight[..., None], weight)]
-    while levels[-1][1].shape[0] > 1:
-        colour, w = levels[-1]
-        h, wd = w.shape
-        if h % 2 or wd % 2:  # pad odd sides so 2x2 blocks tile the level
-            colour = np.pad(colour, ((0, h % 2), (0, wd % 2), (0, 0)))
-            w = np.pad(w, ((0, h % 2), (0, wd % 2)))
-        c2 = colour.reshape(w.shape[0] // 2, 2, w.shape[1] // 2, 2, -1).sum((1, 3))
-        w2 = w.reshape(w.shape[0] // 2, 2, w.shape[1] // 2, 2).sum((1, 3))
-        levels.append((c2, w2))
-    # Normalise every level to a mean colour where it has data.
-    means = [c / np.maximum(w, 1e-12)[..., None] for c, w in levels]
-    result = means[-1]
-    for (colour, w), mean in zip(reversed(levels[:-1]), reversed(means[:-1]), strict=True):
-        h, wd = w.shape
-        up = np.repeat(np.repeat(result, 2, axis=0), 2, axis=1)[:h, :wd]
-        result = np.where(w[..., None] > 0, mean, up)
-    return result
+    continuation of the charts around them, so mip-mapping does not bleed a flat colour.
+    Returns ``(S, S, C)`` float64."""
+    weight = np.asarray(filled, dtype=np.float32)
+    colour = np.asarray(image, dtype=np.float32) * weight[..., None]
+    levels = [(colour, weight)]
+    while max(levels[-1][1].shape) > 1:
+        colour, weight = levels[-1]
+        h, w = weight.shape
+        if h % 2 or w % 2:  # pad odd sides so 2x2 blocks tile the level
+            colour = np.pad(colour, ((0, h % 2), (0, w % 2), (0, 0)))
+            weight = np.pad(weight, ((0, h % 2), (0, w % 2)))
+        h2, w2 = weight.shape[0] // 2, weight.shape[1] // 2
+        levels.append(
+            (
+                colour.reshape(h2, 2, w2, 2, -1).sum((1, 3)),
+                weight.reshape(h2, 2, w2, 2).sum((1, 3)),
+            )
+        )
+    colour, weight = levels[-1]
+    result = colour / np.maximum(weight, 1e-12)[..., None]
+    for colour, weight in reversed(levels[:-1]):
+        mean = colour / np.maximum(weight, 1e-12)[..., None]
+        rows, cols = np.nonzero(weight == 0)
+        mean[rows, cols] = result[rows // 2, cols // 2]
+        result = mean
+    out = np.asarray(image, dtype=np.float64).copy()
+    holes = ~np.asarray(filled, dtype=bool)
+    out[holes] = result[holes]
+    return out
 
 
 def view_sampler(bundle, mesh: UVMesh, erosion_px, view_weights, rasteriser):
