@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.prefect",
     "tests.fixtures.prefect_server",
+    "tests.fixtures.gltf_validator",
 ]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -104,18 +104,19 @@ def export_asset(
         np.asarray(detail.vertices, np.float64), np.asarray(detail.faces, np.int64)
     )
 
-    # 1. placement: metres and pivot (applied to written positions only)
-    anchor, scale = placement(vertices, bundle.spec, params)
-    extras = _extras(params, provenance, scale)
-
-    # 2. per LOD: decimate, colour, write
-    files: dict[str, Path] = {}
-    lods: list[LodMesh] = []
+    # 1. per LOD: decimate, then colour (baked texture + normal map, or vertex colours)
     base_size = params.texture_size(bundle.tile)
-    for level, fraction in enumerate(params.export_lods):
-        lod = build_lod(
-            vertices, faces, bundle, params, fraction, base_size, detail_mesh, clock, rasteriser
-        )
+    lods = [
+        build_lod(vertices, faces, bundle, params, fraction, base_size, detail_mesh, clock, rasteriser)
+        for fraction in params.export_lods
+    ]
+
+    # 2. placement in metres with the pivot, from LOD 0 (so asset.glb rests exactly on y = 0;
+    # every LOD shares it, so swapping LODs does not move the object)
+    anchor, scale = placement(lods[0].vertices, bundle.spec, params)
+    extras = _extras(params, provenance, scale)
+    files: dict[str, Path] = {}
+    for level, lod in enumerate(lods):
         with clock("write_glb"):
             name = "asset.glb" if level == 0 else f"asset_lod{level}.glb"
             files[name] = write_glb(
@@ -133,7 +134,6 @@ def export_asset(
                 ),
                 out_dir / name,
             )
-        lods.append(lod)
 
     # 3. other formats, from LOD 0
     from models.export import formats

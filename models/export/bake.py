@@ -180,7 +180,7 @@ def bake_base_colour(
     sampler = view_sampler(bundle, mesh, erosion_px, view_weights, rasteriser)
     colours, seen = _project(sampler, cover, sampler.colours)
     fallback = _blend(cover.bary, np.asarray(vertex_colours)[mesh.source], mesh.faces[cover.face])
-    texel = np.where(seen[:, None], colours / 255.0, fallback)
+    texel = np.where(seen[:, None], colours, fallback)  # both sRGB in [0, 1]
     return _to_u8(push_pull(*_scatter(cover, texel)))
 
 
