@@ -49,7 +49,9 @@ def project_views(
             y0 = min(int(np.floor(py)), t - 1)
             x1 = min(x0 + 1, t - 1)
             y1 = min(y0 + 1, t - 1)
-            if not (masks[v, y0, x0] and masks[v, y0, x1] and masks[v, y1, x0] and masks[v, y1, x1]):
+            if not (
+                masks[v, y0, x0] and masks[v, y0, x1] and masks[v, y1, x0] and masks[v, y1, x1]
+            ):
                 continue
             ex, ey, ez = eyes[v, 0] - x, eyes[v, 1] - y, eyes[v, 2] - z
             el = np.sqrt(ex * ex + ey * ey + ez * ez)

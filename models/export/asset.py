@@ -100,15 +100,19 @@ def export_asset(
     clock = _Clock(timings)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
-    detail_mesh = (vertices, faces) if detail is None else (
-        np.asarray(detail.vertices, np.float64), np.asarray(detail.faces, np.int64)
+    detail_mesh = (
+        (vertices, faces)
+        if detail is None
+        else (np.asarray(detail.vertices, np.float64), np.asarray(detail.faces, np.int64))
     )
 
     # 1. per LOD: decimate, then colour (baked texture + normal map, or vertex colours)
-    base_size = params.texture_size(bundle.tile)
+    base_size = params.texture_side(bundle.tile)
     lods = [
-        build_lod(vertices, faces, bundle, params, fraction, base_size, detail_mesh, clock, rasteriser)
-        for fraction in params.export_lods
+        build_lod(
+            vertices, faces, bundle, params, fraction, base_size, detail_mesh, clock, rasteriser
+        )
+        for fraction in params.lods
     ]
 
     # 2. placement in metres with the pivot, from LOD 0 (so asset.glb rests exactly on y = 0;
@@ -138,7 +142,7 @@ def export_asset(
     # 3. other formats, from LOD 0
     from models.export import formats
 
-    for fmt in params.export_formats:
+    for fmt in params.formats:
         if fmt == "glb":
             continue
         with clock(f"write_{fmt}"):
@@ -163,7 +167,7 @@ def build_lod(
     clock: _Clock | None = None,
     rasteriser: Rasteriser | None = None,
 ) -> LodMesh:
-    """One LOD (bundle frame): ``fraction`` of ``params.export_faces`` faces, coloured from
+    """One LOD (bundle frame): ``fraction`` of ``params.faces`` faces, coloured from
     ``bundle``; textured at ``base_size * sqrt(fraction)`` (a power of two) in texture mode."""
     from models.export.bake import (
         bake_base_colour,
@@ -177,10 +181,12 @@ def build_lod(
 
     clock = clock or _Clock({})
     with clock("decimate"):
-        v, f = decimate(vertices, faces, max(4, int(round(params.export_faces * fraction))))
+        v, f = decimate(vertices, faces, max(4, int(round(params.faces * fraction))))
     with clock("vertex_colours"):
         # view-projected vertex colours, propagated over the surface into unseen regions
-        coloured = project_colours(bundle, trimesh.Trimesh(v, f, process=False), rasteriser=rasteriser)
+        coloured = project_colours(
+            bundle, trimesh.Trimesh(v, f, process=False), rasteriser=rasteriser
+        )
         colours = np.asarray(coloured.visual.vertex_colors[:, :3], dtype=np.float64) / 255.0
     if params.texture_mode == "vertex":
         return LodMesh(vertices=v, faces=f, normals=vertex_normals(v, f), colours=colours)

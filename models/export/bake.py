@@ -142,10 +142,14 @@ def texels(mesh: UVMesh, size: int, rasteriser: Rasteriser | None = None) -> Tex
     rasteriser = rasteriser or get_rasteriser()
     # Texel row 0 is v = 0 (glTF): clip y = 1 - 2 v puts it at the rasteriser's top row.
     uv = mesh.uv
-    clip = np.stack([2.0 * uv[:, 0] - 1.0, 1.0 - 2.0 * uv[:, 1], np.zeros(len(uv)), np.ones(len(uv))], 1)
+    clip = np.stack(
+        [2.0 * uv[:, 0] - 1.0, 1.0 - 2.0 * uv[:, 1], np.zeros(len(uv)), np.ones(len(uv))], 1
+    )
     with torch.no_grad():
         raster = rasteriser.rasterise(
-            torch.as_tensor(clip[None], dtype=torch.float32), torch.as_tensor(mesh.faces), (size, size)
+            torch.as_tensor(clip[None], dtype=torch.float32),
+            torch.as_tensor(mesh.faces),
+            (size, size),
         )
     from models.export import _kernels
 
@@ -225,7 +229,11 @@ def to_tangent_space(mesh: UVMesh, cover: Texels, world: np.ndarray) -> np.ndarr
     w = np.where(_blend(cover.bary, mesh.tangents[:, 3:], corners)[:, 0] < 0, -1.0, 1.0)
     b = np.cross(n, t) * w[:, None]
     local = np.stack(
-        [np.einsum("ij,ij->i", world, t), np.einsum("ij,ij->i", world, b), np.einsum("ij,ij->i", world, n)],
+        [
+            np.einsum("ij,ij->i", world, t),
+            np.einsum("ij,ij->i", world, b),
+            np.einsum("ij,ij->i", world, n),
+        ],
         axis=1,
     )
     # A texel facing away from its own surface is an artefact of the transfer: keep the surface.

@@ -87,7 +87,9 @@ def write_usdz(lod: LodMesh, anchor: np.ndarray, scale: float, out_dir: Path) ->
         positions = (lod.vertices - anchor) * scale
         geom.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(positions.astype(np.float32)))
         geom.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(lod.faces), 3, np.int32)))
-        geom.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(lod.faces.reshape(-1).astype(np.int32)))
+        geom.CreateFaceVertexIndicesAttr(
+            Vt.IntArray.FromNumpy(lod.faces.reshape(-1).astype(np.int32))
+        )
         geom.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
         geom.CreateOrientationAttr(UsdGeom.Tokens.rightHanded)
         normals = geom.CreateNormalsAttr(Vt.Vec3fArray.FromNumpy(lod.normals.astype(np.float32)))
@@ -128,12 +130,16 @@ def write_usdz(lod: LodMesh, anchor: np.ndarray, scale: float, out_dir: Path) ->
                 if target == "normal":
                     # tangent-space [0, 1] -> [-1, 1]
                     shader.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(2, 2, 2, 1))
-                    shader.CreateInput("bias", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(-1, -1, -1, 0))
+                    shader.CreateInput("bias", Sdf.ValueTypeNames.Float4).Set(
+                        Gf.Vec4f(-1, -1, -1, 0)
+                    )
                     out = shader.CreateOutput("rgb", Sdf.ValueTypeNames.Float3)
                     surface.CreateInput("normal", Sdf.ValueTypeNames.Normal3f).ConnectToSource(out)
                 else:
                     out = shader.CreateOutput("rgb", Sdf.ValueTypeNames.Float3)
-                    surface.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f).ConnectToSource(out)
+                    surface.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f).ConnectToSource(
+                        out
+                    )
         elif lod.colours is not None:
             display = geom.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex)
             display.Set(Vt.Vec3fArray.FromNumpy(lod.colours.astype(np.float32)))
@@ -147,5 +153,5 @@ def write_usdz(lod: LodMesh, anchor: np.ndarray, scale: float, out_dir: Path) ->
     return {"asset.usdz": path}
 
 
-#: Extra formats by name (``ExportParams.export_formats``).
+#: Extra formats by name (``ExportParams.formats``).
 WRITERS = {"obj": write_obj_zip, "usdz": write_usdz}

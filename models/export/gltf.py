@@ -131,7 +131,8 @@ class _Builder:
         entry = {
             "bufferView": self.view(data.tobytes(), target),
             "componentType": component,
-            "count": int(data.shape[0]) * (int(data.shape[1]) if target == _ELEMENT_ARRAY_BUFFER else 1),
+            "count": int(data.shape[0])
+            * (int(data.shape[1]) if target == _ELEMENT_ARRAY_BUFFER else 1),
             "type": "SCALAR" if target == _ELEMENT_ARRAY_BUFFER else _TYPES[data.shape[1]],
         }
         if bounds:
@@ -156,7 +157,12 @@ class _Builder:
             out["images"] = self.images
             out["textures"] = self.textures
             out["samplers"] = [
-                {"magFilter": _LINEAR, "minFilter": _LINEAR_MIPMAP_LINEAR, "wrapS": _REPEAT, "wrapT": _REPEAT}
+                {
+                    "magFilter": _LINEAR,
+                    "minFilter": _LINEAR_MIPMAP_LINEAR,
+                    "wrapS": _REPEAT,
+                    "wrapT": _REPEAT,
+                }
             ]
         return out
 

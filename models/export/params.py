@@ -1,8 +1,9 @@
 """Parameters of the ``export`` stage: what the game-ready deliverables look like.
 
-The manifest's ``params`` for the export stage map one-to-one onto :class:`ExportParams`
-fields. :meth:`ExportParams.from_mapping` rejects unknown keys naming the nearest valid one and
-:func:`check_inputs` fails loudly on a bad value; neither fixes the input quietly.
+The manifest's ``export_<field>`` params map one-to-one onto :class:`ExportParams` fields
+(``export_faces: 8000`` sets ``faces``). :meth:`ExportParams.from_mapping` rejects unknown
+keys naming the nearest valid one and :func:`check_inputs` fails loudly on a bad value;
+neither fixes the input quietly.
 """
 
 from __future__ import annotations
@@ -35,15 +36,15 @@ class ExportParams:
     texture_mode: str = "texture"
     """``texture``: UV atlas with a baked base-colour texture (and normal map); ``vertex``:
     per-vertex colours (``COLOR_0``), no UVs."""
-    export_texture_size: int | None = None
+    texture_size: int | None = None
     """Side of the LOD 0 base-colour texture in texels (a power of two); default: 4 texels per
     bundle-tile pixel (2048 for 512-px tiles, 1024 for 256). LOD k uses half the side per
     quartering of its faces."""
-    export_faces: int = 20000
+    faces: int = 20000
     """Face budget of LOD 0; the mesh is decimated (fast-simplification) to within 2 % of it
     when it has more faces, and kept as it is otherwise."""
-    export_lods: tuple[float, ...] = (1.0, 0.25)
-    """Face fractions of ``export_faces``, one per LOD, the first 1.0: ``asset.glb`` is LOD 0,
+    lods: tuple[float, ...] = (1.0, 0.25)
+    """Face fractions of ``faces``, one per LOD, the first 1.0: ``asset.glb`` is LOD 0,
     ``asset_lod1.glb`` LOD 1 and so on."""
     normal_source: str = "mesh"
     """Where the tangent-space normal map comes from: ``mesh`` (the full-resolution refined
@@ -58,7 +59,7 @@ class ExportParams:
     pivot: str = "bottom"
     """``bottom``: bounding-box centre in x and z, lowest point on y = 0 (the object rests on
     the ground); ``centre``: bounding-box centre at the origin."""
-    export_formats: tuple[str, ...] = ("glb",)
+    formats: tuple[str, ...] = ("glb",)
     """Files besides the GLBs: ``obj`` (``asset_obj.zip``: OBJ + MTL + PNGs), ``usdz``
     (``asset.usdz``, ARKit-compliant); ``glb`` is always written."""
     thumbnail_size: int = 512
@@ -81,10 +82,8 @@ class ExportParams:
         for key in sorted(merged):
             if key not in known:
                 near = difflib.get_close_matches(key, known, n=1, cutoff=0.0)
-                raise ExportParamsError(
-                    f"unknown export param {key!r}; did you mean {near[0]!r}?"
-                )
-        for key in ("export_lods", "export_formats"):
+                raise ExportParamsError(f"unknown export param {key!r}; did you mean {near[0]!r}?")
+        for key in ("lods", "formats"):
             if key in merged:
                 value = merged[key]
                 merged[key] = (value,) if isinstance(value, str | int | float) else tuple(value)
@@ -92,10 +91,10 @@ class ExportParams:
         check_inputs(params)
         return params
 
-    def texture_size(self, tile: int) -> int:
+    def texture_side(self, tile: int) -> int:
         """The LOD 0 base-colour side for bundle tiles of ``tile`` pixels."""
-        if self.export_texture_size is not None:
-            return int(self.export_texture_size)
+        if self.texture_size is not None:
+            return int(self.texture_size)
         size = TEXELS_PER_TILE_PIXEL * tile
         return min(TEXTURE_SIZES, key=lambda s: abs(s - size))
 
@@ -105,15 +104,15 @@ def check_inputs(params: ExportParams) -> None:
     p = params
     if p.texture_mode not in TEXTURE_MODES:
         raise ExportParamsError(
-            f"texture_mode must be one of {TEXTURE_MODES}, got {p.texture_mode!r}"
+            f"export_texture_mode must be one of {TEXTURE_MODES}, got {p.texture_mode!r}"
         )
-    if p.export_texture_size is not None and p.export_texture_size not in TEXTURE_SIZES:
+    if p.texture_size is not None and p.texture_size not in TEXTURE_SIZES:
         raise ExportParamsError(
-            f"export_texture_size must be one of {TEXTURE_SIZES}, got {p.export_texture_size!r}"
+            f"export_texture_size must be one of {TEXTURE_SIZES}, got {p.texture_size!r}"
         )
-    if not isinstance(p.export_faces, int) or p.export_faces < 12:
-        raise ExportParamsError(f"export_faces must be an integer >= 12, got {p.export_faces!r}")
-    lods = p.export_lods
+    if not isinstance(p.faces, int) or p.faces < 12:
+        raise ExportParamsError(f"export_faces must be an integer >= 12, got {p.faces!r}")
+    lods = p.lods
     if not lods or any(not isinstance(f, int | float) for f in lods):
         raise ExportParamsError(f"export_lods must be a list of numbers, got {list(lods)!r}")
     if float(lods[0]) != 1.0 or any(not 0 < b < a for a, b in zip(lods, lods[1:], strict=False)):
@@ -122,15 +121,19 @@ def check_inputs(params: ExportParams) -> None:
         )
     if p.normal_source not in NORMAL_SOURCES:
         raise ExportParamsError(
-            f"normal_source must be one of {NORMAL_SOURCES}, got {p.normal_source!r}"
+            f"export_normal_source must be one of {NORMAL_SOURCES}, got {p.normal_source!r}"
         )
     if not 0 < p.normal_map_scale <= 1:
-        raise ExportParamsError(f"normal_map_scale must be in (0, 1], got {p.normal_map_scale}")
+        raise ExportParamsError(
+            f"export_normal_map_scale must be in (0, 1], got {p.normal_map_scale}"
+        )
     if p.size_m is not None and not (isinstance(p.size_m, int | float) and p.size_m > 0):
-        raise ExportParamsError(f"size_m must be a positive number of metres, got {p.size_m!r}")
+        raise ExportParamsError(
+            f"export_size_m must be a positive number of metres, got {p.size_m!r}"
+        )
     if p.pivot not in PIVOTS:
-        raise ExportParamsError(f"pivot must be one of {PIVOTS}, got {p.pivot!r}")
-    for fmt in p.export_formats:
+        raise ExportParamsError(f"export_pivot must be one of {PIVOTS}, got {p.pivot!r}")
+    for fmt in p.formats:
         if fmt == "fbx":
             raise ExportParamsError(
                 "export_formats: fbx cannot be written here (no well-kept open FBX writer for "
@@ -139,9 +142,10 @@ def check_inputs(params: ExportParams) -> None:
         if fmt not in FORMATS:
             raise ExportParamsError(f"export_formats: {fmt!r} is not one of {FORMATS}")
     if p.thumbnail_size < 16:
-        raise ExportParamsError(f"thumbnail_size must be >= 16, got {p.thumbnail_size}")
+        raise ExportParamsError(f"export_thumbnail_size must be >= 16, got {p.thumbnail_size}")
     if p.turntable_frames < 0 or p.turntable_size < 16:
         raise ExportParamsError(
-            f"turntable needs frames >= 0 and size >= 16, got {p.turntable_frames} frames of "
+            "export_turntable_frames must be >= 0 and export_turntable_size >= 16, got "
+            f"{p.turntable_frames} frames of "
             f"{p.turntable_size} px"
         )

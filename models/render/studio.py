@@ -106,7 +106,9 @@ def turntable(
     if frames < 1:
         raise ValueError(f"a turntable needs at least 1 frame, got {frames}")
     azimuths = [360.0 * k / frames for k in range(frames)]
-    views = studio_views(mesh, azimuths, [TURNTABLE_ELEVATION] * frames, size, rasteriser=rasteriser)
+    views = studio_views(
+        mesh, azimuths, [TURNTABLE_ELEVATION] * frames, size, rasteriser=rasteriser
+    )
     images = [Image.fromarray(v, "RGB") for v in views]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

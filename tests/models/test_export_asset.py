@@ -56,7 +56,7 @@ def ball_geometry():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, ball_bundle, ball_geometry):
     out = tmp_path_factory.mktemp("export")
-    params = ExportParams(export_faces=FACES, export_formats=("glb", "obj", "usdz"))
+    params = ExportParams(faces=FACES, formats=("glb", "obj", "usdz"))
     provenance = {"prompt": "a striped ball", "seed": 7, "generator": "library"}
     return export_asset(ball_geometry, ball_bundle, out, params, provenance=provenance)
 
@@ -106,9 +106,7 @@ def test_default_pivot_rests_the_object_on_the_ground_at_one_metre(exported):
 
 
 def test_centre_pivot_and_size_m_place_the_bounding_box(tmp_path, ball_bundle, ball_geometry):
-    params = ExportParams(
-        export_faces=600, export_lods=(1.0,), size_m=2.5, pivot="centre", normal_source="none"
-    )
+    params = ExportParams(faces=600, lods=(1.0,), size_m=2.5, pivot="centre", normal_source="none")
     result = export_asset(ball_geometry, ball_bundle, tmp_path, params, previews=False)
     positions = _positions(result.files["asset.glb"])
     lo, hi = positions.min(0), positions.max(0)
@@ -124,7 +122,7 @@ def test_a_bundle_without_a_recorded_source_size_exports_at_the_default_size(
     from models.bundle.spec import Bundle
 
     generated = Bundle(image=ball_bundle.image, spec=replace(ball_bundle.spec, producer="flux"))
-    params = ExportParams(export_faces=600, export_lods=(1.0,), texture_mode="vertex")
+    params = ExportParams(faces=600, lods=(1.0,), texture_mode="vertex")
     result = export_asset(ball_geometry, generated, tmp_path, params, previews=False)
     positions = _positions(result.files["asset.glb"])
     assert float(np.max(positions.max(0) - positions.min(0))) == pytest.approx(DEFAULT_SIZE_M)
@@ -135,7 +133,7 @@ def test_provenance_and_export_params_are_recorded_in_asset_extras(exported):
     extras = gltf["asset"]["extras"]
     assert extras["prompt"] == "a striped ball" and extras["seed"] == 7
     assert extras["generator"] == "library"
-    assert extras["export_params"]["export_faces"] == FACES
+    assert extras["export_params"]["faces"] == FACES
     assert extras["lod"] == 1 and "foundry3d_version" in extras
 
 
@@ -155,7 +153,7 @@ def test_baked_texture_re_renders_the_bundle_closer_than_vertex_colours(exported
 
 
 def test_vertex_mode_writes_colour_0_and_no_uvs(tmp_path, ball_bundle, ball_geometry):
-    params = ExportParams(export_faces=600, export_lods=(1.0,), texture_mode="vertex")
+    params = ExportParams(faces=600, lods=(1.0,), texture_mode="vertex")
     result = export_asset(ball_geometry, ball_bundle, tmp_path, params, previews=False)
     gltf, _ = _gltf(result.files["asset.glb"])
     attributes = gltf["meshes"][0]["primitives"][0]["attributes"]
@@ -207,9 +205,7 @@ def test_usdz_passes_the_arkit_compliance_checker(exported):
     checker.CheckCompliance(str(exported.files["asset.usdz"]))
     # Without the shader definitions the shader-conformance rule cannot look any shader up;
     # every other rule must pass.
-    failed = [
-        f for f in checker.GetFailedChecks() if "has invalid shader node" not in f
-    ]
+    failed = [f for f in checker.GetFailedChecks() if "has invalid shader node" not in f]
     assert checker.GetErrors() == [] and failed == []
 
 
@@ -217,7 +213,7 @@ def test_fbx_is_refused_with_the_alternatives_named():
     from models.export.params import ExportParamsError
 
     with pytest.raises(ExportParamsError, match="fbx.*glb.*obj.*usdz"):
-        ExportParams.from_mapping({"export_formats": ["glb", "fbx"]})
+        ExportParams.from_mapping({"formats": ["glb", "fbx"]})
 
 
 def test_every_file_is_listed_for_publishing(exported):
