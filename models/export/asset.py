@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 #: Largest extent (metres) of an object whose bundle records no true size.
 DEFAULT_SIZE_M = 1.0
+#: Bundle producers whose sidecar ``scale`` maps a real source mesh (units taken as metres)
+#: into the bundle frame: the library renderer and the library generator.
+SIZED_PRODUCERS = ("foundry3d.render_bundle", "foundry3d.library")
 
 
 @dataclass
@@ -230,15 +233,13 @@ def placement(
     """``(anchor (3,), scale)`` so that ``(bundle_xyz - anchor) * scale`` is the written
     position in metres: largest extent ``size_m`` (or the library source's true size, or
     :data:`DEFAULT_SIZE_M`), pivot at the bottom centre or the bounding-box centre."""
-    from models.render.views import PRODUCER
-
     lo, hi = vertices.min(0), vertices.max(0)
     extent = float(np.max(hi - lo))
     if not np.isfinite(extent) or extent <= 0:
         raise ValueError(f"cannot place a mesh with bounding box {lo} .. {hi}")
     if params.size_m is not None:
         size = float(params.size_m)
-    elif spec.producer == PRODUCER and spec.scale > 0:
+    elif spec.producer in SIZED_PRODUCERS and spec.scale > 0:
         # a library mesh: bundle_xyz = (source - offset) * scale, source units taken as metres
         size = extent / spec.scale
     else:
