@@ -201,12 +201,13 @@ def export_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -
 def evaluate_task(asset_id: str, inputs: dict[str, str], config: PipelineConfig) -> dict[str, str]:
     """Metrics of the asset against its bundle (and its reference mesh when one exists)."""
     from models.evaluate.asset import evaluate_asset
+    from models.export.asset import load_in_bundle_frame
 
     asset = load_asset(config, asset_id)
 
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
-        mesh = _load_mesh(io, inputs["asset.glb"])
+        mesh = load_in_bundle_frame(io.fetch(inputs["asset.glb"], "asset.glb"))
         metrics = evaluate_asset(bundle, mesh, library_path=Path(config.library_path))
         io.local("metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         io.publish("metrics.json")

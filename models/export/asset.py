@@ -28,6 +28,8 @@ DEFAULT_SIZE_M = 1.0
 #: Bundle producers whose sidecar ``scale`` maps a real source mesh (units taken as metres)
 #: into the bundle frame: the library renderer and the library generator.
 SIZED_PRODUCERS = ("foundry3d.render_bundle", "foundry3d.library")
+#: ``asset.extras`` key of the placement: ``bundle_xyz = position / scale + anchor``.
+BUNDLE_FRAME_KEY = "bundle_frame"
 
 
 @dataclass
@@ -121,7 +123,7 @@ def export_asset(
     # 2. placement in metres with the pivot, from LOD 0 (so asset.glb rests exactly on y = 0;
     # every LOD shares it, so swapping LODs does not move the object)
     anchor, scale = placement(lods[0].vertices, bundle.spec, params)
-    extras = _extras(params, provenance, scale)
+    extras = _extras(params, provenance, scale, anchor)
     files: dict[str, Path] = {}
     for level, lod in enumerate(lods):
         with clock("write_glb"):
@@ -282,7 +284,9 @@ def write_previews(
     return files
 
 
-def _extras(params: ExportParams, provenance: dict[str, Any] | None, scale: float) -> dict:
+def _extras(
+    params: ExportParams, provenance: dict[str, Any] | None, scale: float, anchor: np.ndarray
+) -> dict:
     from dataclasses import asdict
     from importlib import metadata
 
@@ -295,8 +299,25 @@ def _extras(params: ExportParams, provenance: dict[str, Any] | None, scale: floa
         **(provenance or {}),
         "foundry3d_version": version,
         "export_params": export,
-        "metres_per_bundle_unit": float(scale),
+        # bundle_xyz = position / scale + anchor: how evaluation compares the file with the
+        # bundle it came from
+        BUNDLE_FRAME_KEY: {"scale": float(scale), "anchor": [float(a) for a in anchor]},
     }
+
+
+def load_in_bundle_frame(path: str | Path) -> trimesh.Trimesh:
+    """An exported GLB (metres, pivot) read back into its bundle's frame, with its texture or
+    colours, using the placement recorded in ``asset.extras``; a GLB without that record is
+    returned as it is (it is in the bundle frame already)."""
+    from models.geometry.glb import _split_glb, load_glb
+
+    gltf, _ = _split_glb(Path(path).read_bytes())
+    mesh = load_glb(path)
+    frame = gltf.get("asset", {}).get("extras", {}).get(BUNDLE_FRAME_KEY)
+    if frame:
+        vertices = np.asarray(mesh.vertices, dtype=np.float64) / frame["scale"]
+        mesh.vertices = vertices + np.asarray(frame["anchor"], dtype=np.float64)
+    return mesh
 
 
 class _Clock:

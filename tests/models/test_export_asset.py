@@ -228,3 +228,11 @@ def test_every_file_is_listed_for_publishing(exported):
     }
     assert all(path.stat().st_size > 0 for path in exported.files.values())
     json.dumps({k: str(v) for k, v in exported.files.items()})
+
+
+def test_a_glb_read_back_in_the_bundle_frame_lies_where_its_lod_was_baked(exported):
+    from models.export.asset import load_in_bundle_frame
+
+    back = load_in_bundle_frame(exported.files["asset.glb"])
+    lod0 = exported.lods[0]
+    assert np.allclose(np.sort(back.vertices, axis=0), np.sort(lod0.vertices, axis=0), atol=1e-5)
