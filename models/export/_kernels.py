@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def project_views(
     points: np.ndarray,
     normals: np.ndarray,
@@ -92,7 +92,7 @@ def project_views(
     return out, total
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def closest_on_candidates(
     points: np.ndarray, candidates: np.ndarray, vertices: np.ndarray, faces: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -101,8 +101,10 @@ def closest_on_candidates(
     barycentrics of the closest point (Ericson's region test, Real-Time Collision Detection
     5.1.5)."""
     n, k = candidates.shape
-    best_face = np.empty(n, np.int64)
+    # degenerate candidates give NaN distances and are never chosen over the first candidate
+    best_face = candidates[:, 0].copy()
     best_bary = np.zeros((n, 3))
+    best_bary[:, 0] = 1.0
     for i in range(n):
         px, py, pz = points[i, 0], points[i, 1], points[i, 2]
         best = np.inf
@@ -159,7 +161,7 @@ def closest_on_candidates(
     return best_face, best_bary
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def texel_attributes(
     tri: np.ndarray, bary: np.ndarray, faces: np.ndarray, vertices: np.ndarray, normals: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

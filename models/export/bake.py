@@ -79,7 +79,7 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int) -> UVMesh:
     # xatlas's uv is relative to its (near-square) atlas with v counted from row 0: the glTF
     # convention already.
     uv = np.asarray(uv, dtype=np.float64)
-    smooth = vertex_normals(vertices, faces)[source]
+    smooth = seam_normals(vertices, faces, uv_faces, len(source))
     out_vertices = vertices[source]
     return UVMesh(
         vertices=out_vertices,
@@ -89,6 +89,21 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int) -> UVMesh:
         tangents=tangent_frames(out_vertices, uv_faces, uv, smooth),
         source=source,
     )
+
+
+def seam_normals(
+    vertices: np.ndarray, faces: np.ndarray, cut_faces: np.ndarray, n_cut: int
+) -> np.ndarray:
+    """Unit normals ``(n_cut, 3)`` of the vertices of a UV-cut mesh (``cut_faces``, face for
+    face the same triangles as ``faces``): the crease-aware normals of the uncut mesh
+    (:func:`models.geometry.mesh.crease_normals`) averaged per cut vertex, so an edge sharper
+    than the crease angle stays hard wherever the atlas cut it (xatlas cuts at hard edges)."""
+    from models.geometry.mesh import crease_normals
+
+    corners = crease_normals(vertices, faces).astype(np.float64).reshape(-1, 3)
+    sums = np.zeros((n_cut, 3))
+    np.add.at(sums, np.asarray(cut_faces).reshape(-1), corners)
+    return _unit(sums, fallback=np.array([0.0, 1.0, 0.0]))
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -316,6 +331,7 @@ def _closest_normals(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
     from scipy.spatial import cKDTree
 
     from models.export import _kernels
+    from models.geometry.mesh import crease_normals
 
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
@@ -326,8 +342,9 @@ def _closest_normals(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
     face, bary = _kernels.closest_on_candidates(
         np.ascontiguousarray(points), candidates, vertices, faces
     )
-    normals = vertex_normals(vertices, faces)
-    return _unit(_blend(bary, normals, faces[face]), np.array([0.0, 1.0, 0.0]))
+    # crease-aware corner normals: hard edges of the detail stay hard in the map
+    corners = crease_normals(vertices, faces).astype(np.float64)[face]  # (P, 3, 3)
+    return _unit(np.einsum("pk,pkc->pc", bary, corners), np.array([0.0, 1.0, 0.0]))
 
 
 def _scatter(cover: Texels, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
