@@ -26,3 +26,8 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || ! ls /usr/lib/*/dri/swra
     echo "note: EGL/Mesa libraries not found; the numba rasteriser will be used" >&2
   fi
 fi
+
+# The Khronos glTF validator (npm) that the test suite runs on every GLB it writes.
+if command -v npm >/dev/null 2>&1; then
+  npm ci --prefix tools --no-audit --no-fund --silent || echo "note: gltf-validator not installed; GLB validation tests will skip" >&2
+fi
