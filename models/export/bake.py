@@ -19,6 +19,8 @@ import torch
 from models.bundle.spec import Bundle
 
 if TYPE_CHECKING:
+    import trimesh
+
     from models.raster.base import Rasteriser
 
 #: Empty texels xatlas leaves between UV charts (at the atlas's own resolution).
@@ -57,6 +59,58 @@ class Texels:
     bary: np.ndarray
     points: np.ndarray
     normals: np.ndarray
+
+
+def bake_texture(
+    mesh: trimesh.Trimesh,
+    bundle: Bundle,
+    size: int = 1024,
+    *,
+    view_weights: tuple[float, ...] | list[float] | None = None,
+    erosion_px: int | None = None,
+    rasteriser: Rasteriser | None = None,
+) -> trimesh.Trimesh:
+    """A copy of ``mesh`` with a UV atlas (xatlas) and a baked ``size`` x ``size`` texture.
+
+    The baker of the export stage's LODs on its own: each texel is projected like a vertex in
+    :func:`models.reconstruct.texture.project_colours`; texels no view sees take the
+    projected vertex colours (propagated over the surface) interpolated across their triangle;
+    the gutters are filled by push-pull. Vertices are split along UV seams.
+
+    Returns a :class:`trimesh.Trimesh` whose visual is a
+    :class:`trimesh.visual.TextureVisuals` with ``uv`` ``(V', 2)`` (origin bottom-left, v up,
+    trimesh's convention) and a :class:`trimesh.visual.material.PBRMaterial` whose
+    ``baseColorTexture`` is an sRGB RGB ``PIL.Image``.
+    """
+    import trimesh
+    from PIL import Image
+
+    from models.reconstruct.texture import project_colours
+
+    coloured = project_colours(
+        bundle, mesh, view_weights=view_weights, erosion_px=erosion_px, rasteriser=rasteriser
+    )
+    colours = np.asarray(coloured.visual.vertex_colors[:, :3], dtype=np.float64) / 255.0
+    uvm = unwrap(mesh.vertices, mesh.faces, size)
+    image = bake_base_colour(
+        uvm,
+        texels(uvm, size, rasteriser),
+        bundle,
+        vertex_colours=colours,
+        view_weights=view_weights,
+        erosion_px=erosion_px,
+        rasteriser=rasteriser,
+    )
+    out = trimesh.Trimesh(vertices=uvm.vertices, faces=uvm.faces, process=False)
+    material = trimesh.visual.material.PBRMaterial(
+        name="baked",
+        baseColorTexture=Image.fromarray(image, "RGB"),
+        metallicFactor=0.0,
+        roughnessFactor=1.0,
+    )
+    uv = np.stack([uvm.uv[:, 0], 1.0 - uvm.uv[:, 1]], axis=1)  # glTF's top-left -> trimesh's
+    out.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    return out
 
 
 def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int) -> UVMesh:

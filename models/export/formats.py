@@ -9,12 +9,10 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from models.export.asset import LodMesh
+from models.export.lod import LodMesh
 
 
 def write_obj_zip(lod: LodMesh, anchor: np.ndarray, scale: float, out_dir: Path) -> dict[str, Path]:

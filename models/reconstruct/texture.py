@@ -79,57 +79,6 @@ def project_colours(
     return out
 
 
-def bake_texture(
-    mesh: trimesh.Trimesh,
-    bundle: Bundle,
-    size: int = 1024,
-    *,
-    view_weights: tuple[float, ...] | list[float] | None = None,
-    erosion_px: int | None = None,
-    rasteriser: Rasteriser | None = None,
-) -> trimesh.Trimesh:
-    """A copy of ``mesh`` with a UV atlas (xatlas) and a baked ``size`` x ``size`` texture.
-
-    A thin wrapper of :mod:`models.export.bake` (where the export stage bakes its LODs): each
-    texel is projected like a vertex in :func:`project_colours`; texels no view sees take the
-    projected vertex colours (propagated over the surface) interpolated across their triangle;
-    the gutters are filled by push-pull. Vertices are split along UV seams.
-
-    Returns a :class:`trimesh.Trimesh` whose visual is a
-    :class:`trimesh.visual.TextureVisuals` with ``uv`` ``(V', 2)`` (origin bottom-left, v up,
-    trimesh's convention) and a :class:`trimesh.visual.material.PBRMaterial` whose
-    ``baseColorTexture`` is an sRGB RGB ``PIL.Image``.
-    """
-    from PIL import Image
-
-    from models.export.bake import bake_base_colour, texels, unwrap
-
-    coloured = project_colours(
-        bundle, mesh, view_weights=view_weights, erosion_px=erosion_px, rasteriser=rasteriser
-    )
-    colours = np.asarray(coloured.visual.vertex_colors[:, :3], dtype=np.float64) / 255.0
-    uvm = unwrap(mesh.vertices, mesh.faces, size)
-    image = bake_base_colour(
-        uvm,
-        texels(uvm, size, rasteriser),
-        bundle,
-        vertex_colours=colours,
-        view_weights=view_weights,
-        erosion_px=erosion_px,
-        rasteriser=rasteriser,
-    )
-    out = trimesh.Trimesh(vertices=uvm.vertices, faces=uvm.faces, process=False)
-    material = trimesh.visual.material.PBRMaterial(
-        name="baked",
-        baseColorTexture=Image.fromarray(image, "RGB"),
-        metallicFactor=0.0,
-        roughnessFactor=1.0,
-    )
-    uv = np.stack([uvm.uv[:, 0], 1.0 - uvm.uv[:, 1]], axis=1)  # glTF's top-left -> trimesh's
-    out.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
-    return out
-
-
 def fill_unseen(colours: np.ndarray, seen: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Fill unseen vertices by breadth-first propagation over the mesh's edges.
 
