@@ -32,6 +32,9 @@ def decimate(
         raise ValueError(f"target_faces must be >= 1, got {target_faces}")
     if len(faces) <= target_faces * (1.0 + FACE_TOLERANCE):
         return vertices.copy(), faces.copy()
+    # Coincident vertices and zero-area faces (poles, seams of generated meshes) lock edges
+    # that quadric collapses would otherwise remove: weld and drop them first.
+    vertices, faces = _clean(vertices, faces)
     # Quadric collapses sometimes stop short of the count (locked borders): ask again for the
     # shortfall, a few times at most.
     ask = target_faces
@@ -46,6 +49,19 @@ def decimate(
         f"decimation reached {len(f)} faces for a target of {target_faces} "
         f"(tolerance {FACE_TOLERANCE:.0%})"
     )
+
+
+def _clean(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices at one position welded; faces with a repeated corner or zero area dropped."""
+    from models.geometry.mesh import weld_positions
+
+    faces = weld_positions(vertices, faces)
+    tri = vertices[faces]
+    area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    repeated = (
+        (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
+    )
+    return _compact(vertices, faces[~repeated & (area2 > 0)])
 
 
 def _compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
