@@ -7,10 +7,10 @@ weights) for millions of texels, where the numpy version allocates too much to b
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy", parallel=True)
 def project_views(
     points: np.ndarray,
     normals: np.ndarray,
@@ -34,7 +34,7 @@ def project_views(
     channels = images.shape[3]
     out = np.zeros((points.shape[0], channels))
     total = np.zeros(points.shape[0])
-    for p in range(points.shape[0]):
+    for p in prange(points.shape[0]):
         x, y, z = points[p, 0], points[p, 1], points[p, 2]
         for v in range(n_views):
             m = mvp[v]
@@ -85,14 +85,13 @@ def project_views(
                 )
                 out[p, c] += weight * value
             total[p] += weight
-    for p in range(points.shape[0]):
         if total[p] > 0:
             for c in range(channels):
                 out[p, c] /= total[p]
     return out, total
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy", parallel=True)
 def closest_on_candidates(
     points: np.ndarray, candidates: np.ndarray, vertices: np.ndarray, faces: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +104,7 @@ def closest_on_candidates(
     best_face = candidates[:, 0].copy()
     best_bary = np.zeros((n, 3))
     best_bary[:, 0] = 1.0
-    for i in range(n):
+    for i in prange(n):
         px, py, pz = points[i, 0], points[i, 1], points[i, 2]
         best = np.inf
         for j in range(k):
