@@ -302,7 +302,7 @@ def main() -> None:
     )
     print(
         f"{'':8} {'':>6} | {'vertex':^10} {'baked':^11} | {'vertex':^10} {'baked':^11} |"
-        f" {'full':>6} {'lod0':>5} {'lod1':>5} {'lod1m':>5} |"
+        f" {'full':>6} {'lod0':>5} {'lod1':>5} {'lod1m':>5} {'lod1b':>5} |"
     )
     for name in names:
         truth = normalise_mesh(objects[name])[0]
