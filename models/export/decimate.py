@@ -35,16 +35,18 @@ def decimate(
     # Coincident vertices and zero-area faces (poles, seams of generated meshes) lock edges
     # that quadric collapses would otherwise remove: weld and drop them first.
     vertices, faces = _clean(vertices, faces)
-    # Quadric collapses sometimes stop short of the count (locked borders): ask again for the
-    # shortfall, a few times at most.
-    ask = target_faces
+    # A pass sometimes stops short of the count (its error bounds lock the last collapses);
+    # a fresh pass over its output, with new quadrics, goes on from there.
+    v, f = vertices, faces
     for _ in range(4):
         v, f = fast_simplification.simplify(
-            vertices, faces.astype(np.int32), target_count=ask, agg=_AGGRESSIVENESS
+            v, f.astype(np.int32), target_count=target_faces, agg=_AGGRESSIVENESS
         )
+        v, f = _clean(np.asarray(v, np.float64), np.asarray(f, np.int64))
         if abs(len(f) - target_faces) <= FACE_TOLERANCE * target_faces:
-            return _compact(np.asarray(v, np.float64), np.asarray(f, np.int64))
-        ask = max(1, ask - (len(f) - target_faces))
+            return v, f
+        if len(f) < target_faces:
+            break
     raise DecimationError(
         f"decimation reached {len(f)} faces for a target of {target_faces} "
         f"(tolerance {FACE_TOLERANCE:.0%})"
