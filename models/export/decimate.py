@@ -9,6 +9,8 @@ FACE_TOLERANCE = 0.02
 #: Aggressiveness of fast-simplification's collapses (its default; lower keeps shape better
 #: but may stop short of the target).
 _AGGRESSIVENESS = 7.0
+#: Simplification passes before giving up on a face target.
+_MAX_PASSES = 16
 
 
 class DecimationError(RuntimeError):
@@ -36,9 +38,10 @@ def decimate(
     # that quadric collapses would otherwise remove: weld and drop them first.
     vertices, faces = _clean(vertices, faces)
     # A pass sometimes stops short of the count (its error bounds lock the last collapses);
-    # a fresh pass over its output, with new quadrics, goes on from there.
+    # a fresh pass over its output, with new quadrics, goes on from there (an open cone with a
+    # needle tip needs 7 passes to reach a quarter of its faces).
     v, f = vertices, faces
-    for _ in range(4):
+    for _ in range(_MAX_PASSES):
         v, f = fast_simplification.simplify(
             v, f.astype(np.int32), target_count=target_faces, agg=_AGGRESSIVENESS
         )
