@@ -202,3 +202,18 @@ def test_an_open_cone_with_a_needle_tip_still_reaches_its_face_target():
     for target in (20000, 5000):
         _, out = decimate(xyz, faces, target)
         assert abs(len(out) - target) <= FACE_TOLERANCE * target
+
+
+def test_a_normal_map_from_the_bundle_restores_the_detailed_normals_on_a_coarse_lod():
+    from models.export.bake import _closest_normals
+    from models.geometry.mesh import normalise_mesh
+
+    detail = normalise_mesh(bumpy_ball())[0]
+    bundle = render_bundle(detail, tile=256, normalise=False)
+    v, f = decimate(detail.vertices, detail.faces, 800)
+    uvm = unwrap(v, f, 256)
+    cover = texels(uvm, 256)
+    normal_map = bake_normal_map(uvm, cover, bundle=bundle)
+    reference = _closest_normals(cover.points, detail.vertices, detail.faces)
+    plain, mapped = _mapped_normal_error_deg(uvm, cover, normal_map, reference)
+    assert mapped < 0.7 * plain, (plain, mapped)
