@@ -252,8 +252,13 @@ def bake_base_colour(
     """
     sampler = view_sampler(bundle, mesh, erosion_px, view_weights, rasteriser)
     colours, seen = _project(sampler, cover, sampler.colours)
-    fallback = _blend(cover.bary, np.asarray(vertex_colours)[mesh.source], mesh.faces[cover.face])
-    texel = np.where(seen[:, None], colours, fallback)  # both sRGB in [0, 1]
+    texel = colours  # sRGB in [0, 1]; unseen texels (only those: millions of texels) below
+    unseen = np.flatnonzero(~seen)
+    texel[unseen] = _blend(
+        cover.bary[unseen],
+        np.asarray(vertex_colours, dtype=np.float64)[mesh.source],
+        mesh.faces[cover.face[unseen]],
+    )
     return _to_u8(push_pull(*_scatter(cover, texel)))
 
 
