@@ -153,9 +153,9 @@ class ApiSettings(BaseSettings):
         "without it."
     )
     vendor_dir: Path = Field(
-        REPO / "vendor" / "node_modules",
+        REPO / "tools" / "node_modules",
         description="npm folder holding @google/model-viewer and swagger-ui-dist "
-        "(scripts/install.sh fills it).",
+        "(scripts/install.sh fills it from tools/package.json).",
     )
     url: str = Field(
         "http://127.0.0.1:8000",

@@ -33,16 +33,16 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || ! ls /usr/lib/*/dri/swra
   fi
 fi
 
-# The API's gallery and its browser tests (issue 15): the 3D viewer from npm into vendor/
-# (served by the app, never from a CDN), and headless Chromium for the selenium tests.
+# Node packages (tools/package.json, pinned by its lock): the gallery's 3D viewer and API docs,
+# served by the app (never from a CDN), and the Khronos glTF validator the test suite runs on
+# every GLB it writes. Without npm the gallery shows static previews and GLB checks skip.
 if command -v npm >/dev/null 2>&1; then
-  [ -f vendor/node_modules/@google/model-viewer/dist/model-viewer.min.js ] &&
-    [ -f vendor/node_modules/swagger-ui-dist/swagger-ui-bundle.js ] ||
-    npm install --silent --no-audit --no-fund --prefix vendor @google/model-viewer swagger-ui-dist >/dev/null ||
-    echo "note: npm could not install the gallery's viewer; it shows static previews" >&2
+  npm ci --prefix tools --no-audit --no-fund --silent ||
+    echo "note: npm ci in tools/ failed; the gallery shows static previews, GLB checks skip" >&2
 else
-  echo "note: npm not found; the gallery's asset page shows static previews, not the 3D viewer" >&2
+  echo "note: npm not found; the gallery shows static previews and GLB checks skip" >&2
 fi
+# Headless Chromium for the gallery's browser tests.
 if [ "$extra" = "test" ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null

@@ -171,18 +171,30 @@ def texture_task(
 def export_task(
     asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
 ) -> dict[str, str]:
-    """The deliverables: ``asset.glb`` and the ``preview.png`` sheet (``plan.params.export``
-    has no options yet)."""
-    from models.geometry.glb import export_glb
-    from models.render.preview import preview_sheet
+    """The deliverables: ``asset.glb`` + LODs (baked textures, normal maps), extra formats,
+    ``preview.png``, ``thumbnail.png`` and ``turntable.webp`` (``plan.params.export``)."""
+    from models.export.asset import export_asset
 
     def work(io: StageIO) -> dict:
+        bundle = _load_bundle(io, inputs)
         mesh = _load_mesh(io, inputs["textured.glb"])
-        export_glb(mesh, io.local("asset.glb"))
-        preview_sheet(mesh, io.local("preview.png"))
-        io.publish("asset.glb")
-        io.publish("preview.png")
-        return {}
+        match = {}
+        if "match.json" in inputs:
+            match = json.loads(io.fetch(inputs["match.json"]).read_text())
+        provenance = {
+            "prompt": asset.prompt, "image_sha256": asset.image_sha256, "seed": asset.seed,
+            "variant": asset.variant, "generator": asset.generator, "init": asset.init,
+            "weights": {"flux": str(config.flux_path or ""), "lora": str(config.lora_path or ""),
+                        "lrm": str(config.lrm_path or "")},
+            "source": {k: match[k] for k in ("id", "path", "licence") if k in match} or None,
+        }
+        result = export_asset(
+            mesh, bundle, io.local("asset.glb").parent, plan.params.export, provenance=provenance,
+            rasteriser=rasteriser_for(config.rasteriser, torch_device(config.device)),
+        )
+        for name in result.files:
+            io.publish(name)
+        return {f"export_lod{k}_faces": float(n) for k, n in enumerate(result.lod_faces)}
 
     return _run(config, asset, plan, "export", work)
 
@@ -193,10 +205,11 @@ def evaluate_task(
 ) -> dict[str, str]:
     """Metrics of the asset against its bundle (and its reference mesh when one exists)."""
     from models.evaluate.asset import evaluate_asset
+    from models.export.asset import load_in_bundle_frame
 
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
-        mesh = _load_mesh(io, inputs["asset.glb"])
+        mesh = load_in_bundle_frame(io.fetch(inputs["asset.glb"], "asset.glb"))
         metrics = evaluate_asset(
             bundle, mesh, library_path=Path(config.library_path),
             samples=plan.params.evaluate.samples,

@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.prefect",
     "tests.fixtures.prefect_server",
+    "tests.fixtures.gltf_validator",
 ]
 
 REFERENCE_DATA = Path(__file__).resolve().parent / "data"

@@ -40,10 +40,6 @@ DEPTH_EDGE = 0.05
 DEPTH_EDGE_PX = 3.0
 #: Colour of a connected piece of the mesh that no view sees at all (sRGB, mid grey).
 UNSEEN_COLOUR = (0.5, 0.5, 0.5)
-#: Empty texels xatlas leaves between UV charts.
-ATLAS_PADDING_PX = 2
-#: Texels of gutter filled around each UV chart so that mip-mapping does not bleed background.
-TEXTURE_PADDING_PX = 4
 
 
 def default_erosion_px(tile: int) -> int:
@@ -80,95 +76,6 @@ def project_colours(
     out = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
     rgba = np.concatenate([colours, np.ones((len(colours), 1))], axis=1)
     out.visual = trimesh.visual.ColorVisuals(out, vertex_colors=_to_u8(rgba))
-    return out
-
-
-def bake_texture(
-    mesh: trimesh.Trimesh,
-    bundle: Bundle,
-    size: int = 1024,
-    *,
-    view_weights: tuple[float, ...] | list[float] | None = None,
-    erosion_px: int | None = None,
-    rasteriser: Rasteriser | None = None,
-) -> trimesh.Trimesh:
-    """A copy of ``mesh`` with a UV atlas (xatlas) and a baked ``size`` x ``size`` texture.
-
-    Each texel is projected like a vertex in :func:`project_colours`; texels no view sees take
-    the projected vertex colours interpolated across their triangle; a few texels of gutter
-    are filled around each chart. Vertices are split along UV seams (the geometry is the same).
-
-    Returns a :class:`trimesh.Trimesh` whose visual is a
-    :class:`trimesh.visual.TextureVisuals` with ``uv`` ``(V', 2)`` (origin bottom-left, v up,
-    trimesh's convention) and a :class:`trimesh.visual.material.PBRMaterial` whose
-    ``baseColorTexture`` is an sRGB RGB ``PIL.Image``.
-    """
-    try:
-        import xatlas
-    except ImportError as exc:  # pragma: no cover - xatlas is a project dependency
-        raise ImportError("bake_texture needs xatlas: pip install xatlas") from exc
-    from PIL import Image
-
-    from models.raster import get_rasteriser
-
-    rasteriser = rasteriser or get_rasteriser()
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    faces = np.asarray(mesh.faces, dtype=np.int64)
-    vertex_normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
-
-    # 1. Vertex colours: the fallback for texels no view sees.
-    views = _ViewSampler(bundle, vertices, faces, view_weights, erosion_px, rasteriser)
-    vcol, vseen = views.blend(vertices, vertex_normals)
-    vcol = fill_unseen(vcol, vseen, faces)
-
-    # 2. UV atlas; vmapping maps each atlas vertex to its source vertex.
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(vertices.astype(np.float32), faces.astype(np.uint32))
-    pack = xatlas.PackOptions()
-    pack.resolution = size
-    pack.padding = ATLAS_PADDING_PX  # texels between charts, so lookups do not mix charts
-    atlas.generate(xatlas.ChartOptions(), pack)
-    vmapping, atlas_faces, uv = atlas[0]
-    vmapping = vmapping.astype(np.int64)
-    atlas_faces = atlas_faces.astype(np.int64)
-
-    # 3. Rasterise the atlas in texel space: texel row 0 is v = 1 (the image's top).
-    uv_clip = np.concatenate(
-        [2.0 * uv - 1.0, np.zeros((len(uv), 1)), np.ones((len(uv), 1))], axis=1
-    )
-    raster = rasteriser.rasterise(
-        torch.as_tensor(uv_clip[None], dtype=torch.float32),
-        torch.as_tensor(atlas_faces),
-        (size, size),
-    )
-    tri = raster.tri_id[0].cpu().numpy().reshape(-1)
-    bary = raster.bary[0].detach().cpu().numpy().reshape(-1, 3).astype(np.float64)
-    inside = np.flatnonzero(tri >= 0)
-    corners = vmapping[atlas_faces[tri[inside]]]  # (N, 3) source vertex ids
-    b = bary[inside][:, :, None]
-    points = (b * vertices[corners]).sum(1)
-    normals = (b * vertex_normals[corners]).sum(1)
-    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-
-    # 4. Project the texels; unseen texels interpolate the vertex colours.
-    texel, seen = views.blend(points, normals)
-    fallback = (b * vcol[corners]).sum(1)
-    texel[~seen] = fallback[~seen]
-
-    image = np.zeros((size * size, 3))
-    image[inside] = texel
-    filled = np.zeros(size * size, dtype=bool)
-    filled[inside] = True
-    image = _pad_charts(image.reshape(size, size, 3), filled.reshape(size, size))
-
-    out = trimesh.Trimesh(vertices=vertices[vmapping], faces=atlas_faces, process=False)
-    material = trimesh.visual.material.PBRMaterial(
-        name="baked",
-        baseColorTexture=Image.fromarray(_to_u8(image), "RGB"),
-        metallicFactor=0.0,
-        roughnessFactor=1.0,
-    )
-    out.visual = trimesh.visual.TextureVisuals(uv=uv.astype(np.float64), material=material)
     return out
 
 
@@ -378,28 +285,6 @@ def _bilinear(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
     bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
     return top * (1 - fy) + bottom * fy
-
-
-def _pad_charts(image: np.ndarray, filled: np.ndarray) -> np.ndarray:
-    """Grow each chart's colours :data:`TEXTURE_PADDING_PX` texels into the empty gutter; the
-    rest of the gutter takes the mean colour. ``image`` ``(S, S, 3)``, ``filled`` ``(S, S)``."""
-    image = image.copy()
-    filled = filled.copy()
-    for _ in range(TEXTURE_PADDING_PX):
-        weight = ndimage.uniform_filter(filled.astype(np.float64), size=3, mode="constant")
-        total = np.stack(
-            [
-                ndimage.uniform_filter(image[..., c] * filled, size=3, mode="constant")
-                for c in range(3)
-            ],
-            axis=-1,
-        )
-        grow = ~filled & (weight > 0)
-        image[grow] = total[grow] / weight[grow][:, None]
-        filled |= grow
-    if filled.any():
-        image[~filled] = image[filled].mean(0)
-    return image
 
 
 def _to_u8(values: np.ndarray) -> np.ndarray:

@@ -105,9 +105,11 @@ def test_a_field_the_pipeline_supplies_cannot_be_set_in_a_manifest():
         parse_stage_params({"refine_seed": 4}, **LIBRARY_SPHERE)
 
 
-def test_a_stage_without_parameters_says_so():
-    with pytest.raises(ParameterError, match="export takes no parameters"):
-        parse_stage_params({"export_faces": 1000}, **LIBRARY_SPHERE)
+def test_an_export_parameter_is_typed_and_a_misspelt_one_names_the_nearest():
+    params = parse_stage_params({"export_faces": 8000}, **LIBRARY_SPHERE)
+    assert params.export.faces == 8000
+    with pytest.raises(ParameterError, match="did you mean 'faces'"):
+        parse_stage_params({"export_facs": 1000}, **LIBRARY_SPHERE)
 
 
 def test_defaults_sit_beneath_the_manifest_and_may_name_unread_fields():

@@ -8,7 +8,8 @@ import trimesh
 from PIL import Image
 
 from models.evaluate.metrics import render_metrics
-from models.reconstruct.texture import UNSEEN_COLOUR, bake_texture, fill_unseen, project_colours
+from models.export.bake import bake_texture
+from models.reconstruct.texture import UNSEEN_COLOUR, fill_unseen, project_colours
 from models.render.views import render_bundle
 
 TILE = 64
