@@ -20,6 +20,11 @@ FAST_PARAMS = {
     "refine_fine_steps": 6,
     "refine_coarse_resolution": 48,
     "refine_resolution": 64,
+    "export_faces": 2000,
+    "export_texture_size": 256,
+    "export_thumbnail_size": 64,
+    "export_turntable_frames": 4,
+    "export_turntable_size": 32,
 }
 
 LIBRARY = [
