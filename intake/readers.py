@@ -238,27 +238,30 @@ def _yaml_duplicate_key(node: yaml.Node) -> str | None:
 
 
 def jsonl_rows(text: str) -> list[Row]:
-    rows = []
     # Lines end in LF, CRLF or a lone CR (classic Mac files); a JSON string cannot hold a raw CR.
-    for number, line in enumerate(_LINE_END.split(text), start=1):
-        if not line.strip():
-            continue
-        row = Row(number, None, _truncate(line))
-        try:
-            row.data = json.loads(
-                line,
-                object_pairs_hook=_json_object,
-                parse_constant=_json_constant,
-                parse_int=_json_int,
-            )
-        except _JsonProblem as exc:
-            row.problem = str(exc)
-        except json.JSONDecodeError as exc:
-            row.problem = f"invalid JSON at column {exc.colno}: {exc.msg}"
-        except RecursionError:
-            row.problem = "JSON is nested too deeply"
-        rows.append(row)
-    return rows
+    lines = enumerate(_LINE_END.split(text), start=1)
+    return [row for number, line in lines if (row := jsonl_row(number, line)) is not None]
+
+
+def jsonl_row(number: int, line: str) -> Row | None:
+    """The row of JSONL line ``number`` (1-based) holding ``line``; None for a blank line."""
+    if not line.strip():
+        return None
+    row = Row(number, None, _truncate(line))
+    try:
+        row.data = json.loads(
+            line,
+            object_pairs_hook=_json_object,
+            parse_constant=_json_constant,
+            parse_int=_json_int,
+        )
+    except _JsonProblem as exc:
+        row.problem = str(exc)
+    except json.JSONDecodeError as exc:
+        row.problem = f"invalid JSON at column {exc.colno}: {exc.msg}"
+    except RecursionError:
+        row.problem = "JSON is nested too deeply"
+    return row
 
 
 class _JsonProblem(ValueError):
