@@ -34,6 +34,8 @@ from models.parameters import ParameterError, check_manifest_params
 def _check_text(value: str, what: str, limit: int) -> str:
     if len(value) > limit:
         raise ValueError(f"{what} is {len(value)} characters long, more than the limit of {limit}")
+    if value.isprintable():  # the common case, checked in C; the loop below finds the culprit
+        return value
     for i, ch in enumerate(value):
         if not (ch.isprintable() or ch in " \n\t"):
             raise ValueError(

@@ -46,8 +46,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from intake.items import ManifestDefaults, ManifestItem, validation_reason
 from intake import readers
+from intake.items import ManifestDefaults, ManifestItem, validation_reason
 from intake.limits import FORMATS
 from intake.readers import FileProblem, Row, csv_rows, read_text, yaml_rows
 from intake.references import (

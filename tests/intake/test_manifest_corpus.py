@@ -65,8 +65,9 @@ CASES = [
     ("url_not_allowed.yaml", "image URLs are not allowed", 2, 1, {}),
     ("disallowed_host.yaml", "host 'evil.example.net' is not an allowed host", 4, 1, URLS_ON),
     ("bad_s3_ref.yaml", "must be s3://bucket/key", 2, 1, {}),
-    ("unknown_generator.yaml", "generator: Input should be 'library', 'kiss3dgen', 'file', 'kiss3dgen-mesh' or 'kiss3dgen-image'", 2, 1,
-     {}),
+    ("unknown_generator.yaml",
+     "generator: Input should be 'library', 'kiss3dgen', 'file', 'kiss3dgen-mesh' or "
+     "'kiss3dgen-image'", 2, 1, {}),
     ("file_generator_with_prompt.yaml", "generator 'file' needs a 'bundle'", 2, 1, {}),
     ("bad_id.yaml", "id '../../etc' must be", 2, 1, {}),
     ("bad_defaults.yaml", "defaults: seed: Input should be greater than or equal to 0", 2, 0, {}),
