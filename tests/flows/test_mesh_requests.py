@@ -108,3 +108,29 @@ def test_without_weights_a_mesh_asset_fails_permanently_naming_each_missing_path
         asset = queries.get_asset(session, summary.assets[0]["asset_id"])
     assert asset.last_error_class.startswith("permanent:")
     assert "no-flux" in asset.last_error_message and "no-cn" in asset.last_error_message
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_an_edit_starts_refinement_from_the_input_mesh(pipeline_config, weights, tmp_path):
+    from flows.catalog import catalog_flow
+    from models.geometry.glb import load_glb
+    from models.geometry.mesh import load_mesh
+
+    config = pipeline_config.model_copy(update=weights)
+    refine = {"refine_coarse_steps": 3, "refine_fine_steps": 2, "refine_coarse_resolution": 48,
+              "refine_resolution": 64}
+    summary = catalog_flow(str(_manifest(tmp_path, {"mode": "edit", **refine})), config)
+    assert summary.produced == 1, summary
+    store = open_store(config.store_url)
+    with Session(engine_for(config.database_url)) as session:
+        keys = queries.get_asset(session, summary.assets[0]["asset_id"]).output_keys
+    sidecar = json.loads(store.get_bytes(keys["bundle.json"]))
+    assert "keep_geometry" not in sidecar
+    (tmp_path / "coarse.glb").write_bytes(store.get_bytes(keys["coarse.glb"]))
+    coarse = np.asarray(load_glb(tmp_path / "coarse.glb").vertices)
+    source = np.asarray(load_mesh(tmp_path / "box.glb").vertices)
+    expected = (source - np.asarray(sidecar["offset"])) * sidecar["scale"]
+    np.testing.assert_allclose(np.sort(coarse, axis=0), np.sort(expected, axis=0), atol=1e-5)
+    (tmp_path / "refined.glb").write_bytes(store.get_bytes(keys["refined.glb"]))
+    assert len(load_glb(tmp_path / "refined.glb").vertices) != len(coarse)  # remeshed, fitted
