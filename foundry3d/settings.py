@@ -49,6 +49,24 @@ class Settings(BaseSettings):
     flux_path: Path | None = Field(None, description="Local Flux diffusers folder or .safetensors.")
     lora_path: Path | None = Field(None, description="Kiss3DGen LoRA .safetensors file.")
     lora_scale: float = Field(1.0, description="LoRA adapter strength.")
+    flux_memory: Literal["auto", "full", "offload", "sequential", "fp8", "nf4"] = Field(
+        "auto",
+        description="How Flux fits the GPU: full, offload (model CPU offload), sequential, fp8 "
+        "(float8 weights), nf4 (4-bit, CUDA + bitsandbytes), or auto (from free GPU memory).",
+    )
+    controlnet_path: Path | None = Field(
+        None,
+        description="Flux ControlNet-Union folder (InstantX/FLUX.1-dev-Controlnet-Union layout) "
+        "for kiss3dgen-mesh and kiss3dgen-image.",
+    )
+    redux_path: Path | None = Field(
+        None, description="Flux Redux folder (FLUX.1-Redux-dev layout) for kiss3dgen-image."
+    )
+    matting_path: Path | None = Field(
+        None,
+        description="TorchScript matting model for kiss3dgen-image pictures without alpha or a "
+        "plain backdrop.",
+    )
     lrm_path: Path | None = Field(None, description="LRM Lightning checkpoint (.ckpt).")
     lrm_variant: str = Field("prm", description="LRM architecture: prm, instant-mesh-large/base.")
     prefect_mode: Literal["local", "server"] = Field(
@@ -126,6 +144,10 @@ class Settings(BaseSettings):
             allow_url_fetch=self.allow_url_fetch,
             url_hosts=list(self.url_hosts),
             max_image_pixels=self.max_image_pixels,
+            flux_memory=self.flux_memory,
+            controlnet_path=_optional_str(self.controlnet_path),
+            redux_path=_optional_str(self.redux_path),
+            matting_path=_optional_str(self.matting_path),
         )
 
 

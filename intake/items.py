@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from typing import Annotated, Any, Literal
 
@@ -27,12 +28,15 @@ from intake.limits import (
     PARAM_KEY_RE,
     Kind,
 )
-from models.parameters import check_manifest_params
+from intake.meshes import MeshRejected, mesh_suffix
+from models.parameters import ParameterError, check_manifest_params
 
 
 def _check_text(value: str, what: str, limit: int) -> str:
     if len(value) > limit:
         raise ValueError(f"{what} is {len(value)} characters long, more than the limit of {limit}")
+    if value.isprintable():  # the common case, checked in C; the loop below finds the culprit
+        return value
     for i, ch in enumerate(value):
         if not (ch.isprintable() or ch in " \n\t" or is_emoji_joiner(ch)):
             raise ValueError(
@@ -99,8 +103,8 @@ def _check_params(value: Any) -> Any:
 
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 Variants = Annotated[StrictInt, Field(ge=1, le=MAX_VARIANTS)]
-GeneratorName = Literal["library", "kiss3dgen", "file"]
-InitName = Literal["sphere", "library", "lrm"]
+GeneratorName = Literal["library", "kiss3dgen", "file", "kiss3dgen-mesh", "kiss3dgen-image"]
+InitName = Literal["sphere", "library", "lrm", "mesh"]
 
 
 class _ManifestFields(BaseModel):
@@ -139,6 +143,9 @@ class ManifestItem(_ManifestFields):
     """Reference image: local path, s3://bucket/key or https:// URL."""
     bundle: str | None = None
     """A ready bundle PNG (2 x 4 tiles) for the ``file`` generator."""
+    mesh: str | None = None
+    """An input mesh (.glb .gltf .obj .ply .stl .off) for the ``kiss3dgen-mesh`` generator to
+    enhance, edit or retexture; the row's ``prompt`` says how."""
     id: str | None = None
     """Optional name, unique within the manifest."""
     seed: Seed = 0
@@ -147,9 +154,10 @@ class ManifestItem(_ManifestFields):
     """How many assets (seeds) to make from this row."""
     tags: list[str] = Field(default_factory=list)
     generator: GeneratorName | None = None
-    """Stage-I backend; ``library`` by default, always ``file`` for a bundle."""
-    init: InitName = "sphere"
-    """Coarse-mesh backend."""
+    """Stage-I backend; ``library`` by default, always ``file`` for a bundle, always
+    ``kiss3dgen-mesh`` for a mesh."""
+    init: InitName | None = None
+    """Coarse-mesh backend; ``sphere`` by default, ``mesh`` (the input mesh) for a mesh."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Stage parameters, flat scalars (``tile``, generator and init fields, ``refine_<field>``,
     ...): see :mod:`models.parameters`."""
@@ -176,20 +184,41 @@ class ManifestItem(_ManifestFields):
             raise ValueError("prompt is empty")
         return _check_text(value, "prompt", MAX_PROMPT_CHARS)
 
-    @field_validator("image", "bundle")
+    @field_validator("image", "bundle", "mesh")
     @classmethod
     def _ref(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("path is empty")
         return value.strip() if value is not None else None
 
+    @field_validator("mesh")
+    @classmethod
+    def _mesh_type(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                mesh_suffix(value)
+            except MeshRejected as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> ManifestItem:
+        if self.mesh is not None:
+            return self._mesh_source()
         given = [name for name in ("prompt", "image", "bundle") if getattr(self, name) is not None]
+        if self.generator == "kiss3dgen-image" and given == ["prompt", "image"]:
+            given = ["image"]  # the prompt is the caption of the picture's object
         if not given:
-            raise ValueError("item needs one of 'prompt', 'image' or 'bundle'")
+            raise ValueError("item needs one of 'prompt', 'image', 'bundle' or 'mesh'")
         if len(given) > 1:
             raise ValueError(f"item has both {given[0]!r} and {given[1]!r}; give exactly one")
+        if self.init == "mesh":
+            raise ValueError("init 'mesh' starts from an input mesh: it needs a 'mesh' item")
+        self.init = self.init or "sphere"
+        if self.generator == "kiss3dgen-mesh":
+            raise ValueError("generator 'kiss3dgen-mesh' needs a 'mesh' item (an input mesh)")
+        if self.generator == "kiss3dgen-image" and self.image is None:
+            raise ValueError("generator 'kiss3dgen-image' needs an 'image' item")
         if self.bundle is not None:
             if self.generator not in (None, "file"):
                 raise ValueError(
@@ -200,6 +229,28 @@ class ManifestItem(_ManifestFields):
             raise ValueError("generator 'file' needs a 'bundle' (a ready bundle PNG)")
         elif self.generator is None:
             self.generator = "library"
+        return self._check_seeds()
+
+    def _mesh_source(self) -> ManifestItem:
+        """A mesh row: the mesh plus a prompt saying what to make of it."""
+        others = [name for name in ("image", "bundle") if getattr(self, name) is not None]
+        if others:
+            raise ValueError(f"item has both 'mesh' and {others[0]!r}; give one input")
+        if self.prompt is None:
+            raise ValueError(
+                "a 'mesh' item needs a 'prompt': a caption to enhance, the change to edit, "
+                "the new look to retexture"
+            )
+        if self.generator not in (None, "kiss3dgen-mesh"):
+            raise ValueError(
+                f"a 'mesh' item uses the 'kiss3dgen-mesh' generator, got generator "
+                f"{self.generator!r}"
+            )
+        self.generator = "kiss3dgen-mesh"
+        self.init = self.init or "mesh"
+        return self._check_seeds()
+
+    def _check_seeds(self) -> ManifestItem:
         if self.seed + self.variants - 1 > MAX_SEED:
             raise ValueError(f"seed + variants - 1 must be at most {MAX_SEED}")
         return self
@@ -208,12 +259,35 @@ class ManifestItem(_ManifestFields):
     def _params_read_by_stages(self) -> ManifestItem:
         """Every ``params`` key must be a parameter that a stage of this row reads, with a
         value of its type and range (:mod:`models.parameters`)."""
-        check_manifest_params(self.params, generator=str(self.generator), init=self.init)
+        typed = tuple((key, type(value), value) for key, value in sorted(self.params.items()))
+        problem = _params_problem(str(self.generator), str(self.init), typed)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property
     def kind(self) -> Kind:
-        return "prompt" if self.prompt is not None else "image" if self.image else "bundle"
+        if self.mesh is not None:
+            return "mesh"
+        if self.image is not None:
+            return "image"
+        return "prompt" if self.prompt is not None else "bundle"
+
+
+@functools.lru_cache(maxsize=4096)
+def _params_problem(
+    generator: str, init: str, typed: tuple[tuple[str, type, Any], ...]
+) -> str | None:
+    """Why these params do not fit the row's stages, or None; remembered, since the rows of a
+    big manifest mostly share their params. ``typed`` holds ``(key, type, value)``: the type
+    keeps ``1``, ``1.0`` and ``true`` apart, which compare (and hash) equal."""
+    try:
+        check_manifest_params(
+            {key: value for key, _, value in typed}, generator=generator, init=init
+        )
+    except ParameterError as exc:
+        return str(exc)
+    return None
 
 
 def validation_reason(exc: ValidationError) -> str:

@@ -21,7 +21,15 @@ naming the key and the nearest valid one.
 Line numbers are physical lines (1-based): where a YAML item starts, the JSONL line, the
 first line of a CSV row (the header is line 1).
 
-Images and bundles are local paths (relative ones resolve against the manifest's folder and
+A ``mesh`` row (an input mesh plus a ``prompt``) is served by the ``kiss3dgen-mesh`` generator
+and starts Stage II from that mesh (init ``mesh``); its file must be .glb, .gltf (buffers
+embedded), .obj, .ply, .stl or .off, at most :data:`intake.limits.MAX_MESH_BYTES`, and must
+parse into triangles (:mod:`intake.meshes`).
+
+:func:`parse_manifest` returns everything at once; :class:`ManifestRows` yields each row's
+outcome as it is judged (``foundry3d validate`` streams a million-row JSONL file this way).
+
+Images, bundles and meshes are local paths (relative ones resolve against the manifest's folder and
 must stay, symlinks resolved, inside that folder or one of ``image_roots``), ``s3://bucket/key``
 references, or ``https://`` URLs from allow-listed hosts when URLs are allowed. Local images are
 checked before acceptance: format (PNG/JPEG/WebP; bundles PNG 2:1), the header's pixel count
@@ -31,17 +39,17 @@ against ``max_image_pixels`` without decoding, then a full decode.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import (
-    ValidationError,
-)
+from pydantic import ValidationError
 
+from intake import readers
 from intake.items import ManifestDefaults, ManifestItem, validation_reason
 from intake.limits import FORMATS
-from intake.readers import FileProblem, Row, csv_rows, jsonl_rows, read_text, yaml_rows
+from intake.readers import FileProblem, Row, csv_rows, read_text, yaml_rows
 from intake.references import (
     Fetcher,
     ReferenceContext,
@@ -50,6 +58,126 @@ from intake.references import (
     resolve_reference,
 )
 from intake.requests import AssetRequest, ParsedManifest, Rejection
+from intake.streaming import JsonlStream
+
+
+@dataclass(frozen=True)
+class AcceptedRow:
+    """A valid manifest row and the requests it became (one per variant)."""
+
+    line: int
+    """1-based physical line where the row starts."""
+    requests: list[AssetRequest]
+
+
+class ManifestRows:
+    """The outcome of each row of a manifest, one at a time, in file order: an
+    :class:`AcceptedRow` or a :class:`intake.requests.Rejection`.
+
+    Whole-file problems come first (line 0, or the line of a YAML syntax error); the
+    ``defaults`` block's problem and YAML top-level problems take their line's place. JSONL
+    files are read line by line (at most ``max_stream_bytes``, by default the limit of a run,
+:data:`intake.limits.MAX_MANIFEST_BYTES`); YAML and CSV are read whole (at
+    most :data:`intake.limits.MAX_MANIFEST_BYTES`) and then judged row by row. After the
+    iteration :attr:`rows` counts the rows seen and :attr:`sha256` is the file's hash. The
+    arguments are those of :func:`parse_manifest`. Never raises for bad input.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        image_roots: Sequence[str | os.PathLike] = (),
+        allow_urls: bool = False,
+        url_hosts: Sequence[str] = (),
+        max_image_pixels: int = 64_000_000,
+        fetch: bool = False,
+        fetcher: Fetcher | None = None,
+        max_stream_bytes: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.file = str(self.path)
+        self.format = FORMATS.get(self.path.suffix.lower())
+        self.rows = 0
+        self.sha256: str | None = None
+        self.max_stream_bytes = max_stream_bytes
+        manifest_dir = self.path.resolve().parent
+        roots = [manifest_dir, *(Path(r).resolve() for r in image_roots)]
+        self.ctx = ReferenceContext(
+            manifest_dir=manifest_dir,
+            roots=roots,
+            root_names=", ".join(str(r) for r in roots),
+            allow_urls=allow_urls,
+            url_hosts={h.lower() for h in url_hosts},
+            max_image_pixels=max_image_pixels,
+            fetch=fetch,
+            fetcher=fetcher or default_fetcher(url_hosts),
+        )
+
+    def __iter__(self) -> Iterator[AcceptedRow | Rejection]:
+        if self.format is None:
+            yield Rejection(
+                self.file, 0,
+                f"unknown manifest format {self.path.suffix or '(no extension)'!r}; "
+                f"use one of {', '.join(sorted(FORMATS))}",
+            )
+            return
+        try:
+            yield from self._judged(self._raw_rows())
+        except FileProblem as exc:
+            yield Rejection(self.file, exc.line, exc.reason)
+
+    def _raw_rows(self) -> Iterator[Row | Rejection]:
+        """The YAML defaults block first, then raw rows and top-level problems in line order.
+        Raises :class:`FileProblem`."""
+        if self.format == "jsonl":
+            # The limit of a run unless the caller streams bigger files (read at call time, so
+            # the one limit lives in intake.readers).
+            stream = JsonlStream(self.path, self.max_stream_bytes or readers.MAX_MANIFEST_BYTES)
+            yield from stream
+            self.sha256 = stream.sha256
+            return
+        text, self.sha256 = read_text(self.path)
+        if self.format == "csv":
+            yield from csv_rows(text)
+            return
+        defaults_row, rows, problems = yaml_rows(text)
+        if defaults_row is not None:
+            yield _DefaultsRow(defaults_row)
+        ordered: list[Row | Rejection] = [Rejection(self.file, line, reason)
+                                          for line, reason in problems]
+        ordered.extend(rows)
+        ordered.sort(key=lambda r: r.line)
+        yield from ordered
+
+    def _judged(self, raw: Iterator[Row | Rejection]) -> Iterator[AcceptedRow | Rejection]:
+        defaults: dict[str, Any] = {}
+        defaults_problem: str | None = None
+        first_line_of_id: dict[str, int] = {}
+        for row in raw:
+            if isinstance(row, Rejection):
+                yield row
+                continue
+            if isinstance(row, _DefaultsRow):
+                defaults, defaults_problem = _defaults(row.row)
+                if defaults_problem:
+                    yield Rejection(self.file, row.row.line, defaults_problem, row.row.raw)
+                continue
+            self.rows += 1
+            item_id = _raw_id(row.data)
+            outcome = _accept(row, defaults, defaults_problem, item_id, first_line_of_id,
+                              self.ctx)
+            if isinstance(outcome, str):
+                yield Rejection(self.file, row.line, outcome, row.raw, item_id)
+            else:
+                yield AcceptedRow(row.line, outcome)
+
+
+@dataclass(frozen=True)
+class _DefaultsRow:
+    """The YAML ``defaults:`` block, passed along the raw rows ahead of the items."""
+
+    row: Row
 
 
 def parse_manifest(
@@ -70,58 +198,18 @@ def parse_manifest(
     (with ``fetcher``, default :func:`default_fetcher`); otherwise they are accepted by
     reference and their identity is the reference. Never raises for bad input.
     """
-    path = Path(path)
-    file = str(path)
-    fmt = FORMATS.get(path.suffix.lower())
-    result = ParsedManifest(path=path, format=fmt)
-    if fmt is None:
-        result.rejected.append(Rejection(
-            file, 0,
-            f"unknown manifest format {path.suffix or '(no extension)'!r}; "
-            f"use one of {', '.join(sorted(FORMATS))}",
-        ))
-        return result
-    manifest_dir = path.resolve().parent
-    roots = [manifest_dir, *(Path(r).resolve() for r in image_roots)]
-    ctx = ReferenceContext(
-        manifest_dir=manifest_dir,
-        roots=roots,
-        root_names=", ".join(str(r) for r in roots),
-        allow_urls=allow_urls,
-        url_hosts={h.lower() for h in url_hosts},
-        max_image_pixels=max_image_pixels,
-        fetch=fetch,
-        fetcher=fetcher or default_fetcher(url_hosts),
+    rows = ManifestRows(
+        path, image_roots=image_roots, allow_urls=allow_urls, url_hosts=url_hosts,
+        max_image_pixels=max_image_pixels, fetch=fetch, fetcher=fetcher,
     )
-    try:
-        text, result.sha256 = read_text(path)
-        defaults_row: Row | None = None
-        if fmt == "yaml":
-            defaults_row, rows, problems = yaml_rows(text)
-            for line, reason in problems:
-                result.rejected.append(Rejection(file, line, reason))
-        elif fmt == "jsonl":
-            rows = jsonl_rows(text)
+    result = ParsedManifest(path=Path(path), format=rows.format)
+    for outcome in rows:
+        if isinstance(outcome, Rejection):
+            result.rejected.append(outcome)
         else:
-            rows = csv_rows(text)
-    except FileProblem as exc:
-        result.rejected.append(Rejection(file, exc.line, exc.reason))
-        return result
-
-    defaults, defaults_problem = _defaults(defaults_row)
-    if defaults_problem:
-        result.rejected.append(
-            Rejection(file, defaults_row.line, defaults_problem, defaults_row.raw)
-        )
-    result.rows = len(rows)
-    first_line_of_id: dict[str, int] = {}
-    for row in rows:
-        item_id = _raw_id(row.data)
-        outcome = _accept(row, defaults, defaults_problem, item_id, first_line_of_id, ctx)
-        if isinstance(outcome, str):
-            result.rejected.append(Rejection(file, row.line, outcome, row.raw, item_id))
-        else:
-            result.requests.extend(outcome)
+            result.requests.extend(outcome.requests)
+    result.rows = rows.rows
+    result.sha256 = rows.sha256
     result.rejected.sort(key=lambda r: r.line)
     return result
 
@@ -175,12 +263,14 @@ def _accept(
         item = ManifestItem.model_validate(merged)
     except ValidationError as exc:
         return validation_reason(exc)
-    image_ref = image_sha = bundle_ref = bundle_sha = None
+    image_ref = image_sha = bundle_ref = bundle_sha = mesh_ref = mesh_sha = None
     try:
         if item.image is not None:
             image_ref, image_sha = resolve_reference(item.image, "image", ctx)
         if item.bundle is not None:
             bundle_ref, bundle_sha = resolve_reference(item.bundle, "bundle", ctx)
+        if item.mesh is not None:
+            mesh_ref, mesh_sha = resolve_reference(item.mesh, "mesh", ctx)
     except ReferenceRejected as exc:
         return str(exc)
     return [
@@ -196,9 +286,11 @@ def _accept(
             seed=item.seed + k,
             variant=k,
             generator=str(item.generator),
-            init=item.init,
+            init=str(item.init),
             params=dict(item.params),
             tags=tuple(item.tags),
+            mesh_ref=mesh_ref,
+            mesh_sha256=mesh_sha,
         )
         for k in range(item.variants)
     ]

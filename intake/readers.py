@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -261,27 +262,25 @@ def _yaml_duplicate_key(node: yaml.Node) -> str | None:
 
 
 def jsonl_rows(text: str) -> list[Row]:
-    rows = []
     # Lines end in LF, CRLF or a lone CR (classic Mac files); a JSON string cannot hold a raw CR.
-    for number, line in enumerate(_LINE_END.split(text), start=1):
-        if not line.strip():
-            continue
-        row = Row(number, None, _truncate(line))
-        try:
-            row.data = json.loads(
-                line,
-                object_pairs_hook=_json_object,
-                parse_constant=_json_constant,
-                parse_int=_json_int,
-            )
-        except _JsonProblem as exc:
-            row.problem = str(exc)
-        except json.JSONDecodeError as exc:
-            row.problem = f"invalid JSON at column {exc.colno}: {exc.msg}"
-        except RecursionError:
-            row.problem = "JSON is nested too deeply"
-        rows.append(row)
-    return rows
+    lines = enumerate(_LINE_END.split(text), start=1)
+    return [row for number, line in lines if (row := jsonl_row(number, line)) is not None]
+
+
+def jsonl_row(number: int, line: str) -> Row | None:
+    """The row of JSONL line ``number`` (1-based) holding ``line``; None for a blank line."""
+    if not line.strip():
+        return None
+    row = Row(number, None, _truncate(line))
+    try:
+        row.data = _json_decoder().decode(line)
+    except _JsonProblem as exc:
+        row.problem = str(exc)
+    except json.JSONDecodeError as exc:
+        row.problem = f"invalid JSON at column {exc.colno}: {exc.msg}"
+    except RecursionError:
+        row.problem = "JSON is nested too deeply"
+    return row
 
 
 class _JsonProblem(ValueError):
@@ -312,6 +311,15 @@ def _json_constant(name: str) -> Any:
 
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+@functools.cache
+def _json_decoder() -> json.JSONDecoder:
+    """One decoder with the manifest's rules (``json.loads`` with hooks builds one per call,
+    which is most of the cost of a short row)."""
+    return json.JSONDecoder(
+        object_pairs_hook=_json_object, parse_constant=_json_constant, parse_int=_json_int
+    )
 
 
 def csv_rows(text: str) -> list[Row]:

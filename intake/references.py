@@ -214,6 +214,8 @@ def _why(exc: BaseException) -> str:
 
 
 def _checked_sha(data: bytes, ref: str, what: str, ctx: ReferenceContext) -> str:
+    if what == "mesh":
+        return _checked_mesh_sha(data, ref)
     try:
         if what == "bundle":
             info = check_bundle(data, max_pixels=ctx.max_image_pixels)
@@ -222,6 +224,16 @@ def _checked_sha(data: bytes, ref: str, what: str, ctx: ReferenceContext) -> str
     except ImageRejected as exc:
         raise ReferenceRejected(f"{what} {redact_url(ref)!r}: {exc}") from None
     return info.sha256
+
+
+def _checked_mesh_sha(data: bytes, ref: str) -> str:
+    """The sha256 of an input mesh that passes :func:`intake.meshes.check_mesh`."""
+    from intake.meshes import MeshRejected, check_mesh
+
+    try:
+        return check_mesh(data, name=ref).sha256
+    except MeshRejected as exc:
+        raise ReferenceRejected(f"mesh {ref!r}: {exc}") from None
 
 
 class _AllowListRedirects(urllib.request.HTTPRedirectHandler):

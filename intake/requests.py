@@ -52,14 +52,19 @@ class AssetRequest:
     init: str
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     tags: tuple[str, ...] = ()
+    mesh_ref: str | None = None
+    """Input mesh of a ``mesh`` request: resolved absolute local path or ``s3://`` reference."""
+    mesh_sha256: str | None = None
+    """Hex SHA-256 of the mesh file; None for a remote mesh that was not fetched."""
 
     def canonical(self) -> dict[str, Any]:
         """The fields that define the asset's identity, in a stable JSON-ready form.
 
-        Images and bundles count by content (``sha256:<hex>``) when their bytes were read,
-        by reference otherwise. Tags, ids and line numbers do not count.
+        Images, bundles and meshes count by content (``sha256:<hex>``) when their bytes were
+        read, by reference otherwise. Tags, ids and line numbers do not count. ``mesh`` is
+        present only for mesh requests, so the ids of every other request stay as they were.
         """
-        return {
+        canonical = {
             "kind": self.kind,
             "prompt": self.prompt,
             "image": _content_id(self.image_ref, self.image_sha256),
@@ -70,6 +75,9 @@ class AssetRequest:
             "init": self.init,
             "params": {k: self.params[k] for k in sorted(self.params)},
         }
+        if self.mesh_ref is not None:
+            canonical["mesh"] = _content_id(self.mesh_ref, self.mesh_sha256)
+        return canonical
 
     def canonical_json(self) -> str:
         """:meth:`canonical` as compact JSON with sorted keys."""

@@ -52,6 +52,7 @@ __all__ = [
     "ParamsEntry",
     "check_manifest_params",
     "check_parameter",
+    "keeps_geometry",
     "parameter_class",
     "parse_stage_params",
 ]
@@ -110,6 +111,27 @@ KISS3DGEN_RANGES: dict[str, Range] = {
 """Accepted values of :class:`models.generate.kiss3dgen.params.Kiss3DGenParams` (a bundle taller
 than 2048 pixels is 32k Flux tokens a side: no GPU holds its attention)."""
 
+CONDITIONED_RANGES: dict[str, Range] = {
+    **KISS3DGEN_RANGES,
+    "strength": Range(0.01, 1.0),
+    "controlnet_conditioning_scale": Range(0.0, 10.0),
+    "control_guidance_start": Range(0.0, 1.0),
+    "control_guidance_end": Range(0.0, 1.0),
+    "tile_down_scale": Range(1, 64),
+}
+"""Accepted values of the reference-conditioned generators (``kiss3dgen-mesh``): Kiss3DGen's
+plus img2img strength and the ControlNet's weight and share of the steps."""
+
+IMAGE_TO_BUNDLE_RANGES: dict[str, Range] = {
+    **CONDITIONED_RANGES,
+    "redux_prompt_embeds_scale": Range(0.0, 10.0),
+    "redux_pooled_prompt_embeds_scale": Range(0.0, 10.0),
+    "object_fraction": Range(0.05, 1.0),
+    "reference_size": Range(32, 2048),
+}
+"""Accepted values of ``kiss3dgen-image``: the conditioned ranges plus Redux's scales and the
+centred picture's framing (Redux sees 384-pixel crops; 2048 is ample)."""
+
 STAGE_PARAMS: dict[str, ParamsEntry] = {
     "bundle": ParamsEntry("models.generate.params:BundleParams", "bundle"),
     "init": ParamsEntry("models.reconstruct.init_params:InitParams", "init"),
@@ -138,8 +160,27 @@ GENERATOR_PARAMS: dict[str, ParamsEntry | None] = {
     ),
     "library": ParamsEntry("models.generate.params:LibraryParams", "library"),
     "file": None,
+    "kiss3dgen-mesh": ParamsEntry(
+        "models.generate.kiss3dgen.mesh_to_3d:MeshToBundleParams",
+        "kiss3dgen-mesh",
+        ranges=CONDITIONED_RANGES,
+        check="models.parameters:check_generator_params",
+    ),
+    "kiss3dgen-image": ParamsEntry(
+        "models.generate.kiss3dgen.image_to_3d:ImageToBundleParams",
+        "kiss3dgen-image",
+        ranges=IMAGE_TO_BUNDLE_RANGES,
+        check="models.parameters:check_generator_params",
+    ),
 }
 """Generator name -> its parameters; ``None`` (or a generator not listed) takes none."""
+
+KISS3DGEN_FAMILY = frozenset({"kiss3dgen", "kiss3dgen-mesh", "kiss3dgen-image"})
+"""Generators drawing with Flux + the Kiss3DGen LoRA: their bundle size follows the tile."""
+
+NO_REFINEMENT = {"coarse_steps": 0, "fine_steps": 0, "explicit_steps": 0}
+"""Refinement of an asset that keeps its input geometry (``kiss3dgen-mesh`` ``retexture``): no
+steps, so the refine stage hands the input mesh on and only colours are projected."""
 
 PREFIXED_STAGES = ("refine", "texture", "export", "evaluate")
 """Stages whose manifest keys are ``<stage>_<field>``."""
@@ -153,6 +194,31 @@ it for every row) but not read, so it is not part of their bundle stage's hash."
 def _resolve(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def check_generator_params(params: Any) -> None:
+    """The generator parameter object's own checks across fields (its ``check`` method)."""
+    params.check()
+
+
+def keeps_geometry(generator: str, generator_params: Any) -> bool:
+    """Whether an asset keeps its input mesh's geometry (``kiss3dgen-mesh`` in ``retexture``
+    mode): its init is the input mesh and its refinement takes no steps."""
+    return generator == "kiss3dgen-mesh" and getattr(generator_params, "mode", None) == "retexture"
+
+
+def _check_kept_geometry(init: str, refine_given: Mapping[str, Any]) -> None:
+    """Raise unless a retexture row starts from its input mesh and leaves refinement off."""
+    if init != "mesh":
+        raise ParameterError(
+            f"mode 'retexture' keeps the input geometry: init must be 'mesh', got {init!r}"
+        )
+    for name in NO_REFINEMENT:
+        if name in refine_given:
+            raise ParameterError(
+                f"parameter 'refine_{name}' cannot be set with mode 'retexture': the input "
+                "geometry is kept, refinement takes no steps"
+            )
 
 
 def parameter_class(stage: str) -> type:
@@ -249,6 +315,9 @@ def parse_stage_params(
             entry, given["generator"], {**_generator_defaults(generator, bundle.tile),
                                         **base["generator"]}
         )
+    if keeps_geometry(generator, generator_params):
+        _check_kept_geometry(init, given["refine"])
+        base["refine"] = {**base["refine"], **NO_REFINEMENT}
     built = {
         stage: _build(STAGE_PARAMS[stage], given[stage], base[stage])
         for stage in ("init", *PREFIXED_STAGES)
@@ -301,7 +370,7 @@ def check_parameter(key: str, value: Any) -> None:
 
 def _generator_defaults(generator: str, tile: int) -> dict[str, Any]:
     """A generator's size defaults that follow the bundle's tile."""
-    if generator == "kiss3dgen":
+    if generator in KISS3DGEN_FAMILY:
         return {"height": 2 * tile, "width": 4 * tile}
     return {}
 

@@ -74,6 +74,8 @@ def insert_asset_if_new(
     init: str,
     params: dict[str, Any] | None = None,
     tags: list[str] | None = None,
+    mesh_ref: str | None = None,
+    mesh_sha256: str | None = None,
 ) -> tuple[Asset, bool]:
     """Insert the request ``asset_id`` unless it exists (never updates); returns
     ``(asset, created)``.
@@ -85,7 +87,8 @@ def insert_asset_if_new(
     values = _asset_row(
         utcnow(), asset_id=asset_id, kind=kind, prompt=prompt, image_ref=image_ref,
         image_sha256=image_sha256, bundle_ref=bundle_ref, seed=seed, variant=variant,
-        generator=generator, init=init, params=params, tags=tags,
+        generator=generator, init=init, params=params, tags=tags, mesh_ref=mesh_ref,
+        mesh_sha256=mesh_sha256,
     )
     statement = (
         dialect_insert(session, Asset.__table__)
@@ -114,6 +117,8 @@ def _asset_row(
     init: str,
     params: dict[str, Any] | None = None,
     tags: list[str] | None = None,
+    mesh_ref: str | None = None,
+    mesh_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The column values of a new pending asset."""
     return {
@@ -123,6 +128,8 @@ def _asset_row(
         "image_ref": image_ref,
         "image_sha256": image_sha256,
         "bundle_ref": bundle_ref,
+        "mesh_ref": mesh_ref,
+        "mesh_sha256": mesh_sha256,
         "seed": int(seed),
         "variant": int(variant),
         "generator": generator,

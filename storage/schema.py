@@ -20,7 +20,7 @@ from sqlalchemy.types import TypeDecorator
 EMBEDDING_DIM = 384
 """Length of a prompt embedding (all-MiniLM-L6-v2)."""
 
-ASSET_KINDS = ("prompt", "image", "bundle")
+ASSET_KINDS = ("prompt", "image", "bundle", "mesh")
 ASSET_STATES = ("pending", "running", "succeeded", "failed")
 BATCH_STATUSES = ("running", "finished", "failed")
 BATCH_ITEM_STATUSES = ("accepted", "rejected")
@@ -133,6 +133,10 @@ class Asset(Base):
     image_ref: Mapped[str | None] = mapped_column(sa.Text)
     image_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     bundle_ref: Mapped[str | None] = mapped_column(sa.Text)
+    mesh_ref: Mapped[str | None] = mapped_column(sa.Text)
+    """Store key of a ``mesh`` request's input mesh (``inputs/<sha256>.<ext>``)."""
+    mesh_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    """Hex SHA-256 of the input mesh file (None for a remote mesh accepted by reference)."""
     seed: Mapped[int] = mapped_column(sa.BigInteger)
     variant: Mapped[int] = mapped_column(sa.Integer, default=0)
     generator: Mapped[str] = mapped_column(sa.String(64))

@@ -46,6 +46,9 @@ class AssetSnapshot:
     init: str
     params: dict = field(default_factory=dict)
     tags: list = field(default_factory=list)
+    mesh_ref: str | None = None
+    """Store key of the input mesh of a ``mesh`` request."""
+    mesh_sha256: str | None = None
 
 
 def snapshot(row: Asset) -> AssetSnapshot:
@@ -63,6 +66,8 @@ def snapshot(row: Asset) -> AssetSnapshot:
         init=row.init,
         params=dict(row.params or {}),
         tags=list(row.tags or []),
+        mesh_ref=row.mesh_ref,
+        mesh_sha256=row.mesh_sha256,
     )
 
 
@@ -105,6 +110,8 @@ def plan_stages(asset: AssetSnapshot, config: PipelineConfig) -> StagePlan:
             "image": asset.image_sha256,
             "bundle": asset.bundle_ref,
             "seed": asset.seed,
+            # only mesh requests read a mesh: every other asset keeps its stage hashes
+            **({"mesh": asset.mesh_sha256 or asset.mesh_ref} if asset.mesh_ref else {}),
             **params.read_by("bundle"),
         },
         "init": {"init": asset.init, **params.read_by("init")},

@@ -25,3 +25,8 @@ class PipelineConfig(BaseModel):
     allow_url_fetch: bool = Field(False, description="Allow https:// images in manifests.")
     url_hosts: list[str] = Field(default_factory=list, description="Allowed image URL hosts.")
     max_image_pixels: int = Field(64_000_000, description="Largest accepted manifest image.")
+    # Kiss3DGen's conditioned generators (kiss3dgen-mesh, kiss3dgen-image).
+    flux_memory: str = Field("auto", description="How Flux fits the GPU (FOUNDRY_FLUX_MEMORY).")
+    controlnet_path: str | None = Field(None, description="Flux ControlNet-Union folder.")
+    redux_path: str | None = Field(None, description="Flux Redux folder.")
+    matting_path: str | None = Field(None, description="TorchScript matting model file.")

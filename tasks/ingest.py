@@ -45,6 +45,11 @@ class IngestResult:
     """asset id -> what the user wrote: manifest id, prompt or input file name (for reports)."""
 
 
+#: Manifest params that choose a generator's weights (part of its identity).
+WEIGHT_PARAMS = ("flux_path", "lora_path", "lora_scale", "controlnet_path", "use_controlnet",
+                 "redux_path", "use_redux", "matting_path")
+
+
 def generator_identity(generator: str, config: PipelineConfig, params: dict) -> str:
     """What identifies a generator's weights (paths of the files it loads)."""
     if generator == "kiss3dgen":
@@ -53,7 +58,29 @@ def generator_identity(generator: str, config: PipelineConfig, params: dict) -> 
         return f"kiss3dgen:{flux}:{lora}:{params.get('lora_scale', config.lora_scale)}"
     if generator == "library":
         return f"library:{_library_version(Path(config.library_path))}"
+    if generator in ("kiss3dgen-mesh", "kiss3dgen-image"):
+        return _conditioned_identity(generator, config, params)
     return generator
+
+
+def _conditioned_identity(generator: str, config: PipelineConfig, params: dict) -> str:
+    """The weights a reference-conditioned Kiss3DGen generator loads: Flux, LoRA and its scale,
+    the ControlNet when used; for ``kiss3dgen-image`` also Redux when used, the matting model
+    and the library its coarse bundle comes from."""
+    parts = [
+        generator,
+        str(params.get("flux_path", config.flux_path)),
+        str(params.get("lora_path", config.lora_path)),
+        str(params.get("lora_scale", config.lora_scale)),
+    ]
+    if params.get("use_controlnet", True):
+        parts.append(f"controlnet={params.get('controlnet_path', config.controlnet_path)}")
+    if generator == "kiss3dgen-image":
+        if params.get("use_redux", True):
+            parts.append(f"redux={params.get('redux_path', config.redux_path)}")
+        parts.append(f"matting={params.get('matting_path', config.matting_path)}")
+        parts.append(f"library={_library_version(Path(config.library_path))}")
+    return ":".join(parts)
 
 
 def _library_version(folder: Path) -> str:
@@ -244,8 +271,7 @@ def _asset_values(
 
     Raises :class:`InputNotStored` when the request's image or bundle cannot be stored."""
     params = dict(request.params)
-    key = (request.generator, *(str(params.get(k)) for k in ("flux_path", "lora_path",
-                                                              "lora_scale")))
+    key = (request.generator, *(str(params.get(k)) for k in WEIGHT_PARAMS))
     if key not in identities:  # reading the library's version once, not once per row
         identities[key] = generator_identity(request.generator, config, params)
     return {
@@ -255,6 +281,8 @@ def _asset_values(
         "image_ref": inputs.key(request.image_ref, request.image_sha256),
         "image_sha256": request.image_sha256,
         "bundle_ref": inputs.key(request.bundle_ref, request.bundle_sha256),
+        "mesh_ref": inputs.key(request.mesh_ref, request.mesh_sha256),
+        "mesh_sha256": request.mesh_sha256,
         "seed": request.seed,
         "variant": request.variant,
         "generator": request.generator,
@@ -267,6 +295,8 @@ def _asset_values(
 def _label(request: AssetRequest) -> str:
     """A short human name for a request: its manifest id, else its prompt or input file."""
     text = request.prompt or Path(request.image_ref or request.bundle_ref or "").name
+    if request.mesh_ref:
+        text = f"{Path(request.mesh_ref).name}: {text}"
     if request.item_id:
         text = f"{request.item_id}: {text}"
     if request.variant:

@@ -63,6 +63,7 @@ def bundle_task(asset: AssetSnapshot, plan: StagePlan, config: PipelineConfig) -
             prompt=asset.prompt,
             image=_read_image(io, asset.image_ref) if asset.image_ref else None,
             bundle_path=_fetch_bundle_file(io, asset.bundle_ref) if asset.bundle_ref else None,
+            mesh_path=_fetch_mesh(io, asset.mesh_ref) if asset.mesh_ref else None,
             seed=asset.seed,
             tile=plan.params.bundle.tile,
             params=dict(plan.params.generator_given),
@@ -73,6 +74,10 @@ def bundle_task(asset: AssetSnapshot, plan: StagePlan, config: PipelineConfig) -
             flux_path=config.flux_path,
             lora_path=config.lora_path,
             lora_scale=config.lora_scale,
+            flux_memory=config.flux_memory,
+            controlnet_path=config.controlnet_path,
+            redux_path=config.redux_path,
+            matting_path=config.matting_path,
         )
         generated = generate_bundle(asset.generator, request, context)
         generated.bundle.save(io.local("bundle.png"))
@@ -90,7 +95,8 @@ def bundle_task(asset: AssetSnapshot, plan: StagePlan, config: PipelineConfig) -
 def init_task(
     asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig
 ) -> dict[str, str]:
-    """Stage II start: the coarse mesh ``coarse.glb`` (sphere, library mesh or LRM)."""
+    """Stage II start: the coarse mesh ``coarse.glb`` (sphere, library mesh, LRM, or the
+    request's input mesh)."""
     from models.geometry.glb import export_glb
     from models.reconstruct.init import InitContext, initial_mesh
     from models.reconstruct.refine import sphere_init
@@ -104,6 +110,7 @@ def init_task(
             lrm_path=str(params.lrm_path) if params.lrm_path is not None else None,
             lrm_variant=params.lrm_variant,
             device=torch_device(config.device),
+            mesh_path=_fetch_mesh(io, asset.mesh_ref) if asset.mesh_ref else None,
         )
         mesh = initial_mesh(asset.init, bundle, context)
         if mesh is None:
@@ -261,6 +268,10 @@ def _read_image(io: StageIO, key: str) -> np.ndarray:
     from intake.images import load_reference_image
 
     return load_reference_image(io.fetch(key, "reference" + Path(key).suffix))
+
+
+def _fetch_mesh(io: StageIO, key: str) -> Path:
+    return io.fetch(key, "input_mesh" + Path(key).suffix)
 
 
 def _fetch_bundle_file(io: StageIO, key: str) -> Path:

@@ -53,7 +53,8 @@ def test_every_pipeline_config_field_is_set_from_the_settings(tmp_path):
         data_dir=tmp_path, device="cuda", rasteriser="cpu", tile=128, lease_seconds=30,
         flux_path=Path("/f"), lora_path=Path("/l"), lora_scale=0.5, lrm_path=Path("/m"),
         lrm_variant="instant-mesh-base", worker="w", image_roots=[tmp_path],
-        allow_url_fetch=True, url_hosts=["h"], max_image_pixels=1000,
+        allow_url_fetch=True, url_hosts=["h"], max_image_pixels=1000, flux_memory="fp8",
+        controlnet_path=Path("/c"), redux_path=Path("/r"), matting_path=Path("/t.pt"),
     )
     config = settings.pipeline_config()
     defaults = PipelineConfig(database_url="d", store_url="s", library_path="l")
@@ -63,3 +64,19 @@ def test_every_pipeline_config_field_is_set_from_the_settings(tmp_path):
         and getattr(config, name) == getattr(defaults, name)
     ]
     assert unchanged == []
+
+
+def test_an_unknown_flux_memory_mode_is_refused_naming_the_modes(monkeypatch):
+    monkeypatch.setenv("FOUNDRY_FLUX_MEMORY", "tiny")
+    with pytest.raises(ValueError, match="'auto', 'full', 'offload', 'sequential', 'fp8'"):
+        Settings()
+
+
+def test_the_conditioned_generators_weights_reach_the_pipeline_config(monkeypatch):
+    monkeypatch.setenv("FOUNDRY_FLUX_MEMORY", "offload")
+    monkeypatch.setenv("FOUNDRY_CONTROLNET_PATH", "/w/controlnet")
+    monkeypatch.setenv("FOUNDRY_REDUX_PATH", "/w/redux")
+    monkeypatch.setenv("FOUNDRY_MATTING_PATH", "/w/matting.pt")
+    config = Settings().pipeline_config()
+    assert (config.flux_memory, config.controlnet_path, config.redux_path, config.matting_path) \
+        == ("offload", "/w/controlnet", "/w/redux", "/w/matting.pt")

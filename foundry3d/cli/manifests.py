@@ -1,15 +1,19 @@
-"""CLI command ``foundry3d validate MANIFEST``: which rows become requests, which are rejected."""
+"""CLI command ``foundry3d validate MANIFEST``: which rows become requests, which are rejected.
+
+The report streams: each rejection is printed as soon as its row is judged (``file:line:
+reason``), valid rows only with ``--show-valid`` (one plain line per request), then one summary
+line. Nothing is collected, so a JSONL manifest of a million rows is checked in bounded memory.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from foundry3d.cli.app import app, console
+from foundry3d.cli.app import app
 
 
 @app.command()
@@ -19,65 +23,83 @@ def validate(
         bool,
         typer.Option(
             "--fetch/--no-fetch",
-            help="Download s3:// and allowed https:// images to check and hash them.",
+            help="Download s3:// and allowed https:// images and meshes to check and hash them.",
         ),
     ] = False,
     show_valid: Annotated[
-        bool, typer.Option("--show-valid/--hide-valid", help="List the valid requests too.")
-    ] = True,
+        bool,
+        typer.Option("--show-valid/--hide-valid", help="List the valid requests too, one a line."),
+    ] = False,
 ) -> None:
     """Check a manifest without running anything; exit code 1 if any row is rejected.
 
-    Image folders and URL rules come from FOUNDRY_IMAGE_ROOTS, FOUNDRY_ALLOW_URL_FETCH,
-    FOUNDRY_URL_HOSTS and FOUNDRY_MAX_IMAGE_PIXELS.
+    Image and mesh folders and URL rules come from FOUNDRY_IMAGE_ROOTS, FOUNDRY_ALLOW_URL_FETCH,
+    FOUNDRY_URL_HOSTS and FOUNDRY_MAX_IMAGE_PIXELS. JSONL manifests of any size up to
+    4 GiB are read row by row; a run reads at most 16 MiB at once.
     """
     from foundry3d.settings import get_settings
-    from intake.parse import parse_manifest
+    from intake.limits import MAX_MANIFEST_BYTES, MAX_STREAMED_MANIFEST_BYTES
+    from intake.parse import ManifestRows
     from intake.references import default_fetcher
+    from intake.requests import Rejection
 
     settings = get_settings()
-    parsed = parse_manifest(
+    rows = ManifestRows(
         manifest,
         image_roots=settings.image_roots,
         allow_urls=settings.allow_url_fetch,
         url_hosts=settings.url_hosts,
         max_image_pixels=settings.max_image_pixels,
         fetch=fetch,
-        # s3:// images are read with the configured store's endpoint, as the catalog does
+        # s3:// inputs are read with the configured store's endpoint, as the catalog does
         fetcher=default_fetcher(settings.url_hosts, store_url=settings.resolved_store_url),
+        max_stream_bytes=MAX_STREAMED_MANIFEST_BYTES,
     )
-
-    if show_valid and parsed.requests:
-        table = Table(title=f"valid requests in {escape(str(manifest))}")
-        for column in ("line", "id", "kind", "generator", "init", "seed", "var"):
-            table.add_column(column, no_wrap=column != "id", overflow="fold")
-        table.add_column("source", overflow="fold")
-        folder = manifest.resolve().parent
-        for r in parsed.requests:
-            source = r.prompt or _shown_ref(r.image_ref or r.bundle_ref or "", folder)
-            source = source if len(source) <= 60 else source[:57] + "..."
-            table.add_row(
-                str(r.line), escape(r.item_id or ""), r.kind, r.generator, r.init,
-                str(r.seed), str(r.variant), escape(source),
-            )
-        console.print(table)
-
-    if parsed.rejected:
-        table = Table(title=f"rejected rows in {escape(str(manifest))}", title_style="bold red")
-        table.add_column("where", overflow="fold")
-        table.add_column("reason", overflow="fold")
-        for rejection in parsed.rejected:
-            table.add_row(f"{escape(rejection.file)}:{rejection.line}", escape(rejection.reason))
-        console.print(table)
-
-    rows_ok = len({r.line for r in parsed.requests})
-    colour = "red" if parsed.rejected else "green"
-    console.print(
-        f"[{colour}]{escape(str(manifest))}: {rows_ok} valid row(s) -> "
-        f"{len(parsed.requests)} request(s), {len(parsed.rejected)} rejected[/]"
+    out = sys.stdout
+    folder = manifest.resolve().parent
+    rows_ok = requests = rejected = 0
+    for outcome in rows:
+        if isinstance(outcome, Rejection):
+            rejected += 1
+            out.write(f"{outcome}\n")
+            continue
+        rows_ok += 1
+        requests += len(outcome.requests)
+        if show_valid:
+            _write_valid(out, str(manifest), outcome.requests, folder)
+    out.write(
+        f"{manifest}: {rows_ok} valid row(s) -> {requests} request(s), {rejected} rejected\n"
     )
-    if parsed.rejected:
+    if rows.format == "jsonl" and _size(manifest) > MAX_MANIFEST_BYTES:
+        out.write(
+            f"{manifest}: note: {_size(manifest)} bytes; `foundry3d run` reads manifests of at "
+            f"most {MAX_MANIFEST_BYTES} bytes, split it to run it\n"
+        )
+    out.flush()
+    if rejected:
         raise typer.Exit(code=1)
+
+
+def _write_valid(out: TextIO, file: str, requests: list, folder: Path) -> None:
+    """One line per request: where, what kind, which backends, seed, variant, id, source."""
+    for r in requests:
+        source = r.prompt or _shown_ref(r.image_ref or r.bundle_ref or r.mesh_ref or "", folder)
+        if r.mesh_ref is not None:
+            source = f"{_shown_ref(r.mesh_ref, folder)}: {r.prompt}"
+        source = " ".join(source.split())
+        source = source if len(source) <= 80 else source[:77] + "..."
+        item = f" id={r.item_id}" if r.item_id else ""
+        out.write(
+            f"{file}:{r.line}: ok {r.kind} generator={r.generator} init={r.init} seed={r.seed} "
+            f"variant={r.variant}{item} {source}\n"
+        )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _shown_ref(ref: str, folder: Path) -> str:

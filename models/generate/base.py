@@ -55,3 +55,6 @@ class GeneratorContext:
     lora_path: str | None = None
     lora_scale: float = 1.0
     flux_memory: str | None = None  # FOUNDRY_FLUX_MEMORY: auto|full|offload|sequential|fp8|nf4
+    controlnet_path: str | None = None  # FOUNDRY_CONTROLNET_PATH: Flux ControlNet-Union folder
+    redux_path: str | None = None  # FOUNDRY_REDUX_PATH: Flux Redux folder
+    matting_path: str | None = None  # FOUNDRY_MATTING_PATH: TorchScript matting model

@@ -3,6 +3,7 @@
 ``sphere``  refinement's own icosphere (returns None: refine_mesh starts from a sphere).
 ``library`` the mesh the library generator retrieved, placed in the bundle frame.
 ``lrm``     the coarse mesh predicted by the LRM from the bundle's colour views.
+``mesh``    the request's own input mesh (``kiss3dgen-mesh``), placed in the bundle frame.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class InitContext:
     lrm_path: str | None = None
     lrm_variant: str = "prm"
     device: str = "cpu"
+    mesh_path: Path | None = None
+    """The input mesh of a ``mesh`` request (source frame), for init ``mesh``."""
 
 
 def init_sphere(bundle: Bundle, context: InitContext) -> trimesh.Trimesh | None:
@@ -68,10 +71,30 @@ def init_from_lrm(bundle: Bundle, context: InitContext) -> trimesh.Trimesh:
     return lrm_init(bundle, context.lrm_path, variant=context.lrm_variant, device=context.device)
 
 
+def init_from_input_mesh(bundle: Bundle, context: InitContext) -> trimesh.Trimesh:
+    """The request's input mesh, moved into the bundle frame with the sidecar's ``scale``,
+    ``offset`` and ``source_up`` (those of the render ``kiss3dgen-mesh`` re-drew): enhance and
+    edit refine it, a retexture keeps it as it is."""
+    from models.geometry.mesh import load_mesh, to_y_up
+
+    if context.mesh_path is None:
+        raise InitInputError("init 'mesh' needs a 'mesh' request (an input mesh)")
+    if "source_up" not in bundle.spec.extra:
+        raise InitInputError(
+            "init 'mesh' needs a bundle made from the input mesh by kiss3dgen-mesh (no "
+            "source_up in its sidecar)"
+        )
+    mesh = to_y_up(load_mesh(context.mesh_path), bundle.spec.extra["source_up"])
+    offset = np.asarray(bundle.spec.offset, dtype=np.float64)
+    mesh.vertices = (np.asarray(mesh.vertices) - offset) * bundle.spec.scale
+    return mesh
+
+
 INITIALISERS: dict[str, Callable[[Bundle, InitContext], trimesh.Trimesh | None]] = {
     "sphere": init_sphere,
     "library": init_from_library,
     "lrm": init_from_lrm,
+    "mesh": init_from_input_mesh,
 }
 
 

@@ -320,9 +320,15 @@ def refine_mesh(
     ``None`` for a sphere. ``rasteriser``: a :class:`models.raster.base.Rasteriser` (the
     automatic choice of :func:`models.raster.get_rasteriser` when ``None``). ``progress`` is
     called after every step with ``(step, total_steps, losses)`` where ``losses`` maps names to
-    floats. Map the result to the source frame with :func:`to_source_frame`.
+    floats. With no steps at all, a copy of ``init_mesh`` comes back unchanged. Map the result
+    to the source frame with :func:`to_source_frame`.
     """
     params = params or RefineParams()
+    steps = params.coarse_steps + params.fine_steps + params.explicit_steps
+    if init_mesh is not None and steps == 0:
+        # Nothing to fit: the initial mesh is the result, untouched (a retexture keeps its
+        # input geometry; remeshing it without fitting would only lose detail).
+        return init_mesh.copy()
     threads = torch.get_num_threads()
     if params.torch_threads is not None:
         torch.set_num_threads(params.torch_threads)

@@ -53,7 +53,7 @@ def test_each_bad_manifest_prints_its_reason_and_exits_one(
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     flat = _flat(result.output)
-    assert f"{name}:{line} " in flat
+    assert f"{name}:{line}: " in flat
     assert _flat(reason) in flat
     assert f"-> {valid} request(s)" in flat
 

@@ -13,7 +13,7 @@ sigmas), built from the cached Flux models.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +97,9 @@ class ImagePrompt:
 
 def params_for_request(cls: type[Kiss3DGenParams], request, context) -> Kiss3DGenParams:
     """``cls`` params for a :class:`models.generate.base.GenerationRequest`: the manifest's
-    ``request.params`` over the context (Flux/LoRA paths, LoRA scale, device, memory mode) over
-    the class defaults; the size follows the request's tile. Bad values raise
-    :class:`models.generate.base.GeneratorInputError` naming them."""
+    ``request.params`` over the context (Flux/LoRA/ControlNet/Redux/matting paths, LoRA scale,
+    device, memory mode) over the class defaults; the size follows the request's tile. Bad
+    values raise :class:`models.generate.base.GeneratorInputError` naming them."""
     from models.generate.base import GeneratorInputError
 
     defaults = {
@@ -111,6 +111,11 @@ def params_for_request(cls: type[Kiss3DGenParams], request, context) -> Kiss3DGe
         "height": 2 * request.tile,
         "width": 4 * request.tile,
     }
+    # Weights folders from settings, for the params classes that have them.
+    own = {f.name for f in fields(cls)}
+    for name in ("controlnet_path", "redux_path", "matting_path"):
+        if name in own:
+            defaults[name] = getattr(context, name, None)
     try:
         return cls.from_mapping(request.params, **defaults)
     except Kiss3DGenParamsError as exc:
