@@ -70,10 +70,12 @@ def read_text(path: Path) -> tuple[str, str]:
         raise FileProblem(0, "manifest file not found") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise FileProblem(0, f"manifest cannot be opened: {_os_reason(exc)}") from None
+    # fstat before fdopen: opening a folder's descriptor as a file object raises.
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise FileProblem(0, "manifest path is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise FileProblem(0, "manifest path is not a regular file")
         if info.st_size > MAX_MANIFEST_BYTES:
             raise FileProblem(
                 0, f"manifest is {info.st_size} bytes, more than the limit of {MAX_MANIFEST_BYTES}"

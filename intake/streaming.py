@@ -39,10 +39,12 @@ class JsonlStream:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise FileProblem(0, f"manifest cannot be opened: {reason}") from None
         digest = hashlib.sha256()
+        # fstat before fdopen: opening a folder's descriptor as a file object raises.
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise FileProblem(0, "manifest path is not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise FileProblem(0, "manifest path is not a regular file")
             if info.st_size > self.max_bytes:
                 raise FileProblem(
                     0, f"manifest is {info.st_size} bytes, more than the limit of {self.max_bytes}"

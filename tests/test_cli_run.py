@@ -87,10 +87,10 @@ def _read_error(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (_directory, "not a file"),
-        (_fifo, "not a file"),
+        (_directory, "not a regular file"),
+        (_fifo, "not a regular file"),
         (_utf16, "not UTF-8"),
-        (_read_error, "cannot read it"),
+        (_read_error, "cannot be read"),
         (lambda tmp_path: tmp_path / "missing.yaml", "not found"),
     ],
     ids=["directory", "fifo", "utf16", "read-error", "missing"],
