@@ -81,7 +81,7 @@ def _check_params(value: Any) -> Any:
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 Variants = Annotated[StrictInt, Field(ge=1, le=MAX_VARIANTS)]
 GeneratorName = Literal["library", "kiss3dgen", "file"]
-InitName = Literal["sphere", "library", "lrm"]
+InitName = Literal["hull", "sphere", "library", "lrm"]
 
 
 class _ManifestFields(BaseModel):
@@ -129,7 +129,7 @@ class ManifestItem(_ManifestFields):
     tags: list[str] = Field(default_factory=list)
     generator: GeneratorName | None = None
     """Stage-I backend; ``library`` by default, always ``file`` for a bundle."""
-    init: InitName = "sphere"
+    init: InitName = "hull"
     """Coarse-mesh backend."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Stage parameter overrides (scalars only)."""

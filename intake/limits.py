@@ -21,7 +21,7 @@ FETCH_TIMEOUT_S = 20.0
 RAW_CHARS = 300  # how much of a rejected row's text is kept for the report
 
 GENERATORS = ("library", "kiss3dgen", "file")
-INITS = ("sphere", "library", "lrm")
+INITS = ("hull", "sphere", "library", "lrm")
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 CSV_COLUMNS = (
     "prompt", "image", "bundle", "id", "seed", "variants", "tags", "generator", "init", "params",

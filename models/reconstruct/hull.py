@@ -23,8 +23,9 @@ import trimesh
 from models.bundle.cameras import BundleCameras
 from models.bundle.spec import Bundle
 
-#: Half side of the carved cube (bundle frame); the normalised object lies within 0.9.
-HULL_BOX = 1.0
+#: Half side of the carved cube (bundle frame); the normalised object lies within 0.9,
+#: and refinement accepts an init within 1 without rescaling it.
+HULL_BOX = 0.95
 #: Occupancy level of the extracted surface (masks are 0 outside, 1 inside).
 HULL_LEVEL = 0.5
 

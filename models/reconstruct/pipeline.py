@@ -31,11 +31,11 @@ from models.reconstruct.texture import project_colours
 from models.reconstruct.visibility import unseen_area_fraction
 
 #: Refinement schedule per init, over :class:`RefineParams`' defaults (the sphere's schedule).
-#: A visual hull already has the silhouettes right: a short coarse phase, and both phases end
-#: once the loss stops improving.
+#: A visual hull already has the silhouettes and holes right, so both phases end once the loss
+#: stops improving (a 4-view hull is still loose at the corners between views, e.g. a can's hull
+#: is a rounded square prism: the coarse phase keeps room to pull those in).
 INIT_SCHEDULES: dict[str, dict] = {
-    "hull": {"coarse_steps": 30, "fine_steps": 90, "plateau_steps": 12,
-             "plateau_tolerance": 0.01},
+    "hull": {"coarse_steps": 80, "fine_steps": 100, "plateau_steps": 15},
     "sphere": {},
     "library": {"coarse_steps": 40, "fine_steps": 100, "plateau_steps": 15},
     "lrm": {"coarse_steps": 60, "fine_steps": 100, "plateau_steps": 15},
