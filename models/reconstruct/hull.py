@@ -77,20 +77,20 @@ def carve_occupancy(bundle: Bundle, grid: int) -> np.ndarray:
     tile = masks.shape[1]
     step = 2.0 * HULL_BOX / grid
     axis = -HULL_BOX + (np.arange(grid) + 0.5) * step
-    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
-    points = np.stack([x.ravel(), y.ravel(), z.ravel(), np.ones(x.size)], axis=1)
-    occupancy = np.ones(x.size, dtype=np.float32)
-    alive = np.arange(x.size)
+    axis = axis.astype(np.float32)
+    occupancy = np.ones((grid, grid, grid), dtype=np.float32)
     for view in range(len(cams)):
-        # Only voxels every earlier view kept can still be inside: project those alone.
-        clip = points[alive] @ cams.mvp[view].T
-        ndc = clip[:, :2] / clip[:, 3:4]
-        px = (ndc[:, 0] + 1.0) * tile / 2.0 - 0.5
-        py = (1.0 - ndc[:, 1]) * tile / 2.0 - 0.5
-        value = _bilinear(masks[view], px, py)
-        occupancy[alive] = np.minimum(occupancy[alive], value)
-        alive = alive[value > 0.0]
-    occupancy[np.setdiff1d(np.arange(x.size), alive, assume_unique=True)] = 0.0
+        m = cams.mvp[view].astype(np.float32)
+
+        def row(r: int, m: np.ndarray = m) -> np.ndarray:
+            # Clip coordinate r over the whole grid as an outer sum (the grid is separable).
+            return (m[r, 0] * axis[:, None, None] + m[r, 1] * axis[None, :, None]
+                    + m[r, 2] * axis[None, None, :] + m[r, 3])
+
+        w = row(3)
+        px = (row(0) / w + 1.0) * (tile / 2.0) - 0.5
+        py = (1.0 - row(1) / w) * (tile / 2.0) - 0.5
+        np.minimum(occupancy, _bilinear(masks[view], px, py), out=occupancy)
     return occupancy.reshape(grid, grid, grid)
 
 
@@ -112,20 +112,34 @@ def visual_hull(bundle: Bundle, params: HullParams | None = None) -> trimesh.Tri
     step = 2.0 * HULL_BOX / params.grid
     verts, faces, _, _ = marching_cubes(padded, level=HULL_LEVEL, spacing=(step, step, step))
     verts = verts - (HULL_BOX + 0.5 * step)  # padded index 1 is voxel 0's centre
-    mesh = trimesh.Trimesh(verts, faces, process=True)
-    mesh = _drop_specks(mesh, params.min_component_fraction)
-    if mesh.volume < 0:
-        mesh.invert()
+    faces = _drop_specks(verts, faces.astype(np.int64), params.min_component_fraction)
+    tri = verts[faces]
+    signed_volume = np.einsum("fi,fi->f", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()
+    if signed_volume < 0:
+        faces = faces[:, ::-1]
+    mesh = trimesh.Trimesh(verts.astype(np.float64), faces, process=False)
+    mesh.remove_unreferenced_vertices()
     return mesh
 
 
-def _drop_specks(mesh: trimesh.Trimesh, fraction: float) -> trimesh.Trimesh:
-    parts = mesh.split(only_watertight=False)
-    if len(parts) <= 1:
-        return mesh
-    areas = np.array([p.area for p in parts])
-    keep = [p for p, a in zip(parts, areas, strict=True) if a >= fraction * areas.max()]
-    return trimesh.util.concatenate(keep)
+def _drop_specks(verts: np.ndarray, faces: np.ndarray, fraction: float) -> np.ndarray:
+    """``faces`` without the components whose area is below ``fraction`` of the largest's."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(verts)
+    rows = faces[:, [0, 1, 2]].ravel()
+    cols = faces[:, [1, 2, 0]].ravel()
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    if count <= 1:
+        return faces
+    tri = verts[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    face_label = labels[faces[:, 0]]
+    per_part = np.bincount(face_label, weights=area, minlength=count)
+    keep = per_part >= fraction * per_part.max()
+    return faces[keep[face_label]]
 
 
 def _bilinear(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
