@@ -6,7 +6,8 @@ render its bundle with :func:`models.render.views.render_bundle`, reconstruct it
 reconstruct``), and print one row per mesh: F-score at 0.05 and Chamfer distance of the initial
 mesh (the visual hull by default) and of the result, the result's F@0.1, mean normal angle error
 and mask IoU of a re-render, colour PSNR, the share of surface no view sees, which mesh the
-guard kept, seconds of the pipeline and peak memory; then the medians. Distances are in
+guard kept, wall-clock and CPU seconds of the pipeline (CPU seconds say what it costs on a
+loaded machine) and peak memory; then the medians. Distances are in
 bundle-frame units (the object spans 1.8).
 
     PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 12 --tile 512
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rasteriser {rasteriser.name}, tile {args.tile}, init {args.init}, params {params}")
     header = (f"{'mesh':28s} {'iF@.05':>6s} {'iCD':>7s} {'F@0.05':>7s} {'CD':>7s} {'F@0.1':>6s} "
               f"{'nerr°':>6s} {'IoU':>6s} {'PSNR':>6s} {'unseen':>6s} {'kept':>7s} {'faces':>6s} "
-              f"{'sec':>6s} {'MiB':>6s}")
+              f"{'sec':>6s} {'cpu s':>6s} {'MiB':>6s}")
     print(header)
     rows = []
     for path in paths:
@@ -90,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         bundle = render_bundle(source, tile=args.tile, up=up, rasteriser=rasteriser)
         reference, _, _ = normalise_mesh(source, up=up)
         start = time.perf_counter()
+        cpu_start = time.process_time()
         result = reconstruct_bundle(bundle, args.init, params, rasteriser=rasteriser,
                                     keep_better=not args.no_guard)
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
         scores = chamfer_fscore(result.mesh, reference)
         init_scores = chamfer_fscore(result.init_mesh, reference)
         rerender = render_metrics(bundle, result.coloured, rasteriser=rasteriser)
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             "kept": result.kept,
             "faces": len(result.mesh.faces),
             "seconds": seconds,
+            "cpu": cpu_seconds,
             "mib": peak_rss_mib(),
         }
         rows.append(row)
@@ -133,7 +137,7 @@ def _format(row: dict) -> str:
     return (f"{row['name'][:28]:28s} {row['init_f05']:6.3f} {row['init_cd']:7.4f} "
             f"{row['f05']:7.3f} {row['cd']:7.4f} {row['f10']:6.3f} {row['nerr']:6.2f} "
             f"{row['iou']:6.3f} {row['psnr']:6.2f} {row['unseen']:6.3f} {row['kept']:>7s} "
-            f"{int(row['faces']):6d} {row['seconds']:6.1f} {row['mib']:6.0f}")
+            f"{int(row['faces']):6d} {row['seconds']:6.1f} {row['cpu']:6.1f} {row['mib']:6.0f}")
 
 
 if __name__ == "__main__":

@@ -67,3 +67,23 @@ def test_unknown_hull_param_names_the_nearest():
 def test_hull_grid_out_of_range_is_refused():
     with pytest.raises(HullParamsError, match="grid"):
         HullParams.from_mapping({"grid": 4})
+
+
+def test_rounding_pulls_a_cylinders_hull_toward_the_cylinder():
+    # Four views alone leave a cylinder's hull a rounded square prism.
+    cylinder = trimesh.creation.cylinder(radius=0.5, height=0.8, sections=64)
+    cylinder.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    bundle = render_bundle(cylinder, tile=128)
+    reference, _, _ = normalise_mesh(cylinder)
+    plain = visual_hull(bundle, HullParams(grid=48, round_corners=False))
+    rounded = visual_hull(bundle, HullParams(grid=48, round_corners=True))
+    assert abs(rounded.volume - reference.volume) < 0.7 * abs(plain.volume - reference.volume)
+    assert rounded.euler_number == 2
+
+
+def test_rounding_leaves_a_box_square():
+    box = trimesh.creation.box((1.0, 0.6, 0.8))
+    bundle = render_bundle(box, tile=128)
+    plain = visual_hull(bundle, HullParams(grid=48, round_corners=False))
+    rounded = visual_hull(bundle, HullParams(grid=48, round_corners=True))
+    assert rounded.volume == pytest.approx(plain.volume, rel=0.02)
