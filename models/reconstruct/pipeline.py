@@ -28,7 +28,7 @@ from models.bundle.spec import Bundle
 from models.reconstruct.init import InitContext, fit_in_box, initial_mesh
 from models.reconstruct.refine import Progress, RefineParams, refine_mesh, view_error
 from models.reconstruct.texture import project_colours
-from models.reconstruct.visibility import unseen_area_fraction
+from models.reconstruct.visibility import outside_mask_area_fraction, unseen_area_fraction
 
 #: Refinement schedule per init, over :class:`RefineParams`' defaults (the sphere's schedule).
 #: A visual hull already has the silhouettes and holes right, so both phases end once the loss
@@ -64,7 +64,8 @@ class Reconstruction:
     """``"refined"`` or ``"init"``: which of the two the guard kept."""
     metrics: dict[str, float] = field(default_factory=dict)
     """View losses (``view_normal``, ``view_mask``, ``view_loss``, ``init_view_loss``),
-    ``unseen_area_fraction``, ``mesh_faces``, ``mesh_components``, ``mesh_watertight``."""
+    ``unseen_area_fraction``, ``outside_mask_area_fraction`` (surface the views rule out:
+    membranes), ``mesh_faces``, ``mesh_components``, ``mesh_watertight``."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per step: ``init``, ``refine``, ``guard``, ``texture``, ``metrics``, ``total``."""
 
@@ -151,6 +152,8 @@ def reconstruct_bundle(
     metrics = dict(losses)
     metrics["unseen_area_fraction"] = unseen_area_fraction(bundle.spec, mesh,
                                                            rasteriser=rasteriser)
+    metrics["outside_mask_area_fraction"] = outside_mask_area_fraction(bundle.masks(),
+                                                                       bundle.spec, mesh)
     metrics["mesh_faces"] = float(len(mesh.faces))
     metrics["mesh_components"] = float(len(mesh.split(only_watertight=False)))
     metrics["mesh_watertight"] = float(mesh.is_watertight)

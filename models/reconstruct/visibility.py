@@ -78,3 +78,39 @@ def unseen_area_fraction(
     areas = np.asarray(mesh.area_faces, dtype=np.float64)
     total = float(areas.sum())
     return float(areas[~seen].sum() / total) if total > 0 else 0.0
+
+
+#: Pixels (at the bundle's tile size) a face centroid may fall outside a mask before it counts.
+OUTSIDE_MASK_SLACK_PX = 2
+
+
+def outside_mask_area_fraction(
+    masks: np.ndarray, spec: BundleSpec, mesh: trimesh.Trimesh
+) -> float:
+    """Share in [0, 1] of ``mesh``'s surface area that projects outside some view's mask.
+
+    ``masks``: ``(4, T, T)`` bool, the bundle's foreground masks. No point of the real object
+    projects outside any mask, so this area is surface the views rule out: membranes spanning
+    a gap, webs across a hole. Masks are dilated by :data:`OUTSIDE_MASK_SLACK_PX` so
+    anti-aliased rims do not count.
+    """
+    from scipy.ndimage import binary_dilation
+
+    if len(mesh.faces) == 0:
+        return 0.0
+    cams = BundleCameras.from_spec(spec)
+    tile = masks.shape[1]
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    centroids = vertices[np.asarray(mesh.faces)].mean(axis=1)
+    homo = np.concatenate([centroids, np.ones((len(centroids), 1))], axis=1)
+    outside = np.zeros(len(centroids), dtype=bool)
+    for view in range(len(cams)):
+        grown = binary_dilation(masks[view], iterations=OUTSIDE_MASK_SLACK_PX)
+        clip = homo @ cams.mvp[view].T
+        ndc = clip[:, :2] / clip[:, 3:4]
+        px = np.clip(np.round((ndc[:, 0] + 1) * tile / 2 - 0.5), 0, tile - 1).astype(int)
+        py = np.clip(np.round((1 - ndc[:, 1]) * tile / 2 - 0.5), 0, tile - 1).astype(int)
+        outside |= ~grown[py, px]
+    areas = np.asarray(mesh.area_faces, dtype=np.float64)
+    total = float(areas.sum())
+    return float(areas[outside].sum() / total) if total > 0 else 0.0

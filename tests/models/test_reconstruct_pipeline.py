@@ -150,3 +150,21 @@ def test_reconstruct_cli_refuses_an_unknown_init_in_one_line(tmp_path):
                                  "--init", "spehre"])
     assert isinstance(result.exception, UserError)
     assert "--init must be one of" in str(result.exception)
+
+
+def test_a_membrane_between_two_parts_counts_as_outside_the_masks():
+    from models.reconstruct.visibility import outside_mask_area_fraction
+
+    left = trimesh.creation.box((0.5, 0.5, 0.5))
+    right = left.copy()
+    left.apply_translation([-0.6, 0.0, 0.0])
+    right.apply_translation([0.6, 0.0, 0.0])
+    parts = trimesh.util.concatenate([left, right])
+    bundle = render_bundle(parts, tile=128, normalise=False)
+    assert outside_mask_area_fraction(bundle.masks(), bundle.spec, parts) == 0.0
+    # One block spanning both parts and the gap: the gap's share of it is ruled out.
+    webbed = trimesh.creation.box((1.7, 0.5, 0.5))
+    webbed = trimesh.Trimesh(*trimesh.remesh.subdivide_to_size(webbed.vertices, webbed.faces,
+                                                                0.05))
+    fraction = outside_mask_area_fraction(bundle.masks(), bundle.spec, webbed)
+    assert 0.2 < fraction < 0.6
