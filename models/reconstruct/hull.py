@@ -94,6 +94,7 @@ def carve_occupancy(bundle: Bundle, grid: int, round_corners: bool = False) -> n
     (:func:`_row_offsets`).
     """
     masks = bundle.masks().astype(np.float32)  # (4, T, T), row 0 at the top
+    normals = bundle.normals() if round_corners else None  # (4, T, T, 3) camera space
     cams = BundleCameras.from_spec(bundle.spec)
     tile = masks.shape[1]
     step = 2.0 * HULL_BOX / grid
@@ -121,7 +122,8 @@ def carve_occupancy(bundle: Bundle, grid: int, round_corners: bool = False) -> n
             lateral = (r[0] * axis[:, None, None] + r[1] * axis[None, :, None]
                        + r[2] * axis[None, None, :])
             scale = float(bundle.spec.distance / cams.projection[0, 0]) * 2.0 / tile
-            offsets.append(_row_offsets(bundle, view, lateral, py, scale))
+            rows = silhouette_rows(masks[view] > 0.5, normals[view])
+            offsets.append(_row_offsets(rows, lateral, py, scale))
     if round_corners:
         # Adjacent views look along perpendicular axes: a voxel at normalised offsets (uA, uB)
         # from the two silhouettes' centres is inside the inscribed ellipse when
@@ -186,8 +188,11 @@ def _drop_specks(verts: np.ndarray, faces: np.ndarray, fraction: float) -> np.nd
     return faces[keep[face_label]]
 
 
-def silhouette_rows(bundle: Bundle, view: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per image row of ``view``: silhouette ``left`` and ``right`` pixel columns ``(T,)`` float
+def silhouette_rows(
+    mask: np.ndarray, normals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one view's ``mask`` ``(T, T)`` bool and camera-space ``normals`` ``(T, T, 3)``, per
+    image row: silhouette ``left`` and ``right`` pixel columns ``(T,)`` float
     (NaN on empty rows) and ``round`` ``(T, 2)`` bool, whether the surface turns toward the
     left / right silhouette.
 
@@ -195,8 +200,6 @@ def silhouette_rows(bundle: Bundle, view: int) -> tuple[np.ndarray, np.ndarray, 
     round section's normal there still points well sideways (``|n_x| = 0.75`` for a circle), a
     flat face's points at the camera (``n_x = 0``); a rounded edge narrower than that reads flat.
     """
-    mask = bundle.masks()[view]
-    normals = bundle.normals()[view]
     tile = mask.shape[0]
     has = mask.any(axis=1)
     left = np.where(has, np.argmax(mask, axis=1), 0)
@@ -220,14 +223,18 @@ def silhouette_rows(bundle: Bundle, view: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _row_offsets(
-    bundle: Bundle, view: int, lateral: np.ndarray, py: np.ndarray, scale: float
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    lateral: np.ndarray,
+    py: np.ndarray,
+    scale: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For voxels at camera-x ``lateral`` (bundle units) projecting to rows ``py`` of ``view``:
+    """For voxels at camera-x ``lateral`` (bundle units) projecting to rows ``py`` of a view
+    whose :func:`silhouette_rows` are ``rows``:
     the normalised offset from their row's silhouette centre (-1 at the left edge, +1 at the
     right), whether the surface turns on that side, and the row's half width in voxel-ramp
     units (pixels); arrays shaped like ``lateral``. ``scale`` turns pixels into bundle units at
     the origin's depth."""
-    left, right, round_side = silhouette_rows(bundle, view)
+    left, right, round_side = rows
     tile = len(left)
     row = np.clip(np.round(py), 0, tile - 1).astype(np.int64)
     lo = (left[row] + 0.5 - tile / 2.0) * scale
