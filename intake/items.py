@@ -104,7 +104,7 @@ def _check_params(value: Any) -> Any:
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 Variants = Annotated[StrictInt, Field(ge=1, le=MAX_VARIANTS)]
 GeneratorName = Literal["library", "kiss3dgen", "file", "kiss3dgen-mesh", "kiss3dgen-image"]
-InitName = Literal["sphere", "library", "lrm", "mesh"]
+InitName = Literal["hull", "sphere", "library", "lrm", "mesh"]
 
 
 class _ManifestFields(BaseModel):
@@ -157,7 +157,8 @@ class ManifestItem(_ManifestFields):
     """Stage-I backend; ``library`` by default, always ``file`` for a bundle, always
     ``kiss3dgen-mesh`` for a mesh."""
     init: InitName | None = None
-    """Coarse-mesh backend; ``sphere`` by default, ``mesh`` (the input mesh) for a mesh."""
+    """Coarse-mesh backend; ``hull`` (the visual hull) by default, ``mesh`` (the input mesh)
+    for a mesh."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Stage parameters, flat scalars (``tile``, generator and init fields, ``refine_<field>``,
     ...): see :mod:`models.parameters`."""
@@ -214,7 +215,7 @@ class ManifestItem(_ManifestFields):
             raise ValueError(f"item has both {given[0]!r} and {given[1]!r}; give exactly one")
         if self.init == "mesh":
             raise ValueError("init 'mesh' starts from an input mesh: it needs a 'mesh' item")
-        self.init = self.init or "sphere"
+        self.init = self.init or "hull"
         if self.generator == "kiss3dgen-mesh":
             raise ValueError("generator 'kiss3dgen-mesh' needs a 'mesh' item (an input mesh)")
         if self.generator == "kiss3dgen-image" and self.image is None:

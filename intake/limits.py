@@ -36,7 +36,7 @@ FETCH_TIMEOUT_S = 20.0
 RAW_CHARS = 300  # how much of a rejected row's text is kept for the report
 
 GENERATORS = ("library", "kiss3dgen", "file", "kiss3dgen-mesh", "kiss3dgen-image")
-INITS = ("sphere", "library", "lrm", "mesh")
+INITS = ("hull", "sphere", "library", "lrm", "mesh")
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 CSV_COLUMNS = (
     "prompt", "image", "bundle", "mesh", "id", "seed", "variants", "tags", "generator", "init",

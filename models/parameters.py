@@ -41,7 +41,7 @@ from models.param_fields import (
     plain_values,
     unknown_name_message,
 )
-from models.reconstruct.init_params import READ_BY_INIT, InitParams
+from models.reconstruct.init_params import INIT_SCHEDULES, READ_BY_INIT, InitParams
 
 __all__ = [
     "GENERATOR_PARAMS",
@@ -94,6 +94,8 @@ REFINE_RANGES: dict[str, Range] = {
     "laplacian_weight": Range(0.0, 1000.0),
     "remesh_interval": Range(1, 1000),
     "torch_threads": Range(1, 256),
+    "plateau_steps": Range(0, 5000),
+    "plateau_tolerance": Range(0.0, 1.0),
 }
 """Accepted values of :class:`models.reconstruct.refine.RefineParams` (steps 0..5000; render
 resolutions up to 2048: four 2048^2 views with gradients are the most a worker's memory holds)."""
@@ -315,6 +317,9 @@ def parse_stage_params(
             entry, given["generator"], {**_generator_defaults(generator, bundle.tile),
                                         **base["generator"]}
         )
+    # Each init has its refinement schedule (a visual hull needs fewer steps than a sphere);
+    # it sits beneath what the manifest and the pipeline set, and enters the refine hash.
+    base["refine"] = {**INIT_SCHEDULES.get(init, INIT_SCHEDULES["mesh"]), **base["refine"]}
     if keeps_geometry(generator, generator_params):
         _check_kept_geometry(init, given["refine"])
         base["refine"] = {**base["refine"], **NO_REFINEMENT}

@@ -98,8 +98,9 @@ def init_task(
     """Stage II start: the coarse mesh ``coarse.glb`` (sphere, library mesh, LRM, or the
     request's input mesh)."""
     from models.geometry.glb import export_glb
-    from models.reconstruct.init import InitContext, initial_mesh
-    from models.reconstruct.refine import sphere_init
+    from models.reconstruct.hull import HullParams
+    from models.reconstruct.init import InitContext
+    from models.reconstruct.pipeline import initial_mesh
 
     params = plan.params.init
 
@@ -110,11 +111,11 @@ def init_task(
             lrm_path=str(params.lrm_path) if params.lrm_path is not None else None,
             lrm_variant=params.lrm_variant,
             device=torch_device(config.device),
+            sphere_radius=params.sphere_radius,
+            hull=HullParams(grid=params.hull_resolution),
             mesh_path=_fetch_mesh(io, asset.mesh_ref) if asset.mesh_ref else None,
         )
         mesh = initial_mesh(asset.init, bundle, context)
-        if mesh is None:
-            mesh = sphere_init(params.sphere_radius)
         export_glb(mesh, io.local("coarse.glb"))
         io.publish("coarse.glb")
         return {"init_faces": float(len(mesh.faces))}
@@ -128,7 +129,8 @@ def refine_task(
 ) -> dict[str, str]:
     """ISOMER-style refinement of the coarse mesh against the normal maps: ``refined.glb``."""
     from models.geometry.glb import export_glb
-    from models.reconstruct.refine import refine_mesh
+    from models.reconstruct.pipeline import refine
+    from models.reconstruct.visibility import outside_mask_area_fraction, unseen_area_fraction
 
     def work(io: StageIO) -> dict:
         bundle = _load_bundle(io, inputs)
@@ -140,13 +142,24 @@ def refine_task(
         def report(step: int, total: int, losses: dict) -> None:
             io.progress(step, total, ", ".join(f"{k} {v:.3g}" for k, v in losses.items()))
 
-        refined = refine_mesh(
-            bundle, coarse, params, rasteriser=rasteriser_for(config.rasteriser, device),
-            progress=report,
+        rasteriser = rasteriser_for(config.rasteriser, device)
+        # The guard keeps the coarse mesh when refinement matched the views worse than it.
+        refined, kept, losses = refine(
+            bundle, coarse, params, rasteriser=rasteriser, progress=report
         )
         export_glb(refined, io.local("refined.glb"))
         io.publish("refined.glb")
-        return {"refined_faces": float(len(refined.faces))}
+        return {
+            "refined_faces": float(len(refined.faces)),
+            "refine_kept_init": float(kept == "init"),
+            **{f"refine_{k}": float(v) for k, v in losses.items()},
+            "unseen_area_fraction": unseen_area_fraction(
+                bundle.spec, refined, rasteriser=rasteriser
+            ),
+            "outside_mask_area_fraction": outside_mask_area_fraction(
+                bundle.masks(), bundle.spec, refined
+            ),
+        }
 
     return _run(config, asset, plan, "refine", work)
 

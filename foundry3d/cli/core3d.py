@@ -69,8 +69,10 @@ def reconstruct_command(
     bundle_path: Annotated[Path, typer.Argument(help="Bundle PNG (sidecar beside it, if any).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="GLB to write.")],
     init: Annotated[
-        str, typer.Option(help="'sphere', or a mesh file in the bundle's source frame.")
-    ] = "sphere",
+        str,
+        typer.Option(help="'hull' (visual hull of the masks), 'sphere', 'library', 'lrm', or a "
+                          "mesh file in the bundle's source frame."),
+    ] = "hull",
     init_up: Annotated[str, typer.Option(help="Up axis of an --init mesh: y or z.")] = "y",
     preview: Annotated[Path | None, typer.Option(help="Also write a preview sheet PNG.")] = None,
     reference: Annotated[
@@ -81,16 +83,15 @@ def reconstruct_command(
     fine_steps: Annotated[int | None, typer.Option(help="Fine-phase steps.")] = None,
     texture: Annotated[bool, typer.Option(help="Project the colour views onto the mesh.")] = True,
 ) -> None:
-    """Reconstruct a textured GLB from a bundle image: ISOMER-style refinement against its normal
-    maps and masks (from a sphere or a given mesh), then colour projection from its 4 views.
+    """Reconstruct a textured GLB from a bundle image: an initial mesh (the visual hull of its
+    masks by default), ISOMER-style refinement against its normal maps and masks, then colour
+    projection from its 4 views (models.reconstruct.pipeline).
 
     The GLB is in the bundle frame (+Y up, front +Z, object within [-0.9, 0.9]^3); the sidecar's
-    scale/offset map it back to the source. Ends with a report of the metrics.
+    scale/offset map it back to the source. Ends with a report of the metrics and timings.
     """
-    import dataclasses
     import time
 
-    import numpy as np
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -98,18 +99,23 @@ def reconstruct_command(
     from models.bundle.spec import Bundle, BundleError
     from models.evaluate.asset import evaluate_asset
     from models.evaluate.metrics import chamfer_fscore
+    from models.geometry.frames import to_bundle_frame
     from models.geometry.glb import export_glb
-    from models.geometry.mesh import MeshLoadError, load_mesh, to_y_up
+    from models.geometry.mesh import MeshLoadError, load_mesh
     from models.raster import RasteriserUnavailable, get_rasteriser
-    from models.reconstruct.init import fit_in_box
-    from models.reconstruct.refine import RefineParams, refine_mesh
-    from models.reconstruct.texture import project_colours
+    from models.reconstruct.hull import HullParamsError
+    from models.reconstruct.init import INITIALISERS, InitContext, InitInputError
+    from models.reconstruct.pipeline import reconstruct_bundle, schedule_for
     from models.render.preview import preview_sheet
 
+    start = time.perf_counter()
     if not bundle_path.exists():
         raise UserError(f"bundle {bundle_path} does not exist")
     if out.suffix.lower() != ".glb":
         raise UserError(f"-o must end in .glb, got {out}")
+    for flag, value in (("--init-up", init_up), ("--reference-up", reference_up)):
+        if value not in ("y", "z"):
+            raise UserError(f"{flag} must be y or z, got {value!r}")
     try:
         bundle = Bundle.load(bundle_path)
     except (BundleError, OSError) as exc:
@@ -122,19 +128,26 @@ def reconstruct_command(
 
     def into_bundle_frame(path: Path, up: str):
         try:
-            mesh = to_y_up(load_mesh(path), up)
+            return to_bundle_frame(load_mesh(path), bundle.spec, up)
         except MeshLoadError as exc:
             raise UserError(str(exc)) from exc
-        mesh.vertices = (np.asarray(mesh.vertices) - np.asarray(bundle.spec.offset)) * (
-            bundle.spec.scale
-        )
-        return mesh
 
-    init_mesh = None if init == "sphere" else fit_in_box(into_bundle_frame(Path(init), init_up))
-    params = RefineParams()
-    overrides = {"coarse_steps": coarse_steps, "fine_steps": fine_steps}
-    params = dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
-    start = time.perf_counter()
+    if init in INITIALISERS:
+        start_mesh = init
+    elif Path(init).exists():
+        start_mesh = into_bundle_frame(Path(init), init_up)
+    else:
+        raise UserError(
+            f"--init must be one of {', '.join(INITIALISERS)} or an existing mesh file, "
+            f"got {init!r}"
+        )
+    steps = {"coarse_steps": coarse_steps, "fine_steps": fine_steps}
+    params = schedule_for(init if isinstance(start_mesh, str) else "mesh",
+                          {k: v for k, v in steps.items() if v is not None})
+    context = InitContext(
+        library_path=settings.resolved_library_path,
+        lrm_path=str(settings.lrm_path) if settings.lrm_path else None,
+    )
     with Progress(
         TextColumn("[bold]refine"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), console=console,
@@ -142,28 +155,32 @@ def reconstruct_command(
         task = bar.add_task("refine", total=None, losses="")
 
         def report(step: int, total: int, losses: dict) -> None:
-            text = " ".join(f"{k} {v:.3g}" for k, v in losses.items())
+            text = " ".join(f"{k} {losses[k]:.3g}" for k in ("normal", "mask") if k in losses)
             bar.update(task, completed=step, total=total, losses=text)
 
-        mesh = refine_mesh(bundle, init_mesh, params, rasteriser=rasteriser, progress=report)
-    refine_s = time.perf_counter() - start
-    if texture:
-        mesh = project_colours(bundle, mesh, rasteriser=rasteriser)
+        try:
+            result = reconstruct_bundle(bundle, start_mesh, params, context=context,
+                                        texture=texture, rasteriser=rasteriser, progress=report)
+        except (InitInputError, HullParamsError) as exc:
+            raise UserError(str(exc)) from exc
+    mesh = result.coloured if result.coloured is not None else result.mesh
     out.parent.mkdir(parents=True, exist_ok=True)
     export_glb(mesh, out)
     if preview is not None:
         preview_sheet(mesh, preview, rasteriser=rasteriser)
     metrics = evaluate_asset(bundle, mesh)
+    metrics.update(result.metrics)
     if reference is not None:
         scores = chamfer_fscore(mesh, into_bundle_frame(reference, reference_up))
         metrics.update({k: scores[k] for k in ("chamfer", "fscore@0.05", "fscore@0.1")})
-    metrics["refine_seconds"] = refine_s
-    table = Table(title=f"reconstruction of {bundle_path.name}")
+    metrics.update({f"{k}_seconds": v for k, v in result.timings.items() if k != "total"})
+    table = Table(title=f"reconstruction of {bundle_path.name} (kept: {result.kept})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("mask_iou", "normal_angle_deg", "colour_psnr", "colour_ssim", "chamfer",
-                "fscore@0.05", "fscore@0.1", "mesh_faces", "mesh_vertices", "mesh_components",
-                "mesh_watertight", "mesh_non_manifold_edges", "refine_seconds"):
+                "fscore@0.05", "fscore@0.1", "unseen_area_fraction", "mesh_faces",
+                "mesh_vertices", "mesh_components", "mesh_watertight", "mesh_non_manifold_edges",
+                "init_seconds", "refine_seconds", "texture_seconds", "metrics_seconds"):
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4g}")
     console.print(table)

@@ -148,7 +148,7 @@ def build_lod(
         unwrap,
         vertex_normals,
     )
-    from models.export.decimate import decimate
+    from models.geometry.decimate import decimate
     from models.reconstruct.texture import project_colours
 
     clock = clock or _Clock({})

@@ -26,7 +26,7 @@ class InitParams:
     sphere_radius: float = 0.85
     """``sphere``: radius of the starting icosphere, bundle-frame units (the object spans
     [-0.9, 0.9]); 0.1..1.0 so the sphere stays inside refinement's unit box."""
-    hull_resolution: int = 64
+    hull_resolution: int = 96
     """``hull``: voxels per side of the visual hull carved from the 4 masks; 16..512 (a 512^3
     grid of float32 is 512 MiB, larger would not fit a worker's memory)."""
 
@@ -49,3 +49,16 @@ READ_BY_INIT: dict[str, tuple[str, ...]] = {
     "hull": ("hull_resolution",),
 }
 """Init backend -> the :class:`InitParams` fields it reads (a backend not listed reads none)."""
+
+
+#: Refinement schedule per init, over :class:`RefineParams`' defaults (the sphere's schedule).
+#: A visual hull already has the silhouettes and holes right, so both phases end once the loss
+#: stops improving (a 4-view hull is still loose at the corners between views, e.g. a can's hull
+#: is a rounded square prism: the coarse phase keeps room to pull those in).
+INIT_SCHEDULES: dict[str, dict] = {
+    "hull": {"coarse_steps": 80, "fine_steps": 100, "plateau_steps": 15},
+    "sphere": {},
+    "library": {"coarse_steps": 40, "fine_steps": 100, "plateau_steps": 15},
+    "lrm": {"coarse_steps": 60, "fine_steps": 100, "plateau_steps": 15},
+    "mesh": {"coarse_steps": 60, "fine_steps": 100, "plateau_steps": 15},
+}

@@ -103,8 +103,10 @@ class VertexOptimiser:
 
     def _set_mesh(self, vertices: torch.Tensor, faces: torch.Tensor) -> None:
         self.vertices = vertices.detach().clone().requires_grad_(True)
+        # The edge list only changes with the faces; rebuilding it costs a sort per step.
+        if getattr(self, "faces", None) is not faces:
+            self.edges = graph_edges(faces, vertices.shape[0])
         self.faces = faces
-        self.edges = graph_edges(faces, vertices.shape[0])
 
     @torch.no_grad()
     def step(self) -> None:

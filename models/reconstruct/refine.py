@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -35,8 +35,10 @@ import torch.nn.functional as F
 import trimesh
 
 from models.bundle.cameras import BundleCameras
-from models.bundle.spec import Bundle, BundleSpec
+from models.bundle.spec import Bundle
 from models.geometry import remesh as rm
+from models.geometry.decimate import decimate_to_edge
+from models.geometry.frames import to_source_frame
 from models.geometry.normals_torch import face_normals_t, vertex_normals_t
 from models.reconstruct.optimise import OptimiserConfig, VertexOptimiser
 
@@ -48,6 +50,8 @@ FULL_COVER = 0.999
 VISIBILITY_EPS = 2e-3
 #: NDC depth tolerance of :func:`hidden_vertices` (about 0.03 bundle units at the cameras).
 HIDDEN_DEPTH_EPS = 3e-4
+#: Output components with fewer faces than this are remeshing debris and are dropped.
+MIN_PART_FACES = 8
 #: Scale of the silhouette loss relative to the normal loss before ``mask_weight``.
 MASK_SCALE = 100.0
 
@@ -105,7 +109,12 @@ class RefineParams:
     view_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     """Weight of each of the 4 views in every image loss."""
     sphere_radius: float = 0.85
-    """Radius of the initial sphere."""
+    """Radius of the initial sphere (the ``sphere`` init and ``refine_mesh(..., None)``)."""
+    plateau_steps: int = 0
+    """A phase ends early once its loss has not improved by ``plateau_tolerance`` (relative)
+    for this many steps; 0 runs every step."""
+    plateau_tolerance: float = 0.01
+    """Relative improvement of the best loss that counts as progress for ``plateau_steps``."""
     seed: int = 0
     """Seed of torch's generator (the loop is deterministic; kept for reproducible variants)."""
     device: str = "cpu"
@@ -114,21 +123,54 @@ class RefineParams:
     """Torch CPU threads while refining, restored afterwards (small-tensor work on a loaded
     CPU runs faster on one thread); ``None`` keeps torch's setting."""
 
+    @classmethod
+    def from_mapping(cls, data: dict | None, base: RefineParams | None = None) -> RefineParams:
+        """``base`` (default: the defaults) with the fields named in ``data`` replaced.
+
+        An unknown key raises :class:`RefineParamsError` naming the nearest valid field.
+        """
+        from difflib import get_close_matches
+
+        known = [f.name for f in fields(cls)]
+        for key in data or {}:
+            if key not in known:
+                near = get_close_matches(key, known, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise RefineParamsError(f"unknown refine param {key!r}{hint}")
+        values = dict(data or {})
+        if "view_weights" in values:
+            values["view_weights"] = tuple(float(w) for w in values["view_weights"])
+        return replace(base or cls(), **values)
+
+
+class RefineParamsError(ValueError):
+    """Bad refinement settings (permanent)."""
+
+    retryable = False
+
 
 def sphere_init(radius: float = 0.85, subdivisions: int = 3) -> trimesh.Trimesh:
     """An icosphere centred at the origin of the bundle frame (``(V, 3)`` float64 vertices)."""
     return trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
 
 
-def to_source_frame(mesh: trimesh.Trimesh, spec: BundleSpec) -> trimesh.Trimesh:
-    """Map a bundle-frame mesh back to the source's (+Y up) frame with the sidecar's scale/offset.
+class Plateau:
+    """Tells when a loss stops improving: ``update(loss)`` is True once the best loss has not
+    dropped by ``tolerance`` (relative) for ``patience`` calls; ``patience`` 0 never stops."""
 
-    The sidecar says ``bundle_xyz = (source_xyz - offset) * scale``; the inverse is applied to
-    a copy of ``mesh``.
-    """
-    out = mesh.copy()
-    out.vertices = np.asarray(mesh.vertices) / spec.scale + np.asarray(spec.offset)[None, :]
-    return out
+    def __init__(self, patience: int, tolerance: float) -> None:
+        self.patience = patience
+        self.tolerance = tolerance
+        self.best = float("inf")
+        self.since = 0
+
+    def update(self, loss: float) -> bool:
+        if loss < self.best * (1.0 - self.tolerance):
+            self.best = loss
+            self.since = 0
+        else:
+            self.since += 1
+        return self.patience > 0 and self.since >= self.patience
 
 
 # ----------------------------------------------------------------------------------- targets
@@ -248,6 +290,42 @@ def relax_hidden(
     return v
 
 
+@torch.no_grad()
+def view_error(
+    bundle: Bundle,
+    mesh: trimesh.Trimesh,
+    params: RefineParams | None = None,
+    *,
+    rasteriser=None,
+) -> dict[str, float]:
+    """How well ``mesh`` (bundle frame) matches the bundle's views, on refinement's own terms.
+
+    Renders at ``params.resolution`` with the fine phase's shading and returns
+    ``{"normal", "mask", "total"}``: the normal and silhouette losses of the fine phase and
+    their weighted sum (lower is better). Used to keep the better of an init and its refinement
+    without any reference mesh.
+    """
+    params = params or RefineParams()
+    if rasteriser is None:
+        from models.raster import get_rasteriser
+
+        rasteriser = get_rasteriser()
+    device = torch.device(params.device)
+    cams = BundleCameras.from_spec(bundle.spec)
+    mvp = torch.from_numpy(cams.mvp.astype(np.float32)).to(device)
+    rotations = torch.from_numpy(cams.rotations.astype(np.float32)).to(device)
+    view_w = torch.tensor(params.view_weights, dtype=torch.float32, device=device)
+    vertices = torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32)).to(device)
+    faces = torch.from_numpy(np.asarray(mesh.faces, dtype=np.int64)).to(device)
+    edges = torch.from_numpy(rm.edges_unique(faces.cpu().numpy(), len(vertices))[0]).to(device)
+    targets = _downsample_targets(bundle, params.resolution, device)
+    rendered = _render(rasteriser, vertices, faces, mvp, rotations, params.resolution,
+                       params.fine_flat)
+    total, parts = _losses(params, params.fine_mask_weight, rendered, targets, view_w, vertices,
+                           edges, params.fine_edge)
+    return {"normal": parts["normal"], "mask": parts["mask"], "total": float(total)}
+
+
 # ------------------------------------------------------------------------------ explicit target
 
 
@@ -301,7 +379,13 @@ def _clean_output(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
     vertices, faces, _ = rm.compact(vertices, faces)
     mesh = trimesh.Trimesh(vertices.astype(np.float64), faces, process=True)
     mesh.update_faces(mesh.nondegenerate_faces())
+    mesh.update_faces(mesh.unique_faces())
     mesh.remove_unreferenced_vertices()
+    # Remeshing a dense init can leave a stray fin (a lone face hinged on a closed surface's
+    # edge); no real part is that small at the remeshing's edge lengths.
+    parts = mesh.split(only_watertight=False)
+    if len(parts) > 1 and any(len(p.faces) < MIN_PART_FACES for p in parts):
+        mesh = trimesh.util.concatenate([p for p in parts if len(p.faces) >= MIN_PART_FACES])
     mesh.fix_normals()
     return mesh
 
@@ -320,8 +404,10 @@ def refine_mesh(
     ``None`` for a sphere. ``rasteriser``: a :class:`models.raster.base.Rasteriser` (the
     automatic choice of :func:`models.raster.get_rasteriser` when ``None``). ``progress`` is
     called after every step with ``(step, total_steps, losses)`` where ``losses`` maps names to
-    floats. With no steps at all, a copy of ``init_mesh`` comes back unchanged. Map the result
-    to the source frame with :func:`to_source_frame`.
+    floats; ``total_steps`` is the planned count, reached unless ``plateau_steps`` ends a phase
+    early. With no steps at all, a copy of ``init_mesh`` comes back
+    unchanged. Map the result to the source frame with
+    :func:`models.geometry.frames.to_source_frame`.
     """
     params = params or RefineParams()
     steps = params.coarse_steps + params.fine_steps + params.explicit_steps
@@ -369,6 +455,9 @@ def _refine(
         v0, f0 = np.asarray(sphere.vertices), np.asarray(sphere.faces, dtype=np.int64)
     else:
         v0, f0 = _check_init(init_mesh)
+        # A dense init (a marching-cubes hull) reaches the coarse edge length in one decimation;
+        # remeshing alone would spend the first steps collapsing edges.
+        v0, f0 = decimate_to_edge(v0, f0, params.coarse_edge)
     v0, f0 = rm.remesh_to(v0, f0, params.coarse_edge, iterations=5)
 
     # 3. Phases: coarse (low resolution, long edges), fine (edge length ramps down).
@@ -389,6 +478,8 @@ def _refine(
             continue
         targets = _downsample_targets(bundle, resolution, device)
         opt.config.lr = lr
+        plateau = Plateau(params.plateau_steps, params.plateau_tolerance)
+        ramp_done = False
         for i in range(steps):
             # Geometric ramp over the first half of the phase, then hold.
             t = min(1.0, i / max(1.0, 0.5 * steps))
@@ -410,6 +501,10 @@ def _refine(
                 parts.update(loss=float(loss.detach()), faces=int(opt.faces.shape[0]),
                              seconds=time.perf_counter() - start)
                 progress(step, total, parts)
+            # The loss only means "converged" once the edge length has stopped ramping down.
+            ramp_done = ramp_done or t >= 1.0 or edge_from == edge_to
+            if ramp_done and plateau.update(float(loss.detach())):
+                break
 
     # 4. Optional explicit target: project target normals to the vertices once, then pull face
     # normals toward them with the topology frozen (no rendering in the loop).
@@ -445,8 +540,11 @@ def _refine(
 
 
 __all__ = [
+    "Plateau",
     "RefineParams",
+    "RefineParamsError",
     "refine_mesh",
     "sphere_init",
     "to_source_frame",
+    "view_error",
 ]

@@ -50,12 +50,12 @@ def test_default_params_are_checked_against_each_items_generator(tmp_path):
 def test_an_init_parameter_is_accepted_only_on_rows_with_that_init(tmp_path):
     manifest = _write(tmp_path / "m.jsonl", (
         '{"prompt": "lrm row", "init": "lrm", "params": {"lrm_variant": "tiny"}}\n'
-        '{"prompt": "sphere row", "params": {"lrm_variant": "tiny"}}\n'
+        '{"prompt": "default-init row", "params": {"lrm_variant": "tiny"}}\n'
     ))
     parsed = parse_manifest(manifest)
     assert [r.init for r in parsed.requests] == ["lrm"]
     assert parsed.rejected[0].line == 2
-    assert "this row uses init 'sphere'" in parsed.rejected[0].reason
+    assert "this row uses init 'hull'" in parsed.rejected[0].reason
 
 
 def test_an_ill_typed_value_in_a_csv_cell_is_named(tmp_path):

@@ -35,7 +35,7 @@ def test_show_valid_lists_each_request_as_a_plain_line(tmp_path):
     result = runner.invoke(app, ["validate", "--show-valid", str(path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == f"{path}:1: ok prompt generator=library init=sphere seed=1 variant=0 thing 1"
+    assert lines[0] == f"{path}:1: ok prompt generator=library init=hull seed=1 variant=0 thing 1"
     assert len(lines) == 4 and "┃" not in result.output
 
 

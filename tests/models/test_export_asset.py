@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from models.bundle.cameras import BundleCameras
 from models.evaluate.metrics import psnr
 from models.export.asset import DEFAULT_SIZE_M, export_asset
-from models.export.decimate import FACE_TOLERANCE
 from models.export.params import ExportParams
+from models.geometry.decimate import FACE_TOLERANCE
 from models.geometry.glb import _read_accessor, _split_glb
 from models.geometry.mesh import normalise_mesh
 from models.reconstruct.texture import project_colours

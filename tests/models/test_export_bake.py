@@ -15,8 +15,8 @@ from models.export.bake import (
     to_tangent_space,
     unwrap,
 )
-from models.export.decimate import FACE_TOLERANCE, decimate
 from models.export.params import ExportParams, ExportParamsError
+from models.geometry.decimate import FACE_TOLERANCE, decimate
 from models.reconstruct.texture import project_colours
 from models.render.views import render_bundle
 

@@ -1,0 +1,163 @@
+"""Stage II as one pipeline: bundle -> initial mesh -> refinement -> colours -> metrics.
+
+:func:`reconstruct_bundle` is the one place Stage II is assembled; the CLI (``foundry3d
+reconstruct``), ``benchmarks/reconstruct.py`` and the stage tasks call it or its per-stage
+pieces (:func:`initial_mesh`, :func:`refine`, :func:`project_colours`), so they all run the same
+reconstruction. Everything is in the bundle frame (+Y up, front +Z, object within
+``[-0.9, 0.9]^3``); :func:`models.geometry.frames.to_source_frame` maps a result back.
+
+Steps:
+1. the initial mesh by name (``hull`` by default, ``sphere``, ``library``, ``lrm``) or a given
+   bundle-frame mesh;
+2. refinement against the normal maps and masks, on the schedule of that init (a visual hull is
+   already close, so it gets a short coarse phase and stops when the losses stop improving);
+3. the guard: the refined mesh is kept unless it matches the views worse than its init did
+   (judged by refinement's own view losses, never by a reference mesh);
+4. colours projected from the 4 views;
+5. metrics: view losses, unseen area, mesh health, and the seconds of every step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import trimesh
+
+from models.bundle.spec import Bundle
+from models.reconstruct.init import InitContext, fit_in_box, initial_mesh
+from models.reconstruct.init_params import INIT_SCHEDULES
+from models.reconstruct.refine import Progress, RefineParams, refine_mesh, view_error
+from models.reconstruct.texture import project_colours
+from models.reconstruct.visibility import outside_mask_area_fraction, unseen_area_fraction
+
+
+def schedule_for(init: str, overrides: dict | None = None) -> RefineParams:
+    """The refinement params of init ``init`` (a name of :data:`INIT_SCHEDULES`), with
+    ``overrides`` (RefineParams field names) on top; an unknown field raises naming the nearest."""
+    base = RefineParams.from_mapping(INIT_SCHEDULES.get(init, INIT_SCHEDULES["mesh"]))
+    return RefineParams.from_mapping(overrides, base=base)
+
+
+@dataclass
+class Reconstruction:
+    """What :func:`reconstruct_bundle` returns; meshes in the bundle frame."""
+
+    mesh: trimesh.Trimesh
+    """The reconstructed geometry (the refined mesh, or the init when the guard kept it)."""
+    coloured: trimesh.Trimesh | None
+    """``mesh`` with vertex colours projected from the views (None with ``texture=False``)."""
+    init_mesh: trimesh.Trimesh
+    """The initial mesh refinement started from."""
+    kept: str
+    """``"refined"`` or ``"init"``: which of the two the guard kept."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """View losses (``view_normal``, ``view_mask``, ``view_loss``, ``init_view_loss``),
+    ``unseen_area_fraction``, ``outside_mask_area_fraction`` (surface the views rule out:
+    membranes), ``mesh_faces``, ``mesh_components``, ``mesh_watertight``."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step: ``init``, ``refine``, ``guard``, ``texture``, ``metrics``, ``total``."""
+
+
+def refine(
+    bundle: Bundle,
+    init_mesh: trimesh.Trimesh,
+    params: RefineParams,
+    *,
+    rasteriser=None,
+    progress: Progress | None = None,
+    keep_better: bool = True,
+) -> tuple[trimesh.Trimesh, str, dict[str, float]]:
+    """Refine ``init_mesh`` against ``bundle``; returns ``(mesh, kept, view losses)``.
+
+    With ``keep_better`` the init is returned (``kept == "init"``) when its view loss
+    (:func:`view_error`) is lower than the refined mesh's; the losses dict holds both totals
+    (``view_loss``, ``init_view_loss``) and the kept mesh's ``view_normal``/``view_mask``.
+    """
+    refined = refine_mesh(bundle, init_mesh, params, rasteriser=rasteriser, progress=progress)
+    got = view_error(bundle, refined, params, rasteriser=rasteriser)
+    losses = {"view_normal": got["normal"], "view_mask": got["mask"], "view_loss": got["total"]}
+    if not keep_better:
+        return refined, "refined", losses
+    before = view_error(bundle, init_mesh, params, rasteriser=rasteriser)
+    losses["init_view_loss"] = before["total"]
+    if before["total"] < got["total"]:
+        losses.update(view_normal=before["normal"], view_mask=before["mask"],
+                      view_loss=before["total"])
+        return init_mesh, "init", losses
+    return refined, "refined", losses
+
+
+def reconstruct_bundle(
+    bundle: Bundle,
+    init: str | trimesh.Trimesh = "hull",
+    params: RefineParams | None = None,
+    *,
+    context: InitContext | None = None,
+    texture: bool = True,
+    keep_better: bool = True,
+    rasteriser=None,
+    progress: Progress | None = None,
+) -> Reconstruction:
+    """Reconstruct a mesh from ``bundle``'s normal maps and masks (Stage II).
+
+    ``init``: an initialiser name (``hull``, ``sphere``, ``library``, ``lrm``) or a mesh already
+    in the bundle frame. ``params``: refinement settings (default: :func:`schedule_for` the
+    init); the sphere init takes its radius from ``params.sphere_radius``. ``context``: what
+    the ``library``/``lrm`` inits need. ``progress(step, total, losses)`` follows refinement.
+    """
+    if rasteriser is None:
+        from models.raster import get_rasteriser
+
+        rasteriser = get_rasteriser()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    # 1. Initial mesh.
+    name = init if isinstance(init, str) else "mesh"
+    params = params or schedule_for(name)
+    if isinstance(init, str):
+        context = context or InitContext()
+        if name == "sphere":
+            context = InitContext(**{**context.__dict__, "sphere_radius": params.sphere_radius})
+        start_mesh = initial_mesh(init, bundle, context)
+    else:
+        start_mesh = fit_in_box(init)
+    timings["init"] = time.perf_counter() - start
+
+    # 2-3. Refinement and the guard.
+    mark = time.perf_counter()
+    mesh, kept, losses = refine(bundle, start_mesh, params, rasteriser=rasteriser,
+                                progress=progress, keep_better=keep_better)
+    timings["refine"] = time.perf_counter() - mark
+
+    # 4. Colours.
+    mark = time.perf_counter()
+    coloured = project_colours(bundle, mesh, rasteriser=rasteriser) if texture else None
+    timings["texture"] = time.perf_counter() - mark
+
+    # 5. Metrics.
+    mark = time.perf_counter()
+    metrics = dict(losses)
+    metrics["unseen_area_fraction"] = unseen_area_fraction(bundle.spec, mesh,
+                                                           rasteriser=rasteriser)
+    metrics["outside_mask_area_fraction"] = outside_mask_area_fraction(bundle.masks(),
+                                                                       bundle.spec, mesh)
+    metrics["mesh_faces"] = float(len(mesh.faces))
+    metrics["mesh_components"] = float(len(mesh.split(only_watertight=False)))
+    metrics["mesh_watertight"] = float(mesh.is_watertight)
+    timings["metrics"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - start
+    return Reconstruction(mesh=mesh, coloured=coloured, init_mesh=start_mesh, kept=kept,
+                          metrics=metrics, timings=timings)
+
+
+__all__ = [
+    "INIT_SCHEDULES",
+    "Reconstruction",
+    "initial_mesh",
+    "project_colours",
+    "reconstruct_bundle",
+    "refine",
+    "schedule_for",
+]
