@@ -20,10 +20,11 @@ from storage import queries
 from storage.db import DatabaseUnavailable, in_transaction
 from storage.redact import redact_text
 from tasks.assets import AssetSnapshot, plan_stages, snapshot
-from tasks.config import PipelineConfig, with_locations
+from tasks.config import PipelineConfig
 from tasks.errors import LeaseLost, error_class
 from tasks.lease import Lease, holding
 from tasks.resources import engine_for, store_for, worker_name
+from tasks.settings import with_locations
 from tasks.stages import (
     bundle_task,
     evaluate_task,

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from flows.asset import run_assets_here
 from storage import queries
 from storage.db import get_engine
-from tasks.config import PipelineConfig, with_locations
+from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult, ingest_manifest
+from tasks.settings import with_locations
 from tasks.summary import BatchSummary, close_batch, summarise_batch
 
 

@@ -20,8 +20,9 @@ from flows.asset import AssetFailed, asset_flow, subflow_settings
 from storage import queries
 from storage.db import DatabaseUnavailable
 from tasks.assets import retried_params
-from tasks.config import PipelineConfig, with_locations
+from tasks.config import PipelineConfig
 from tasks.resources import engine_for
+from tasks.settings import with_locations
 
 
 def select_retryable(

@@ -3,7 +3,7 @@
 The database and store URLs carry credentials, so they never become flow parameters: the two
 fields are left out whenever a config is serialised (a flow run's stored parameters, a
 ``run_deployment`` call), and a flow that receives a config without them fills them in from its
-own worker's environment with :func:`with_locations`.
+own worker's environment with :func:`tasks.settings.with_locations`.
 """
 
 from __future__ import annotations
@@ -44,16 +44,3 @@ class PipelineConfig(BaseModel):
     url_hosts: list[str] = Field(default_factory=list, description="Allowed image URL hosts.")
     max_image_pixels: int = Field(64_000_000, description="Largest accepted manifest image.")
 
-
-def with_locations(config: PipelineConfig) -> PipelineConfig:
-    """``config`` with its database and store URLs, taken from this process's ``FOUNDRY_*``
-    environment where it has none (a config that came as a flow parameter)."""
-    if config.database_url is not None and config.store_url is not None:
-        return config
-    from tasks.settings import get_settings  # tasks.settings builds PipelineConfig itself
-
-    settings = get_settings()
-    return config.model_copy(update={
-        "database_url": config.database_url or settings.resolved_database_url,
-        "store_url": config.store_url or settings.resolved_store_url,
-    })

@@ -148,3 +148,15 @@ def _optional_str(path: Path | None) -> str | None:
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def with_locations(config: PipelineConfig) -> PipelineConfig:
+    """``config`` with its database and store URLs, taken from this process's ``FOUNDRY_*``
+    environment where it has none (a config that came as a flow parameter)."""
+    if config.database_url is not None and config.store_url is not None:
+        return config
+    settings = get_settings()
+    return config.model_copy(update={
+        "database_url": config.database_url or settings.resolved_database_url,
+        "store_url": config.store_url or settings.resolved_store_url,
+    })
