@@ -87,7 +87,11 @@ def _claim(config: PipelineConfig, asset_id: str, owner: str) -> tuple[AssetSnap
 def _release(
     config: PipelineConfig, lease: Lease, state: str, exc: BaseException | None = None
 ) -> bool:
-    """End the claim in ``state``; False when another worker holds the asset by now."""
+    """End the claim in ``state``; False when another worker holds the asset by now.
+
+    Retried for as long as the lease lasts (at least the retry window): until it runs out the
+    asset is ours, and recording how it ended spares a retry of a finished asset.
+    """
 
     def release(session: Session) -> bool:
         return queries.release_asset(
@@ -100,8 +104,8 @@ def _release(
             epoch=lease.epoch,
         )
 
-    return in_transaction(engine_for(config.database_url), release,
-                          retry_seconds=config.db_retry_seconds)
+    window = max(config.db_retry_seconds, float(config.lease_seconds))
+    return in_transaction(engine_for(config.database_url), release, retry_seconds=window)
 
 
 def _error_text(exc: BaseException) -> str:
