@@ -921,8 +921,9 @@ def cancel_assets(session: Session, asset_ids: list[str], message: str) -> list[
     """Mark the pending and running assets among ``asset_ids`` failed with error class
     ``Cancelled``; returns the ids changed.
 
-    A running asset loses its lease: its worker notices at its next lease renewal (between two
-    stages), so the stage in progress finishes and the next one never starts. ``retry`` resumes a
+    A running asset loses its lease and its open stage runs are closed as ``abandoned``: its
+    worker notices at its next lease renewal (a third of the lease at most), records nothing
+    more, and the next stage never starts. ``retry`` resumes a
     cancelled asset like any failed one.
     """
     if not asset_ids:
@@ -938,6 +939,7 @@ def cancel_assets(session: Session, asset_ids: list[str], message: str) -> list[
         .execution_options(synchronize_session=False)
     ).all()
     for asset_id in changed:
+        close_running_stages(session, asset_id, "abandoned", message)
         _refresh(session, asset_id)
     return list(changed)
 
