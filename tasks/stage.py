@@ -3,11 +3,13 @@
 The object is always written before the database says the stage is done, so a crash between the
 two leaves a stage that is simply run again, never a record of an object that does not exist.
 
-Each stage run writes under its own keys (``assets/<asset_id>/runs/<stage run id>/...``) and
-its records are fenced by the worker's lease (:mod:`tasks.lease`): the start, success or
-failure is recorded only in a transaction that first checks the asset is still held by this
-owner in this claim. A worker that lost its lease therefore records nothing, deletes what it
-wrote, and can never replace objects that another worker's records point at.
+Writes are fenced by the worker's lease (:mod:`tasks.lease`). A stage's work only hands its
+artefacts over (:meth:`StageIO.publish` keeps the scratch file); they are uploaded to
+``assets/<asset_id>/<artefact>`` inside the transaction that records the stage, right after an
+UPDATE that checks the asset is still held by this owner in this claim and locks its row until
+the commit. A claim by another worker waits for that commit, and a worker that lost its lease
+fails the check before uploading anything: it can never replace the objects another worker's
+records point at, and records nothing. Starts and failures are fenced the same way.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from storage import queries
-from storage.db import in_transaction
+from storage.db import DatabaseUnavailable, in_transaction
 from storage.objects import ObjectStore
 from storage.redact import redact_text
 from tasks import progress
@@ -36,10 +38,9 @@ from tasks.resources import engine_for, store_for, torch_device, worker_name
 STAGES = ("bundle", "init", "refine", "texture", "export", "evaluate", "publish")
 
 
-def asset_key(asset_id: str, run_id: int, artefact: str) -> str:
-    """Object key of an artefact written by stage run ``run_id``:
-    ``assets/<asset_id>/runs/<run_id>/<artefact>`` (no two runs share a key)."""
-    return f"assets/{asset_id}/runs/{run_id}/{artefact}"
+def asset_key(asset_id: str, artefact: str) -> str:
+    """Object key of an artefact: ``assets/<asset_id>/<artefact>``."""
+    return f"assets/{asset_id}/{artefact}"
 
 
 def params_hash(params: dict) -> str:
@@ -50,17 +51,19 @@ def params_hash(params: dict) -> str:
 
 @dataclass
 class StageIO:
-    """A stage's view of the object store: fetch inputs into a scratch folder, publish outputs."""
+    """A stage's view of the object store: fetch inputs into a scratch folder, publish outputs
+    (uploaded when the stage is recorded, see :func:`run_stage`)."""
 
     store: ObjectStore
     asset_id: str
     stage: str
     scratch: Path
     outputs: dict[str, str]
-    run_id: int = 0
-    """The stage run whose key folder outputs go to."""
+    """Artefact name -> object key of what :meth:`publish` was given."""
     hold: Hold | None = None
-    """This worker's hold on the asset; an upload is refused once it is lost."""
+    """This worker's hold on the asset; publishing stops once it is lost."""
+    files: dict[str, Path] = field(default_factory=dict)
+    """Object key -> scratch file to upload when the stage is recorded."""
 
     def fetch(self, key: str, name: str | None = None) -> Path:
         """Download ``key`` into the scratch folder (as ``name``); returns the local path."""
@@ -76,13 +79,23 @@ class StageIO:
         return path
 
     def publish(self, artefact: str, path: Path | None = None) -> str:
-        """Upload ``artefact`` (from :meth:`local` unless ``path``); returns its key."""
+        """Hand ``artefact`` over (from :meth:`local` unless ``path``); returns the key it is
+        uploaded to when the stage is recorded, under this worker's lease."""
         if self.hold is not None:
             self.hold.check()
-        key = asset_key(self.asset_id, self.run_id, artefact)
-        self.store.put_file(key, path or self.local(artefact))
+        source = path or self.local(artefact)
+        if not source.is_file():
+            raise FileNotFoundError(f"stage {self.stage} published {artefact}, but {source} "
+                                    "does not exist")
+        key = asset_key(self.asset_id, artefact)
+        self.files[key] = source
         self.outputs[artefact] = key
         return key
+
+    def upload(self) -> None:
+        """Upload every published file to its key (done inside the fenced record)."""
+        for key, source in self.files.items():
+            self.store.put_file(key, source)
 
     def progress(self, step: int, total: int, message: str = "") -> None:
         progress.emit(self.asset_id, self.stage, "step", step=step, total=total, message=message)
@@ -141,11 +154,21 @@ def run_stage(
     run_id = started
     progress.emit(asset_id, stage, "start")
     started_at = time.perf_counter()
-    io = StageIO(store, asset_id, stage, Path("."), {}, run_id=run_id, hold=hold)
+
+    def succeeded(session: Session) -> None:
+        _fence(session, hold)
+        io.upload()  # under the fence: the asset row stays locked until the commit
+        queries.record_stage_success(session, run_id, io.outputs, peak_memory_mb=_peak_rss_mb())
+        if metrics:
+            queries.set_metrics(session, asset_id, metrics)
+
     try:
         with tempfile.TemporaryDirectory(prefix=f"foundry3d-{stage}-") as scratch:
-            io.scratch = Path(scratch)
+            io = StageIO(store, asset_id, stage, Path(scratch), {}, hold=hold)
             metrics = work(io) or {}
+            in_transaction(engine, succeeded, retry_seconds=config.db_retry_seconds)
+    except (LeaseLost, DatabaseUnavailable):
+        raise  # nothing can be recorded: another worker holds the asset, or no database
     except BaseException as exc:
         kind, message = error_class(exc), _message(exc)
 
@@ -156,21 +179,8 @@ def run_stage(
         try:
             in_transaction(engine, failed, retry_seconds=config.db_retry_seconds)
         except LeaseLost as lost:
-            _discard(store, io.outputs)
             raise lost from exc
         progress.emit(asset_id, stage, "failed", message=message)
-        raise
-
-    def succeeded(session: Session) -> None:
-        _fence(session, hold)
-        queries.record_stage_success(session, run_id, io.outputs, peak_memory_mb=_peak_rss_mb())
-        if metrics:
-            queries.set_metrics(session, asset_id, metrics)
-
-    try:
-        in_transaction(engine, succeeded, retry_seconds=config.db_retry_seconds)
-    except LeaseLost:
-        _discard(store, io.outputs)
         raise
     progress.emit(asset_id, stage, "done", seconds=time.perf_counter() - started_at)
     return dict(io.outputs)
@@ -188,15 +198,6 @@ def _fence(session: Session, hold: Hold | None) -> None:
     ):
         hold.lost.set()
         hold.check()
-
-
-def _discard(store: ObjectStore, outputs: dict[str, str]) -> None:
-    """Delete what a stage run wrote before it found its lease lost (its own keys only)."""
-    for key in outputs.values():
-        try:
-            store.delete(key)
-        except Exception:  # best effort: an unrecorded object is an orphan the next claim removes
-            pass
 
 
 def _message(exc: BaseException) -> str:
