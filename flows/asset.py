@@ -6,6 +6,7 @@ takes a shard of asset ids, so models loaded by the first asset serve the rest).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,10 +17,14 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from sqlalchemy.orm import Session
 
 from storage import queries
+from storage.db import DatabaseUnavailable, in_transaction
+from storage.redact import redact_text
 from tasks.assets import AssetSnapshot, plan_stages, snapshot
 from tasks.config import PipelineConfig
 from tasks.errors import LeaseLost, error_class
+from tasks.lease import Lease, holding
 from tasks.resources import engine_for, store_for, worker_name
+from tasks.settings import with_locations
 from tasks.stages import (
     bundle_task,
     evaluate_task,
@@ -56,54 +61,66 @@ _subflow_settings: tuple = (None, None)
 """The last ``(base settings, derived subflow settings)`` pair, replaced as one tuple."""
 
 
+_log = logging.getLogger(__name__)
+
+
 class AssetFailed(RuntimeError):
     """The asset's pipeline stopped at a stage; the database holds the error."""
 
 
-def _claim(config: PipelineConfig, asset_id: str, owner: str) -> AssetSnapshot | None:
-    """Claim the asset and read it, in one session: its plain values, or None if not claimed."""
-    with Session(engine_for(config.database_url)) as session:
-        claimed = queries.claim_asset(session, asset_id, owner, config.lease_seconds)
-        asset = None
-        if claimed:
-            queries.abandon_running_stages(session, asset_id)
-            asset = snapshot(queries.get_asset(session, asset_id))
-        session.commit()
-    return asset
+def _claim(config: PipelineConfig, asset_id: str, owner: str) -> tuple[AssetSnapshot, Lease] | None:
+    """Claim the asset and read it, in one transaction: its plain values and the lease, or None
+    if not claimed."""
 
+    def claim(session: Session) -> tuple[AssetSnapshot, Lease] | None:
+        if not queries.claim_asset(session, asset_id, owner, config.lease_seconds):
+            return None
+        queries.abandon_running_stages(session, asset_id)
+        lease = Lease(asset_id, owner, queries.lease_epoch(session, asset_id),
+                      config.lease_seconds)
+        return snapshot(queries.get_asset(session, asset_id)), lease
 
-def _renew(config: PipelineConfig, asset_id: str, owner: str) -> None:
-    with Session(engine_for(config.database_url)) as session:
-        held = queries.renew_lease(session, asset_id, owner, config.lease_seconds)
-        session.commit()
-    if not held:
-        raise LeaseLost(f"asset {asset_id}: lease lost to another worker")
+    return in_transaction(engine_for(config.database_url), claim,
+                          retry_seconds=config.db_retry_seconds)
 
 
 def _release(
-    config: PipelineConfig,
-    asset_id: str,
-    owner: str,
-    state: str,
-    exc: BaseException | None = None,
-) -> None:
-    with Session(engine_for(config.database_url)) as session:
-        queries.release_asset(
+    config: PipelineConfig, lease: Lease, state: str, exc: BaseException | None = None
+) -> bool:
+    """End the claim in ``state``; False when another worker holds the asset by now.
+
+    Retried for as long as the lease lasts (at least the retry window): until it runs out the
+    asset is ours, and recording how it ended spares a retry of a finished asset.
+    """
+
+    def release(session: Session) -> bool:
+        return queries.release_asset(
             session,
-            asset_id,
-            owner,
+            lease.asset_id,
+            lease.owner,
             state,
             error_class=error_class(exc) if exc else None,
-            error_message=(str(exc) or type(exc).__name__)[:2000] if exc else None,
+            error_message=_error_text(exc) if exc else None,
+            epoch=lease.epoch,
         )
-        session.commit()
+
+    window = max(config.db_retry_seconds, float(config.lease_seconds))
+    return in_transaction(engine_for(config.database_url), release, retry_seconds=window)
+
+
+def _error_text(exc: BaseException) -> str:
+    """The one-line error stored and shown for a failed asset (URLs redacted)."""
+    return redact_text(str(exc).strip() or type(exc).__name__)[:2000]
 
 
 def _clean_orphans(config: PipelineConfig, asset_id: str) -> int:
     """Delete objects under the asset's prefix that no recorded stage claims (a crashed run's)."""
     store = store_for(config.store_url)
-    with Session(engine_for(config.database_url)) as session:
-        recorded = set(queries.recorded_output_keys(session, asset_id))
+    recorded = in_transaction(
+        engine_for(config.database_url),
+        lambda session: set(queries.recorded_output_keys(session, asset_id)),
+        retry_seconds=config.db_retry_seconds,
+    )
     orphans = [k for k in store.list(f"assets/{asset_id}/") if k not in recorded]
     for key in orphans:
         store.delete(key)
@@ -112,30 +129,48 @@ def _clean_orphans(config: PipelineConfig, asset_id: str) -> int:
 
 @flow(name="asset", flow_run_name="asset-{asset_id}")
 def asset_flow(asset_id: str, config: PipelineConfig) -> str:
-    """Run one asset to the end. Returns ``succeeded``, or ``skipped`` when it cannot be claimed
-    (done already, or another worker holds it); raises :class:`AssetFailed` on failure."""
+    """Run one asset to the end. Returns ``succeeded``, ``skipped`` when it cannot be claimed
+    (done already, or another worker holds it), or ``lost`` when another worker took it over
+    mid-run (this worker froze past its lease); raises :class:`AssetFailed` on failure.
+
+    While it runs, a heartbeat thread renews the lease every third of its length, and every
+    stage record is fenced by it (:mod:`tasks.lease`).
+    """
     logger = get_run_logger()
+    config = with_locations(config)
     owner = config.worker or worker_name()
-    asset = _claim(config, asset_id, owner)
-    if asset is None:
+    claimed = _claim(config, asset_id, owner)
+    if claimed is None:
         logger.info("asset %s: not claimable (done or held by another worker)", asset_id)
         return "skipped"
+    asset, lease = claimed
     try:
-        if removed := _clean_orphans(config, asset_id):
-            logger.info("asset %s: removed %d orphaned objects", asset_id, removed)
-        plan = plan_stages(asset, config)  # once per run; a bad parameter fails here, permanently
-        keys = bundle_task(asset, plan, config)
-        for stage_task in (init_task, refine_task, texture_task, export_task, evaluate_task):
-            _renew(config, asset_id, owner)
-            keys = {**keys, **stage_task(asset, plan, keys, config)}
-        _renew(config, asset_id, owner)
-        publish_task(asset, plan, keys, config)
+        with holding(lease, config.database_url) as hold:
+            if removed := _clean_orphans(config, asset_id):
+                logger.info("asset %s: removed %d orphaned objects", asset_id, removed)
+            plan = plan_stages(asset, config)  # once per run; a bad parameter fails here
+            keys = bundle_task(asset, plan, config)
+            for stage_task in (init_task, refine_task, texture_task, export_task, evaluate_task):
+                hold.check()
+                keys = {**keys, **stage_task(asset, plan, keys, config)}
+            hold.check()
+            publish_task(asset, plan, keys, config)
+            hold.stop_heartbeat()  # before the release, so no renewal races it
+            released = _release(config, lease, "succeeded")
     except LeaseLost:
-        raise
+        released = False
     except Exception as exc:
-        _release(config, asset_id, owner, "failed", exc)
-        raise AssetFailed(f"asset {asset_id} failed: {error_class(exc)}: {exc}") from exc
-    _release(config, asset_id, owner, "succeeded")
+        try:
+            _release(config, lease, "failed", exc)
+        except DatabaseUnavailable:
+            pass  # the lease runs out and `retry` picks the asset up
+        raise AssetFailed(
+            f"asset {asset_id} failed: {error_class(exc)}: {_error_text(exc)}"
+        ) from None
+    if not released:
+        logger.warning("asset %s: lease lost to another worker; its results are not kept "
+                       "from this run", asset_id)
+        return "lost"
     return "succeeded"
 
 
@@ -143,7 +178,7 @@ def run_assets_here(
     asset_ids: list[str], config: PipelineConfig, tags: list[str] | None = None
 ) -> dict[str, str]:
     """Run assets one after another in this process (sharing its loaded models); returns
-    asset id -> ``succeeded`` / ``skipped`` / ``failed``.
+    asset id -> ``succeeded`` / ``skipped`` / ``lost`` / ``failed``.
 
     Called from a flow's own thread, each asset is a subflow of that flow; called from a
     worker thread (the catalog's bounded concurrency), each is a flow run of its own, which
@@ -156,6 +191,9 @@ def run_assets_here(
             with subflow_settings(), prefect.tags(*(tags or [])):
                 outcomes[asset_id] = asset_flow(asset_id, config)
         except AssetFailed:
+            outcomes[asset_id] = "failed"
+        except DatabaseUnavailable as exc:  # could not even claim it: the batch goes on
+            _log.warning("asset %s: not run: %s", asset_id, exc)
             outcomes[asset_id] = "failed"
     return outcomes
 

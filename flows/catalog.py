@@ -20,6 +20,7 @@ from storage import queries
 from storage.db import get_engine
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult, ingest_manifest
+from tasks.settings import with_locations
 from tasks.summary import BatchSummary, close_batch, summarise_batch
 
 
@@ -122,9 +123,12 @@ def catalog_flow(
 
     ``deployment``: when set (a Prefect server is configured), shards run on that deployment's
     work pool with ``run_deployment``; otherwise in this process, ``concurrency`` at a time.
+    ``config`` is stored without its database and store URLs (they hold credentials); a config
+    without them uses this worker's ``FOUNDRY_DATABASE_URL`` and ``FOUNDRY_STORE_URL``.
     """
     logger = get_run_logger()
     started = time.perf_counter()
+    config = with_locations(config)  # the URLs come from this worker, never as parameters
     ingest = ingest_task(manifest, config)
     logger.info(
         "manifest %s: %d assets (%d to run), %d rejected rows",

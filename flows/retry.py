@@ -18,9 +18,11 @@ from sqlalchemy.orm import Session
 
 from flows.asset import AssetFailed, asset_flow, subflow_settings
 from storage import queries
+from storage.db import DatabaseUnavailable
 from tasks.assets import retried_params
 from tasks.config import PipelineConfig
 from tasks.resources import engine_for
+from tasks.settings import with_locations
 
 
 def select_retryable(
@@ -67,6 +69,7 @@ def retry_flow(
     bad one raises :class:`models.parameters.ParameterError` and nothing is retried).
     """
     logger = get_run_logger()
+    config = with_locations(config)  # the URLs come from this worker, never as parameters
     selected = select_retryable(
         config, batch_id=batch_id, stage=stage, error_class=error_class,
         older_than_s=older_than_s, asset_ids=asset_ids,
@@ -85,7 +88,7 @@ def retry_flow(
         try:
             with subflow_settings():
                 return asset_flow(asset_id, config)
-        except AssetFailed:
+        except (AssetFailed, DatabaseUnavailable):
             return "failed"
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:

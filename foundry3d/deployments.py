@@ -1,7 +1,9 @@
 """Deployment entry points that read the settings of the machine they run on.
 
 Flows take a :class:`tasks.config.PipelineConfig`; a scheduled deployment has no caller to
-build one, so these thin flows build it from the worker's ``FOUNDRY_*`` environment.
+build one, so these thin flows build it from the worker's ``FOUNDRY_*`` environment. The
+database and store URLs (credentials) never become flow parameters: they are left out of every
+serialised config, and each worker reads its own (:func:`tasks.settings.with_locations`).
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
@@ -27,6 +29,15 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long an SQLite connection waits for another writer before failing."""
 
 UPGRADE_HINT = "foundry3d db upgrade"
+
+DB_RETRY_SECONDS = 60.0
+"""Default window in which a transaction is retried while the database is unreachable."""
+
+RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+"""Backoff between retries of a transaction; the last delay repeats until the window ends."""
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DatabaseNotMigrated(RuntimeError):
@@ -124,6 +135,62 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database stayed unreachable for the whole retry window (retryable later)."""
+
+    retryable = True
+    retry_in_place = False  # the window was the in-place retry; the retry flow comes next
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for errors that mean "the database is unreachable or busy", worth retrying.
+
+    SQLAlchemy wraps a refused or dropped connection (and SQLite's "database is locked") in
+    ``OperationalError`` / ``InterfaceError``, or flags it ``connection_invalidated``; schema
+    and data errors are other classes.
+    """
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+def in_transaction(
+    engine: Engine,
+    body: Callable[[Session], T],
+    *,
+    retry_seconds: float = DB_RETRY_SECONDS,
+) -> T:
+    """``body(session)`` in one transaction, committed; retried from the start with backoff
+    while the database is unreachable, for up to ``retry_seconds`` (then
+    :class:`DatabaseUnavailable`, whose message names no URL).
+
+    ``body`` must be safe to run again: a transaction whose commit was cut off may or may not
+    have been written. Its own errors (not connection errors) propagate at once.
+    """
+    deadline = time.monotonic() + retry_seconds
+    tries = 0
+    while True:
+        try:
+            with Session(engine) as session:
+                result = body(session)
+                session.commit()
+                return result
+        except sa.exc.DBAPIError as exc:
+            if not is_connection_error(exc):
+                raise
+            delay = RETRY_DELAYS_S[min(tries, len(RETRY_DELAYS_S) - 1)]
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(
+                    f"database unreachable for {retry_seconds:g} s "
+                    f"({type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__})"
+                ) from exc
+            if tries == 0:
+                log.warning("database unreachable (%s); retrying for up to %g s",
+                            type(exc).__name__, retry_seconds)
+            tries += 1
+            time.sleep(delay)
 
 
 # --- migrations -------------------------------------------------------------------------------

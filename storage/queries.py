@@ -380,12 +380,20 @@ def renew_lease(
     owner: str,
     lease_seconds: float,
     now: datetime | None = None,
+    *,
+    epoch: int | None = None,
 ) -> bool:
-    """Extend the lease of a running asset held by ``owner``; False if it is no longer theirs."""
+    """Extend the lease of a running asset held by ``owner``; False if it is no longer theirs.
+
+    ``epoch`` (the asset's ``attempts`` when ``owner`` claimed it) fences a stale holder: two
+    claims by one process share an owner name but never an epoch. The conditional UPDATE also
+    serves as the fence of a stage's records: it locks the asset row (SQLite: the database)
+    until the caller commits, so no claim can slip in between the check and the records.
+    """
     now = _now(now)
     statement = (
         sa.update(Asset)
-        .where(Asset.id == asset_id, Asset.state == "running", Asset.lease_owner == owner)
+        .where(_held_by(owner, epoch), Asset.id == asset_id)
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -402,19 +410,22 @@ def release_asset(
     state: str,
     error_class: str | None = None,
     error_message: str | None = None,
+    *,
+    epoch: int | None = None,
 ) -> bool:
     """End ``owner``'s claim, leaving the asset in ``state`` (succeeded, failed or pending).
 
-    Only the current owner of a running asset may release it (False otherwise: the lease ran
-    out and someone else took it). A terminal state stamps ``finished_at``; the error fields are
-    stored as given (None clears them).
+    Only the current owner (and claim ``epoch``, when given) of a running asset may release it
+    (False otherwise: the lease ran out and someone else took it). A terminal state stamps
+    ``finished_at`` and closes the asset's stage runs still ``running`` as ``abandoned``; the
+    error fields are stored as given (None clears them).
     """
     if state not in ("succeeded", "failed", "pending"):
         raise ValueError(f"cannot release an asset to state {state!r}")
     now = utcnow()
     statement = (
         sa.update(Asset)
-        .where(Asset.id == asset_id, Asset.state == "running", Asset.lease_owner == owner)
+        .where(_held_by(owner, epoch), Asset.id == asset_id)
         .values(
             state=state,
             lease_owner=None,
@@ -428,8 +439,24 @@ def release_asset(
     )
     released = session.execute(statement.returning(Asset.id)).first() is not None
     if released:
+        if state in TERMINAL_STATES:
+            close_running_stages(session, asset_id, "abandoned", "the asset finished without it")
         _refresh(session, asset_id)
     return released
+
+
+def _held_by(owner: str, epoch: int | None) -> sa.ColumnElement[bool]:
+    """The condition "running, and claimed by ``owner`` (in claim ``epoch``, when given)"."""
+    held = sa.and_(Asset.state == "running", Asset.lease_owner == owner)
+    return held if epoch is None else sa.and_(held, Asset.attempts == epoch)
+
+
+def lease_epoch(session: Session, asset_id: str) -> int:
+    """The asset's claim counter (``attempts``): read right after a claim, it names that claim."""
+    epoch = session.scalar(sa.select(Asset.attempts).where(Asset.id == asset_id))
+    if epoch is None:
+        raise UnknownAsset(f"no asset with id {asset_id!r}")
+    return epoch
 
 
 def reset_for_retry(
@@ -612,12 +639,24 @@ def abandon_running_stages(
     Called by the new owner right after a claim: a run left ``running`` then belongs to a worker
     whose lease expired. Returns how many runs were closed.
     """
+    return close_running_stages(session, asset_id, "failed", reason, "retryable:LostWorker")
+
+
+def close_running_stages(
+    session: Session,
+    asset_id: str,
+    status: str,
+    reason: str,
+    error_class: str | None = None,
+) -> int:
+    """Close the asset's stage runs still ``running`` with ``status`` and ``reason``; returns how
+    many were closed."""
     runs = session.scalars(
         sa.select(StageRun).where(StageRun.asset_id == asset_id, StageRun.status == "running")
     ).all()
     for run in runs:
-        _finish_run(session, run.id, "failed")
-        run.error_class = "retryable:LostWorker"
+        _finish_run(session, run.id, status)
+        run.error_class = error_class
         run.error_message = reason
     session.flush()
     return len(runs)
@@ -890,8 +929,9 @@ def cancel_assets(session: Session, asset_ids: list[str], message: str) -> list[
     """Mark the pending and running assets among ``asset_ids`` failed with error class
     ``Cancelled``; returns the ids changed.
 
-    A running asset loses its lease: its worker notices at its next lease renewal (between two
-    stages), so the stage in progress finishes and the next one never starts. ``retry`` resumes a
+    A running asset loses its lease and its open stage runs are closed as ``abandoned``: its
+    worker notices at its next lease renewal (a third of the lease at most), records nothing
+    more, and the next stage never starts. ``retry`` resumes a
     cancelled asset like any failed one.
     """
     if not asset_ids:
@@ -907,6 +947,7 @@ def cancel_assets(session: Session, asset_ids: list[str], message: str) -> list[
         .execution_options(synchronize_session=False)
     ).all()
     for asset_id in changed:
+        close_running_stages(session, asset_id, "abandoned", message)
         _refresh(session, asset_id)
     return list(changed)
 

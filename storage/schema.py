@@ -24,7 +24,8 @@ ASSET_KINDS = ("prompt", "image", "bundle", "mesh")
 ASSET_STATES = ("pending", "running", "succeeded", "failed")
 BATCH_STATUSES = ("running", "finished", "failed")
 BATCH_ITEM_STATUSES = ("accepted", "rejected")
-STAGE_RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
+STAGE_RUN_STATUSES = ("running", "succeeded", "failed", "skipped", "abandoned")
+"""``abandoned``: still ``running`` when its asset finished (its worker lost track of it)."""
 
 # Objects created by migrations only (dialect specific); never part of the ORM metadata.
 SQLITE_FTS_TABLE = "prompt_fts"

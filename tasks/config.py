@@ -1,4 +1,10 @@
-"""The plain values a pipeline run needs, passed down from the settings as flow parameters."""
+"""The plain values a pipeline run needs, passed down from the settings as flow parameters.
+
+The database and store URLs carry credentials, so they never become flow parameters: the two
+fields are left out whenever a config is serialised (a flow run's stored parameters, a
+``run_deployment`` call), and a flow that receives a config without them fills them in from its
+own worker's environment with :func:`tasks.settings.with_locations`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,25 @@ from pydantic import BaseModel, Field
 class PipelineConfig(BaseModel):
     """Everything tasks need to know about their environment; serialisable as flow parameters."""
 
-    database_url: str = Field(description="SQLAlchemy URL of the application database.")
-    store_url: str = Field(description="Object store URL (file://... or s3://...).")
+    database_url: str | None = Field(
+        None, exclude=True,
+        description="SQLAlchemy URL of the application database (never serialised; None: "
+        "this worker's FOUNDRY_DATABASE_URL).",
+    )
+    store_url: str | None = Field(
+        None, exclude=True,
+        description="Object store URL, file://... or s3://... (never serialised; None: this "
+        "worker's FOUNDRY_STORE_URL).",
+    )
     library_path: str = Field(description="Local folder of the captioned mesh library.")
     device: str = Field("cpu", description="Torch device for learned models and refinement.")
     rasteriser: str = Field("auto", description="Rasteriser backend name.")
     tile: int = Field(512, description="Default bundle tile size (pixels).")
-    lease_seconds: int = Field(900, description="Claim lease length.")
+    lease_seconds: int = Field(900, description="Claim lease length (seconds); renewed every "
+                               "third of it while the asset runs.")
+    db_retry_seconds: float = Field(
+        60.0, description="How long database calls are retried while the database is down."
+    )
     flux_path: str | None = Field(None, description="Flux pipeline folder or checkpoint.")
     lora_path: str | None = Field(None, description="Kiss3DGen LoRA file.")
     lora_scale: float = Field(1.0, description="LoRA strength.")

@@ -43,6 +43,7 @@ class LeaseLost(RuntimeError):
     """Another worker holds the asset now (our lease ran out); stop without recording."""
 
     retryable = True
+    retry_in_place = False  # the asset is someone else's now: retrying here can only lose again
 
 
 def retry_condition(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's signature
@@ -50,5 +51,7 @@ def retry_condition(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's 
     try:
         state.result()
     except Exception as exc:  # the task's own exception is re-raised by result()
-        return is_retryable(exc)
+        # A failure that already waited out its retry window (DatabaseUnavailable) goes to the
+        # retry flow instead of being retried in place again.
+        return is_retryable(exc) and getattr(exc, "retry_in_place", True)
     return False

@@ -53,7 +53,8 @@ def test_every_pipeline_config_field_is_set_from_the_settings(tmp_path):
         data_dir=tmp_path, device="cuda", rasteriser="cpu", tile=128, lease_seconds=30,
         flux_path=Path("/f"), lora_path=Path("/l"), lora_scale=0.5, lrm_path=Path("/m"),
         lrm_variant="instant-mesh-base", worker="w", image_roots=[tmp_path],
-        allow_url_fetch=True, url_hosts=["h"], max_image_pixels=1000, flux_memory="fp8",
+        allow_url_fetch=True, url_hosts=["h"], max_image_pixels=1000, db_retry_seconds=7,
+        flux_memory="fp8",
         controlnet_path=Path("/c"), redux_path=Path("/r"), matting_path=Path("/t.pt"),
     )
     config = settings.pipeline_config()

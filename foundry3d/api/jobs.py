@@ -214,7 +214,9 @@ class JobRunner:
             import prefect
 
             with subflow_settings(), prefect.tags(batch_tag(job.batch_id)):
-                return asset_flow(asset_id, self.config)
+                outcome = asset_flow(asset_id, self.config)
+            # A cancel takes the lease away: the flow reports that as a lost lease.
+            return "cancelled" if outcome == "lost" and job.cancelled else outcome
         except AssetFailed:
             return "failed"
         except LeaseLost:

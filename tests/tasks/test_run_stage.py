@@ -101,3 +101,17 @@ def test_a_run_uses_two_database_transactions_and_a_skip_one(config):
     work = _Work()
     assert _transactions(config, lambda: run_stage(config, asset.id, "init", "h", work)) == 2
     assert _transactions(config, lambda: run_stage(config, asset.id, "init", "h", work)) == 1
+
+
+def test_a_recorded_error_message_carries_no_password(config):
+    asset = add_asset(config)
+
+    def unreachable(io: StageIO) -> dict:
+        raise ConnectionError("cannot reach postgresql://app:hunter2@db.internal/foundry")
+
+    with pytest.raises(ConnectionError):
+        run_stage(config, asset.id, "init", "hash-a", unreachable)
+    with Session(engine_for(config.database_url)) as session:
+        run = queries.stage_runs(session, asset.id)[0]
+        recorded = (run.error_message, queries.get_asset(session, asset.id).last_error_message)
+    assert all("hunter2" not in text and "app:***@db.internal" in text for text in recorded)
