@@ -20,7 +20,11 @@ import numpy as np
 import torch
 
 from models.generate.kiss3dgen.controlnet import CONTROL_MODES, TILE_MODE
-from models.generate.kiss3dgen.params import Kiss3DGenParams, Kiss3DGenParamsError
+from models.generate.kiss3dgen.params import (
+    Kiss3DGenParams,
+    Kiss3DGenParamsError,
+    context_defaults,
+)
 
 
 @dataclass(frozen=True)
@@ -102,15 +106,7 @@ def params_for_request(cls: type[Kiss3DGenParams], request, context) -> Kiss3DGe
     values raise :class:`models.generate.base.GeneratorInputError` naming them."""
     from models.generate.base import GeneratorInputError
 
-    defaults = {
-        "flux_path": context.flux_path,
-        "lora_path": context.lora_path,
-        "lora_scale": context.lora_scale,
-        "device": context.device,
-        "memory_mode": context.flux_memory,
-        "height": 2 * request.tile,
-        "width": 4 * request.tile,
-    }
+    defaults = context_defaults(context, request.tile)
     # Weights folders from settings, for the params classes that have them.
     own = {f.name for f in fields(cls)}
     for name in ("controlnet_path", "redux_path", "matting_path"):

@@ -19,7 +19,12 @@ from scipy import ndimage
 
 from models.bundle.spec import Bundle, BundleError, BundleSpec, check_layout, split_tiles
 from models.bundle.spec import foreground_mask as spec_foreground_mask
-from models.generate.kiss3dgen.params import KISS3DGEN_DISTANCE, Kiss3DGenParams, check_inputs
+from models.generate.kiss3dgen.params import (
+    KISS3DGEN_DISTANCE,
+    Kiss3DGenParams,
+    check_inputs,
+    context_defaults,
+)
 from models.generate.kiss3dgen.pipeline import get_pipeline, set_lora_scale
 from models.generate.kiss3dgen.prompts import bundle_prompts
 
@@ -346,15 +351,7 @@ def params_for_request(request, context) -> Kiss3DGenParams:
     from models.generate.base import GeneratorInputError
     from models.generate.kiss3dgen.params import Kiss3DGenParamsError
 
-    defaults = {
-        "flux_path": context.flux_path,
-        "lora_path": context.lora_path,
-        "lora_scale": context.lora_scale,
-        "device": context.device,
-        "memory_mode": context.flux_memory,
-        "height": 2 * request.tile,
-        "width": 4 * request.tile,
-    }
+    defaults = context_defaults(context, request.tile)
     try:
         return Kiss3DGenParams.from_mapping(request.params, **defaults)
     except Kiss3DGenParamsError as exc:

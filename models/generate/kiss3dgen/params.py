@@ -161,3 +161,18 @@ def check_inputs(params: Kiss3DGenParams) -> None:
         raise Kiss3DGenParamsError(
             f"min_island_fraction must be in [0, 1), got {p.min_island_fraction}"
         )
+
+
+def context_defaults(context: Any, tile: int) -> dict[str, Any]:
+    """The Kiss3DGen fields a :class:`models.generate.base.GeneratorContext` supplies (weights
+    paths, LoRA scale, device, memory mode) and the bundle size of ``tile``-pixel tiles, as
+    defaults beneath a request's own params."""
+    return {
+        "flux_path": context.flux_path,
+        "lora_path": context.lora_path,
+        "lora_scale": context.lora_scale,
+        "device": context.device,
+        "memory_mode": context.flux_memory,
+        "height": 2 * tile,
+        "width": 4 * tile,
+    }
