@@ -82,13 +82,25 @@ def reconstruct_command(
     coarse_steps: Annotated[int | None, typer.Option(help="Coarse-phase steps.")] = None,
     fine_steps: Annotated[int | None, typer.Option(help="Fine-phase steps.")] = None,
     texture: Annotated[bool, typer.Option(help="Project the colour views onto the mesh.")] = True,
+    texture_mode: Annotated[
+        str, typer.Option(help="'texture': UV atlas with baked colour and normal maps; 'vertex': "
+                          "vertex colours.")
+    ] = "texture",
+    faces: Annotated[int, typer.Option(help="Face budget of the GLB (LOD 0).")] = 20000,
+    formats: Annotated[
+        str, typer.Option(help="Files besides the GLBs, comma-separated: obj, usdz.")
+    ] = "",
 ) -> None:
-    """Reconstruct a textured GLB from a bundle image: an initial mesh (the visual hull of its
-    masks by default), ISOMER-style refinement against its normal maps and masks, then colour
-    projection from its 4 views (models.reconstruct.pipeline).
+    """Reconstruct a game-ready asset from a bundle image: an initial mesh (the visual hull of
+    its masks by default), ISOMER-style refinement against its normal maps and masks, then the
+    export stage's deliverables (models.reconstruct.pipeline, models.export.asset).
 
-    The GLB is in the bundle frame (+Y up, front +Z, object within [-0.9, 0.9]^3); the sidecar's
-    scale/offset map it back to the source. Ends with a report of the metrics and timings.
+    OUT gets LOD 0: a UV atlas with the colour views baked in and a normal map (or vertex
+    colours with --texture-mode vertex), decimated to --faces; beside it OUT's stem names the
+    other files (_lod1.glb, _thumbnail.png, _turntable.webp, .usdz, _obj.zip). The GLBs are in
+    metres with the pivot at the bottom centre (+Y up, front +Z), at the source's size when the
+    sidecar records it. With --no-texture a plain GLB in the bundle frame is written. Ends with
+    a report of the metrics and timings.
     """
     import time
 
@@ -99,6 +111,7 @@ def reconstruct_command(
     from models.bundle.spec import Bundle, BundleError
     from models.evaluate.asset import evaluate_asset
     from models.evaluate.metrics import chamfer_fscore
+    from models.export.params import ExportParams, ExportParamsError
     from models.geometry.frames import to_bundle_frame
     from models.geometry.glb import export_glb
     from models.geometry.mesh import MeshLoadError, load_mesh
@@ -132,6 +145,14 @@ def reconstruct_command(
         except MeshLoadError as exc:
             raise UserError(str(exc)) from exc
 
+    try:
+        export_params = ExportParams.from_mapping({
+            "texture_mode": texture_mode,
+            "faces": faces,
+            "formats": [f.strip() for f in formats.split(",") if f.strip()] or ["glb"],
+        })
+    except ExportParamsError as exc:
+        raise UserError(str(exc)) from exc
     if init in INITIALISERS:
         start_mesh = init
     elif Path(init).exists():
@@ -165,7 +186,13 @@ def reconstruct_command(
             raise UserError(str(exc)) from exc
     mesh = result.coloured if result.coloured is not None else result.mesh
     out.parent.mkdir(parents=True, exist_ok=True)
-    export_glb(mesh, out)
+    if texture:
+        written_files = _export_deliverables(
+            result.mesh, bundle, out, export_params, bundle_path.name, rasteriser
+        )
+    else:
+        export_glb(mesh, out)
+        written_files = [out]
     if preview is not None:
         preview_sheet(mesh, preview, rasteriser=rasteriser)
     metrics = evaluate_asset(bundle, mesh)
@@ -184,5 +211,31 @@ def reconstruct_command(
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4g}")
     console.print(table)
-    written = f"wrote {out}" + (f" and {preview}" if preview else "")
+    shown = [*written_files, *([preview] if preview else [])]
+    written = "wrote " + ", ".join(str(path) for path in shown)
     console.print(f"{written} ({time.perf_counter() - start:.1f} s in all)")
+
+
+def _export_deliverables(mesh, bundle, out: Path, params, source: str, rasteriser) -> list[Path]:
+    """The export stage's deliverables for ``mesh`` (bundle frame), named after ``out``:
+    ``out`` is LOD 0, the other files get its stem as a prefix (``chair_lod1.glb``,
+    ``chair_thumbnail.png``, ...)."""
+    import shutil
+    import tempfile
+
+    from models.export.asset import export_asset
+
+    with tempfile.TemporaryDirectory(prefix="foundry3d-export-") as scratch:
+        result = export_asset(
+            mesh, bundle, scratch, params, provenance={"bundle": source,
+                                                       "generator": "foundry3d reconstruct"},
+            rasteriser=rasteriser,
+        )
+        written = []
+        for name, path in sorted(result.files.items()):
+            # asset.glb -> chair.glb, asset_lod1.glb -> chair_lod1.glb, asset.usdz -> chair.usdz
+            suffix = name[len("asset"):] if name.startswith("asset") else f"_{name}"
+            target = out.with_name(out.stem + suffix)
+            shutil.move(str(path), target)
+            written.append(target)
+    return written

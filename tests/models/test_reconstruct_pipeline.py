@@ -136,6 +136,44 @@ def test_reconstruct_cli_writes_a_glb_from_a_bundle(tmp_path):
     assert "unseen_area_fraction" in result.output
 
 
+def _reconstructed(tmp_path, *options: str):
+    from typer.testing import CliRunner
+
+    from foundry3d.cli.app import app
+
+    trimesh.creation.box(extents=(1.0, 0.6, 0.8)).export(tmp_path / "box.stl")
+    bundle = tmp_path / "bundle.png"
+    runner = CliRunner()
+    made = runner.invoke(app, ["render-bundle", str(tmp_path / "box.stl"), "-o", str(bundle),
+                               "--tile", "64"])
+    assert made.exit_code == 0, made.output
+    out = tmp_path / "box.glb"
+    result = runner.invoke(app, ["reconstruct", str(bundle), "-o", str(out), "--coarse-steps",
+                                 "3", "--fine-steps", "3", *options])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_reconstruct_cli_writes_the_textured_asset_with_its_lod_and_previews(tmp_path):
+    out = _reconstructed(tmp_path, "--faces", "300", "--formats", "usdz")
+    glb = trimesh.load(out, force="mesh")
+    assert abs(len(glb.faces) - 300) <= 6
+    assert isinstance(glb.visual, trimesh.visual.TextureVisuals) and glb.visual.uv is not None
+    for name in ("box_lod1.glb", "box_thumbnail.png", "box_turntable.webp", "box.usdz"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_reconstruct_cli_writes_vertex_colours_when_asked(tmp_path):
+    import json
+    import struct
+
+    data = _reconstructed(tmp_path, "--texture-mode", "vertex").read_bytes()
+    (length,) = struct.unpack_from("<I", data, 12)  # the JSON chunk follows the 12-byte header
+    gltf = json.loads(data[20 : 20 + length])
+    attributes = gltf["meshes"][0]["primitives"][0]["attributes"]
+    assert "COLOR_0" in attributes and "TEXCOORD_0" not in attributes
+
+
 def test_reconstruct_cli_refuses_an_unknown_init_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
