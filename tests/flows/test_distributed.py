@@ -26,17 +26,20 @@ REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 600
 
 
-@pytest.fixture
-def asset_deployment(prefect_server, prefect_work_pool, tmp_path: Path) -> str:
-    """The asset shard flow deployed from this checkout to a pool whose worker is online."""
+def deploy_asset_flow(prefect_server, prefect_work_pool, folder: Path, config) -> str:
+    """The asset shard flow deployed from this checkout to a pool whose worker is online. Its
+    flow runs read the database and store locations from their own environment (flows take no
+    URLs as parameters), as a GPU worker would from its machine's settings."""
     pool, worker = prefect_work_pool
     name = deploy_flow(
         prefect_server,
-        tmp_path,
+        folder,
         source=REPO,
         entrypoint="flows/asset.py:asset_shard_flow",
         name="foundry3d-asset",
         pool=pool,
+        env={"FOUNDRY_DATABASE_URL": config.database_url, "FOUNDRY_STORE_URL": config.store_url,
+             "FOUNDRY_LIBRARY_PATH": config.library_path},
     )
     prefect_server.wait_for_worker(pool, worker)
     return name
@@ -45,8 +48,7 @@ def asset_deployment(prefect_server, prefect_work_pool, tmp_path: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_catalog_assets_run_on_the_worker_of_the_asset_deployment(
-    prefect_server, new_postgres_database, tiny_library, prefect_work_pool, asset_deployment,
-    tmp_path,
+    prefect_server, new_postgres_database, tiny_library, prefect_work_pool, tmp_path,
 ):
     _, worker = prefect_work_pool
     config = PipelineConfig(
@@ -54,6 +56,7 @@ def test_catalog_assets_run_on_the_worker_of_the_asset_deployment(
         store_url=(tmp_path / "objects").as_uri(),
         library_path=str(tiny_library),
     )
+    asset_deployment = deploy_asset_flow(prefect_server, prefect_work_pool, tmp_path, config)
     manifest = write_manifest(tmp_path, [
         {"id": "can", "prompt": "a red soda can", "init": "library"},
         {"id": "crate", "prompt": "a wooden crate", "init": "library"},
