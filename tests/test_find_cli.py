@@ -19,6 +19,10 @@ from storage.search import MIN_HYBRID_SCORE, index_prompt
 
 runner = CliRunner()
 
+#: The store holds stand-in bytes named like the artefacts (asset.glb, ...): bookkeeping is
+#: under test here, not the files.
+pytestmark = pytest.mark.placeholder_glbs
+
 
 def _id(name: str) -> str:
     return (name.encode().hex() + "0" * 64)[:64]

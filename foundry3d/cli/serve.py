@@ -85,12 +85,13 @@ async def _serve_until_signalled(runner) -> None:
     """
     loop = asyncio.get_running_loop()
     serving = asyncio.create_task(runner.start())
-    await asyncio.sleep(0)  # start() installs its SIGTERM handler first thing: replace it
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    # start() installs its own SIGTERM handler at some point of its start-up: keep ours in place
+    # until the end (a check every 0.2 s costs nothing).
+    guarding = asyncio.create_task(_keep_signal_handlers(loop, stop))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    guarding.cancel()
     if serving.done():
         stopping.cancel()
         serving.result()  # a runner that ended by itself: surface why
@@ -103,6 +104,18 @@ async def _serve_until_signalled(runner) -> None:
         await asyncio.wait_for(serving, SHUTDOWN_TIMEOUT_S)
     except (TimeoutError, asyncio.CancelledError):
         serving.cancel()
+
+
+async def _keep_signal_handlers(loop, stop: asyncio.Event) -> None:
+    """Make SIGINT and SIGTERM set ``stop``, and put that back whenever something (Prefect's
+    runner) installs a handler of its own."""
+    ours = None
+    while not stop.is_set():
+        if ours is None or signal.getsignal(signal.SIGTERM) is not ours:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            ours = signal.getsignal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
 
 
 @app.command()

@@ -217,6 +217,7 @@ def test_stopped_server_gives_store_unavailable_and_restart_keeps_the_data(s3_se
 # --------------------------------------------------------------------------- local specifics
 
 
+@pytest.mark.placeholder_glbs
 def test_failed_local_write_leaves_no_partial_object(tmp_path):
     store = LocalObjectStore(tmp_path / "objects")
     store.put_bytes("assets/a/mesh.glb", b"complete old version")
@@ -342,6 +343,7 @@ def _stale(path: Path, age_s: float) -> Path:
     return path
 
 
+@pytest.mark.placeholder_glbs
 def test_the_next_write_into_a_folder_sweeps_its_stale_temp_files(tmp_path):
     store = LocalObjectStore(tmp_path / "objects")
     folder = tmp_path / "objects" / "assets" / "a"
