@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from foundry3d.cli.app import UserError, app, console, err_console
+from storage.db import DatabaseUnavailable
 from storage.redact import redact_url
 
 
@@ -273,6 +274,10 @@ def run(
         unsubscribe()
     if "error" in result:
         error = result["error"]
+        if isinstance(error, DatabaseUnavailable):
+            if verbose:
+                traceback.print_exception(error)
+            raise _outage_exit(error, _run_outage_advice(error, manifest))
         if verbose:
             traceback.print_exception(error)
         err_console.print(f"[bold red]error:[/] the catalog run failed: "
@@ -284,6 +289,29 @@ def run(
     tally = _print_summary(summary, config.store_url)
     if tally.count("failed", "failed earlier") or summary.rejected:
         raise typer.Exit(1)
+
+
+def _outage_exit(error: DatabaseUnavailable, advice: tuple[str, int]) -> typer.Exit:
+    """Print a database outage that outlasted the retry window as one line (what was being
+    done, that the database is unreachable, what to run again); the exit to raise."""
+    text, status = advice
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}; {text}", soft_wrap=True)
+    return typer.Exit(status)
+
+
+def _run_outage_advice(error: DatabaseUnavailable, manifest: Path) -> tuple[str, int]:
+    """(what to do, exit status) after ``foundry3d run`` met a database outage longer than the
+    retry window: before the manifest was recorded nothing started (2), after it the run
+    stopped on an error (1)."""
+    from tasks.ingest import INGEST_STEP
+
+    again = f"`foundry3d run {manifest}`"
+    if error.step == INGEST_STEP:
+        return (f"nothing of this manifest was recorded. Run {again} again once the database "
+                "is back", 2)
+    return (f"its batch is not closed and nothing is recorded as done that is not. Run {again} "
+            "again once the database is back (it skips what is done; `foundry3d retry` re-runs "
+            "what failed)", 1)
 
 
 def _check_library(config) -> None:
@@ -313,24 +341,40 @@ def retry(
     concurrency: Annotated[int, typer.Option(help="Assets retried at once.")] = 0,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Re-run failed assets (and those whose worker died) from their failing stage."""
+    """Re-run failed assets (and those whose worker died) from their failing stage.
+
+    Exit status: 0 when every selected asset succeeded (or none matched); 1 when one failed;
+    2 when nothing could start (unreachable database at start-up or, for longer than
+    FOUNDRY_DB_RETRY_SECONDS, while selecting the assets or putting them back to pending).
+    """
     overrides = parse_overrides(set_ or [])
     settings, config = _prepare(verbose)
     start_prefect_api(settings, verbose)
-    from flows.retry import retry_flow, select_retryable
+    from flows.retry import SELECT_STEP, retry_flow, select_retryable
+    from storage.db import through_outage
     from tasks.assets import ParameterError, retried_params
 
+    _quiet_prefect(verbose)
     filters = {"batch_id": batch, "stage": stage, "error_class": error,
                "older_than_s": older_than, "asset_ids": asset}
-    if overrides:
-        try:  # checked here, before the flow, so a bad key is one line and not a traceback
-            retried_params(config, select_retryable(config, **filters), overrides)
-        except ParameterError as exc:
-            raise UserError(str(exc)) from None
-    outcomes = retry_flow(
-        config, **filters, reseed=reseed, concurrency=concurrency or settings.concurrency,
-        overrides=overrides or None,
-    )
+    advice = ("nothing was retried. Run `foundry3d retry` with the same options again once the "
+              "database is back", 2)
+    try:
+        if overrides:
+            try:  # checked here, before the flow, so a bad key is one line and not a traceback
+                selected = select_retryable(config, **filters)
+                through_outage(lambda: retried_params(config, selected, overrides),
+                               retry_seconds=config.db_retry_seconds, step=SELECT_STEP)
+            except ParameterError as exc:
+                raise UserError(str(exc)) from None
+        outcomes = retry_flow(
+            config, **filters, reseed=reseed, concurrency=concurrency or settings.concurrency,
+            overrides=overrides or None,
+        )
+    except DatabaseUnavailable as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        raise _outage_exit(exc, advice) from None
     if not outcomes:
         console.print("No failed assets match; nothing to retry.")
         return
