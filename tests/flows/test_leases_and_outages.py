@@ -89,9 +89,9 @@ def postgres_config(new_postgres_database, postgres_url, tmp_path, tiny_library)
     name = make_url(url).database
 
     def block(seconds: float) -> threading.Thread:
-        """Refuse connections to the database and cut the open ones, for ``seconds``; returns
-        once the database is refusing them."""
-        down = threading.Event()
+        """Refuse connections to the database and cut the open ones, for ``seconds`` or until
+        the returned thread's ``end`` event is set; returns once the database refuses them."""
+        down, end = threading.Event(), threading.Event()
 
         def outage() -> None:
             with admin.connect() as connection:
@@ -101,11 +101,12 @@ def postgres_config(new_postgres_database, postgres_url, tmp_path, tiny_library)
                     f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
                 )
             down.set()
-            time.sleep(seconds)
+            end.wait(seconds)
             with admin.connect() as connection:
                 connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
         thread = threading.Thread(target=outage)
+        thread.end = end
         thread.start()
         down.wait()
         return thread
@@ -370,3 +371,53 @@ def test_an_outage_longer_than_the_window_at_ingest_records_nothing_and_a_rerun_
     assert (_count(config, "batches"), _count(config, "assets")) == (0, 0)
     summary = catalog_flow(str(manifest), config)
     assert (summary.produced, summary.failed) == (1, 0)
+
+
+@pytest.mark.postgres
+def test_an_outage_longer_than_the_window_mid_run_ends_foundry3d_run_in_one_line_then_a_rerun_completes(  # noqa: E501
+    postgres_config, tmp_path
+):
+    import subprocess
+
+    from tests.flows.conftest import cli_env, foundry3d_cmd
+
+    config, block = postgres_config
+    manifest = write_manifest(tmp_path, [{"prompt": "a soda can"}])
+    env = cli_env(config, tmp_path, FOUNDRY_DB_RETRY_SECONDS="1", FOUNDRY_LEASE_SECONDS="5")
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(foundry3d_cmd("run", str(manifest)), env=env, cwd=tmp_path,
+                                   stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while _count(config, "stage_runs") == 0:  # down once its asset has started
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            outage = block(120.0)  # ended as soon as the run has ended
+            try:
+                status = process.wait(timeout=300)
+                ended_while_down = outage.is_alive()
+            finally:
+                outage.end.set()
+                outage.join()
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = log.read_text()
+    assert ended_while_down, output
+    assert status == 1, output
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert len(errors) == 1, output
+    assert "database unreachable" in errors[0] and "foundry3d run" in errors[0], output
+    assert "Traceback" not in output
+    with Session(_engine(config)) as session:
+        (batch,) = session.scalars(sa.select(queries.Batch)).all()
+        (asset,) = session.scalars(sa.select(Asset)).all()
+        assert (batch.status, asset.state != "succeeded") == ("running", True)
+    rerun = subprocess.run(foundry3d_cmd("run", str(manifest)), env=env, cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stdout
+    with Session(_engine(config)) as session:
+        assert queries.get_asset(session, asset.id).state == "succeeded"
