@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -421,3 +422,33 @@ def test_an_outage_longer_than_the_window_mid_run_ends_foundry3d_run_in_one_line
     assert rerun.returncode == 0, rerun.stdout
     with Session(_engine(config)) as session:
         assert queries.get_asset(session, asset.id).state == "succeeded"
+
+
+@pytest.mark.postgres
+def test_a_job_submitted_during_an_outage_longer_than_the_window_is_answered_503_then_accepted(
+    postgres_config, tmp_path
+):
+    from tests.api.conftest import manifest_yaml, server_env, start_server, stop_server
+
+    config, block = postgres_config
+    env = server_env(config.database_url, config.store_url, Path(config.library_path), tmp_path)
+    env["FOUNDRY_DB_RETRY_SECONDS"] = "1"
+    server = start_server(env, tmp_path)
+    manifest = manifest_yaml([{"prompt": "a soda can"}])
+    try:
+        outage = block(120.0)
+        try:
+            refused = server.request("POST", "/v1/jobs", manifest,
+                                     content_type="application/x-yaml")
+        finally:
+            outage.end.set()
+            outage.join()
+        accepted = server.request("POST", "/v1/jobs", manifest, content_type="application/x-yaml")
+    finally:
+        stop_server(server)
+    assert refused.status == 503, refused.body
+    assert refused.json()["error"]["code"] == "unavailable"
+    assert "database unreachable" in refused.json()["error"]["message"]
+    assert "Traceback" not in server.log()
+    assert accepted.status == 202, accepted.body
+    assert _count(config, "batches") == 1
