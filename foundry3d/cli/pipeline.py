@@ -9,7 +9,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
@@ -17,8 +17,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from foundry3d.cli.app import UserError, app, console, err_console
-from storage.db import DatabaseUnavailable
 from storage.redact import redact_url
+
+if TYPE_CHECKING:  # imported where used: SQLAlchemy stays out of the CLI's start-up
+    from storage.db import DatabaseUnavailable
 
 
 def _prepare(verbose: bool = False):
@@ -273,6 +275,8 @@ def run(
     finally:
         unsubscribe()
     if "error" in result:
+        from storage.db import DatabaseUnavailable
+
         error = result["error"]
         if isinstance(error, DatabaseUnavailable):
             if verbose:
@@ -351,7 +355,7 @@ def retry(
     settings, config = _prepare(verbose)
     start_prefect_api(settings, verbose)
     from flows.retry import SELECT_STEP, retry_flow, select_retryable
-    from storage.db import through_outage
+    from storage.db import DatabaseUnavailable, through_outage
     from tasks.assets import ParameterError, retried_params
 
     _quiet_prefect(verbose)
