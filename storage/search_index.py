@@ -1,0 +1,462 @@
+"""An in-process copy of one database's prompt index, for a long-lived server's searches.
+
+:func:`storage.search.hybrid_search` asks the database for its keyword candidates (SQLite
+ranks every entry that matches any word, thousands for a common word) and reads a cached
+embedding matrix that it reloads whole whenever the index changes. A server answers many
+searches over one database, so :class:`SearchIndex` keeps what those searches need in memory
+and ranks in numpy:
+
+* every entry's asset id and unit embedding (``(N, 384)`` float32), loaded once and then kept
+  fresh incrementally: each search reads the index's freshness stamp (free on SQLite while
+  nothing was committed) and, when it changed, only the rows updated at or after the newest
+  ``updated_at`` already held (a deletion, which leaves no row to read, reloads everything);
+* on SQLite, each query word's bm25 contributions per entry, asked of FTS5 once per word and
+  kept until the index changes. FTS5's bm25 of ``"a" OR "b"`` is the sum, in query order, of
+  the bm25 of ``"a"`` and of ``"b"`` (each phrase adds its own ``idf * tf`` term, with the
+  same document count and average length), so the sums here equal what FTS5 returns for the
+  whole query, to the bit. PostgreSQL's ``ts_rank`` of an OR query is no such sum: there the
+  keyword candidates still come from :func:`storage.search.keyword_search`.
+
+The database is asked only for what changes under a search: the state and tags of the best
+candidates (the filters), and the text and output keys of the hits. The result equals
+:func:`storage.search.hybrid_search` with ``method="exact"``: the same candidates in the same
+order, keyword scores to the bit and cosines to float32 rounding (BLAS rounds a row's dot
+product by where the row sits in its matrix, and this one orders its rows by arrival; on
+PostgreSQL, hybrid_search's default ``auto`` takes its semantic candidates from
+pgvector's approximate HNSW index instead, so it can miss some that this finds). Same known
+limit as that module's cache: a re-indexed entry whose transaction took its ``updated_at``
+before another writer's later, already committed change is not seen until the next change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from storage import search
+from storage.schema import EMBEDDING_DIM, SQLITE_FTS_TABLE, Asset, PromptIndex
+
+WORD_CACHE_SIZE = 4096
+"""Query words whose bm25 contributions a SQLite index keeps (least recently used dropped)."""
+FIRST_CANDIDATES_SLACK = 16
+"""Extra candidates checked in the first round of a filtered search, beyond twice the hits."""
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The entries of the prompt index as read at one freshness stamp; never changed once
+    published (appends go to spare rows past ``count`` of shared buffers)."""
+
+    stamp: tuple
+    """``(count(*), max(updated_at))`` of prompt_index when these entries were current."""
+    high_water: Any
+    """The newest ``updated_at`` read, as the driver returns it (str on SQLite)."""
+    count: int
+    """Number of entries N."""
+    ids: np.ndarray
+    """``(capacity,)`` object array of asset ids; the first N are the entries."""
+    rowids: np.ndarray
+    """``(capacity,)`` int64 SQLite rowids of the entries (the FTS5 rowids); 0 on PostgreSQL."""
+    unit: np.ndarray
+    """``(capacity, EMBEDDING_DIM)`` float32 unit embeddings (zero rows without one)."""
+    embedded: np.ndarray
+    """``(capacity,)`` bool: whether the entry has an embedding."""
+    position: dict[str, int]
+    """Asset id -> row of the entry."""
+
+    @cached_property
+    def _rowid_order(self) -> np.ndarray:
+        return np.argsort(self.rowids[: self.count], kind="stable")
+
+    def rows_of_rowids(self, rowids: np.ndarray) -> np.ndarray:
+        """Rows of the entries with these SQLite rowids; -1 for a rowid not held."""
+        if self.count == 0:
+            return np.full(len(rowids), -1, dtype=np.intp)
+        held = self.rowids[: self.count]
+        where = np.minimum(np.searchsorted(held[self._rowid_order], rowids), self.count - 1)
+        rows = self._rowid_order[where]
+        return np.where(held[rows] == rowids, rows, -1)
+
+
+@dataclass(frozen=True)
+class _Detail:
+    """What a search needs of an entry's database rows at query time."""
+
+    text: str
+    state: str
+    output_keys: dict[str, Any] | None
+    tags: list[str]
+
+
+class SearchIndex:
+    """Hybrid search over one database's prompt index, ranked in memory.
+
+    Thread-safe: searches may run at once; a refresh is done by one of them under a lock.
+    Bound to the first database it searches (a session of another database is refused).
+    """
+
+    def __init__(self) -> None:
+        self._entries: _Entries | None = None
+        self._database: str | None = None
+        self._lock = threading.Lock()
+        self._words: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._words_stamp: tuple | None = None
+
+    # --- freshness ----------------------------------------------------------------------------
+
+    def refresh(self, session: Session) -> int:
+        """Bring the index up to what ``session`` sees; returns the number of entries."""
+        return self._current(session).count
+
+    def _current(self, session: Session) -> _Entries:
+        url = session.get_bind().engine.url.render_as_string(hide_password=False)
+        if self._database is not None and url != self._database:
+            raise ValueError("a SearchIndex serves the one database it first searched")
+        stamp = search._freshness_stamp(session)
+        entries = self._entries
+        if entries is not None and entries.stamp == stamp:
+            return entries
+        with self._lock:
+            entries = self._entries
+            if entries is not None and entries.stamp == stamp:
+                return entries
+            entries = self._updated(session, entries, stamp) if entries else None
+            if entries is None:
+                entries = _load_all(session, stamp)
+            self._entries, self._database = entries, url
+            return entries
+
+    def _updated(self, session: Session, entries: _Entries, stamp: tuple) -> _Entries | None:
+        """``entries`` with the rows updated since their high-water mark; None when a
+        deletion (or anything else the count cannot explain) asks for a full reload."""
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        rows = session.execute(
+            sa.text(
+                f"SELECT asset_id, embedding, updated_at, {'rowid' if sqlite else '0'} "
+                "FROM prompt_index WHERE updated_at >= :since"
+            ),
+            {"since": entries.high_water},
+        ).all()
+        new = [row for row in rows if row[0] not in entries.position]
+        if entries.count + len(new) != stamp[0]:
+            return None
+        changed = [row for row in rows if row[0] in entries.position]
+        capacity = len(entries.ids)
+        if changed or entries.count + len(new) > capacity:
+            # Rows that readers may be scoring are never written: copy, then change the copy.
+            capacity = max(capacity, int(1.5 * (entries.count + len(new))) + 64)
+            ids, rowids, unit, embedded = _buffers(capacity)
+            n = entries.count
+            ids[:n], rowids[:n] = entries.ids[:n], entries.rowids[:n]
+            unit[:n], embedded[:n] = entries.unit[:n], entries.embedded[:n]
+            position = dict(entries.position)
+        else:
+            ids, rowids, unit, embedded = (entries.ids, entries.rowids, entries.unit,
+                                           entries.embedded)
+            position = dict(entries.position)
+        for row in changed:
+            _fill(position[row[0]], row, ids, rowids, unit, embedded)
+        for n, row in enumerate(new, start=entries.count):
+            _fill(n, row, ids, rowids, unit, embedded)
+            position[row[0]] = n
+        high_water = max([entries.high_water, *(row[2] for row in rows)],
+                         key=lambda value: (value is not None, value))
+        return _Entries(stamp, high_water, entries.count + len(new), ids, rowids, unit,
+                        embedded, position)
+
+    # --- search -------------------------------------------------------------------------------
+
+    def search(
+        self,
+        session: Session,
+        query: str,
+        embedding: np.ndarray | None,
+        *,
+        limit: int = 10,
+        state: str | None = None,
+        tag: str | None = None,
+        keyword_weight: float = 0.5,
+        candidates: int | None = None,
+    ) -> list[search.SearchHit]:
+        """The hits of :func:`storage.search.hybrid_search` (``method="exact"``), best first.
+
+        ``embedding`` : ``(EMBEDDING_DIM,)`` float32 query embedding, or None for keyword
+        search. Each search proposes ``candidates`` entries (default ``max(4 * limit, 50)``)
+        that pass the ``state``/``tag`` filters; ``score = keyword_weight * keyword / best
+        keyword + (1 - keyword_weight) * max(cosine, 0)``; ties go to the smaller asset id.
+        """
+        if not 0.0 <= keyword_weight <= 1.0:
+            raise ValueError(f"keyword_weight must be in [0, 1], got {keyword_weight}")
+        if limit <= 0:
+            return []
+        pool = candidates or max(4 * limit, 50)
+        entries = self._current(session)
+        details: dict[str, _Detail | None] = {}  # fetched once per search
+        passes = _Filter(session, state, tag, details)
+        keyword = self._keyword(session, entries, query, pool, passes)
+        if embedding is None:
+            return _hits_from_keyword(session, keyword[:limit], details)
+        query_vector = np.asarray(embedding, dtype=np.float32)
+        search.encode_embedding(query_vector)  # validates shape and finiteness
+        # Normalised twice, as hybrid_search does (once itself, once in its matrix's scores),
+        # so that the cosines are the same float32 numbers.
+        query_vector = search._unit(search._unit(query_vector[None])[0][None])[0]
+        scores = entries.unit[: entries.count] @ query_vector
+        semantic = _best(scores, entries.ids[: entries.count],
+                         np.flatnonzero(entries.embedded[: entries.count]), pool, passes)
+
+        keyword_scores = dict(keyword)
+        cosines = {str(entries.ids[i]): float(scores[i]) for i in semantic}
+        for asset_id in keyword_scores:
+            i = entries.position.get(asset_id)
+            if i is not None and entries.embedded[i]:
+                cosines[asset_id] = float(scores[i])
+        best_keyword = max((score or 0.0 for _, score in keyword), default=0.0)
+        ranked = []
+        for asset_id in {**keyword_scores, **dict.fromkeys(cosines)}:
+            raw = keyword_scores.get(asset_id)
+            scaled = (raw / best_keyword) if raw and best_keyword > 0 else 0.0
+            cosine = cosines.get(asset_id)
+            score = keyword_weight * scaled + (1 - keyword_weight) * max(cosine or 0.0, 0.0)
+            ranked.append((-float(score), asset_id))
+        ranked.sort()
+        chosen = ranked[:limit]
+        passes.fetch([asset_id for _, asset_id in chosen])
+        hits = []
+        for negative_score, asset_id in chosen:
+            detail = details.get(asset_id)
+            if detail is None:  # removed since the candidates were chosen
+                continue
+            hits.append(search.SearchHit(
+                asset_id=asset_id, score=-negative_score,
+                keyword_score=keyword_scores.get(asset_id), semantic_score=cosines.get(asset_id),
+                text=detail.text, state=detail.state, output_keys=detail.output_keys or {}))
+        return hits
+
+    def _keyword(self, session: Session, entries: _Entries, query: str, pool: int,
+                 passes: _Filter) -> list[tuple[str, float]]:
+        """(asset id, keyword score) of the best ``pool`` keyword matches passing the filters,
+        best first, as :func:`storage.search.keyword_search` ranks them."""
+        words = search.query_words(query)
+        if not words:
+            return []
+        if session.get_bind().dialect.name != "sqlite":
+            hits = search.keyword_search(session, query, limit=pool, state=passes.state,
+                                         tag=passes.tag)
+            for hit in hits:  # passed the filters in SQL: their tags hold the tag asked for
+                passes.details[hit.asset_id] = _Detail(hit.text, hit.state, hit.output_keys,
+                                                       [passes.tag] if passes.tag else [])
+            return [(hit.asset_id, hit.score) for hit in hits]
+        rows, bm25 = self._bm25(session, entries, words)
+        best = _best(-bm25, entries.ids[rows], np.arange(len(rows)), pool, passes)  # lower first
+        return [(str(entries.ids[rows[i]]), -float(bm25[i])) for i in best]
+
+    def _bm25(self, session: Session, entries: _Entries,
+              words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the entries that match any of ``words`` and their FTS5 bm25 for the whole
+        query (the sum of each word's contribution, in query order, as FTS5 adds them)."""
+        parts = [self._word(session, entries, word) for word in words]
+        rows = np.concatenate([p[0] for p in parts])
+        if len(rows) == 0:
+            return rows, np.zeros(0)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        total = np.zeros(len(unique))
+        np.add.at(total, inverse, np.concatenate([p[1] for p in parts]))  # in order, per row
+        return unique, total
+
+    def _word(self, session: Session, entries: _Entries,
+              word: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, bm25 of the one-phrase query ``"word"``) of the entries matching it."""
+        with self._lock:
+            if self._words_stamp != entries.stamp:
+                self._words.clear()
+                self._words_stamp = entries.stamp
+            cached = self._words.get(word)
+            if cached is not None:
+                self._words.move_to_end(word)
+                return cached
+        found = session.execute(
+            sa.text(
+                f"SELECT rowid, bm25({SQLITE_FTS_TABLE}) FROM {SQLITE_FTS_TABLE} "
+                f"WHERE {SQLITE_FTS_TABLE} MATCH :match"
+            ),
+            {"match": '"' + word + '"'},
+        ).all()
+        rowids = np.array([r[0] for r in found], dtype=np.int64)
+        ranks = np.array([r[1] for r in found], dtype=np.float64)
+        rows = entries.rows_of_rowids(rowids)
+        known = rows >= 0  # an entry committed after this index's stamp waits for the next
+        value = (rows[known].astype(np.intp), ranks[known])
+        with self._lock:
+            if self._words_stamp == entries.stamp:
+                self._words[word] = value
+                while len(self._words) > WORD_CACHE_SIZE:
+                    self._words.popitem(last=False)
+        return value
+
+
+class _Filter:
+    """The ``state``/``tag`` filters of one search, checked on the entries' current rows."""
+
+    def __init__(self, session: Session, state: str | None, tag: str | None,
+                 details: dict[str, _Detail | None]) -> None:
+        self.session, self.state, self.tag, self.details = session, state, tag, details
+
+    @property
+    def active(self) -> bool:
+        return self.state is not None or self.tag is not None
+
+    def fetch(self, asset_ids: list[str]) -> None:
+        """Read the text, state, output keys and tags of those of ``asset_ids`` not read yet."""
+        missing = [a for a in asset_ids if a not in self.details]
+        if not missing:
+            return
+        rows = self.session.execute(
+            sa.select(PromptIndex.asset_id, PromptIndex.text, Asset.state, Asset.output_keys,
+                      PromptIndex.tags)
+            .join(Asset, Asset.id == PromptIndex.asset_id)
+            .where(PromptIndex.asset_id.in_(missing))
+        ).all()
+        for asset_id in missing:
+            self.details[asset_id] = None  # gone since the index read it
+        for row in rows:
+            self.details[row.asset_id] = _Detail(row.text, row.state, row.output_keys,
+                                                 list(row.tags or []))
+
+    def __call__(self, asset_ids: list[str]) -> list[bool]:
+        """Whether each entry exists and passes the filters (as the SQL filters decide:
+        ``state`` equal, ``tag`` one of the entry's tags)."""
+        self.fetch(asset_ids)
+        return [self._passes(self.details[a]) for a in asset_ids]
+
+    def _passes(self, detail: _Detail | None) -> bool:
+        return detail is not None and (self.state is None or detail.state == self.state) and (
+            self.tag is None or self.tag in detail.tags)
+
+    def passing_ids(self) -> set[str]:
+        """Every indexed asset id that passes the filters (for a rare filter)."""
+        return set(self.session.scalars(
+            sa.select(PromptIndex.asset_id)
+            .join(Asset, Asset.id == PromptIndex.asset_id)
+            .where(*search._filters(self.session, self.state, self.tag))
+        ))
+
+
+def _best(values: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int,
+          passes: _Filter) -> np.ndarray:
+    """Positions (into ``values`` and ``ids``) of the ``k`` best ``candidates`` that pass the
+    filters, best first: higher ``values`` first, ties to the smaller asset id.
+
+    Filters are checked on the best candidates only, widening the list as the observed pass
+    rate asks; past :data:`storage.search.MAX_FILTER_CANDIDATES` the filter becomes a mask of
+    the ids that pass. Either way the result is the exact filtered ranking.
+    """
+    if len(candidates) == 0 or k <= 0:
+        return candidates[:0]
+    if not passes.active:
+        return _top(values, ids, candidates, k)
+    want = 2 * k + FIRST_CANDIDATES_SLACK
+    while want <= search.MAX_FILTER_CANDIDATES:
+        top = _top(values, ids, candidates, want)
+        passed = top[np.array(passes([str(a) for a in ids[top]]), dtype=bool)]
+        if len(passed) >= k or want >= len(candidates):
+            return passed[:k]
+        want = max(2 * want, int(2 * k * want / max(len(passed), 1)))
+    allowed = passes.passing_ids()
+    candidates = candidates[np.array([str(a) in allowed for a in ids[candidates]], dtype=bool)]
+    top = _top(values, ids, candidates, k)
+    passes.fetch([str(a) for a in ids[top]])
+    return top
+
+
+def _top(values: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` of ``candidates`` with the highest ``values``, best first, ties by asset id.
+
+    A threshold from a sample of the values first narrows the candidates (a comparison over
+    all of them costs less than partitioning them all), then the few left are partitioned and
+    sorted; every candidate tied with the k-th competes on its id, as in a full sort.
+    """
+    chosen = values[candidates]
+    keep = np.arange(len(candidates))
+    if k < len(candidates):
+        step = max(1, len(candidates) // 4096)
+        sample = chosen[::step]
+        # About twice k's share of the sample: usually enough candidates are above it.
+        j = min(len(sample) - 1, 2 * (k * len(sample)) // len(candidates) + 1)
+        threshold = np.partition(sample, len(sample) - 1 - j)[len(sample) - 1 - j]
+        above = np.flatnonzero(chosen >= threshold)
+        if len(above) >= k:
+            keep = above
+        if k < len(keep):
+            kth = np.partition(chosen[keep], len(keep) - k)[len(keep) - k]
+            keep = keep[chosen[keep] >= kth]
+    order = np.lexsort((ids[candidates[keep]].astype(str), -chosen[keep]))
+    return candidates[keep][order][:k]
+
+
+def _hits_from_keyword(session: Session, keyword: list[tuple[str, float]],
+                       details: dict[str, _Detail | None]) -> list[search.SearchHit]:
+    _Filter(session, None, None, details).fetch([asset_id for asset_id, _ in keyword])
+    return [
+        search.SearchHit(asset_id=asset_id, score=score, keyword_score=score,
+                         semantic_score=None, text=detail.text, state=detail.state,
+                         output_keys=detail.output_keys or {})
+        for asset_id, score in keyword
+        if (detail := details.get(asset_id)) is not None
+    ]
+
+
+def _buffers(capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.empty(capacity, dtype=object), np.zeros(capacity, dtype=np.int64),
+            np.zeros((capacity, EMBEDDING_DIM), dtype=np.float32),
+            np.zeros(capacity, dtype=bool))
+
+
+def _fill(n: int, row, ids, rowids, unit, embedded) -> None:  # noqa: ANN001
+    """Write one ``(asset_id, embedding, updated_at, rowid)`` row into row ``n``."""
+    ids[n], rowids[n] = row[0], int(row[3] or 0)
+    if row[1] is None:
+        unit[n], embedded[n] = 0.0, False
+        return
+    vector = np.frombuffer(row[1], dtype="<f4").astype(np.float32)
+    if vector.shape != (EMBEDDING_DIM,):
+        raise ValueError(f"prompt_index holds an embedding that is not {4 * EMBEDDING_DIM} "
+                         "bytes long")
+    unit[n] = vector
+    search.scale_rows_to_unit(unit[n : n + 1])
+    embedded[n] = True
+
+
+def _load_all(session: Session, stamp: tuple) -> _Entries:
+    """Every entry of prompt_index, read after ``stamp`` (so never older than it)."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    rows = session.connection().exec_driver_sql(
+        f"SELECT asset_id, embedding, updated_at, {'rowid' if sqlite else '0'} FROM prompt_index"
+    ).all()
+    capacity = int(1.25 * len(rows)) + 64
+    ids, rowids, unit, embedded = _buffers(capacity)
+    n = len(rows)
+    ids[:n] = [row[0] for row in rows]
+    rowids[:n] = [int(row[3] or 0) for row in rows]
+    width = 4 * EMBEDDING_DIM
+    flat = unit.reshape(-1).view(np.uint8)
+    for i, row in enumerate(rows):
+        if row[1] is None:
+            continue
+        if len(row[1]) != width:
+            raise ValueError(f"prompt_index holds an embedding that is not {width} bytes long")
+        flat[i * width : (i + 1) * width] = np.frombuffer(row[1], dtype=np.uint8)
+        embedded[i] = True
+    if unit.dtype.byteorder == ">":  # pragma: no cover - big-endian machines
+        unit[:n] = unit[:n].byteswap()
+    search.scale_rows_to_unit(unit[:n])
+    values = [row[2] for row in rows if row[2] is not None]
+    return _Entries(stamp, max(values) if values else None, n, ids, rowids, unit, embedded,
+                    {asset_id: i for i, asset_id in enumerate(ids[:n].tolist())})
