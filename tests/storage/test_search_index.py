@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from storage import queries as q
-from storage import search
+from storage import search, search_index
 from storage.db import make_engine, session_scope
 from storage.schema import EMBEDDING_DIM, Asset
-from storage.search_index import SearchIndex
+from storage.search_index import SearchIndex, snapshot_folder
 
 COLOURS = ["red", "blue", "green", "old"]
 NOUNS = ["chair", "chairs", "mug", "lamp", "table", "kettle"]
@@ -175,3 +175,35 @@ def test_an_index_refuses_a_second_database(catalog, tmp_path):
     with session_scope(other) as session, pytest.raises(ValueError, match="one database"):
         index.refresh(session)
     other.dispose()
+
+
+def test_a_new_index_starts_from_the_saved_snapshot_and_reads_only_later_entries(
+    catalog, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(search_index, "SNAPSHOT_MIN_ENTRIES", 0)
+    monkeypatch.setattr(search_index, "SNAPSHOT_MIN_NEW", 0)
+    folder = tmp_path / "foundry.db.search-index"
+    query = "purple teapot"
+    vector = _embedding(query)
+    with session_scope(catalog) as session:
+        SearchIndex(folder).refresh(session)
+    assert (folder / "current").is_file()
+    with session_scope(catalog) as session:
+        _add(session, ENTRIES, "a purple teapot", ["new"], vector)
+
+    def no_full_read(*_args):  # noqa: ANN202
+        raise AssertionError("the snapshot should have spared reading every entry")
+
+    monkeypatch.setattr(search_index, "_load_all", no_full_read)
+    with session_scope(catalog) as session:
+        found = SearchIndex(folder).search(session, query, vector, limit=5)
+        expected = search.hybrid_search(session, query, vector, limit=5, method="exact")
+    assert found[0].asset_id == _asset_id(ENTRIES)
+    _assert_equal(found, expected, "from the snapshot")
+
+
+def test_only_an_sqlite_database_file_keeps_a_snapshot_beside_it(tmp_path):
+    assert snapshot_folder(sa.make_url(f"sqlite:///{tmp_path / 'foundry.db'}")) == (
+        tmp_path / "foundry.db.search-index")
+    assert snapshot_folder(sa.make_url("sqlite://")) is None
+    assert snapshot_folder(sa.make_url("postgresql+psycopg://u@h/db")) is None
