@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -53,7 +54,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from storage import search
-from storage.schema import EMBEDDING_DIM, SQLITE_FTS_TABLE, Asset, PromptIndex
+from storage.schema import EMBEDDING_DIM, PG_FTS_COLUMN, SQLITE_FTS_TABLE, Asset, PromptIndex
 
 SNAPSHOT_MIN_ENTRIES = 5000
 """Smallest index kept in a snapshot: fewer entries are read from the database as fast."""
@@ -63,7 +64,9 @@ read again, quickly, by the next process that opens it)."""
 log = logging.getLogger("foundry3d.search")
 
 WORD_CACHE_SIZE = 4096
-"""Query words whose bm25 contributions a SQLite index keeps (least recently used dropped)."""
+"""Query words (SQLite) or lexemes (PostgreSQL) whose matches an index keeps (least recently
+used dropped)."""
+_ENGLISH = sa.literal_column("'english'")  # the text search configuration of storage.search
 FIRST_CANDIDATES_SLACK = 16
 """Extra candidates checked in the first round of a filtered search, beyond twice the hits."""
 
@@ -135,8 +138,10 @@ class SearchIndex:
         self._database: str | None = None
         self._snapshot = snapshot
         self._lock = threading.Lock()
+        # SQLite: word -> (rows, bm25); PostgreSQL: lexeme -> (rows, position counts).
         self._words: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._words_stamp: tuple | None = None
+        self._lexemes: dict[str, str | None] = {}  # PostgreSQL: query word -> lexeme
 
     # --- freshness ----------------------------------------------------------------------------
 
@@ -283,17 +288,108 @@ class SearchIndex:
         words = search.query_words(query)
         if not words:
             return []
-        if session.get_bind().dialect.name != "sqlite":
-            hits = search.keyword_search(session, query, limit=pool, state=passes.state,
-                                         tag=passes.tag)
-            for hit in hits:  # passed the filters in SQL: their tags hold the tag asked for
-                passes.details[hit.asset_id] = _Detail(hit.text, hit.state, hit.output_keys,
-                                                       [passes.tag] if passes.tag else [])
-            return [(hit.asset_id, hit.score, entries.position.get(hit.asset_id))
-                    for hit in hits]
-        rows, bm25 = self._bm25(session, entries, words)
-        best = _best(-bm25, entries.ids[rows], np.arange(len(rows)), pool, passes)  # lower first
-        return [(str(entries.ids[rows[i]]), -float(bm25[i]), int(rows[i])) for i in best]
+        if session.get_bind().dialect.name == "sqlite":
+            rows, bm25 = self._bm25(session, entries, words)
+            scores = -bm25  # bm25: lower is better
+        else:
+            ranked = self._ts_rank(session, entries, words)
+            if ranked is None:  # a word that is more than one lexeme: PostgreSQL ranks it
+                hits = search.keyword_search(session, query, limit=pool, state=passes.state,
+                                             tag=passes.tag)
+                for hit in hits:  # passed the filters in SQL: their tags hold the tag asked for
+                    passes.details[hit.asset_id] = _Detail(hit.text, hit.state, hit.output_keys,
+                                                           [passes.tag] if passes.tag else [])
+                return [(hit.asset_id, hit.score, entries.position.get(hit.asset_id))
+                        for hit in hits]
+            rows, scores = ranked
+        best = _best(scores, entries.ids[rows], np.arange(len(rows)), pool, passes)
+        if scores.dtype == np.float32:
+            # A float4 reaches Python as its shortest decimal text, parsed as a double.
+            return [(str(entries.ids[rows[i]]), float(str(scores[i])), int(rows[i]))
+                    for i in best]
+        return [(str(entries.ids[rows[i]]), float(scores[i]), int(rows[i])) for i in best]
+
+    def _ts_rank(self, session: Session, entries: _Entries,
+                 words: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Rows of the entries that match any of ``words`` and PostgreSQL's ``ts_rank`` of
+        them for the OR query of the words, as float32 (what ``ts_rank`` returns); None when a
+        word is not a single lexeme (``foo_bar`` is a phrase), which this does not model.
+
+        ``ts_rank`` of an OR query (``calc_rank_or`` in PostgreSQL's ``tsrank.c``): over the
+        query's distinct lexemes, sorted bytewise, each one found in the entry adds the double
+        ``(w + resj - w) / 1.64493406685`` to a float32 sum, ``resj`` being the float32 sum of
+        ``0.1 / i**2`` over its ``i = 1..n`` positions (weight D, as ``to_tsvector`` gives every
+        word); the sum is divided by the number of distinct lexemes in float32. The float32
+        steps are taken here in the same order, so the ranks are PostgreSQL's, to the bit.
+        """
+        lexemes: dict[str, str] = {}  # lexeme -> a word that makes it
+        for word in words:
+            lexeme = self._lexeme(session, word)
+            if lexeme is None:
+                return None
+            if lexeme:  # "" for a stop word, which the query drops
+                lexemes.setdefault(lexeme, word)
+        if not lexemes:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
+        parts = [self._postings(session, entries, lexeme, lexemes[lexeme])
+                 for lexeme in sorted(lexemes, key=lambda text: text.encode())]
+        rows = np.unique(np.concatenate([part[0] for part in parts]))
+        total = np.zeros(len(rows), dtype=np.float32)
+        for part_rows, counts in parts:
+            at = np.searchsorted(rows, part_rows)
+            total[at] = (total[at].astype(np.float64) + _ts_rank_terms(counts)).astype(np.float32)
+        return rows, total / np.float32(len(lexemes))
+
+    def _lexeme(self, session: Session, word: str) -> str | None:
+        """The lexeme ``to_tsquery('english', word)`` makes of ``word``: "" for a stop word,
+        None when it makes more than one."""
+        with self._lock:
+            if word in self._lexemes:
+                return self._lexemes[word]
+        text = session.scalar(sa.select(sa.cast(sa.func.to_tsquery(_ENGLISH, word), sa.Text)))
+        match = _ONE_LEXEME.fullmatch(text or "")
+        lexeme = "" if not text else (match.group(1).replace("''", "'") if match else None)
+        with self._lock:
+            self._lexemes[word] = lexeme
+            while len(self._lexemes) > WORD_CACHE_SIZE:
+                self._lexemes.pop(next(iter(self._lexemes)))
+        return lexeme
+
+    def _postings(self, session: Session, entries: _Entries, lexeme: str,
+                  word: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, position counts) of the entries whose tsvector holds ``lexeme`` (which
+        ``word`` makes)."""
+        key = "\x00" + lexeme  # beside the SQLite words in one cache, never equal to one
+        with self._lock:
+            if self._words_stamp != entries.stamp:
+                self._words.clear()
+                self._words_stamp = entries.stamp
+            cached = self._words.get(key)
+            if cached is not None:
+                self._words.move_to_end(key)
+                return cached
+        column = f"prompt_index.{PG_FTS_COLUMN}"
+        found = session.execute(
+            sa.text(
+                # A stripped lexeme has no positions; ts_rank counts it as one.
+                "SELECT prompt_index.asset_id, coalesce(array_length(u.positions, 1), 1) "
+                f"FROM prompt_index, unnest({column}) AS u "
+                f"WHERE {column} @@ to_tsquery('english', :query) AND u.lexeme = :lexeme"
+            ),
+            {"query": word, "lexeme": lexeme},
+        ).all()
+        position = entries.position
+        known = [(position[r[0]], r[1]) for r in found if r[0] in position]
+        rows = np.array([k[0] for k in known], dtype=np.intp)
+        counts = np.array([k[1] for k in known], dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        value = (rows[order], counts[order])
+        with self._lock:
+            if self._words_stamp == entries.stamp:
+                self._words[key] = value
+                while len(self._words) > WORD_CACHE_SIZE:
+                    self._words.popitem(last=False)
+        return value
 
     def _bm25(self, session: Session, entries: _Entries,
               words: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -436,6 +532,25 @@ def _top(values: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int) ->
             keep = keep[chosen[keep] >= kth]
     order = np.lexsort((ids[candidates[keep]].astype(str), -chosen[keep]))
     return candidates[keep][order][:k]
+
+
+_ONE_LEXEME = re.compile(r"'((?:[^']|'')+)'")
+_PG_RANK_TERMS: list[float] = []
+
+
+def _ts_rank_terms(counts: np.ndarray) -> np.ndarray:
+    """The double that ``calc_rank_or`` adds for a lexeme found at ``counts`` positions."""
+    top = int(counts.max()) if len(counts) else 0
+    while len(_PG_RANK_TERMS) <= top:
+        n = len(_PG_RANK_TERMS)
+        weight = np.float32(0.1)  # weights[D]
+        resj = np.float32(0.0)
+        for j in range(n):
+            resj = np.float32(resj + np.float32(weight / np.float32((j + 1) * (j + 1))))
+        # wjm is the first position's weight (no later one is greater), jm = 0.
+        inner = np.float32(np.float32(weight + resj) - np.float32(weight / np.float32(1)))
+        _PG_RANK_TERMS.append(float(inner) / 1.64493406685 if n else 0.0)
+    return np.array(_PG_RANK_TERMS)[counts]
 
 
 def _hits_from_keyword(session: Session, keyword: list[tuple[str, float, int | None]],

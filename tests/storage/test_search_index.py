@@ -22,7 +22,7 @@ MATERIALS = ["wooden", "ceramic", "brass"]
 ENTRIES = 400
 RARE_TAG = "rare"
 QUERIES = ["red chair", "chairs", "blue ceramic mug", "old old lamp", "kettle", "zebra",
-           "wooden", "green table lamp"]
+           "wooden", "green table lamp", "the mug", "red_chair lamp", "a", "brass wooden chair"]
 FILTERS = [(None, None), ("succeeded", None), (None, RARE_TAG), ("succeeded", RARE_TAG),
            ("failed", None)]
 
@@ -47,6 +47,8 @@ def catalog(db_engine):
     with session_scope(db_engine) as session:
         for n in range(ENTRIES):
             text = texts[n % len(texts)] if n % 7 else NOUNS[n % len(NOUNS)]
+            if n % 11 == 0:  # a word at several positions
+                text += " " + " ".join(text.split()[-1:] * (1 + n % 4))
             vector = None if n % 40 == 39 else rng.normal(size=EMBEDDING_DIM).astype(np.float32)
             _add(session, n, text, [RARE_TAG] if n % 25 == 0 else ["common"], vector)
             if n % 3:
