@@ -14,8 +14,12 @@ and ranks in numpy:
   kept until the index changes. FTS5's bm25 of ``"a" OR "b"`` is the sum, in query order, of
   the bm25 of ``"a"`` and of ``"b"`` (each phrase adds its own ``idf * tf`` term, with the
   same document count and average length), so the sums here equal what FTS5 returns for the
-  whole query, to the bit. PostgreSQL's ``ts_rank`` of an OR query is no such sum: there the
-  keyword candidates still come from :func:`storage.search.keyword_search`.
+  whole query, to the bit;
+* on PostgreSQL, each query lexeme's entries and its number of positions in each, asked once
+  per lexeme and kept until the index changes; ``ts_rank`` of the OR query is computed from
+  them in the float32 steps PostgreSQL takes (:meth:`SearchIndex._ts_rank`), to the bit. A
+  query word that PostgreSQL parses into more than one lexeme (``foo_bar``, a phrase) sends
+  that query's keyword part to :func:`storage.search.keyword_search`.
 
 Given a snapshot folder (:func:`snapshot_folder`, beside an SQLite database file), the entries
 are also saved there, the embeddings as a ``.npy`` file that the next process maps instead of
