@@ -193,7 +193,10 @@ class SearchIndex:
         new = [row for row in rows if row[0] not in entries.position]
         if entries.count + len(new) != stamp[0]:
             return None
-        changed = [row for row in rows if row[0] in entries.position]
+        # The rows at the high-water mark itself are read again each time: only a changed
+        # embedding (re-indexed entry) asks for a copy of the held rows.
+        changed = [row for row in rows
+                   if row[0] in entries.position and not _holds(entries, row)]
         capacity = len(entries.ids)
         if changed or entries.count + len(new) > capacity:
             # Rows that readers may be scoring are never written: copy, then change the copy.
@@ -573,6 +576,18 @@ def _buffers(capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return (np.empty(capacity, dtype=object), np.zeros(capacity, dtype=np.int64),
             np.zeros((capacity, EMBEDDING_DIM), dtype=np.float32),
             np.zeros(capacity, dtype=bool))
+
+
+def _holds(entries: _Entries, row) -> bool:  # noqa: ANN001
+    """Whether ``entries`` already hold the ``(asset_id, embedding, updated_at, rowid)`` row."""
+    i = entries.position[row[0]]
+    if row[1] is None or not entries.embedded[i]:
+        return row[1] is None and not entries.embedded[i]
+    vector = np.frombuffer(row[1], dtype="<f4").astype(np.float32)[None]
+    if vector.shape != (1, EMBEDDING_DIM):
+        return False
+    search.scale_rows_to_unit(vector)
+    return bool(np.array_equal(vector[0], entries.unit[i]))
 
 
 def _fill(n: int, row, ids, rowids, unit, embedded) -> None:  # noqa: ANN001
