@@ -159,12 +159,20 @@ def job_view(app, batch_id: str) -> dict[str, Any]:  # noqa: ANN001
             state = "running"
         else:
             state = "queued"
+        first_stage_s = job.first_stage_s if job else None
+        if job is not None and first_stage_s is None:
+            # Assets run on the asset deployment's workers (server mode) send this process no
+            # progress events: their stage records say when the first stage started.
+            starts = [r.started_at for a in assets for r in runs[a.id]
+                      if r.started_at >= job.submitted_at]
+            if starts:
+                first_stage_s = (min(starts) - job.submitted_at).total_seconds()
         queued = [p for p in (positions.get(a.id) for a in assets) if p is not None]
         return {
             "batch_id": batch_id, "state": state, "counts": counts,
             "queue_position": min(queued) if queued else None,
             "submitted_at": iso(batch.created_at), "finished_at": iso(finished_at),
-            "first_stage_s": job.first_stage_s if job else None,
+            "first_stage_s": first_stage_s,
             "callback": job.callback if job else None,
             "rejected": [{"line": r.line, "reason": r.reason} for r in rejections],
             "assets": rows,

@@ -491,6 +491,7 @@ def _search_database(query: str, limit: int, state: str | None, tag: str | None,
     from foundry3d.settings import get_settings
     from storage.db import get_engine
     from storage.search import hybrid_search, search_assets_table, with_details
+    from storage.search_index import SearchIndex, snapshot_folder
 
     config = get_settings().pipeline_config()
     url = make_url(config.database_url)
@@ -503,8 +504,15 @@ def _search_database(query: str, limit: int, state: str | None, tag: str | None,
                 from models.embed.numpy_text import get_numpy_text_embedder
 
                 embedding = get_numpy_text_embedder().embed_texts([query])[0]
-                hits = hybrid_search(session, query, embedding, limit=limit, state=state,
-                                     tag=tag)
+                folder = snapshot_folder(url)
+                if folder is not None:
+                    # SQLite: the index kept beside the database file spares reading every
+                    # embedding (1.5 s for 100,000); it ranks as hybrid_search does here.
+                    hits = SearchIndex(folder).search(session, query, embedding, limit=limit,
+                                                      state=state, tag=tag)
+                else:
+                    hits = hybrid_search(session, query, embedding, limit=limit, state=state,
+                                         tag=tag)
             else:
                 hits = search_assets_table(session, query, state=state, limit=limit, tag=tag)
             return config, with_details(session, hits)
