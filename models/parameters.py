@@ -124,6 +124,12 @@ CONDITIONED_RANGES: dict[str, Range] = {
 """Accepted values of the reference-conditioned generators (``kiss3dgen-mesh``): Kiss3DGen's
 plus img2img strength and the ControlNet's weight and share of the steps."""
 
+MESH_TO_BUNDLE_RANGES: dict[str, Range] = {
+    **CONDITIONED_RANGES,
+    "caption_max_tokens": Range(1, 512),
+}
+"""Accepted values of ``kiss3dgen-mesh``: the conditioned ranges plus the caption's length."""
+
 IMAGE_TO_BUNDLE_RANGES: dict[str, Range] = {
     **CONDITIONED_RANGES,
     "redux_prompt_embeds_scale": Range(0.0, 10.0),
@@ -165,7 +171,7 @@ GENERATOR_PARAMS: dict[str, ParamsEntry | None] = {
     "kiss3dgen-mesh": ParamsEntry(
         "models.generate.kiss3dgen.mesh_to_3d:MeshToBundleParams",
         "kiss3dgen-mesh",
-        ranges=CONDITIONED_RANGES,
+        ranges=MESH_TO_BUNDLE_RANGES,
         check="models.parameters:check_generator_params",
     ),
     "kiss3dgen-image": ParamsEntry(

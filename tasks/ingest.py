@@ -47,7 +47,7 @@ class IngestResult:
 
 #: Manifest params that choose a generator's weights (part of its identity).
 WEIGHT_PARAMS = ("flux_path", "lora_path", "lora_scale", "controlnet_path", "use_controlnet",
-                 "redux_path", "use_redux", "matting_path")
+                 "redux_path", "use_redux", "matting_path", "caption_path")
 
 
 def generator_identity(generator: str, config: PipelineConfig, params: dict) -> str:
@@ -274,8 +274,11 @@ def _asset_values(
     key = (request.generator, *(str(params.get(k)) for k in WEIGHT_PARAMS))
     if key not in identities:  # reading the library's version once, not once per row
         identities[key] = generator_identity(request.generator, config, params)
+    identity = identities[key]
+    if request.kind == "mesh" and request.prompt is None:  # the caption comes from this model
+        identity += f":caption={params.get('caption_path', config.caption_path)}"
     return {
-        "asset_id": asset_identity(request.canonical(), identities[key]),
+        "asset_id": asset_identity(request.canonical(), identity),
         "kind": request.kind,
         "prompt": request.prompt,
         "image_ref": inputs.key(request.image_ref, request.image_sha256),
@@ -294,7 +297,8 @@ def _asset_values(
 
 def _label(request: AssetRequest) -> str:
     """A short human name for a request: its manifest id, else its prompt or input file."""
-    text = request.prompt or Path(request.image_ref or request.bundle_ref or "").name
+    source = request.image_ref or request.bundle_ref or request.mesh_ref or ""
+    text = request.prompt or Path(source).name
     if request.mesh_ref:
         text = f"{Path(request.mesh_ref).name}: {text}"
     if request.item_id:

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         description="TorchScript matting model for kiss3dgen-image pictures without alpha or a "
         "plain backdrop.",
     )
+    caption_path: Path | None = Field(
+        None,
+        description="Image-captioning model folder (Florence-2 or BLIP, save_pretrained layout) "
+        "captioning kiss3dgen-mesh enhance rows that have no prompt.",
+    )
     tile: int = Field(512, ge=64, description="Bundle tile size for generated bundles.")
     worker: str | None = Field(
         None,
@@ -159,6 +164,7 @@ class Settings(BaseSettings):
             controlnet_path=_optional_str(self.controlnet_path),
             redux_path=_optional_str(self.redux_path),
             matting_path=_optional_str(self.matting_path),
+            caption_path=_optional_str(self.caption_path),
         )
 
 

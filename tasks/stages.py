@@ -78,6 +78,7 @@ def bundle_task(asset: AssetSnapshot, plan: StagePlan, config: PipelineConfig) -
             controlnet_path=config.controlnet_path,
             redux_path=config.redux_path,
             matting_path=config.matting_path,
+            caption_path=config.caption_path,
         )
         generated = generate_bundle(asset.generator, request, context)
         generated.bundle.save(io.local("bundle.png"))

@@ -58,3 +58,4 @@ class GeneratorContext:
     controlnet_path: str | None = None  # FOUNDRY_CONTROLNET_PATH: Flux ControlNet-Union folder
     redux_path: str | None = None  # FOUNDRY_REDUX_PATH: Flux Redux folder
     matting_path: str | None = None  # FOUNDRY_MATTING_PATH: TorchScript matting model
+    caption_path: str | None = None  # FOUNDRY_CAPTION_PATH: image-captioning model folder

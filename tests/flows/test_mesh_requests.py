@@ -134,3 +134,20 @@ def test_an_edit_starts_refinement_from_the_input_mesh(pipeline_config, weights,
     np.testing.assert_allclose(np.sort(coarse, axis=0), np.sort(expected, axis=0), atol=1e-5)
     (tmp_path / "refined.glb").write_bytes(store.get_bytes(keys["refined.glb"]))
     assert len(load_glb(tmp_path / "refined.glb").vertices) != len(coarse)  # remeshed, fitted
+
+
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_the_captioning_model_is_part_of_an_unprompted_enhances_identity_only(
+    pipeline_config, tmp_path
+):
+    mesh = write_coloured_box(tmp_path / "box.glb")
+    unprompted = tmp_path / "unprompted.yaml"
+    unprompted.write_text(yaml.safe_dump({"items": [{"mesh": mesh.name, "params": TINY}]}))
+    prompted = _manifest(tmp_path, {"mode": "enhance"})
+    ids = {}
+    for caption in ("/florence-a", "/florence-b"):
+        config = pipeline_config.model_copy(update={"caption_path": caption})
+        ids[caption] = (ingest_manifest(unprompted, config).asset_ids,
+                        ingest_manifest(prompted, config).asset_ids)
+    assert ids["/florence-a"][0] != ids["/florence-b"][0]
+    assert ids["/florence-a"][1] == ids["/florence-b"][1]

@@ -101,15 +101,15 @@ class ImagePrompt:
 
 def params_for_request(cls: type[Kiss3DGenParams], request, context) -> Kiss3DGenParams:
     """``cls`` params for a :class:`models.generate.base.GenerationRequest`: the manifest's
-    ``request.params`` over the context (Flux/LoRA/ControlNet/Redux/matting paths, LoRA scale,
-    device, memory mode) over the class defaults; the size follows the request's tile. Bad
+    ``request.params`` over the context (Flux/LoRA/ControlNet/Redux/matting/caption paths, LoRA
+    scale, device, memory mode) over the class defaults; the size follows the request's tile. Bad
     values raise :class:`models.generate.base.GeneratorInputError` naming them."""
     from models.generate.base import GeneratorInputError
 
     defaults = context_defaults(context, request.tile)
     # Weights folders from settings, for the params classes that have them.
     own = {f.name for f in fields(cls)}
-    for name in ("controlnet_path", "redux_path", "matting_path"):
+    for name in ("controlnet_path", "redux_path", "matting_path", "caption_path"):
         if name in own:
             defaults[name] = getattr(context, name, None)
     try:

@@ -216,3 +216,51 @@ def save_tiny_redux(path: str | Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     build_tiny_redux(seed).save_pretrained(path)
     return path
+
+
+#: Layout of the tiny BLIP captioner: one layer each, 32-wide, 32-pixel images in 8-pixel patches.
+TINY_BLIP_VISION = {"hidden_size": 32, "image_size": 32, "patch_size": 8, "num_hidden_layers": 1,
+                    "num_attention_heads": 2, "intermediate_size": 37}
+
+
+def save_tiny_blip_captioner(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random ``BlipForConditionalGeneration`` and its processor to ``path``
+    (``save_pretrained`` of both, the layout of ``Salesforce/blip-image-captioning-*``).
+
+    The tokenizer is a WordPiece vocabulary of the special tokens and single letters, written
+    here (nothing is downloaded); ``[DEC]`` starts decoding and ``[SEP]`` ends it, as in BLIP."""
+    import tempfile
+
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    vocab = special + list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase]
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab_file = Path(scratch) / "vocab.txt"
+        vocab_file.write_text("\n".join(vocab) + "\n")
+        tokenizer = BertTokenizer(str(vocab_file), bos_token="[DEC]")
+    ids = {token: n for n, token in enumerate(vocab)}
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "encoder_hidden_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37,
+            "max_position_embeddings": 128, "pad_token_id": ids["[PAD]"],
+            "bos_token_id": ids["[DEC]"], "sep_token_id": ids["[SEP]"],
+            "eos_token_id": ids["[SEP]"]}
+    torch.manual_seed(seed + 30)
+    model = BlipForConditionalGeneration(
+        BlipConfig(text_config=text, vision_config=TINY_BLIP_VISION, projection_dim=32)
+    ).eval()
+    size = TINY_BLIP_VISION["image_size"]
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": size,
+                                                                        "width": size}),
+                              tokenizer=tokenizer)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
