@@ -136,6 +136,8 @@ IMAGE_TO_BUNDLE_RANGES: dict[str, Range] = {
     "redux_pooled_prompt_embeds_scale": Range(0.0, 10.0),
     "object_fraction": Range(0.05, 1.0),
     "reference_size": Range(32, 2048),
+    "zero123_steps": Range(1, 1000),
+    "zero123_guidance": Range(0.0, 100.0),
 }
 """Accepted values of ``kiss3dgen-image``: the conditioned ranges plus Redux's scales and the
 centred picture's framing (Redux sees 384-pixel crops; 2048 is ample)."""

@@ -47,7 +47,8 @@ class IngestResult:
 
 #: Manifest params that choose a generator's weights (part of its identity).
 WEIGHT_PARAMS = ("flux_path", "lora_path", "lora_scale", "controlnet_path", "use_controlnet",
-                 "redux_path", "use_redux", "matting_path", "caption_path")
+                 "redux_path", "use_redux", "matting_path", "caption_path", "zero123_path",
+                 "coarse_lrm_path", "coarse_lrm_variant")
 
 
 def generator_identity(generator: str, config: PipelineConfig, params: dict) -> str:
@@ -79,7 +80,13 @@ def _conditioned_identity(generator: str, config: PipelineConfig, params: dict) 
         if params.get("use_redux", True):
             parts.append(f"redux={params.get('redux_path', config.redux_path)}")
         parts.append(f"matting={params.get('matting_path', config.matting_path)}")
-        parts.append(f"library={_library_version(Path(config.library_path))}")
+        zero123 = params.get("zero123_path", config.zero123_path)
+        if zero123 is not None:  # the coarse bundle comes from Zero123++ + the LRM
+            lrm = params.get("coarse_lrm_path", config.lrm_path)
+            variant = params.get("coarse_lrm_variant", config.lrm_variant)
+            parts.append(f"zero123={zero123}:lrm={lrm}:{variant}")
+        else:
+            parts.append(f"library={_library_version(Path(config.library_path))}")
     return ":".join(parts)
 
 

@@ -109,9 +109,13 @@ def params_for_request(cls: type[Kiss3DGenParams], request, context) -> Kiss3DGe
     defaults = context_defaults(context, request.tile)
     # Weights folders from settings, for the params classes that have them.
     own = {f.name for f in fields(cls)}
-    for name in ("controlnet_path", "redux_path", "matting_path", "caption_path"):
+    from_context = {"controlnet_path": "controlnet_path", "redux_path": "redux_path",
+                    "matting_path": "matting_path", "caption_path": "caption_path",
+                    "zero123_path": "zero123_path", "coarse_lrm_path": "lrm_path",
+                    "coarse_lrm_variant": "lrm_variant"}
+    for name, setting in from_context.items():
         if name in own:
-            defaults[name] = getattr(context, name, None)
+            defaults[name] = getattr(context, setting, None)
     try:
         return cls.from_mapping(request.params, **defaults)
     except Kiss3DGenParamsError as exc:

@@ -264,3 +264,83 @@ def save_tiny_blip_captioner(path: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+#: Side of one view of the tiny Zero123++ (the release's is 320).
+TINY_ZERO123_VIEW = 32
+
+
+def save_tiny_zero123plus(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Zero123++ folder in the ``sudo-ai/zero123plus-v1.2`` layout:
+    ``model_index.json`` (with 77 ``ramping_coefficients``) and ``vae/``, ``text_encoder/``,
+    ``tokenizer/``, ``unet/``, ``scheduler/``, ``vision_encoder/``,
+    ``feature_extractor_clip/``, ``feature_extractor_vae/`` as ``save_pretrained`` writes them.
+
+    The architectures are the release's (SD2-style UNet with cross-attention, KL VAE, CLIP
+    text and vision towers, v-prediction Euler ancestral scheduler) at toy sizes: 32-wide
+    text states, a VAE that halves the image, 32-pixel views."""
+    import json
+
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    width = 32
+    torch.manual_seed(seed + 40)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
+                  latent_channels=4, norm_num_groups=4, sample_size=TINY_ZERO123_VIEW
+                  ).save_pretrained(path / "vae")
+    torch.manual_seed(seed + 41)
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(_clip_tokenizer()), hidden_size=width, intermediate_size=37,
+        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+        projection_dim=width, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).save_pretrained(path / "text_encoder")
+    _clip_tokenizer().save_pretrained(path / "tokenizer")
+    torch.manual_seed(seed + 42)
+    UNet2DConditionModel(
+        sample_size=TINY_ZERO123_VIEW, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=width,
+        attention_head_dim=4, norm_num_groups=4,
+    ).save_pretrained(path / "unet")
+    EulerAncestralDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", prediction_type="v_prediction",
+        timestep_spacing="trailing",
+    ).save_pretrained(path / "scheduler")
+    torch.manual_seed(seed + 43)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=width, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        image_size=TINY_ZERO123_VIEW, patch_size=8, projection_dim=width,
+    )).save_pretrained(path / "vision_encoder")
+    side = {"height": TINY_ZERO123_VIEW, "width": TINY_ZERO123_VIEW}
+    CLIPImageProcessor(size={"shortest_edge": TINY_ZERO123_VIEW}, crop_size=side
+                       ).save_pretrained(path / "feature_extractor_clip")
+    CLIPImageProcessor(size={"shortest_edge": TINY_ZERO123_VIEW}, crop_size=side,
+                       image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+                       ).save_pretrained(path / "feature_extractor_vae")
+    generator = torch.Generator().manual_seed(seed + 44)
+    ramping = torch.rand(77, generator=generator).tolist()
+    index = {"_class_name": ["pipeline", "Zero123PlusPipeline"], "_diffusers_version": "0.20.2",
+             "ramping_coefficients": ramping}
+    for name, (library, class_name) in {
+        "vae": ("diffusers", "AutoencoderKL"), "text_encoder": ("transformers", "CLIPTextModel"),
+        "tokenizer": ("transformers", "CLIPTokenizer"),
+        "unet": ("diffusers", "UNet2DConditionModel"),
+        "scheduler": ("diffusers", "EulerAncestralDiscreteScheduler"),
+        "vision_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+        "feature_extractor_clip": ("transformers", "CLIPImageProcessor"),
+        "feature_extractor_vae": ("transformers", "CLIPImageProcessor"),
+    }.items():
+        index[name] = [library, class_name]
+    (path / "model_index.json").write_text(json.dumps(index, indent=1))
+    return path
