@@ -56,7 +56,7 @@ def test_every_pipeline_config_field_is_set_from_the_settings(tmp_path):
         allow_url_fetch=True, url_hosts=["h"], max_image_pixels=1000, db_retry_seconds=7,
         flux_memory="fp8",
         controlnet_path=Path("/c"), redux_path=Path("/r"), matting_path=Path("/t.pt"),
-        caption_path=Path("/cap"),
+        caption_path=Path("/cap"), zero123_path=Path("/z123"),
     )
     config = settings.pipeline_config()
     defaults = PipelineConfig(database_url="d", store_url="s", library_path="l")
