@@ -1,7 +1,7 @@
-"""Captions for ``kiss3dgen-mesh`` enhance rows without a prompt, with a tiny random BLIP
-captioner saved by ``save_pretrained`` and loaded through the same code path as a released
-one. A random model's caption is gibberish: these tests check the wiring (when the model is
-used, that its caption prompts Flux, when it is not, and the errors), not the words."""
+"""Captions for ``kiss3dgen-mesh`` enhance rows without a prompt, with tiny random Florence-2
+and BLIP captioners saved by ``save_pretrained`` and loaded through the same code path as
+released ones. A random model's caption is gibberish: these tests check the wiring (when the
+model is used, that its caption prompts Flux, when it is not, and the errors), not the words."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from models.generate.kiss3dgen.params import Kiss3DGenParamsError
 from models.generate.kiss3dgen.tiny import (
     save_tiny_blip_captioner,
     save_tiny_controlnet,
+    save_tiny_florence2_captioner,
     save_tiny_flux,
 )
 from models.generate.kiss3dgen.weights import WeightsMissingError
@@ -37,7 +38,8 @@ def weights(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("weights")
     return {"flux": save_tiny_flux(root / "flux", seed=0),
             "controlnet": save_tiny_controlnet(root / "controlnet", seed=0),
-            "caption": save_tiny_blip_captioner(root / "blip-image-captioning", seed=0)}
+            "caption": save_tiny_blip_captioner(root / "blip-image-captioning", seed=0),
+            "florence2": save_tiny_florence2_captioner(root / "Florence-2", seed=0)}
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +60,13 @@ def params(weights, **overrides) -> MeshToBundleParams:
     return tiny_params_of(MeshToBundleParams, weights["flux"], **given)
 
 
+@pytest.mark.parametrize("architecture", ["caption", "florence2"])
 def test_an_enhance_without_a_prompt_is_prompted_with_the_caption_of_its_front_view(
-        weights, box_path):
-    out = mesh_to_bundle(box_path, None, 0, params(weights))
-    captioner = get_caption_model(weights["caption"], kpipe.resolve_device(params(weights)))
+        weights, box_path, architecture):
+    p = params(weights, caption_path=weights[architecture])
+    out = mesh_to_bundle(box_path, None, 0, p)
+    captioner = get_caption_model(weights[architecture], kpipe.resolve_device(p))
+    assert captioner.model_type == {"caption": "blip", "florence2": "florence2"}[architecture]
     expected = caption_image(captioner, front_view(out.reference.image, TEST_TILE))
     extra = out.generated.bundle.spec.extra
     assert expected and (extra["caption"], extra["caption_source"]) == (expected, "model")
@@ -157,3 +162,24 @@ def test_a_manifest_enhance_row_may_leave_out_its_prompt_but_an_edit_row_may_not
     assert ManifestItem(mesh="box.glb").prompt is None
     with pytest.raises(ValidationError, match="needs a 'prompt' to edit"):
         ManifestItem(mesh="box.glb", params={"mode": "edit"})
+
+
+def test_an_empty_caption_is_an_input_error_asking_for_a_prompt(weights, box_path, tmp_path):
+    import shutil
+
+    from models.generate.registry import generate_bundle
+
+    # The tiny Florence-2 without its minimum length ends its caption at once (seed 0).
+    folder = tmp_path / "Florence-2-terse"
+    shutil.copytree(weights["florence2"], folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.pop("min_new_tokens")
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    request = GenerationRequest(
+        kind="mesh", prompt=None, mesh_path=box_path, seed=0, tile=TEST_TILE,
+        params={"steps": 4, "max_sequence_length": 160, "check_degenerate": False,
+                "dtype": "float32", "controlnet_path": str(weights["controlnet"]),
+                "caption_path": str(folder)},
+    )
+    with pytest.raises(GeneratorInputError, match="empty caption.*give the row a prompt"):
+        generate_bundle("kiss3dgen-mesh", request, GeneratorContext(flux_path=str(weights["flux"])))

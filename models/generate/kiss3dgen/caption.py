@@ -40,6 +40,12 @@ _EXPECTED = (
 )
 
 
+class EmptyCaptionError(ValueError):
+    """The captioning model gave no words for the image (permanent: give the row a prompt)."""
+
+    retryable = False
+
+
 @dataclass(frozen=True)
 class CaptionModel:
     """A loaded captioning model and how to ask it."""

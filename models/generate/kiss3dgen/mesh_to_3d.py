@@ -136,13 +136,23 @@ def check_mesh_weights(params: MeshToBundleParams, caption: bool) -> None:
 
 
 def caption_reference(reference: Bundle, params: MeshToBundleParams) -> str:
-    """The captioning model's caption of ``reference``'s front colour view."""
-    from models.generate.kiss3dgen.caption import caption_image, front_view, get_caption_model
+    """The captioning model's caption of ``reference``'s front colour view; raises
+    :class:`models.generate.kiss3dgen.caption.EmptyCaptionError` when it has no words."""
+    from models.generate.kiss3dgen.caption import (
+        EmptyCaptionError,
+        caption_image,
+        front_view,
+        get_caption_model,
+    )
     from models.generate.kiss3dgen.pipeline import resolve_device
 
     captioner = get_caption_model(Path(params.caption_path), resolve_device(params))
-    return caption_image(captioner, front_view(reference.image, reference.spec.tile),
-                         params.caption_max_tokens)
+    caption = caption_image(captioner, front_view(reference.image, reference.spec.tile),
+                            params.caption_max_tokens)
+    if not caption:
+        raise EmptyCaptionError(f"the captioning model at {params.caption_path} gave an empty "
+                                "caption for the mesh's render; give the row a prompt")
+    return caption
 
 
 def mesh_to_bundle(
@@ -224,6 +234,7 @@ def generate_from_mesh(request, context):
     kept, and the caption used with its source.
     """
     from models.generate.base import Generated, GeneratorInputError
+    from models.generate.kiss3dgen.caption import EmptyCaptionError
     from models.geometry.mesh import MeshLoadError
 
     params = params_for_request(MeshToBundleParams, request, context)
@@ -238,7 +249,7 @@ def generate_from_mesh(request, context):
         raise GeneratorInputError(f"input mesh not found: {request.mesh_path}")
     try:
         out = mesh_to_bundle(request.mesh_path, request.prompt, request.seed, params)
-    except MeshLoadError as exc:
+    except (MeshLoadError, EmptyCaptionError) as exc:
         raise GeneratorInputError(str(exc)) from exc
     g = out.generated
     return Generated(

@@ -344,3 +344,52 @@ def save_tiny_zero123plus(path: str | Path, seed: int = 0) -> Path:
         index[name] = [library, class_name]
     (path / "model_index.json").write_text(json.dumps(index, indent=1))
     return path
+
+
+def save_tiny_florence2_captioner(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random ``Florence2ForConditionalGeneration`` and its ``Florence2Processor``
+    to ``path`` (``save_pretrained`` of both, the layout of ``florence-community/Florence-2-*``).
+
+    DaViT vision tower of two stages (32-pixel images -> 16 tokens + 1 pooled), a one-layer
+    BART of width 32, and a byte-level BPE vocabulary of single letters with the ``<image>``
+    token, written here. Its generation config asks for at least 4 new tokens: a random
+    decoder would otherwise often end the caption at once."""
+    from transformers import (
+        BartTokenizer,
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in string.ascii_lowercase + ".,":
+        vocab[ch] = len(vocab)
+        vocab["\u0120" + ch] = len(vocab)  # the byte-level BPE's word-initial form
+    vocab["\u0120"] = len(vocab)
+    vocab["<image>"] = len(vocab)
+    tokenizer = BartTokenizer(vocab=vocab, merges=[],
+                              extra_special_tokens={"image_token": "<image>"})
+    side = 32
+    image_processor = CLIPImageProcessor(size={"height": side, "width": side},
+                                         crop_size={"height": side, "width": side},
+                                         do_center_crop=False)
+    image_processor.image_seq_length = (side // 8) ** 2 + 1  # stride 4 then 2, plus pooled
+    vision = {"depths": [1, 1], "patch_size": [7, 3], "patch_stride": [4, 2],
+              "patch_padding": [3, 1], "patch_prenorm": [False, True], "embed_dim": [8, 16],
+              "num_heads": [1, 2], "num_groups": [1, 2], "window_size": 2, "projection_dim": 32,
+              "max_position_embeddings": 8, "max_temporal_embeddings": 2}
+    text = {"vocab_size": len(tokenizer), "d_model": 32, "encoder_layers": 1,
+            "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+            "encoder_ffn_dim": 37, "decoder_ffn_dim": 37, "max_position_embeddings": 128,
+            "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+            "decoder_start_token_id": 2}
+    torch.manual_seed(seed + 50)
+    model = Florence2ForConditionalGeneration(Florence2Config(
+        text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)).eval()
+    model.generation_config.min_new_tokens = 4
+    model.save_pretrained(path)
+    Florence2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
