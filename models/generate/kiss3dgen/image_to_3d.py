@@ -184,15 +184,16 @@ def coarse_bundle_from_multiview(segmented: Segmented, seed: int,
     by the LRM, rendered with Kiss3DGen's cameras (:mod:`models.generate.kiss3dgen.multiview`).
     Returns the bundle and a match record (``by: zero123plus+lrm``, the weights paths)."""
     from models.generate.kiss3dgen.multiview import coarse_bundle_from_picture
-    from models.generate.kiss3dgen.pipeline import resolve_device
+    from models.generate.kiss3dgen.pipeline import resolve_device, resolve_dtype
 
+    device = resolve_device(params)
     picture, _ = centre_object(segmented, size=params.reference_size,
                                object_fraction=params.object_fraction)
     out = coarse_bundle_from_picture(
         picture, seed, params.tile, zero123_path=params.zero123_path,
         lrm_path=params.coarse_lrm_path, lrm_variant=params.coarse_lrm_variant,
-        device=resolve_device(params), steps=params.zero123_steps,
-        guidance=params.zero123_guidance, distance=KISS3DGEN_DISTANCE,
+        device=device, steps=params.zero123_steps, guidance=params.zero123_guidance,
+        distance=KISS3DGEN_DISTANCE, dtype=resolve_dtype(params, device),
     )
     record = {"by": "zero123plus+lrm", "zero123_path": str(params.zero123_path),
               "lrm_path": str(params.coarse_lrm_path), "lrm_variant": params.coarse_lrm_variant,

@@ -87,16 +87,18 @@ def lrm_mesh_from_views(views: np.ndarray, lrm_path: str | Path, variant: str, d
 def coarse_bundle_from_picture(picture: np.ndarray, seed: int, tile: int, *,
                                zero123_path: str | Path, lrm_path: str | Path,
                                lrm_variant: str, device: torch.device, steps: int,
-                               guidance: float, distance: float) -> MultiviewCoarse:
+                               guidance: float, distance: float,
+                               dtype: torch.dtype = torch.float32) -> MultiviewCoarse:
     """Zero123++ views of ``picture`` (``(S, S, 3)`` uint8, the object centred on white),
     their LRM mesh, and that mesh rendered as a ``tile``-pixel bundle at camera ``distance``
-    (sidecar ``extra``: ``coarse: zero123plus+lrm``, the two weights paths)."""
+    (sidecar ``extra``: ``coarse: zero123plus+lrm``, the two weights paths). Zero123++ runs
+    in ``dtype`` on ``device``."""
     from dataclasses import replace
 
     from models.generate.kiss3dgen.zero123plus import generate_views, get_zero123plus
     from models.render.views import render_bundle
 
-    model = get_zero123plus(Path(zero123_path), device)
+    model = get_zero123plus(Path(zero123_path), device, dtype)
     views = generate_views(model, picture, seed, steps=steps, guidance=guidance)
     mesh = lrm_mesh_from_views(views, lrm_path, lrm_variant, str(device))
     bundle = render_bundle(mesh, spec=BundleSpec(tile=tile, distance=distance), up="y")
