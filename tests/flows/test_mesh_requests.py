@@ -151,3 +151,49 @@ def test_the_captioning_model_is_part_of_an_unprompted_enhances_identity_only(
                         ingest_manifest(prompted, config).asset_ids)
     assert ids["/florence-a"][0] != ids["/florence-b"][0]
     assert ids["/florence-a"][1] == ids["/florence-b"][1]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_an_unprompted_enhance_fails_naming_the_configured_captioning_model(
+    pipeline_config, weights, tmp_path
+):
+    from flows.catalog import catalog_flow
+
+    config = pipeline_config.model_copy(
+        update={**weights, "caption_path": str(tmp_path / "no-florence")})
+    mesh = write_coloured_box(tmp_path / "box.glb")
+    manifest = tmp_path / "unprompted.yaml"
+    manifest.write_text(yaml.safe_dump({"items": [{"mesh": mesh.name, "params": TINY}]}))
+    summary = catalog_flow(str(manifest), config)
+    assert summary.failed == 1
+    with Session(engine_for(config.database_url)) as session:
+        asset = queries.get_asset(session, summary.assets[0]["asset_id"])
+    assert asset.last_error_class == "permanent:WeightsMissingError"
+    assert "no-florence" in asset.last_error_message
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_an_image_asset_with_zero123_configured_names_its_missing_weights(
+    pipeline_config, weights, tmp_path
+):
+    from PIL import Image
+
+    from flows.catalog import catalog_flow
+
+    picture = np.full((64, 64, 3), 255, np.uint8)
+    picture[16:48, 20:44] = (200, 30, 30)
+    Image.fromarray(picture).save(tmp_path / "block.png")
+    config = pipeline_config.model_copy(update={
+        **weights, "redux_path": str(tmp_path / "no-redux"),
+        "zero123_path": str(tmp_path / "no-zero123"), "lrm_path": str(tmp_path / "no-lrm.ckpt")})
+    manifest = tmp_path / "image.yaml"
+    manifest.write_text(yaml.safe_dump({"items": [
+        {"image": "block.png", "generator": "kiss3dgen-image", "params": TINY}]}))
+    summary = catalog_flow(str(manifest), config)
+    assert summary.failed == 1
+    with Session(engine_for(config.database_url)) as session:
+        asset = queries.get_asset(session, summary.assets[0]["asset_id"])
+    for name in ("no-redux", "no-zero123", "no-lrm.ckpt"):
+        assert name in asset.last_error_message
