@@ -306,7 +306,7 @@ def _label(request: AssetRequest) -> str:
     """A short human name for a request: its manifest id, else its prompt or input file."""
     source = request.image_ref or request.bundle_ref or request.mesh_ref or ""
     text = request.prompt or Path(source).name
-    if request.mesh_ref:
+    if request.mesh_ref and request.prompt:  # an unprompted enhance is named by its mesh
         text = f"{Path(request.mesh_ref).name}: {text}"
     if request.item_id:
         text = f"{request.item_id}: {text}"
