@@ -120,15 +120,11 @@ CONDITIONED_RANGES: dict[str, Range] = {
     "control_guidance_start": Range(0.0, 1.0),
     "control_guidance_end": Range(0.0, 1.0),
     "tile_down_scale": Range(1, 64),
-}
-"""Accepted values of the reference-conditioned generators (``kiss3dgen-mesh``): Kiss3DGen's
-plus img2img strength and the ControlNet's weight and share of the steps."""
-
-MESH_TO_BUNDLE_RANGES: dict[str, Range] = {
-    **CONDITIONED_RANGES,
     "caption_max_tokens": Range(1, 512),
 }
-"""Accepted values of ``kiss3dgen-mesh``: the conditioned ranges plus the caption's length."""
+"""Accepted values of the reference-conditioned generators (``kiss3dgen-mesh``): Kiss3DGen's
+plus img2img strength, the ControlNet's weight and share of the steps, and the caption's
+length."""
 
 IMAGE_TO_BUNDLE_RANGES: dict[str, Range] = {
     **CONDITIONED_RANGES,
@@ -173,7 +169,7 @@ GENERATOR_PARAMS: dict[str, ParamsEntry | None] = {
     "kiss3dgen-mesh": ParamsEntry(
         "models.generate.kiss3dgen.mesh_to_3d:MeshToBundleParams",
         "kiss3dgen-mesh",
-        ranges=MESH_TO_BUNDLE_RANGES,
+        ranges=CONDITIONED_RANGES,
         check="models.parameters:check_generator_params",
     ),
     "kiss3dgen-image": ParamsEntry(

@@ -282,8 +282,10 @@ def _asset_values(
     if key not in identities:  # reading the library's version once, not once per row
         identities[key] = generator_identity(request.generator, config, params)
     identity = identities[key]
-    if request.kind == "mesh" and request.prompt is None:  # the caption comes from this model
-        identity += f":caption={params.get('caption_path', config.caption_path)}"
+    caption = params.get("caption_path", config.caption_path)
+    if request.prompt is None and (request.kind == "mesh" or (
+            request.generator == "kiss3dgen-image" and caption is not None)):
+        identity += f":caption={caption}"  # the prompt comes from this captioning model
     return {
         "asset_id": asset_identity(request.canonical(), identity),
         "kind": request.kind,

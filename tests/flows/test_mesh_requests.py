@@ -197,3 +197,18 @@ def test_an_image_asset_with_zero123_configured_names_its_missing_weights(
         asset = queries.get_asset(session, summary.assets[0]["asset_id"])
     for name in ("no-redux", "no-zero123", "no-lrm.ckpt"):
         assert name in asset.last_error_message
+
+
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_a_set_captioning_model_is_part_of_an_unprompted_image_assets_identity(
+    pipeline_config, tmp_path
+):
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tmp_path / "grey.png")
+    manifest = tmp_path / "image.yaml"
+    manifest.write_text(yaml.safe_dump({"items": [
+        {"image": "grey.png", "generator": "kiss3dgen-image", "params": TINY}]}))
+    ids = [ingest_manifest(manifest, pipeline_config.model_copy(
+        update={"caption_path": caption})).asset_ids for caption in ("/a", "/b", None)]
+    assert len({tuple(i) for i in ids}) == 3

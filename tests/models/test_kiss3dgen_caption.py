@@ -26,9 +26,15 @@ from models.generate.kiss3dgen.tiny import (
     save_tiny_controlnet,
     save_tiny_florence2_captioner,
     save_tiny_flux,
+    save_tiny_redux,
 )
 from models.generate.kiss3dgen.weights import WeightsMissingError
-from tests.models.kiss3dgen_fixtures import TEST_TILE, tiny_params_of, write_coloured_box
+from tests.models.kiss3dgen_fixtures import (
+    TEST_TILE,
+    disc_bundle,
+    tiny_params_of,
+    write_coloured_box,
+)
 
 pytest.importorskip("diffusers")
 
@@ -39,7 +45,8 @@ def weights(tmp_path_factory) -> dict[str, Path]:
     return {"flux": save_tiny_flux(root / "flux", seed=0),
             "controlnet": save_tiny_controlnet(root / "controlnet", seed=0),
             "caption": save_tiny_blip_captioner(root / "blip-image-captioning", seed=0),
-            "florence2": save_tiny_florence2_captioner(root / "Florence-2", seed=0)}
+            "florence2": save_tiny_florence2_captioner(root / "Florence-2", seed=0),
+            "redux": save_tiny_redux(root / "redux", seed=0)}
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +190,45 @@ def test_an_empty_caption_is_an_input_error_asking_for_a_prompt(weights, box_pat
     )
     with pytest.raises(GeneratorInputError, match="empty caption.*give the row a prompt"):
         generate_bundle("kiss3dgen-mesh", request, GeneratorContext(flux_path=str(weights["flux"])))
+
+
+def _image_request(weights, tmp_path, prompt: str | None, caption_path) -> GenerationRequest:
+    picture = np.full((64, 64, 3), 255, np.uint8)
+    picture[16:48, 20:44] = (200, 30, 30)
+    coarse = disc_bundle().save(tmp_path / "coarse.png")
+    return GenerationRequest(
+        kind="image", image=picture, prompt=prompt, bundle_path=coarse, seed=0, tile=TEST_TILE,
+        params={"steps": 2, "max_sequence_length": 160, "check_degenerate": False,
+                "dtype": "float32", "reference_size": 64,
+                "controlnet_path": str(weights["controlnet"]),
+                "redux_path": str(weights["redux"]), "caption_path": str(caption_path)})
+
+
+def test_an_image_without_a_prompt_is_captioned_by_the_model_when_one_is_set(weights,
+                                                                             tmp_path):
+    from models.generate.registry import generate_bundle
+
+    request = _image_request(weights, tmp_path, None, weights["caption"])
+    generated = generate_bundle("kiss3dgen-image", request,
+                                GeneratorContext(flux_path=str(weights["flux"])))
+    extra = generated.bundle.spec.extra
+    assert extra["caption_source"] == "model" and extra["caption"]
+
+
+def test_an_image_with_a_prompt_never_loads_the_captioning_model(weights, tmp_path):
+    from models.generate.registry import generate_bundle
+
+    request = _image_request(weights, tmp_path, "a red block", tmp_path / "no-captioner")
+    generated = generate_bundle("kiss3dgen-image", request,
+                                GeneratorContext(flux_path=str(weights["flux"])))
+    extra = generated.bundle.spec.extra
+    assert (extra["caption"], extra["caption_source"]) == ("a red block", "prompt")
+
+
+def test_an_unprompted_image_with_a_missing_captioning_model_names_it(weights, tmp_path):
+    from models.generate.registry import generate_bundle
+
+    request = _image_request(weights, tmp_path, None, tmp_path / "no-captioner")
+    with pytest.raises(WeightsMissingError, match="no-captioner"):
+        generate_bundle("kiss3dgen-image", request,
+                        GeneratorContext(flux_path=str(weights["flux"])))

@@ -131,3 +131,17 @@ def caption_image(captioner: CaptionModel, image: np.ndarray, max_new_tokens: in
 def front_view(reference: np.ndarray, tile: int) -> np.ndarray:
     """The front colour view (top-left tile, ``(tile, tile, 3)`` uint8) of a bundle image."""
     return np.ascontiguousarray(reference[:tile, :tile, :3])
+
+
+def caption_with_params(image: np.ndarray, params, what: str) -> str:
+    """The caption of ``image`` (``(H, W, 3)`` uint8) by the model at ``params.caption_path``
+    on the params' device, at most ``params.caption_max_tokens`` tokens. ``what`` names the
+    image in the :class:`EmptyCaptionError` raised when the model gives no words."""
+    from models.generate.kiss3dgen.pipeline import resolve_device
+
+    captioner = get_caption_model(Path(params.caption_path), resolve_device(params))
+    caption = caption_image(captioner, image, params.caption_max_tokens)
+    if not caption:
+        raise EmptyCaptionError(f"the captioning model at {params.caption_path} gave an empty "
+                                f"caption for {what}; give the row a prompt")
+    return caption

@@ -49,6 +49,13 @@ class ConditionedParams(Kiss3DGenParams):
     strength: float = 0.95
     """img2img strength in (0, 1]: how far the reference is noised before denoising (1 ignores
     the reference's pixels; the ControlNet still sees it)."""
+    caption_path: Path | None = None
+    """Local image-captioning model folder (Florence-2 or BLIP, ``save_pretrained`` layout;
+    ``FOUNDRY_CAPTION_PATH``): captions the object when the row has no prompt (a
+    ``kiss3dgen-mesh`` enhance: the render's front view; ``kiss3dgen-image``: the centred
+    picture). Never loaded when the row has a prompt."""
+    caption_max_tokens: int = 64
+    """Longest caption, in tokens of the captioning model (1..512)."""
 
     def check(self) -> None:
         """Raise :class:`Kiss3DGenParamsError` naming the first bad value."""
@@ -78,6 +85,11 @@ class ConditionedParams(Kiss3DGenParams):
             raise Kiss3DGenParamsError(
                 "need 0 <= control_guidance_start < control_guidance_end <= 1, got "
                 f"{self.control_guidance_start} and {self.control_guidance_end}"
+            )
+        tokens = self.caption_max_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= 512:
+            raise Kiss3DGenParamsError(
+                f"caption_max_tokens must be an integer in [1, 512], got {tokens!r}"
             )
         if not isinstance(self.tile_down_scale, int) or self.tile_down_scale < 1:
             raise Kiss3DGenParamsError(

@@ -11,7 +11,9 @@
 3. Flux + LoRA re-draws the coarse bundle (img2img at ``strength`` 0.95) with the
    ControlNet-Union in tile mode on it (weight 0.6 over the first 65 % of the steps) and the
    centred picture as a **Redux** image prompt appended to the caption's T5 tokens: Kiss3DGen's
-   image-to-3D settings. The caption is the request's prompt, else the library match's.
+   image-to-3D settings. The caption is the request's prompt, else the captioning model's
+   caption of the centred picture (when ``caption_path`` is set, as Kiss3DGen captions with
+   Florence-2), else the library match's.
 
 Every weights path (Flux, LoRA, ControlNet, Redux, and Zero123++ and the LRM when they are
 used) is checked before any work, and one error names each missing one.
@@ -148,10 +150,12 @@ def coarse_bundle_from_library(index, segmented: Segmented, tile: int) -> tuple[
     return bundle, record
 
 
-def check_image_weights(params: ImageToBundleParams, multiview: bool) -> None:
+def check_image_weights(params: ImageToBundleParams, multiview: bool,
+                        caption: bool = False) -> None:
     """Raise one ``WeightsMissingError`` naming every missing path of this generation: Flux,
-    LoRA, ControlNet and Redux when used, and with ``multiview`` the Zero123++ folder and the
-    LRM checkpoint."""
+    LoRA, ControlNet and Redux when used, with ``multiview`` the Zero123++ folder and the LRM
+    checkpoint, with ``caption`` the captioning model."""
+    from models.generate.kiss3dgen.caption import check_caption_folder
     from models.generate.kiss3dgen.weights import WeightsMissingError
     from models.generate.kiss3dgen.zero123plus import check_zero123plus_folder
 
@@ -172,6 +176,11 @@ def check_image_weights(params: ImageToBundleParams, multiview: bool) -> None:
                 lrm, f"an LRM checkpoint file ({params.coarse_lrm_variant})",
                 "set FOUNDRY_LRM_PATH or params.coarse_lrm_path" if lrm is None
                 else "the file does not exist"))
+    if caption:
+        try:
+            check_caption_folder(params.caption_path)
+        except WeightsMissingError as exc:
+            problems.append(exc)
     if len(problems) == 1:
         raise problems[0]
     if problems:
@@ -280,7 +289,10 @@ def generate_from_image(request, context):
     if request.image is None:
         raise GeneratorInputError("the kiss3dgen-image generator needs a reference image")
     multiview = params.multiview and request.bundle_path is None
-    check_image_weights(params, multiview)
+    prompt = (request.prompt or "").strip()
+    # Kiss3DGen captions the picture when no prompt is given, if a captioning model is set.
+    captioned = not prompt and params.caption_path is not None
+    check_image_weights(params, multiview, caption=captioned)
     try:
         segmented = remove_background(request.image, matting_path=params.matting_path)
     except BackgroundError as exc:
@@ -306,9 +318,23 @@ def generate_from_image(request, context):
     except (LibraryError, BundleError, EmptySurfaceError, CheckpointError) as exc:
         raise GeneratorInputError(f"coarse bundle: {exc}") from exc
 
-    caption = (request.prompt or "").strip() or coarse.spec.extra.get("caption") or FALLBACK_CAPTION
+    caption, source = prompt, "prompt"
+    if captioned:
+        from models.generate.kiss3dgen.caption import EmptyCaptionError, caption_with_params
+
+        picture, _ = centre_object(segmented, size=params.reference_size,
+                                   object_fraction=params.object_fraction)
+        try:
+            caption, source = caption_with_params(picture, params, "the picture"), "model"
+        except EmptyCaptionError as exc:
+            raise GeneratorInputError(str(exc)) from exc
+    elif not caption:
+        caption = coarse.spec.extra.get("caption")
+        caption, source = (caption, "library") if caption else (FALLBACK_CAPTION, "fallback")
     out = image_to_bundle(segmented, coarse, caption, request.seed, params)
     g = out.generated
+    g.bundle.spec = replace(g.bundle.spec, extra={**g.bundle.spec.extra, "caption": caption,
+                                                  "caption_source": source})
     metrics = {
         "kiss3dgen_seconds": round(g.seconds, 4),
         "foreground_fraction": round(float(g.masks.mean()), 6),

@@ -52,12 +52,6 @@ class MeshToBundleParams(ConditionedParams):
     """Weight of the ControlNet residuals (Kiss3DGen's 3D-to-3D: 0.1)."""
     control_guidance_end: float = 0.2
     """Share of the steps the ControlNet acts on (Kiss3DGen's 3D-to-3D: 0.2)."""
-    caption_path: Path | None = None
-    """Local image-captioning model folder (Florence-2 or BLIP, ``save_pretrained`` layout;
-    ``FOUNDRY_CAPTION_PATH``): captions the input mesh's front view when an ``enhance`` row has
-    no prompt. Never loaded when the row has a prompt."""
-    caption_max_tokens: int = 64
-    """Longest caption, in tokens of the captioning model (1..512)."""
 
     @classmethod
     def generator_name(cls) -> str:
@@ -69,11 +63,6 @@ class MeshToBundleParams(ConditionedParams):
             raise Kiss3DGenParamsError(f"mode must be one of {MESH_MODES}, got {self.mode!r}")
         if self.mesh_up not in UP_AXES:
             raise Kiss3DGenParamsError(f"mesh_up must be one of {UP_AXES}, got {self.mesh_up!r}")
-        tokens = self.caption_max_tokens
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= 512:
-            raise Kiss3DGenParamsError(
-                f"caption_max_tokens must be an integer in [1, 512], got {tokens!r}"
-            )
 
 
 @dataclass
@@ -138,21 +127,10 @@ def check_mesh_weights(params: MeshToBundleParams, caption: bool) -> None:
 def caption_reference(reference: Bundle, params: MeshToBundleParams) -> str:
     """The captioning model's caption of ``reference``'s front colour view; raises
     :class:`models.generate.kiss3dgen.caption.EmptyCaptionError` when it has no words."""
-    from models.generate.kiss3dgen.caption import (
-        EmptyCaptionError,
-        caption_image,
-        front_view,
-        get_caption_model,
-    )
-    from models.generate.kiss3dgen.pipeline import resolve_device
+    from models.generate.kiss3dgen.caption import caption_with_params, front_view
 
-    captioner = get_caption_model(Path(params.caption_path), resolve_device(params))
-    caption = caption_image(captioner, front_view(reference.image, reference.spec.tile),
-                            params.caption_max_tokens)
-    if not caption:
-        raise EmptyCaptionError(f"the captioning model at {params.caption_path} gave an empty "
-                                "caption for the mesh's render; give the row a prompt")
-    return caption
+    return caption_with_params(front_view(reference.image, reference.spec.tile), params,
+                               "the mesh's render")
 
 
 def mesh_to_bundle(
