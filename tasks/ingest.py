@@ -49,7 +49,8 @@ class IngestResult:
 
 #: Manifest params that choose a generator's weights (part of its identity).
 WEIGHT_PARAMS = ("flux_path", "lora_path", "lora_scale", "controlnet_path", "use_controlnet",
-                 "redux_path", "use_redux", "matting_path")
+                 "redux_path", "use_redux", "matting_path", "caption_path", "zero123_path",
+                 "coarse_lrm_path", "coarse_lrm_variant")
 
 
 def generator_identity(generator: str, config: PipelineConfig, params: dict) -> str:
@@ -81,7 +82,13 @@ def _conditioned_identity(generator: str, config: PipelineConfig, params: dict) 
         if params.get("use_redux", True):
             parts.append(f"redux={params.get('redux_path', config.redux_path)}")
         parts.append(f"matting={params.get('matting_path', config.matting_path)}")
-        parts.append(f"library={_library_version(Path(config.library_path))}")
+        zero123 = params.get("zero123_path", config.zero123_path)
+        if zero123 is not None:  # the coarse bundle comes from Zero123++ + the LRM
+            lrm = params.get("coarse_lrm_path", config.lrm_path)
+            variant = params.get("coarse_lrm_variant", config.lrm_variant)
+            parts.append(f"zero123={zero123}:lrm={lrm}:{variant}")
+        else:
+            parts.append(f"library={_library_version(Path(config.library_path))}")
     return ":".join(parts)
 
 
@@ -309,8 +316,13 @@ def _asset_values(
     key = (request.generator, *(str(params.get(k)) for k in WEIGHT_PARAMS))
     if key not in identities:  # reading the library's version once, not once per row
         identities[key] = generator_identity(request.generator, config, params)
+    identity = identities[key]
+    caption = params.get("caption_path", config.caption_path)
+    if request.prompt is None and (request.kind == "mesh" or (
+            request.generator == "kiss3dgen-image" and caption is not None)):
+        identity += f":caption={caption}"  # the prompt comes from this captioning model
     return {
-        "asset_id": asset_identity(request.canonical(), identities[key]),
+        "asset_id": asset_identity(request.canonical(), identity),
         "kind": request.kind,
         "prompt": request.prompt,
         "image_ref": inputs.key(request.image_ref, request.image_sha256),
@@ -329,8 +341,9 @@ def _asset_values(
 
 def _label(request: AssetRequest) -> str:
     """A short human name for a request: its manifest id, else its prompt or input file."""
-    text = request.prompt or Path(request.image_ref or request.bundle_ref or "").name
-    if request.mesh_ref:
+    source = request.image_ref or request.bundle_ref or request.mesh_ref or ""
+    text = request.prompt or Path(source).name
+    if request.mesh_ref and request.prompt:  # an unprompted enhance is named by its mesh
         text = f"{Path(request.mesh_ref).name}: {text}"
     if request.item_id:
         text = f"{request.item_id}: {text}"
