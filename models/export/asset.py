@@ -148,12 +148,12 @@ def build_lod(
         unwrap,
         vertex_normals,
     )
-    from models.geometry.decimate import decimate
+    from models.export.lod import decimate_lod
     from models.reconstruct.texture import project_colours
 
     clock = clock or _Clock({})
     with clock("decimate"):
-        v, f = decimate(vertices, faces, max(4, int(round(params.faces * fraction))))
+        v, f = decimate_lod(vertices, faces, max(4, int(round(params.faces * fraction))))
     with clock("vertex_colours"):
         # view-projected vertex colours, propagated over the surface into unseen regions
         coloured = project_colours(

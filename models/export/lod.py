@@ -1,4 +1,5 @@
-"""One level of detail of an exported asset, as the writers and renderers take it."""
+"""Levels of detail of an exported asset: the mesh decimated to each LOD's face budget, and
+one written LOD as the writers and renderers take it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,91 @@ from dataclasses import dataclass
 
 import numpy as np
 import trimesh
+
+#: Edges shorter than this fraction of the mesh's median edge (needle tips, the rings of a
+#: pole) are welded before decimation when both ends fall in one grid cell of that size.
+SLIVER_EDGE_FRACTION = 0.5
+#: Border-keeping passes before falling back to passes that may move the open border.
+BORDER_PASSES = 6
+#: A border-keeping pass that removes less than this share of the faces above the target has
+#: stalled; the remaining faces are taken by ordinary passes.
+STALL_SHARE = 0.2
+
+
+def decimate_lod(
+    vertices: np.ndarray, faces: np.ndarray, target_faces: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(vertices (V', 3) float64, faces (F', 3) int64)``: the mesh simplified to
+    ``target_faces`` (within :data:`models.geometry.decimate.FACE_TOLERANCE`), same frame.
+
+    Like :func:`models.geometry.decimate.decimate`, but open borders are kept: fast-simplification
+    puts no cost on moving a border, so its passes eat open rims first (an open cone's base
+    ends as a triangle at a quarter of its faces, and its silhouette with it). Here the passes
+    keep every border vertex while they make progress; only the faces they cannot remove are
+    left to ordinary passes. Sliver edges are welded first, since the rings of slivers at a
+    needle tip refuse the collapses (they would flip) and stall the border-keeping passes.
+    """
+    import fast_simplification
+
+    from models.geometry.decimate import FACE_TOLERANCE, decimate
+
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    if target_faces < 1:
+        raise ValueError(f"target_faces must be >= 1, got {target_faces}")
+    if len(faces) <= target_faces * (1.0 + FACE_TOLERANCE):
+        return vertices.copy(), faces.copy()
+    v, f = weld_slivers(vertices, faces)
+    for _ in range(BORDER_PASSES):
+        excess = len(f) - target_faces
+        if excess <= FACE_TOLERANCE * target_faces:
+            break
+        out_v, out_f = fast_simplification.simplify(
+            v, f.astype(np.int32), target_count=target_faces, preserve_border=True
+        )
+        out_v, out_f = _drop_degenerate(np.asarray(out_v, np.float64), np.asarray(out_f, np.int64))
+        removed = len(f) - len(out_f)
+        v, f = out_v, out_f
+        if removed < STALL_SHARE * excess:
+            break
+    return decimate(v, f, target_faces)
+
+
+def weld_slivers(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weld the ends of edges shorter than :data:`SLIVER_EDGE_FRACTION` of the median edge
+    whose ends share a grid cell of that size (so a welded cluster spans less than a cell and
+    two surfaces near each other are never joined: only edges connect). Each cluster takes its
+    mean position; faces left with a repeated corner are dropped, unused vertices too."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    length = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
+    cell = SLIVER_EDGE_FRACTION * float(np.median(length))
+    if not cell > 0:
+        return _drop_degenerate(vertices, faces)
+    grid = np.floor((vertices - vertices.min(0)) / cell).astype(np.int64)
+    short = (length < cell) & (grid[edges[:, 0]] == grid[edges[:, 1]]).all(1)
+    n = len(vertices)
+    pairs = edges[short]
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    count, label = connected_components(graph, directed=False)
+    sums = np.zeros((count, 3))
+    np.add.at(sums, label, vertices)
+    welded = sums / np.bincount(label, minlength=count)[:, None]
+    return _drop_degenerate(welded, label[faces])
+
+
+def _drop_degenerate(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Faces with a repeated corner or zero area, and unused vertices, dropped."""
+    tri = vertices[faces]
+    area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    repeated = (
+        (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
+    )
+    faces = faces[~repeated & (area2 > 0)]
+    used, inverse = np.unique(faces.reshape(-1), return_inverse=True)
+    return vertices[used], inverse.reshape(-1, 3).astype(np.int64)
 
 
 @dataclass
