@@ -1,7 +1,9 @@
-"""numba kernels of texture baking: per-texel view projection and closest points on triangles.
+"""numba kernels of texture baking: texture-space rasterisation, per-texel view projection,
+closest points on triangles, tangent-space conversion and push-pull gutter filling.
 
-They mirror :meth:`models.reconstruct.texture._ViewSampler.observe` (same visibility test, same
-weights) for millions of texels, where the numpy version allocates too much to be quick.
+The projection mirrors :meth:`models.reconstruct.texture._ViewSampler.observe` (same visibility
+test, same weights) for millions of texels, where the numpy version allocates too much to be
+quick.
 """
 
 from __future__ import annotations
@@ -161,34 +163,69 @@ def closest_on_candidates(
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def texel_attributes(
-    tri: np.ndarray, bary: np.ndarray, faces: np.ndarray, vertices: np.ndarray, normals: np.ndarray
+def uv_texels(
+    uv: np.ndarray, faces: np.ndarray, vertices: np.ndarray, normals: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Covered texels of a UV rasterisation: ``tri`` ``(S*S,)`` face ids (-1 empty) and
-    ``bary`` ``(S*S, 3)`` float32 -> flat indices ``(P,)``, faces ``(P,)``, barycentrics
-    ``(P, 3)``, surface points ``(P, 3)`` and unit interpolated normals ``(P, 3)``."""
+    """Rasterise a UV atlas in texture space: every texel whose centre lies in a face.
+
+    ``uv`` ``(V, 2)`` glTF convention (texel row ``r`` spans ``v`` in ``[r/S, (r+1)/S]``, its
+    centre at ``(c + 0.5) / S, (r + 0.5) / S``); ``faces`` ``(F, 3)``; ``vertices``/``normals``
+    ``(V, 3)`` bundle frame. UV mapping is affine per face, so barycentrics are exact without
+    perspective. Where faces overlap the later one wins; faces of zero UV area cover nothing.
+    Returns flat texel indices ``(P,)`` (row-major), faces ``(P,)``, barycentrics ``(P, 3)``,
+    surface points ``(P, 3)`` and unit interpolated normals ``(P, 3)``.
+    """
+    owner = np.full(size * size, -1, np.int32)
+    for f in range(faces.shape[0]):
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        ax, ay = uv[a, 0] * size, uv[a, 1] * size
+        bx, by = uv[b, 0] * size, uv[b, 1] * size
+        cx, cy = uv[c, 0] * size, uv[c, 1] * size
+        area = (bx - ax) * (cy - ay) - (cx - ax) * (by - ay)
+        if area == 0.0:
+            continue
+        c0 = max(int(np.floor(min(ax, bx, cx) - 0.5)), 0)
+        c1 = min(int(np.ceil(max(ax, bx, cx) - 0.5)), size - 1)
+        r0 = max(int(np.floor(min(ay, by, cy) - 0.5)), 0)
+        r1 = min(int(np.ceil(max(ay, by, cy) - 0.5)), size - 1)
+        for r in range(r0, r1 + 1):
+            py = r + 0.5
+            for col in range(c0, c1 + 1):
+                px = col + 0.5
+                w1 = ((px - ax) * (cy - ay) - (cx - ax) * (py - ay)) / area
+                w2 = ((bx - ax) * (py - ay) - (px - ax) * (by - ay)) / area
+                if w1 >= 0.0 and w2 >= 0.0 and w1 + w2 <= 1.0:
+                    owner[r * size + col] = f
     count = 0
-    for i in range(tri.shape[0]):
-        if tri[i] >= 0:
+    for i in range(owner.shape[0]):
+        if owner[i] >= 0:
             count += 1
     index = np.empty(count, np.int64)
     face = np.empty(count, np.int64)
-    b = np.empty((count, 3))
+    bary = np.empty((count, 3))
     points = np.empty((count, 3))
     out_n = np.empty((count, 3))
     k = 0
-    for i in range(tri.shape[0]):
-        f = tri[i]
+    for i in range(owner.shape[0]):
+        f = owner[i]
         if f < 0:
             continue
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        ax, ay = uv[a, 0] * size, uv[a, 1] * size
+        bx, by = uv[b, 0] * size, uv[b, 1] * size
+        cx, cy = uv[c, 0] * size, uv[c, 1] * size
+        area = (bx - ax) * (cy - ay) - (cx - ax) * (by - ay)
+        px = i % size + 0.5
+        py = i // size + 0.5
+        w1 = ((px - ax) * (cy - ay) - (cx - ax) * (py - ay)) / area
+        w2 = ((bx - ax) * (py - ay) - (px - ax) * (by - ay)) / area
+        w0 = 1.0 - w1 - w2
         index[k] = i
         face[k] = f
-        b0, b1, b2 = float(bary[i, 0]), float(bary[i, 1]), float(bary[i, 2])
-        b[k, 0], b[k, 1], b[k, 2] = b0, b1, b2
-        a, c, d = faces[f, 0], faces[f, 1], faces[f, 2]
+        bary[k, 0], bary[k, 1], bary[k, 2] = w0, w1, w2
         for j in range(3):
-            points[k, j] = b0 * vertices[a, j] + b1 * vertices[c, j] + b2 * vertices[d, j]
-            out_n[k, j] = b0 * normals[a, j] + b1 * normals[c, j] + b2 * normals[d, j]
+            points[k, j] = w0 * vertices[a, j] + w1 * vertices[b, j] + w2 * vertices[c, j]
+            out_n[k, j] = w0 * normals[a, j] + w1 * normals[b, j] + w2 * normals[c, j]
         length = np.sqrt(out_n[k, 0] ** 2 + out_n[k, 1] ** 2 + out_n[k, 2] ** 2)
         if length > 1e-12:
             for j in range(3):
@@ -196,4 +233,142 @@ def texel_attributes(
         else:
             out_n[k, 0], out_n[k, 1], out_n[k, 2] = 0.0, 1.0, 0.0
         k += 1
-    return index, face, b, points, out_n
+    return index, face, bary, points, out_n
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _pyramid_fill(index: np.ndarray, values: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Push-pull over an ``h`` x ``w`` image whose texels ``index`` ``(P,)`` (flat, row-major)
+    hold ``values`` ``(P, C)`` and the rest are holes: pull (each coarser texel: the mean of
+    the filled texels of its 2x2 block, odd sides padded with holes), then push (a hole takes
+    its coarser texel's value). Returns the level-0 means ``(h * w, C)`` float32 (the filled
+    texels' own values up to float32 rounding)."""
+    channels = values.shape[1]
+    heights = [h]
+    widths = [w]
+    while max(heights[-1], widths[-1]) > 1:
+        heights.append((heights[-1] + 1) // 2)
+        widths.append((widths[-1] + 1) // 2)
+    levels = len(heights)
+    offsets = np.zeros(levels + 1, np.int64)
+    for k in range(levels):
+        offsets[k + 1] = offsets[k] + heights[k] * widths[k]
+    colour = np.zeros((offsets[levels], channels), np.float32)
+    weight = np.zeros(offsets[levels], np.float32)
+    for p in range(index.shape[0]):
+        weight[index[p]] = 1.0
+        for ch in range(channels):
+            colour[index[p], ch] = values[p, ch]
+    # pull: sums of colour and weight over 2x2 blocks
+    for k in range(1, levels):
+        fine, coarse = offsets[k - 1], offsets[k]
+        fh, fw, cw = heights[k - 1], widths[k - 1], widths[k]
+        for r in range(heights[k]):
+            for c in range(cw):
+                dst = coarse + r * cw + c
+                for dr in range(2):
+                    rr = 2 * r + dr
+                    if rr >= fh:
+                        continue
+                    for dc in range(2):
+                        cc = 2 * c + dc
+                        if cc >= fw:
+                            continue
+                        src = fine + rr * fw + cc
+                        weight[dst] += weight[src]
+                        for ch in range(channels):
+                            colour[dst, ch] += colour[src, ch]
+    # push: each level's means; its holes take the coarser level's value
+    top = offsets[levels - 1]
+    for i in range(top, offsets[levels]):
+        for ch in range(channels):
+            colour[i, ch] = colour[i, ch] / max(weight[i], np.float32(1e-12))
+    for k in range(levels - 2, -1, -1):
+        fine, coarse = offsets[k], offsets[k + 1]
+        fw, cw = widths[k], widths[k + 1]
+        for r in range(heights[k]):
+            for c in range(fw):
+                i = fine + r * fw + c
+                if weight[i] > 0:
+                    for ch in range(channels):
+                        colour[i, ch] = colour[i, ch] / weight[i]
+                else:
+                    j = coarse + (r // 2) * cw + c // 2
+                    for ch in range(channels):
+                        colour[i, ch] = colour[j, ch]
+    return colour[: h * w]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def push_pull(index: np.ndarray, values: np.ndarray, h: int, w: int) -> np.ndarray:
+    """:func:`_pyramid_fill` as an ``(h * w, C)`` float64 image whose filled texels keep their
+    exact ``values``."""
+    out = _pyramid_fill(index, values, h, w).astype(np.float64)
+    for p in range(index.shape[0]):
+        for ch in range(values.shape[1]):
+            out[index[p], ch] = values[p, ch]
+    return out
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def push_pull_u8(index: np.ndarray, values: np.ndarray, h: int, w: int) -> np.ndarray:
+    """:func:`push_pull` encoded as ``(h * w, C)`` uint8: ``round(clip(x, 0, 1) * 255)``."""
+    filled = _pyramid_fill(index, values, h, w)
+    out = np.empty(filled.shape, np.uint8)
+    for i in range(filled.shape[0]):
+        for ch in range(filled.shape[1]):
+            out[i, ch] = np.uint8(np.round(min(max(filled[i, ch], 0.0), 1.0) * 255.0))
+    for p in range(index.shape[0]):
+        for ch in range(values.shape[1]):
+            out[index[p], ch] = np.uint8(np.round(min(max(values[p, ch], 0.0), 1.0) * 255.0))
+    return out
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def tangent_space(
+    world: np.ndarray,
+    face: np.ndarray,
+    bary: np.ndarray,
+    normals: np.ndarray,
+    faces: np.ndarray,
+    tangents: np.ndarray,
+) -> np.ndarray:
+    """World unit normals ``(P, 3)`` at texels (faces ``(P,)``, barycentrics ``(P, 3)``,
+    interpolated unit normals ``(P, 3)``) -> tangent space ``(P, 3)``, in the frame a glTF
+    viewer rebuilds: ``T`` the interpolated ``TANGENT`` made orthogonal to ``N``, ``B = w *
+    cross(N, T)`` with ``w`` the sign of the interpolated handedness. ``faces`` ``(F, 3)`` and
+    ``tangents`` ``(V, 4)`` of the UV mesh. A local ``z`` below 0.05 (a normal facing away from
+    its own surface, an artefact of the transfer) is raised to 0.05 before normalising."""
+    out = np.empty_like(world)
+    for p in range(world.shape[0]):
+        f = face[p]
+        nx, ny, nz = normals[p, 0], normals[p, 1], normals[p, 2]
+        tx = ty = tz = hw = 0.0
+        for k in range(3):
+            vtx = faces[f, k]
+            b = bary[p, k]
+            tx += b * tangents[vtx, 0]
+            ty += b * tangents[vtx, 1]
+            tz += b * tangents[vtx, 2]
+            hw += b * tangents[vtx, 3]
+        d = nx * tx + ny * ty + nz * tz
+        tx, ty, tz = tx - nx * d, ty - ny * d, tz - nz * d
+        length = np.sqrt(tx * tx + ty * ty + tz * tz)
+        if length > 1e-12:
+            tx, ty, tz = tx / length, ty / length, tz / length
+        else:
+            tx, ty, tz = 1.0, 0.0, 0.0
+        sign = -1.0 if hw < 0.0 else 1.0
+        bx = (ny * tz - nz * ty) * sign
+        by = (nz * tx - nx * tz) * sign
+        bz = (nx * ty - ny * tx) * sign
+        wx, wy, wz = world[p, 0], world[p, 1], world[p, 2]
+        lx = wx * tx + wy * ty + wz * tz
+        ly = wx * bx + wy * by + wz * bz
+        lz = max(wx * nx + wy * ny + wz * nz, 0.05)
+        length = np.sqrt(lx * lx + ly * ly + lz * lz)
+        if length > 1e-12:
+            out[p, 0], out[p, 1], out[p, 2] = lx / length, ly / length, lz / length
+        else:
+            out[p, 0], out[p, 1], out[p, 2] = 0.0, 0.0, 1.0
+    return out

@@ -23,6 +23,7 @@ from models.export.params import ExportParams
 
 if TYPE_CHECKING:
     from models.raster.base import Rasteriser
+    from models.reconstruct.texture import ViewImages
 
 #: Largest extent (metres) of an object whose bundle records no true size.
 DEFAULT_SIZE_M = 1.0
@@ -35,13 +36,15 @@ BUNDLE_FRAME_KEY = "bundle_frame"
 
 @dataclass
 class ExportResult:
-    """What :func:`export_asset` wrote: file name -> path, per-LOD face counts, and seconds
-    per step (``timings``)."""
+    """What :func:`export_asset` wrote: file name -> path, per-LOD face counts, and per step
+    (``prepare_views``, ``lod<k>.<step>``, ``preview``...) its wall seconds (``timings``) and
+    the process's CPU seconds, all threads (``cpu_seconds``)."""
 
     files: dict[str, Path]
     lod_faces: list[int]
     timings: dict[str, float] = field(default_factory=dict)
     lods: list[LodMesh] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def export_asset(
@@ -69,7 +72,8 @@ def export_asset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    clock = _Clock(timings)
+    cpu_seconds: dict[str, float] = {}
+    clock = _Clock(timings, cpu_seconds)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     detail_mesh = (
@@ -78,13 +82,27 @@ def export_asset(
         else (np.asarray(detail.vertices, np.float64), np.asarray(detail.faces, np.int64))
     )
 
-    # 1. per LOD: decimate, then colour (baked texture + normal map, or vertex colours)
+    # 1. per LOD: decimate, then colour (baked texture + normal map, or vertex colours); the
+    # bundle's views are prepared once for all of them
+    from models.reconstruct.texture import ViewImages
+
     base_size = params.texture_side(bundle.tile)
+    with clock("prepare_views"):
+        images = ViewImages(bundle)
     lods = [
         build_lod(
-            vertices, faces, bundle, params, fraction, base_size, detail_mesh, clock, rasteriser
+            vertices,
+            faces,
+            bundle,
+            params,
+            fraction,
+            base_size,
+            detail_mesh,
+            clock.prefixed(f"lod{level}."),
+            rasteriser,
+            images,
         )
-        for fraction in params.lods
+        for level, fraction in enumerate(params.lods)
     ]
 
     # 2. placement in metres with the pivot, from LOD 0 (so asset.glb rests exactly on y = 0;
@@ -93,7 +111,7 @@ def export_asset(
     extras = _extras(params, provenance, scale, anchor)
     files: dict[str, Path] = {}
     for level, lod in enumerate(lods):
-        with clock("write_glb"):
+        with clock(f"lod{level}.write_glb"):
             name = "asset.glb" if level == 0 else f"asset_lod{level}.glb"
             files[name] = write_glb(
                 GltfMesh(
@@ -124,7 +142,11 @@ def export_asset(
     if previews:
         files.update(write_previews(lods[0].to_trimesh(), out_dir, params, clock, rasteriser))
     return ExportResult(
-        files=files, lod_faces=[len(lod.faces) for lod in lods], timings=timings, lods=lods
+        files=files,
+        lod_faces=[len(lod.faces) for lod in lods],
+        timings=timings,
+        lods=lods,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -138,46 +160,60 @@ def build_lod(
     detail: tuple[np.ndarray, np.ndarray],
     clock: _Clock | None = None,
     rasteriser: Rasteriser | None = None,
+    images: ViewImages | None = None,
 ) -> LodMesh:
     """One LOD (bundle frame): ``fraction`` of ``params.faces`` faces, coloured from
-    ``bundle``; textured at ``base_size * sqrt(fraction)`` (a power of two) in texture mode."""
+    ``bundle``; textured at ``base_size * sqrt(fraction)`` (a power of two) in texture mode.
+
+    ``images``: the bundle's views prepared once for every LOD (default: prepared here).
+    The LOD's visibility (its depth in each view) is rasterised once and serves its vertex
+    colours, its base-colour bake and its normal-map bake.
+    """
     from models.export.bake import (
-        bake_base_colour,
-        bake_normal_map,
+        fill_gutters,
+        project_base_colour,
+        project_normals,
         texels,
         unwrap,
         vertex_normals,
     )
     from models.export.lod import decimate_lod
-    from models.reconstruct.texture import project_colours
+    from models.reconstruct.texture import ViewImages, _ViewSampler, fill_unseen
 
     clock = clock or _Clock({})
     with clock("decimate"):
         v, f = decimate_lod(vertices, faces, max(4, int(round(params.faces * fraction))))
+    with clock("visibility"):
+        images = images or ViewImages(bundle)
+        sampler = _ViewSampler(bundle, v, f, None, None, rasteriser, images)
     with clock("vertex_colours"):
         # view-projected vertex colours, propagated over the surface into unseen regions
-        coloured = project_colours(
-            bundle, trimesh.Trimesh(v, f, process=False), rasteriser=rasteriser
-        )
-        colours = np.asarray(coloured.visual.vertex_colors[:, :3], dtype=np.float64) / 255.0
+        normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals, np.float64)
+        colours, seen = sampler.blend(v, normals)
+        colours = fill_unseen(colours, seen, f)
     if params.texture_mode == "vertex":
         return LodMesh(vertices=v, faces=f, normals=vertex_normals(v, f), colours=colours)
 
     size = lod_texture_size(base_size, fraction)
     with clock("unwrap"):
         uvm = unwrap(v, f, size)
+    with clock("texels"):
+        cover = texels(uvm, size)
+        n_size = max(16, int(round(size * params.normal_map_scale)))
+        n_cover = cover if n_size == size else texels(uvm, n_size)
     with clock("bake_colour"):
-        cover = texels(uvm, size, rasteriser)
-        base = bake_base_colour(uvm, cover, bundle, vertex_colours=colours, rasteriser=rasteriser)
+        colour_texels = project_base_colour(uvm, cover, sampler, colours)
+    with clock("fill_colour"):
+        base = fill_gutters(cover, colour_texels)
     normal_map = None
     if params.normal_source != "none":
         with clock("bake_normal"):
-            n_size = max(16, int(round(size * params.normal_map_scale)))
-            n_cover = cover if n_size == size else texels(uvm, n_size, rasteriser)
             if params.normal_source == "mesh":
-                normal_map = bake_normal_map(uvm, n_cover, detail=detail)
+                normal_texels = project_normals(uvm, n_cover, detail=detail)
             else:
-                normal_map = bake_normal_map(uvm, n_cover, bundle=bundle, rasteriser=rasteriser)
+                normal_texels = project_normals(uvm, n_cover, sampler=sampler)
+        with clock("fill_normal"):
+            normal_map = fill_gutters(n_cover, normal_texels)
     return LodMesh(
         vertices=uvm.vertices,
         faces=uvm.faces,
@@ -288,19 +324,29 @@ def load_in_bundle_frame(path: str | Path) -> trimesh.Trimesh:
 
 
 class _Clock:
-    """Adds the seconds of each ``with clock(name):`` block to ``timings[name]``."""
+    """Adds the wall seconds of each ``with clock(name):`` block to ``timings[name]`` and the
+    process's CPU seconds (all threads) to ``cpu[name]``; ``prefixed("lod1.")`` is a clock
+    that adds into the same tables under prefixed names."""
 
-    def __init__(self, timings: dict[str, float]) -> None:
+    def __init__(
+        self, timings: dict[str, float], cpu: dict[str, float] | None = None, prefix: str = ""
+    ) -> None:
         self.timings = timings
+        self.cpu = {} if cpu is None else cpu
+        self.prefix = prefix
+        self._open: list[tuple[str, float, float]] = []
+
+    def prefixed(self, prefix: str) -> _Clock:
+        return _Clock(self.timings, self.cpu, self.prefix + prefix)
 
     def __call__(self, name: str) -> _Clock:
-        self._name = name
+        self._name = self.prefix + name
         return self
 
     def __enter__(self) -> None:
-        self._start = time.perf_counter()
+        self._open.append((self._name, time.perf_counter(), time.process_time()))
 
     def __exit__(self, *exc: object) -> None:
-        self.timings[self._name] = self.timings.get(self._name, 0.0) + (
-            time.perf_counter() - self._start
-        )
+        name, wall, cpu = self._open.pop()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - wall
+        self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu

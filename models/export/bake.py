@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from models.bundle.spec import Bundle
 
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     import trimesh
 
     from models.raster.base import Rasteriser
+    from models.reconstruct.texture import ViewImages, _ViewSampler
 
 #: Empty texels xatlas leaves between UV charts (at the atlas's own resolution).
 ATLAS_PADDING_PX = 2
@@ -94,7 +94,7 @@ def bake_texture(
     uvm = unwrap(mesh.vertices, mesh.faces, size)
     image = bake_base_colour(
         uvm,
-        texels(uvm, size, rasteriser),
+        texels(uvm, size),
         bundle,
         vertex_colours=colours,
         view_weights=view_weights,
@@ -204,30 +204,17 @@ def tangent_frames(
     return np.concatenate([t, w[:, None]], axis=1)
 
 
-def texels(mesh: UVMesh, size: int, rasteriser: Rasteriser | None = None) -> Texels:
-    """Rasterise ``mesh``'s atlas at ``size`` x ``size``: which texels its faces cover."""
-    from models.raster import get_rasteriser
-
-    rasteriser = rasteriser or get_rasteriser()
-    # Texel row 0 is v = 0 (glTF): clip y = 1 - 2 v puts it at the rasteriser's top row.
-    uv = mesh.uv
-    clip = np.stack(
-        [2.0 * uv[:, 0] - 1.0, 1.0 - 2.0 * uv[:, 1], np.zeros(len(uv)), np.ones(len(uv))], 1
-    )
-    with torch.no_grad():
-        raster = rasteriser.rasterise(
-            torch.as_tensor(clip[None], dtype=torch.float32),
-            torch.as_tensor(mesh.faces),
-            (size, size),
-        )
+def texels(mesh: UVMesh, size: int) -> Texels:
+    """The texels ``mesh``'s atlas covers at ``size`` x ``size``, with their surface points and
+    normals (rasterised in texture space by :func:`models.export._kernels.uv_texels`)."""
     from models.export import _kernels
 
-    index, face, bary, points, normals = _kernels.texel_attributes(
-        raster.tri_id[0].cpu().numpy().reshape(-1),
-        np.ascontiguousarray(raster.bary[0].cpu().numpy().reshape(-1, 3)),
-        mesh.faces,
-        np.ascontiguousarray(mesh.vertices),
-        np.ascontiguousarray(mesh.normals),
+    index, face, bary, points, normals = _kernels.uv_texels(
+        np.ascontiguousarray(mesh.uv, dtype=np.float64),
+        np.ascontiguousarray(mesh.faces, dtype=np.int64),
+        np.ascontiguousarray(mesh.vertices, dtype=np.float64),
+        np.ascontiguousarray(mesh.normals, dtype=np.float64),
+        int(size),
     )
     return Texels(size=size, index=index, face=face, bary=bary, points=points, normals=normals)
 
@@ -241,25 +228,39 @@ def bake_base_colour(
     view_weights: tuple[float, ...] | list[float] | None = None,
     erosion_px: int | None = None,
     rasteriser: Rasteriser | None = None,
+    sampler: _ViewSampler | None = None,
 ) -> np.ndarray:
-    """The ``(S, S, 3)`` uint8 sRGB base colour of ``mesh`` seen through ``bundle``'s colour row.
+    """The ``(S, S, 3)`` uint8 sRGB base colour of ``mesh`` seen through ``bundle``'s colour row:
+    :func:`project_base_colour`, then the gutters filled by :func:`fill_gutters`."""
+    return fill_gutters(
+        cover,
+        project_base_colour(
+            mesh,
+            cover,
+            sampler or view_sampler(bundle, mesh, erosion_px, view_weights, rasteriser),
+            vertex_colours,
+        ),
+    )
 
-    Every covered texel takes the view-weighted mean of the colour views that see it
-    (visibility and weights as :func:`models.reconstruct.texture.project_colours`). A texel no
-    view sees takes ``vertex_colours`` ``(V0, 3)`` (sRGB in [0, 1], indexed by
-    ``mesh.source``, already propagated over the mesh surface into unseen regions)
-    interpolated across its face; the gutters between charts are filled by push-pull.
+
+def project_base_colour(
+    mesh: UVMesh, cover: Texels, sampler: _ViewSampler, vertex_colours: np.ndarray
+) -> np.ndarray:
+    """sRGB base colour ``(P, 3)`` float64 in [0, 1] of ``cover``'s texels.
+
+    Every texel takes the view-weighted mean of the colour views that see it (visibility and
+    weights as :func:`models.reconstruct.texture.project_colours`). A texel no view sees takes
+    ``vertex_colours`` ``(V0, 3)`` (sRGB in [0, 1], indexed by ``mesh.source``, already
+    propagated over the mesh surface into unseen regions) interpolated across its face.
     """
-    sampler = view_sampler(bundle, mesh, erosion_px, view_weights, rasteriser)
     colours, seen = _project(sampler, cover, sampler.colours)
-    texel = colours  # sRGB in [0, 1]; unseen texels (only those: millions of texels) below
-    unseen = np.flatnonzero(~seen)
-    texel[unseen] = _blend(
+    unseen = np.flatnonzero(~seen)  # only those: millions of texels
+    colours[unseen] = _blend(
         cover.bary[unseen],
         np.asarray(vertex_colours, dtype=np.float64)[mesh.source],
         mesh.faces[cover.face[unseen]],
     )
-    return _to_u8(push_pull(*_scatter(cover, texel)))
+    return colours
 
 
 def bake_normal_map(
@@ -269,50 +270,68 @@ def bake_normal_map(
     detail: tuple[np.ndarray, np.ndarray] | None = None,
     bundle: Bundle | None = None,
     rasteriser: Rasteriser | None = None,
+    sampler: _ViewSampler | None = None,
 ) -> np.ndarray:
     """A tangent-space normal map ``(S, S, 3)`` uint8 of ``mesh`` (glTF encoding).
 
     Exactly one source: ``detail`` ``(vertices (V, 3), faces (F, 3))``, the full-resolution
     mesh in the same frame, whose smooth normal at each texel's closest point is taken; or
-    ``bundle``, whose normal maps are projected onto the texels like the colours (texels no
-    view sees keep the mesh's own normal, ``(0, 0, 1)`` in tangent space).
+    ``bundle`` (or a ``sampler`` of it), whose normal maps are projected onto the texels like
+    the colours (texels no view sees keep the mesh's own normal, ``(0, 0, 1)`` in tangent
+    space). See :func:`project_normals`; the gutters are filled by :func:`fill_gutters`.
     """
-    if (detail is None) == (bundle is None):
+    if (detail is None) == (bundle is None and sampler is None):
         raise ValueError("bake_normal_map needs exactly one of detail= or bundle=")
+    if detail is None and sampler is None:
+        sampler = view_sampler(bundle, mesh, None, None, rasteriser)
+    return fill_gutters(cover, project_normals(mesh, cover, detail=detail, sampler=sampler))
+
+
+def project_normals(
+    mesh: UVMesh,
+    cover: Texels,
+    *,
+    detail: tuple[np.ndarray, np.ndarray] | None = None,
+    sampler: _ViewSampler | None = None,
+) -> np.ndarray:
+    """Tangent-space normals of ``cover``'s texels encoded as ``(x + 1) / 2``: ``(P, 3)``
+    float64 in [0, 1], from ``detail`` (closest point of the full mesh) or from the bundle
+    views of ``sampler``."""
     if detail is not None:
         world = _closest_normals(cover.points, *detail)
     else:
-        sampler = view_sampler(bundle, mesh, None, None, rasteriser)
-        # camera-space normals -> bundle frame (n_cam = R n_world)
-        cam = bundle.normals().astype(np.float64)  # (N, T, T, 3)
-        world_views = np.einsum("nhwc,ncd->nhwd", cam, sampler.cameras.rotations)
-        projected, seen = _project(sampler, cover, world_views)
+        projected, seen = _project(sampler, cover, sampler.images.world_normals())
         world = np.where(seen[:, None], _unit(projected, cover.normals), cover.normals)
-    tangent_space = to_tangent_space(mesh, cover, world)
-    return _to_u8(push_pull(*_scatter(cover, (tangent_space + 1.0) / 2.0)))
+    return (to_tangent_space(mesh, cover, world) + 1.0) / 2.0
+
+
+def fill_gutters(cover: Texels, values: np.ndarray) -> np.ndarray:
+    """Per-texel values ``(P, C)`` in [0, 1] -> an ``(S, S, C)`` uint8 image whose empty
+    texels (gutters between charts) are filled by push-pull (see :func:`push_pull`)."""
+    from models.export import _kernels
+
+    s = cover.size
+    image = _kernels.push_pull_u8(
+        cover.index, np.ascontiguousarray(values, dtype=np.float64), s, s
+    )
+    return image.reshape(s, s, -1)
 
 
 def to_tangent_space(mesh: UVMesh, cover: Texels, world: np.ndarray) -> np.ndarray:
     """World (bundle-frame) unit normals ``(P, 3)`` at ``cover``'s texels -> tangent space
     ``(P, 3)`` in the frame a glTF viewer rebuilds from the interpolated ``NORMAL`` and
-    ``TANGENT``."""
-    corners = mesh.faces[cover.face]
-    n = cover.normals
-    t = _blend(cover.bary, mesh.tangents[:, :3], corners)
-    t = _unit(t - n * np.einsum("ij,ij->i", n, t)[:, None], np.array([1.0, 0.0, 0.0]))
-    w = np.where(_blend(cover.bary, mesh.tangents[:, 3:], corners)[:, 0] < 0, -1.0, 1.0)
-    b = np.cross(n, t) * w[:, None]
-    local = np.stack(
-        [
-            np.einsum("ij,ij->i", world, t),
-            np.einsum("ij,ij->i", world, b),
-            np.einsum("ij,ij->i", world, n),
-        ],
-        axis=1,
+    ``TANGENT`` (:func:`models.export._kernels.tangent_space`; a texel facing away from its
+    own surface is an artefact of the transfer and keeps the surface)."""
+    from models.export import _kernels
+
+    return _kernels.tangent_space(
+        np.ascontiguousarray(world, dtype=np.float64),
+        cover.face,
+        cover.bary,
+        np.ascontiguousarray(cover.normals, dtype=np.float64),
+        np.ascontiguousarray(mesh.faces, dtype=np.int64),
+        np.ascontiguousarray(mesh.tangents, dtype=np.float64),
     )
-    # A texel facing away from its own surface is an artefact of the transfer: keep the surface.
-    local[:, 2] = np.maximum(local[:, 2], 0.05)
-    return _unit(local, np.array([0.0, 0.0, 1.0]))
 
 
 def push_pull(image: np.ndarray, filled: np.ndarray) -> np.ndarray:
@@ -320,42 +339,31 @@ def push_pull(image: np.ndarray, filled: np.ndarray) -> np.ndarray:
     bool: pull (average filled texels down a 2x pyramid), then push (each level's holes take
     the coarser level's value). Filled texels are kept exactly; the gutters take a smooth
     continuation of the charts around them, so mip-mapping does not bleed a flat colour.
-    Returns ``(S, S, C)`` float64."""
-    weight = np.asarray(filled, dtype=np.float32)
-    colour = np.asarray(image, dtype=np.float32) * weight[..., None]
-    levels = [(colour, weight)]
-    while max(levels[-1][1].shape) > 1:
-        colour, weight = levels[-1]
-        h, w = weight.shape
-        if h % 2 or w % 2:  # pad odd sides so 2x2 blocks tile the level
-            colour = np.pad(colour, ((0, h % 2), (0, w % 2), (0, 0)))
-            weight = np.pad(weight, ((0, h % 2), (0, w % 2)))
-        h2, w2 = weight.shape[0] // 2, weight.shape[1] // 2
-        levels.append(
-            (
-                colour.reshape(h2, 2, w2, 2, -1).sum((1, 3)),
-                weight.reshape(h2, 2, w2, 2).sum((1, 3)),
-            )
-        )
-    colour, weight = levels[-1]
-    result = colour / np.maximum(weight, 1e-12)[..., None]
-    for colour, weight in reversed(levels[:-1]):
-        mean = colour / np.maximum(weight, 1e-12)[..., None]
-        rows, cols = np.nonzero(weight == 0)
-        mean[rows, cols] = result[rows // 2, cols // 2]
-        result = mean
-    out = np.asarray(image, dtype=np.float64).copy()
-    holes = ~np.asarray(filled, dtype=bool)
-    out[holes] = result[holes]
-    return out
+    Returns ``(S, S, C)`` float64 (:func:`models.export._kernels.push_pull`)."""
+    from models.export import _kernels
+
+    h, w, c = image.shape
+    index = np.flatnonzero(np.asarray(filled, dtype=bool).reshape(-1))
+    values = np.ascontiguousarray(np.asarray(image, dtype=np.float64).reshape(-1, c)[index])
+    return _kernels.push_pull(index, values, h, w).reshape(h, w, c)
 
 
-def view_sampler(bundle, mesh: UVMesh, erosion_px, view_weights, rasteriser):
+def view_sampler(
+    bundle: Bundle,
+    mesh: UVMesh,
+    erosion_px: int | None,
+    view_weights: tuple[float, ...] | list[float] | None,
+    rasteriser: Rasteriser | None,
+    images: ViewImages | None = None,
+) -> _ViewSampler:
     """The bundle's views rasterised with ``mesh`` for visibility (see
-    :mod:`models.reconstruct.texture`)."""
+    :mod:`models.reconstruct.texture`); ``images``: the bundle's prepared views, shared
+    between meshes (default: prepared here)."""
     from models.reconstruct.texture import _ViewSampler
 
-    return _ViewSampler(bundle, mesh.vertices, mesh.faces, view_weights, erosion_px, rasteriser)
+    return _ViewSampler(
+        bundle, mesh.vertices, mesh.faces, view_weights, erosion_px, rasteriser, images
+    )
 
 
 # --------------------------------------------------------------------------- internals
@@ -406,16 +414,6 @@ def _closest_normals(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
     return _unit(np.einsum("pk,pkc->pc", bary, corners), np.array([0.0, 1.0, 0.0]))
 
 
-def _scatter(cover: Texels, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-texel values ``(P, C)`` into an ``(S, S, C)`` image and its ``(S, S)`` filled mask."""
-    s = cover.size
-    image = np.zeros((s * s, values.shape[1]))
-    image[cover.index] = values
-    filled = np.zeros(s * s, dtype=bool)
-    filled[cover.index] = True
-    return image.reshape(s, s, -1), filled.reshape(s, s)
-
-
 def _blend(bary: np.ndarray, values: np.ndarray, corners: np.ndarray) -> np.ndarray:
     """``sum_k bary[:, k] * values[corners[:, k]]``: ``(P, C)``."""
     return (
@@ -429,7 +427,3 @@ def _unit(x: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     length = np.linalg.norm(x, axis=1, keepdims=True)
     fallback = np.broadcast_to(fallback, x.shape)
     return np.where(length > 1e-12, x / np.maximum(length, 1e-30), fallback)
-
-
-def _to_u8(values: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)

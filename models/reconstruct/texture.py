@@ -113,20 +113,18 @@ def fill_unseen(colours: np.ndarray, seen: np.ndarray, faces: np.ndarray) -> np.
 # --------------------------------------------------------------------------- internals
 
 
-class _ViewSampler:
-    """The bundle's views rasterised once, ready to colour arbitrary surface points."""
+class ViewImages:
+    """What colour projection needs from a bundle, mesh aside: cameras, view weights, the
+    silhouette-eroded foreground masks and the colour tiles. Prepared once and shared by every
+    mesh projected from the same bundle (an export's LODs, its colour and normal bakes)."""
 
     def __init__(
         self,
         bundle: Bundle,
-        vertices: np.ndarray,
-        faces: np.ndarray,
-        view_weights: tuple[float, ...] | list[float] | None,
-        erosion_px: int | None,
-        rasteriser: Rasteriser | None,
+        view_weights: tuple[float, ...] | list[float] | None = None,
+        erosion_px: int | None = None,
     ) -> None:
-        from models.raster import get_rasteriser
-
+        self.bundle = bundle
         self.cameras = BundleCameras.from_spec(bundle.spec)
         n_views = len(self.cameras)
         if view_weights is None:
@@ -137,12 +135,50 @@ class _ViewSampler:
         if np.any(self.view_weights < 0):
             raise ValueError(f"view_weights must be >= 0, got {list(view_weights)}")
         self.tile = bundle.tile
-        erosion = default_erosion_px(self.tile) if erosion_px is None else int(erosion_px)
+        self.erosion = default_erosion_px(self.tile) if erosion_px is None else int(erosion_px)
         masks = bundle.masks()
-        if erosion > 0:
-            masks = np.stack([ndimage.binary_erosion(m, iterations=erosion) for m in masks])
-        self.masks = masks.copy()
-        self.colours = bundle.colours().astype(np.float64)  # (N, T, T, 3) sRGB
+        if self.erosion > 0:
+            masks = np.stack([ndimage.binary_erosion(m, iterations=self.erosion) for m in masks])
+        #: ``(N, T, T)`` bool, eroded at the outer silhouette (not yet at occlusion edges)
+        self.masks = masks
+        #: ``(N, T, T, 3)`` float64 sRGB
+        self.colours = bundle.colours().astype(np.float64)
+        self._world_normals: np.ndarray | None = None
+
+    def world_normals(self) -> np.ndarray:
+        """The bundle's normal maps turned into the bundle frame: ``(N, T, T, 3)`` float64
+        (``n_cam = R n_world``; 0 on background)."""
+        if self._world_normals is None:
+            cam = self.bundle.normals().astype(np.float64)
+            self._world_normals = np.einsum("nhwc,ncd->nhwd", cam, self.cameras.rotations)
+        return self._world_normals
+
+
+class _ViewSampler:
+    """The bundle's views rasterised once with one mesh (for visibility), ready to colour
+    arbitrary points of that mesh's surface."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        vertices: np.ndarray,
+        faces: np.ndarray,
+        view_weights: tuple[float, ...] | list[float] | None,
+        erosion_px: int | None,
+        rasteriser: Rasteriser | None,
+        images: ViewImages | None = None,
+    ) -> None:
+        from models.raster import get_rasteriser
+
+        images = images or ViewImages(bundle, view_weights, erosion_px)
+        self.images = images
+        self.cameras = images.cameras
+        n_views = len(self.cameras)
+        self.view_weights = images.view_weights
+        self.tile = images.tile
+        erosion = images.erosion
+        self.masks = images.masks.copy()
+        self.colours = images.colours  # (N, T, T, 3) sRGB
 
         rasteriser = rasteriser or get_rasteriser()
         mvp = self.cameras.mvp
