@@ -186,22 +186,102 @@ def test_a_mesh_baked_from_itself_has_a_flat_normal_map():
 def test_an_open_cone_with_a_needle_tip_still_reaches_its_face_target():
     """Generated surfaces (open rims, rings of sliver triangles at a tip) stall one quadric
     pass short of the target; the decimator goes on until it is met."""
+    xyz, faces = _open_needle_cone()
+    for target in (20000, 5000):
+        _, out = decimate(xyz, faces, target)
+        assert abs(len(out) - target) <= FACE_TOLERANCE * target
+
+
+def _open_needle_cone() -> tuple[np.ndarray, np.ndarray]:
+    """An open cone (no base) whose tip is a ring of 200 slivers, as parametric generators
+    make them: 32,000 faces."""
     nu, nv = 200, 80
     u, v = np.meshgrid(np.linspace(0, 1, nu + 1), np.linspace(0, 1, nv + 1), indexing="ij")
     radius = 0.6 * (1 - v.ravel()) + 1e-3
     angle = 2 * np.pi * u.ravel()
     xyz = np.stack([radius * np.sin(angle), 1.4 * v.ravel(), radius * np.cos(angle)], 1)
     idx = np.arange(len(xyz)).reshape(nu + 1, nv + 1)
-    a, b, c, d = (
-        idx[:-1, :-1].ravel(),
-        idx[1:, :-1].ravel(),
-        idx[1:, 1:].ravel(),
-        idx[:-1, 1:].ravel(),
-    )
+    a, b = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel()
+    c, d = idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
     faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
-    for target in (20000, 5000):
-        _, out = decimate(xyz, faces, target)
-        assert abs(len(out) - target) <= FACE_TOLERANCE * target
+    mesh = trimesh.Trimesh(xyz, faces, process=True)  # welds the seam
+    return np.asarray(mesh.vertices), np.asarray(mesh.faces)
+
+
+def test_a_lod_keeps_every_vertex_of_an_open_rim_at_a_quarter_of_the_faces():
+    """fast-simplification puts no cost on moving an open border: a plain quarter-face pass
+    leaves the cone's 200-vertex base as a triangle. LODs keep it, and meet their target."""
+    from models.export.lod import decimate_lod
+
+    vertices, faces = _open_needle_cone()
+    v, f = decimate_lod(vertices, faces, 5000)
+    assert abs(len(f) - 5000) <= FACE_TOLERANCE * 5000
+    on_base = np.abs(v[:, 1]) < 1e-9
+    assert on_base.sum() == 200
+    # and they are the original rim's positions, so the silhouette is kept exactly
+    rim = vertices[np.abs(vertices[:, 1]) < 1e-9]
+    assert np.allclose(np.sort(v[on_base], axis=0), np.sort(rim, axis=0))
+
+
+def test_sliver_welding_joins_only_edge_connected_vertices():
+    """Two sheets closer than the welding size stay apart: only edges weld."""
+    from models.export.lod import weld_slivers
+
+    x, y = np.meshgrid(np.linspace(0, 1, 11), np.linspace(0, 1, 11), indexing="ij")
+    sheet = np.stack([x.ravel(), y.ravel(), np.zeros(121)], 1)
+    idx = np.arange(121).reshape(11, 11)
+    a, b = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel()
+    c, d = idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+    quads = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    # two sheets 1e-4 apart: every vertex has a twin far closer than any edge (0.1)
+    vertices = np.concatenate([sheet, sheet + [0.0, 0.0, 1e-4]])
+    faces = np.concatenate([quads, quads + 121])
+    v, f = weld_slivers(vertices, faces)
+    assert len(v) == 242 and len(f) == 400
+
+
+# --------------------------------------------------------------------------- texels
+
+
+def test_texels_lie_in_their_faces_at_their_texel_centres():
+    mesh = bumpy_ball(3)
+    uvm = unwrap(mesh.vertices, mesh.faces, 256)
+    cover = texels(uvm, 256)
+    assert (cover.bary >= -1e-9).all() and np.allclose(cover.bary.sum(1), 1.0)
+    corners = uvm.faces[cover.face]
+    uv = sum(cover.bary[:, k : k + 1] * uvm.uv[corners[:, k]] for k in range(3))
+    row, col = np.divmod(cover.index, 256)
+    assert np.allclose(uv * 256, np.stack([col + 0.5, row + 0.5], 1), atol=1e-6)
+    points = sum(cover.bary[:, k : k + 1] * uvm.vertices[corners[:, k]] for k in range(3))
+    assert np.allclose(cover.points, points)
+
+
+def test_texels_cover_the_atlas_area_of_the_charts():
+    mesh = bumpy_ball(3)
+    uvm = unwrap(mesh.vertices, mesh.faces, 512)
+    cover = texels(uvm, 512)
+    tuv = uvm.uv[uvm.faces]
+    e1, e2 = tuv[:, 1] - tuv[:, 0], tuv[:, 2] - tuv[:, 0]
+    area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum()
+    assert len(np.unique(cover.index)) == len(cover.index)
+    assert len(cover.index) / 512**2 == pytest.approx(area, rel=0.02)
+
+
+def test_gutter_fill_encodes_the_push_pull_image():
+    from models.export.bake import Texels, fill_gutters
+
+    rng = np.random.default_rng(1)
+    index = np.flatnonzero(rng.random(64 * 64) < 0.3)
+    values = rng.random((len(index), 3))
+    cover = Texels(64, index, index * 0, np.zeros((len(index), 3)), None, None)
+    image = np.zeros((64 * 64, 3))
+    image[index] = values
+    filled = np.zeros(64 * 64, dtype=bool)
+    filled[index] = True
+    expected = push_pull(image.reshape(64, 64, 3), filled.reshape(64, 64))
+    got = fill_gutters(cover, values).astype(float)
+    assert np.abs(got - np.round(expected * 255)).max() <= 1.0
+    assert np.array_equal(got.reshape(-1, 3)[index], np.round(values * 255))
 
 
 def test_a_normal_map_from_the_bundle_restores_the_detailed_normals_on_a_coarse_lod():
