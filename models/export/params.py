@@ -51,7 +51,7 @@ class ExportParams:
     projected like the colours; texels no view sees keep the LOD's own normal), ``mesh`` (the
     full-resolution refined mesh, sampled at each texel's closest point) or ``none``. The
     default is what benchmarks/texture.py measured closer to the bundle on LOD 1 (median
-    0.42 vs 0.56 degrees over 8 objects at 512-px tiles)."""
+    0.44 vs 0.52 degrees over 8 objects at 512-px tiles)."""
     normal_map_scale: float = 0.5
     """Side of the normal map as a fraction of the base-colour texture's side."""
     size_m: float | None = None
