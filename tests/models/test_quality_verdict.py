@@ -36,7 +36,7 @@ def test_a_mask_iou_below_its_minimum_is_a_reason_with_value_and_threshold():
 def test_a_normal_error_above_its_maximum_is_a_reason():
     verdict = judge_quality({**GOOD, "normal_angle_deg": 31.5}, EvaluateParams())
     assert [r.metric for r in verdict.reasons] == ["normal_angle_deg"]
-    assert verdict.reasons[0].text() == "normal_angle_deg 31.5 > max 25"
+    assert verdict.reasons[0].text() == "normal_angle_deg 31.5 > max 20"
 
 
 def test_non_manifold_edges_are_judged_per_face():
@@ -66,7 +66,7 @@ def test_a_metric_that_was_not_measured_misses_its_threshold():
     metrics = {k: v for k, v in GOOD.items() if k != "normal_angle_deg"}
     verdict = judge_quality(metrics, EvaluateParams())
     assert [r.metric for r in verdict.reasons] == ["normal_angle_deg"]
-    assert verdict.reasons[0].text() == "normal_angle_deg not measured (max 25)"
+    assert verdict.reasons[0].text() == "normal_angle_deg not measured (max 20)"
 
 
 def test_every_missed_threshold_is_listed_in_field_order():

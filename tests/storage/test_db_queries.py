@@ -212,7 +212,7 @@ def test_claim_fails_while_the_lease_is_live_and_succeeds_once_it_expired(db_eng
         assert (asset.lease_owner, asset.attempts) == ("worker-2", 2)
 
 
-@pytest.mark.parametrize("state", ["succeeded", "failed"])
+@pytest.mark.parametrize("state", ["succeeded", "failed", "needs_review"])
 def test_claim_refuses_finished_assets(db_engine, state):
     asset_id = _add(db_engine)
     with session_scope(db_engine) as session:
@@ -358,6 +358,30 @@ def test_reset_for_retry_makes_a_failed_asset_claimable_again(db_engine):
     with session_scope(db_engine) as session:
         asset = session.get(Asset, asset_id)
         assert (asset.state, asset.seed, asset.last_error_class) == ("pending", 7, None)
+        assert q.claim_asset(session, asset_id, "w2", 60)
+
+
+def test_releasing_to_needs_review_records_its_reasons_and_finishes_the_asset(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "w", 60)
+        assert q.release_asset(session, asset_id, "w", "needs_review", "review:QualityVerdict",
+                               "needs review: mask_iou 0.41 < min 0.9")
+    with session_scope(db_engine) as session:
+        asset = session.get(Asset, asset_id)
+        assert (asset.state, asset.last_error_message, asset.lease_owner) == (
+            "needs_review", "needs review: mask_iou 0.41 < min 0.9", None)
+        assert asset.finished_at is not None
+
+
+def test_reset_for_retry_makes_a_needs_review_asset_claimable_again(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "w", 60)
+        q.release_asset(session, asset_id, "w", "needs_review", "review:QualityVerdict", "low")
+    with session_scope(db_engine) as session:
+        assert q.reset_for_retry(session, asset_id)
+    with session_scope(db_engine) as session:
         assert q.claim_asset(session, asset_id, "w2", 60)
 
 
