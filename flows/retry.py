@@ -33,16 +33,18 @@ def select_retryable(
     error_class: str | None = None,
     older_than_s: float | None = None,
     asset_ids: list[str] | None = None,
+    states: tuple[str, ...] = queries.RETRYABLE_STATES,
 ) -> list[str]:
-    """Failed assets matching the filters, plus running ones whose lease has expired."""
+    """Assets in ``states`` (failed and needs_review by default) matching the filters, plus
+    running ones whose lease has expired."""
     older_than = (
         datetime.now(UTC) - timedelta(seconds=older_than_s) if older_than_s else None
     )
     with Session(engine_for(config.database_url)) as session:
-        failed = queries.list_assets(
-            session, state="failed", batch_id=batch_id, stage=stage,
+        failed = [asset for state in states for asset in queries.list_assets(
+            session, state=state, batch_id=batch_id, stage=stage,
             error_class=error_class, older_than=older_than,
-        )
+        )]
         stale = queries.list_expired_leases(session, batch_id=batch_id)
         ids = [a.id for a in failed] + [a.id for a in stale]
     if asset_ids:
@@ -62,8 +64,13 @@ def retry_flow(
     reseed: bool = False,
     concurrency: int = 2,
     overrides: dict[str, Any] | None = None,
+    states: tuple[str, ...] = queries.RETRYABLE_STATES,
 ) -> dict[str, str]:
     """Re-run the selected assets from their failing stage; returns asset id -> outcome.
+
+    ``states``: which finished assets to select, ``failed`` and ``needs_review`` by default (a
+    needs_review asset resumes after its last stage, so only what ``reseed`` or ``overrides``
+    change runs again before it is judged anew).
 
     ``overrides``: flat manifest parameters to set on every selected asset (checked first; a
     bad one raises :class:`models.parameters.ParameterError` and nothing is retried).
@@ -72,7 +79,7 @@ def retry_flow(
     config = with_locations(config)  # the URLs come from this worker, never as parameters
     selected = select_retryable(
         config, batch_id=batch_id, stage=stage, error_class=error_class,
-        older_than_s=older_than_s, asset_ids=asset_ids,
+        older_than_s=older_than_s, asset_ids=asset_ids, states=tuple(states),
     )
     logger.info("retrying %d assets", len(selected))
     new_params = retried_params(config, selected, overrides)
