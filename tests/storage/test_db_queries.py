@@ -147,7 +147,8 @@ def test_batch_counts_give_each_distinct_asset_state_and_the_rejected_rows(db_en
         ])
         counts = q.batch_counts(session, batch.id)
         states = q.batch_asset_states(session, batch.id)
-    assert counts == {"pending": 1, "running": 0, "succeeded": 1, "failed": 0, "rejected": 1}
+    assert counts == {"pending": 1, "running": 0, "succeeded": 1, "failed": 0,
+                      "needs_review": 0, "rejected": 1}
     assert states == {done: "succeeded", waiting: "pending"}
 
 
@@ -512,6 +513,7 @@ def test_counts_by_state_and_by_latest_stage_attempt(db_engine):
             "running": 1,
             "succeeded": 0,
             "failed": 0,
+            "needs_review": 0,
         }
         assert q.counts_by_stage(session) == {"bundle": {"succeeded": 1, "running": 1}}
 
