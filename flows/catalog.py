@@ -13,11 +13,10 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from sqlalchemy.orm import Session
 
 from flows.asset import run_assets_here
 from storage import queries
-from storage.db import get_engine
+from storage.db import get_engine, in_transaction
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult, ingest_manifest
 from tasks.settings import with_locations
@@ -72,8 +71,10 @@ def _run_on_deployment(
         timeout=None,
     )
     completed = flow_run.state is not None and flow_run.state.is_completed()
-    with Session(get_engine(config.database_url)) as session:
-        states = queries.asset_states(session, shard)
+    states = in_transaction(get_engine(config.database_url),
+                            lambda session: queries.asset_states(session, shard),
+                            retry_seconds=config.db_retry_seconds,
+                            step="reading how a shard's assets ended")
     outcomes = {}
     for asset_id in shard:
         state = states.get(asset_id)

@@ -18,11 +18,15 @@ from sqlalchemy.orm import Session
 
 from flows.asset import AssetFailed, asset_flow, subflow_settings
 from storage import queries
-from storage.db import DatabaseUnavailable
+from storage.db import DatabaseUnavailable, in_transaction, through_outage
 from tasks.assets import retried_params
 from tasks.config import PipelineConfig
 from tasks.resources import engine_for
 from tasks.settings import with_locations
+
+SELECT_STEP = "selecting the assets to retry"
+RESET_STEP = "putting the assets to retry back to pending"
+"""What :class:`storage.db.DatabaseUnavailable` says the retry flow was doing."""
 
 
 def select_retryable(
@@ -36,17 +40,24 @@ def select_retryable(
     states: tuple[str, ...] = queries.RETRYABLE_STATES,
 ) -> list[str]:
     """Assets in ``states`` (failed and needs_review by default) matching the filters, plus
-    running ones whose lease has expired."""
+    running ones whose lease has expired.
+
+    Retried through a database outage of up to ``config.db_retry_seconds`` (then
+    :class:`storage.db.DatabaseUnavailable`)."""
     older_than = (
         datetime.now(UTC) - timedelta(seconds=older_than_s) if older_than_s else None
     )
-    with Session(engine_for(config.database_url)) as session:
+
+    def select(session: Session) -> list[str]:
         failed = [asset for state in states for asset in queries.list_assets(
             session, state=state, batch_id=batch_id, stage=stage,
             error_class=error_class, older_than=older_than,
         )]
         stale = queries.list_expired_leases(session, batch_id=batch_id)
-        ids = [a.id for a in failed] + [a.id for a in stale]
+        return [a.id for a in failed] + [a.id for a in stale]
+
+    ids = in_transaction(engine_for(config.database_url), select,
+                         retry_seconds=config.db_retry_seconds, step=SELECT_STEP)
     if asset_ids:
         wanted = set(asset_ids)
         ids = [i for i in ids if i in wanted or any(i.startswith(w) for w in wanted)]
@@ -82,14 +93,21 @@ def retry_flow(
         older_than_s=older_than_s, asset_ids=asset_ids, states=tuple(states),
     )
     logger.info("retrying %d assets", len(selected))
-    new_params = retried_params(config, selected, overrides)
-    with Session(engine_for(config.database_url)) as session:
+    new_params = through_outage(lambda: retried_params(config, selected, overrides),
+                                retry_seconds=config.db_retry_seconds, step=SELECT_STEP)
+    # Chosen once, so a reset retried after an outage gives each asset the same new seed.
+    new_seeds = {asset_id: _new_seed() if reseed else None for asset_id in selected}
+
+    def reset(session: Session) -> None:
+        # Safe to run again: an asset already reset is no longer failed (or needs_review)
+        # and is left alone.
         for asset_id in selected:
-            new_seed = _new_seed() if reseed else None
             queries.reset_for_retry(
-                session, asset_id, new_seed=new_seed, params=new_params.get(asset_id)
+                session, asset_id, new_seed=new_seeds[asset_id], params=new_params.get(asset_id)
             )
-        session.commit()
+
+    in_transaction(engine_for(config.database_url), reset,
+                   retry_seconds=config.db_retry_seconds, step=RESET_STEP)
 
     def one(asset_id: str) -> str:
         try:

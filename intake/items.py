@@ -145,7 +145,8 @@ class ManifestItem(_ManifestFields):
     """A ready bundle PNG (2 x 4 tiles) for the ``file`` generator."""
     mesh: str | None = None
     """An input mesh (.glb .gltf .obj .ply .stl .off) for the ``kiss3dgen-mesh`` generator to
-    enhance, edit or retexture; the row's ``prompt`` says how."""
+    enhance, edit or retexture; the row's ``prompt`` says how (an enhance without one is
+    captioned by the captioning model)."""
     id: str | None = None
     """Optional name, unique within the manifest."""
     seed: Seed = 0
@@ -237,10 +238,11 @@ class ManifestItem(_ManifestFields):
         others = [name for name in ("image", "bundle") if getattr(self, name) is not None]
         if others:
             raise ValueError(f"item has both 'mesh' and {others[0]!r}; give one input")
-        if self.prompt is None:
+        if self.prompt is None and self.params.get("mode", "enhance") != "enhance":
+            # An enhance may leave its caption to the captioning model (FOUNDRY_CAPTION_PATH).
             raise ValueError(
-                "a 'mesh' item needs a 'prompt': a caption to enhance, the change to edit, "
-                "the new look to retexture"
+                "a 'mesh' item needs a 'prompt' to edit (the change) or retexture (the new "
+                "look); only an enhance may be captioned by the captioning model"
             )
         if self.generator not in (None, "kiss3dgen-mesh"):
             raise ValueError(

@@ -120,9 +120,11 @@ CONDITIONED_RANGES: dict[str, Range] = {
     "control_guidance_start": Range(0.0, 1.0),
     "control_guidance_end": Range(0.0, 1.0),
     "tile_down_scale": Range(1, 64),
+    "caption_max_tokens": Range(1, 512),
 }
 """Accepted values of the reference-conditioned generators (``kiss3dgen-mesh``): Kiss3DGen's
-plus img2img strength and the ControlNet's weight and share of the steps."""
+plus img2img strength, the ControlNet's weight and share of the steps, and the caption's
+length."""
 
 IMAGE_TO_BUNDLE_RANGES: dict[str, Range] = {
     **CONDITIONED_RANGES,
@@ -130,6 +132,8 @@ IMAGE_TO_BUNDLE_RANGES: dict[str, Range] = {
     "redux_pooled_prompt_embeds_scale": Range(0.0, 10.0),
     "object_fraction": Range(0.05, 1.0),
     "reference_size": Range(32, 2048),
+    "zero123_steps": Range(1, 1000),
+    "zero123_guidance": Range(0.0, 100.0),
 }
 """Accepted values of ``kiss3dgen-image``: the conditioned ranges plus Redux's scales and the
 centred picture's framing (Redux sees 384-pixel crops; 2048 is ample)."""

@@ -138,10 +138,18 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 
 class DatabaseUnavailable(RuntimeError):
-    """The database stayed unreachable for the whole retry window (retryable later)."""
+    """The database stayed unreachable for the whole retry window (retryable later).
+
+    ``step`` names what was being done (``"recording the manifest"``), or is None; the message
+    says it, the window and the driver's error class, and never a URL.
+    """
 
     retryable = True
     retry_in_place = False  # the window was the in-place retry; the retry flow comes next
+
+    def __init__(self, message: str, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -156,41 +164,65 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
-def in_transaction(
-    engine: Engine,
-    body: Callable[[Session], T],
+def through_outage(
+    call: Callable[[], T],
     *,
     retry_seconds: float = DB_RETRY_SECONDS,
+    step: str | None = None,
 ) -> T:
-    """``body(session)`` in one transaction, committed; retried from the start with backoff
-    while the database is unreachable, for up to ``retry_seconds`` (then
-    :class:`DatabaseUnavailable`, whose message names no URL).
+    """``call()``, run again with backoff (:data:`RETRY_DELAYS_S`) while it fails because the
+    database is unreachable, for up to ``retry_seconds``; then :class:`DatabaseUnavailable`
+    naming ``step``.
 
-    ``body`` must be safe to run again: a transaction whose commit was cut off may or may not
-    have been written. Its own errors (not connection errors) propagate at once.
+    ``call`` must open its own session(s) and be safe to run again: a transaction whose commit
+    was cut off may or may not have been written. Its own errors (not connection errors)
+    propagate at once. Prefer :func:`in_transaction` for one transaction.
     """
     deadline = time.monotonic() + retry_seconds
     tries = 0
     while True:
         try:
-            with Session(engine) as session:
-                result = body(session)
-                session.commit()
-                return result
+            return call()
         except sa.exc.DBAPIError as exc:
             if not is_connection_error(exc):
                 raise
             delay = RETRY_DELAYS_S[min(tries, len(RETRY_DELAYS_S) - 1)]
             if time.monotonic() + delay > deadline:
+                during = f" while {step}" if step else ""
+                cause = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
                 raise DatabaseUnavailable(
-                    f"database unreachable for {retry_seconds:g} s "
-                    f"({type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__})"
+                    f"database unreachable for {retry_seconds:g} s{during} ({cause})", step
                 ) from exc
             if tries == 0:
-                log.warning("database unreachable (%s); retrying for up to %g s",
-                            type(exc).__name__, retry_seconds)
+                log.warning("database unreachable (%s)%s; retrying for up to %g s",
+                            type(exc).__name__, f" while {step}" if step else "", retry_seconds)
             tries += 1
             time.sleep(delay)
+
+
+def in_transaction(
+    engine: Engine,
+    body: Callable[[Session], T],
+    *,
+    retry_seconds: float = DB_RETRY_SECONDS,
+    step: str | None = None,
+) -> T:
+    """``body(session)`` in one transaction, committed; retried from the start with backoff
+    while the database is unreachable, for up to ``retry_seconds`` (then
+    :class:`DatabaseUnavailable` naming ``step``, whose message names no URL).
+
+    ``body`` must be safe to run again: a transaction whose commit was cut off may or may not
+    have been written. Its own errors (not connection errors) propagate at once. ORM objects
+    expire at the commit: return plain values.
+    """
+
+    def once() -> T:
+        with Session(engine) as session:
+            result = body(session)
+            session.commit()
+            return result
+
+    return through_outage(once, retry_seconds=retry_seconds, step=step)
 
 
 # --- migrations -------------------------------------------------------------------------------

@@ -493,8 +493,7 @@ def _load_matrix(session: Session, stamp: tuple) -> EmbeddingMatrix:
     unit = np.frombuffer(buffer, dtype="<f4").reshape(len(rows), EMBEDDING_DIM)
     if unit.dtype != np.float32:  # big-endian machine: native order for BLAS
         unit = unit.astype(np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", unit, unit))
-    unit /= np.where(norms > 0, norms, 1.0)[:, None]
+    scale_rows_to_unit(unit)
     unit.flags.writeable = False  # shared by every thread of the process
     ids = np.array([row[0] for row in rows], dtype=str)
     return EmbeddingMatrix(
@@ -503,6 +502,15 @@ def _load_matrix(session: Session, stamp: tuple) -> EmbeddingMatrix:
         unit=unit,
         position={asset_id: i for i, asset_id in enumerate(ids.tolist())},
     )
+
+
+def scale_rows_to_unit(rows: np.ndarray) -> None:
+    """Scale the rows of a float32 ``(N, EMBEDDING_DIM)`` array to unit length, in place; zero
+    rows stay zero. Every stored embedding is scaled by this one function, so that any two
+    copies of an entry (this module's cache, :mod:`storage.search_index`) score alike to the bit.
+    """
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    rows /= np.where(norms > 0, norms, 1.0)[:, None]
 
 
 def embedding_matrix(session: Session) -> EmbeddingMatrix:

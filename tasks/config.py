@@ -48,3 +48,5 @@ class PipelineConfig(BaseModel):
     controlnet_path: str | None = Field(None, description="Flux ControlNet-Union folder.")
     redux_path: str | None = Field(None, description="Flux Redux folder.")
     matting_path: str | None = Field(None, description="TorchScript matting model file.")
+    caption_path: str | None = Field(None, description="Image-captioning model folder.")
+    zero123_path: str | None = Field(None, description="Zero123++ folder.")

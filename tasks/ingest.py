@@ -23,9 +23,11 @@ from intake.references import (
 )
 from intake.requests import AssetRequest, ParsedManifest
 from storage import queries
+from storage.db import in_transaction
 from storage.identity import asset_identity
 from storage.objects import ObjectStore, StoreError
 from storage.redact import redact_text
+from storage.schema import new_id
 from tasks.config import PipelineConfig
 from tasks.resources import get_engine, store_for
 
@@ -49,7 +51,8 @@ class IngestResult:
 
 #: Manifest params that choose a generator's weights (part of its identity).
 WEIGHT_PARAMS = ("flux_path", "lora_path", "lora_scale", "controlnet_path", "use_controlnet",
-                 "redux_path", "use_redux", "matting_path")
+                 "redux_path", "use_redux", "matting_path", "caption_path", "zero123_path",
+                 "coarse_lrm_path", "coarse_lrm_variant")
 
 
 def generator_identity(generator: str, config: PipelineConfig, params: dict) -> str:
@@ -81,7 +84,13 @@ def _conditioned_identity(generator: str, config: PipelineConfig, params: dict) 
         if params.get("use_redux", True):
             parts.append(f"redux={params.get('redux_path', config.redux_path)}")
         parts.append(f"matting={params.get('matting_path', config.matting_path)}")
-        parts.append(f"library={_library_version(Path(config.library_path))}")
+        zero123 = params.get("zero123_path", config.zero123_path)
+        if zero123 is not None:  # the coarse bundle comes from Zero123++ + the LRM
+            lrm = params.get("coarse_lrm_path", config.lrm_path)
+            variant = params.get("coarse_lrm_variant", config.lrm_variant)
+            parts.append(f"zero123={zero123}:lrm={lrm}:{variant}")
+        else:
+            parts.append(f"library={_library_version(Path(config.library_path))}")
     return ":".join(parts)
 
 
@@ -211,47 +220,51 @@ def _record(
 
     A request whose inputs cannot be stored (unreachable S3, missing bucket, a file that
     changed since validation) rejects its row with the line and the reason; the other rows
-    go on."""
+    go on. The inputs are stored first, then everything is recorded in one transaction,
+    retried through a database outage of up to ``config.db_retry_seconds``
+    (:class:`storage.db.DatabaseUnavailable` after that, with nothing recorded)."""
     identities: dict[tuple, str] = {}  # generator identity per generator + weight params
-    with Session(get_engine(config.database_url)) as session:
-        batch = queries.create_batch(
-            session, manifest_path=str(path), manifest_sha256=parsed.sha256
+    # The batch id is chosen here, not by the database, so that a retried transaction can
+    # tell whether its first try was written after all (its commit reply lost).
+    result = IngestResult(batch_id=new_id(), manifest=str(path))
+    items = []
+    for rejection in parsed.rejected:
+        reason = redact_text(rejection.reason)
+        items.append({"line": rejection.line, "status": "rejected",
+                      "reason": reason, "raw": redact_text(rejection.raw)})
+        result.rejected.append(
+            {"file": str(rejection.file), "line": rejection.line, "reason": reason}
         )
-        result = IngestResult(batch_id=batch.id, manifest=str(path))
-        items = []
-        for rejection in parsed.rejected:
-            reason = redact_text(rejection.reason)
-            items.append({"line": rejection.line, "status": "rejected",
-                          "reason": reason, "raw": redact_text(rejection.raw)})
-            result.rejected.append(
-                {"file": str(rejection.file), "line": rejection.line, "reason": reason}
-            )
-        assets: dict[str, dict] = {}  # asset id -> insert arguments, in manifest order
-        failed_lines: set[int] = set()
-        for request in parsed.requests:
-            if request.line in failed_lines:
-                continue  # another variant of a row already rejected
-            try:
-                values = _asset_values(inputs, request, config, identities)
-            except InputNotStored as exc:
-                failed_lines.add(request.line)
-                items.append({"line": request.line, "item_id": request.item_id,
-                              "status": "rejected", "reason": str(exc)})
-                result.rejected.append(
-                    {"file": str(path), "line": request.line, "reason": str(exc)}
-                )
-                continue
-            assets.setdefault(values["asset_id"], values)
-            result.labels.setdefault(values["asset_id"], _label(request))
+    assets: dict[str, dict] = {}  # asset id -> insert arguments, in manifest order
+    failed_lines: set[int] = set()
+    for request in parsed.requests:
+        if request.line in failed_lines:
+            continue  # another variant of a row already rejected
+        try:
+            values = _asset_values(inputs, request, config, identities)
+        except InputNotStored as exc:
+            failed_lines.add(request.line)
             items.append({"line": request.line, "item_id": request.item_id,
-                          "asset_id": values["asset_id"], "status": "accepted",
-                          "reference": request.image_ref or request.bundle_ref})
-        queries.insert_assets_if_new(session, list(assets.values()))
-        queries.add_batch_items(session, batch.id, items)
-        session.commit()
-        result.asset_ids = list(assets)
-        result.rejected.sort(key=lambda r: r["line"])
-        states = queries.batch_asset_states(session, batch.id)
+                          "status": "rejected", "reason": str(exc)})
+            result.rejected.append(
+                {"file": str(path), "line": request.line, "reason": str(exc)}
+            )
+            continue
+        assets.setdefault(values["asset_id"], values)
+        result.labels.setdefault(values["asset_id"], _label(request))
+        items.append({"line": request.line, "item_id": request.item_id,
+                      "asset_id": values["asset_id"], "status": "accepted",
+                      "reference": request.image_ref or request.bundle_ref})
+    result.asset_ids = list(assets)
+    result.rejected.sort(key=lambda r: r["line"])
+
+    def record(session: Session) -> dict[str, str]:
+        record_batch(session, result.batch_id, str(path), parsed.sha256,
+                     list(assets.values()), items)
+        return queries.batch_asset_states(session, result.batch_id)
+
+    states = in_transaction(get_engine(config.database_url), record,
+                            retry_seconds=config.db_retry_seconds, step=INGEST_STEP)
     for asset_id in result.asset_ids:
         state = states.get(asset_id)
         if state == "succeeded":
@@ -263,6 +276,35 @@ def _record(
         else:
             result.to_run.append(asset_id)
     return result
+
+
+INGEST_STEP = "recording the manifest (ingest)"
+"""What :class:`storage.db.DatabaseUnavailable` says ingest was doing."""
+
+
+def record_batch(
+    session: Session,
+    batch_id: str,
+    manifest_path: str,
+    manifest_sha256: str | None,
+    assets: list[dict],
+    items: list[dict],
+) -> bool:
+    """Record batch ``batch_id`` of a manifest run, its rows (``items``) and its new assets
+    (:func:`storage.queries.insert_assets_if_new` arguments); False when that batch is
+    recorded already.
+
+    Safe to run again in a new transaction after one whose commit reply was lost: the batch,
+    its rows and its assets were written together or not at all, so a batch found means all
+    of them are there, and assets are inserted only where their id is new.
+    """
+    if queries.get_batch(session, batch_id) is not None:
+        return False
+    queries.create_batch(session, manifest_path=manifest_path,
+                         manifest_sha256=manifest_sha256, batch_id=batch_id)
+    queries.insert_assets_if_new(session, assets)
+    queries.add_batch_items(session, batch_id, items)
+    return True
 
 
 def _asset_values(
@@ -278,8 +320,13 @@ def _asset_values(
     key = (request.generator, *(str(params.get(k)) for k in WEIGHT_PARAMS))
     if key not in identities:  # reading the library's version once, not once per row
         identities[key] = generator_identity(request.generator, config, params)
+    identity = identities[key]
+    caption = params.get("caption_path", config.caption_path)
+    if request.prompt is None and (request.kind == "mesh" or (
+            request.generator == "kiss3dgen-image" and caption is not None)):
+        identity += f":caption={caption}"  # the prompt comes from this captioning model
     return {
-        "asset_id": asset_identity(request.canonical(), identities[key]),
+        "asset_id": asset_identity(request.canonical(), identity),
         "kind": request.kind,
         "prompt": request.prompt,
         "image_ref": inputs.key(request.image_ref, request.image_sha256),
@@ -298,8 +345,9 @@ def _asset_values(
 
 def _label(request: AssetRequest) -> str:
     """A short human name for a request: its manifest id, else its prompt or input file."""
-    text = request.prompt or Path(request.image_ref or request.bundle_ref or "").name
-    if request.mesh_ref:
+    source = request.image_ref or request.bundle_ref or request.mesh_ref or ""
+    text = request.prompt or Path(source).name
+    if request.mesh_ref and request.prompt:  # an unprompted enhance is named by its mesh
         text = f"{Path(request.mesh_ref).name}: {text}"
     if request.item_id:
         text = f"{request.item_id}: {text}"

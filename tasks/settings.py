@@ -90,6 +90,16 @@ class Settings(BaseSettings):
         description="TorchScript matting model for kiss3dgen-image pictures without alpha or a "
         "plain backdrop.",
     )
+    caption_path: Path | None = Field(
+        None,
+        description="Image-captioning model folder (Florence-2 or BLIP, save_pretrained layout) "
+        "captioning kiss3dgen-mesh enhance rows that have no prompt.",
+    )
+    zero123_path: Path | None = Field(
+        None,
+        description="Zero123++ folder (sudo-ai/zero123plus-v1.2 layout): kiss3dgen-image draws "
+        "its coarse bundle from its six views reconstructed by the LRM at FOUNDRY_LRM_PATH.",
+    )
     tile: int = Field(512, ge=64, description="Bundle tile size for generated bundles.")
     worker: str | None = Field(
         None,
@@ -159,6 +169,8 @@ class Settings(BaseSettings):
             controlnet_path=_optional_str(self.controlnet_path),
             redux_path=_optional_str(self.redux_path),
             matting_path=_optional_str(self.matting_path),
+            caption_path=_optional_str(self.caption_path),
+            zero123_path=_optional_str(self.zero123_path),
         )
 
 

@@ -78,6 +78,10 @@ def bundle_task(asset: AssetSnapshot, plan: StagePlan, config: PipelineConfig) -
             controlnet_path=config.controlnet_path,
             redux_path=config.redux_path,
             matting_path=config.matting_path,
+            caption_path=config.caption_path,
+            zero123_path=config.zero123_path,
+            lrm_path=config.lrm_path,
+            lrm_variant=config.lrm_variant,
         )
         generated = generate_bundle(asset.generator, request, context)
         generated.bundle.save(io.local("bundle.png"))

@@ -8,13 +8,14 @@ one that failed or needs review from an earlier run, is counted as what it is, n
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
 from storage import queries
-from storage.db import session_scope
+from storage.db import in_transaction
 from storage.redact import redact_url
 from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult
@@ -138,8 +139,11 @@ class BatchSummary:
 def summarise_batch(
     ingest: IngestResult, outcomes: dict[str, str], config: PipelineConfig, seconds: float
 ) -> BatchSummary:
-    """Build the summary from the database (the truth), not from in-memory outcomes alone."""
-    summary = BatchSummary(
+    """Build the summary from the database (the truth), not from in-memory outcomes alone.
+
+    The reads are retried through a database outage of up to ``config.db_retry_seconds``
+    (then :class:`storage.db.DatabaseUnavailable`)."""
+    blank = BatchSummary(
         batch_id=ingest.batch_id,
         manifest=ingest.manifest,
         store_url=redact_url(config.store_url),
@@ -147,7 +151,9 @@ def summarise_batch(
         rejections=list(ingest.rejected),
         seconds=seconds,
     )
-    with Session(get_engine(config.database_url)) as session:
+
+    def read(session: Session) -> BatchSummary:
+        summary = copy.deepcopy(blank)  # each try counts from nothing
         rows = queries.assets_by_id(session, ingest.asset_ids)
         runs = queries.succeeded_stage_runs(session, list(outcomes))
         per_stage: dict[str, list[float]] = defaultdict(list)
@@ -183,7 +189,15 @@ def summarise_batch(
                     "seconds": sum(run_seconds.get(asset_id, [])),
                 }
             )
-    return summary
+        return summary
+
+    return in_transaction(get_engine(config.database_url), read,
+                          retry_seconds=config.db_retry_seconds, step=SUMMARY_STEP)
+
+
+SUMMARY_STEP = "reading the end-of-run summary"
+CLOSE_STEP = "closing the batch"
+"""What :class:`storage.db.DatabaseUnavailable` says the summary and batch close were doing."""
 
 
 _COUNTERS = {
@@ -221,9 +235,12 @@ def close_batch(
 
     Stores the batch's assets per state and its rejected rows (counted in the database, so a run
     that failed half way still reports what it did), plus the summary's produced / skipped /
-    failed counts when the run got that far. Returns what was stored.
+    failed counts when the run got that far. Returns what was stored. Retried through a
+    database outage of up to ``config.db_retry_seconds`` (then
+    :class:`storage.db.DatabaseUnavailable`).
     """
-    with session_scope(get_engine(config.database_url)) as session:
+
+    def close(session: Session) -> dict:
         record: dict = {"states": queries.batch_counts(session, batch_id)}
         if summary is not None:
             record.update(
@@ -243,4 +260,7 @@ def close_batch(
         queries.finish_batch(
             session, batch_id, record, status="finished" if failure is None else "failed"
         )
-    return record
+        return record
+
+    return in_transaction(get_engine(config.database_url), close,
+                          retry_seconds=config.db_retry_seconds, step=CLOSE_STEP)

@@ -56,6 +56,7 @@ def test_every_pipeline_config_field_is_set_from_the_settings(tmp_path):
         allow_url_fetch=True, url_hosts=["h"], max_image_pixels=1000, db_retry_seconds=7,
         flux_memory="fp8",
         controlnet_path=Path("/c"), redux_path=Path("/r"), matting_path=Path("/t.pt"),
+        caption_path=Path("/cap"), zero123_path=Path("/z123"),
     )
     config = settings.pipeline_config()
     defaults = PipelineConfig(database_url="d", store_url="s", library_path="l")
@@ -78,6 +79,8 @@ def test_the_conditioned_generators_weights_reach_the_pipeline_config(monkeypatc
     monkeypatch.setenv("FOUNDRY_CONTROLNET_PATH", "/w/controlnet")
     monkeypatch.setenv("FOUNDRY_REDUX_PATH", "/w/redux")
     monkeypatch.setenv("FOUNDRY_MATTING_PATH", "/w/matting.pt")
+    monkeypatch.setenv("FOUNDRY_CAPTION_PATH", "/w/florence-2")
     config = Settings().pipeline_config()
-    assert (config.flux_memory, config.controlnet_path, config.redux_path, config.matting_path) \
-        == ("offload", "/w/controlnet", "/w/redux", "/w/matting.pt")
+    assert (config.flux_memory, config.controlnet_path, config.redux_path, config.matting_path,
+            config.caption_path) == ("offload", "/w/controlnet", "/w/redux", "/w/matting.pt",
+                                     "/w/florence-2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -16,6 +17,7 @@ from foundry3d.api.errors import install_error_handlers
 from foundry3d.api.fingerprint import database_fingerprint
 from foundry3d.api.jobs import JobRunner
 from foundry3d.settings import ApiSettings, Settings
+from storage.search_index import SearchIndex, snapshot_folder
 
 log = logging.getLogger("foundry3d.api")
 QUERY_CACHE_SIZE = 4096
@@ -45,6 +47,18 @@ def _embedder() -> Callable[[str], np.ndarray | None]:
     return embed
 
 
+def _load_search_index(app: FastAPI) -> None:
+    """Read the search index at start-up, so that the first search does not wait for it."""
+    from storage.db import session_scope
+
+    try:
+        with session_scope(app.state.engine) as session:
+            count = app.state.search_index.refresh(session)
+        log.info("search index: %d entries", count)
+    except Exception:  # noqa: BLE001 - the first search loads it instead; the log says why
+        log.exception("could not load the search index at start-up")
+
+
 def create_app(settings: Settings, api_settings: ApiSettings, *,
                concurrency: int | None = None) -> FastAPI:
     """The API + gallery app on ``settings``' database, object store and library."""
@@ -57,6 +71,8 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> Iterator[None]:
         app.state.embed = _embedder()
+        threading.Thread(target=_load_search_index, args=(app,), name="foundry3d-search-index",
+                         daemon=True).start()
         app.state.runner.start()
         try:
             yield
@@ -79,6 +95,7 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
     app.state.auth = Authenticator(engine)
     app.state.upload_dir = settings.data_dir.resolve() / "api-manifests"
     app.state.embed = lambda _text: None  # replaced at start-up
+    app.state.search_index = SearchIndex(snapshot_folder(engine.url))
     deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
     app.state.runner = JobRunner(config, engine, concurrency=concurrency or settings.concurrency,
                                  deployment=deployment,

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from storage.db import DatabaseUnavailable, is_connection_error
+
 log = logging.getLogger("foundry3d.api")
 
 _CODES = {
@@ -59,8 +61,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail), None,
                               getattr(exc, "headers", None))
 
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_down(_request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        # An outage that outlasted the retry window: the client may try again later.
+        return error_response(503, "unavailable", f"{exc}; try again once it is back", None,
+                              {"Retry-After": "30"})
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        if is_connection_error(exc):  # a route's own query during an outage
+            log.warning("database unreachable on %s %s", request.method, request.url.path)
+            return error_response(503, "unavailable", "database unreachable; try again once "
+                                  "it is back", None, {"Retry-After": "30"})
         # The trace goes to the server's log, never to the client.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal server error",

@@ -23,10 +23,11 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from foundry3d.api.callbacks import post_callback
 from storage import queries
-from storage.db import session_scope
+from storage.db import in_transaction
 from storage.schema import utcnow
 from tasks.config import PipelineConfig
 
@@ -149,8 +150,12 @@ class JobRunner:
                     (dropped if entry[0] is job else kept).append(entry)
                 self._queue = kept
                 dropped = [asset_id for _job, asset_id in dropped]
-        with session_scope(self.engine) as session:
-            changed = queries.cancel_assets(session, asset_ids, "cancelled by an API request")
+        changed = in_transaction(
+            self.engine,
+            lambda session: queries.cancel_assets(session, asset_ids,
+                                                  "cancelled by an API request"),
+            retry_seconds=self.config.db_retry_seconds, step="cancelling the job's assets",
+        )
         if job is not None:
             finish = False
             with self._cond:
@@ -233,19 +238,25 @@ class JobRunner:
         run_deployment(name=self.deployment, parameters={
             "asset_ids": [asset_id], "config": self.config.model_dump()},
             tags=[batch_tag(job.batch_id)], timeout=None)
-        with session_scope(self.engine) as session:
-            asset = queries.get_asset(session, asset_id)
-            return asset.state if asset is not None else "failed"
+        states = in_transaction(
+            self.engine, lambda session: queries.asset_states(session, [asset_id]),
+            retry_seconds=self.config.db_retry_seconds, step="reading how an asset ended",
+        )
+        return states.get(asset_id, "failed")
 
     def _finish(self, job: Job) -> None:
         job.finished_at = utcnow()
         counts = collections.Counter(job.outcomes.values())
         summary = {"outcomes": dict(counts), "cancelled": job.cancelled,
                    "first_stage_s": job.first_stage_s}
+
+        def finish(session: Session) -> None:
+            if queries.get_batch(session, job.batch_id) is not None:
+                queries.finish_batch(session, job.batch_id, summary)
+
         try:
-            with session_scope(self.engine) as session:
-                if queries.get_batch(session, job.batch_id) is not None:
-                    queries.finish_batch(session, job.batch_id, summary)
+            in_transaction(self.engine, finish, retry_seconds=self.config.db_retry_seconds,
+                           step="closing the batch")
         except Exception:  # noqa: BLE001 - the job is done either way; the log says why
             log.exception("could not record the end of batch %s", job.batch_id)
         if job.callback_url and self.callback_secret:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shutil
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from foundry3d.api.auth import require
 from foundry3d.api.callbacks import CallbackRefused, check_callback_url
 from foundry3d.api.errors import ApiError
+from foundry3d.api.inputs import save_inputs
 from foundry3d.api.views import error_view, iso, stage_progress
 from intake.limits import MAX_MANIFEST_BYTES, MAX_SEED
 from storage import queries
@@ -31,28 +33,68 @@ _CONTENT_TYPES = {
     "text/x-yaml": ".yaml", "text/csv": ".csv", "application/x-ndjson": ".jsonl",
     "application/jsonl": ".jsonl", "application/json": ".json",
 }
-_REQUEST_KEYS = ("prompt", "image", "bundle")
+_REQUEST_KEYS = ("prompt", "image", "bundle", "mesh")
+_FORM_TEXT_FIELDS = ("request", "callback_url")
 
 
-async def _manifest_body(request: Request) -> tuple[bytes, str, str | None]:
-    """(manifest bytes, extension, callback URL) from an upload or a raw body."""
+@dataclass
+class _Submission:
+    """What a ``POST /v1/jobs`` body holds, before anything is written."""
+
+    data: bytes
+    """The manifest (or one JSON request object) as sent."""
+    suffix: str
+    """Extension the manifest reader dispatches on (``.json`` for a request object)."""
+    callback: str | None = None
+    """The callback URL, not yet checked."""
+    inputs: list = field(default_factory=list)
+    """Uploaded input files (starlette ``UploadFile``) to store beside the manifest."""
+
+
+async def _manifest_body(request: Request) -> _Submission:
+    """The manifest, callback URL and uploaded inputs of an upload or a raw body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     callback = request.query_params.get("callback_url")
     if content_type == "multipart/form-data":
-        form = await request.form()
-        upload = form.get("manifest")
-        if upload is None or not hasattr(upload, "read"):
-            raise ApiError(422, "invalid_request", "the upload needs a file field 'manifest'")
-        data = await upload.read(MAX_MANIFEST_BYTES + 1)
-        suffix = Path(upload.filename or "").suffix.lower() or ".yaml"
-        callback = form.get("callback_url") or callback
-        return data, suffix, callback if isinstance(callback, str) else None
+        return await _multipart_body(request, callback)
     if content_type not in _CONTENT_TYPES:
         raise ApiError(415, "unsupported_media_type",
                        f"send the manifest as YAML, JSON, JSONL or CSV (got {content_type!r})",
                        {"accepted": sorted(_CONTENT_TYPES) + ["multipart/form-data"]})
     data = await request.body()
-    return data, _CONTENT_TYPES[content_type], callback
+    return _Submission(data, _CONTENT_TYPES[content_type], callback)
+
+
+async def _multipart_body(request: Request, callback: str | None) -> _Submission:
+    """A multipart upload: the manifest file in field ``manifest`` (or one JSON request
+    object in the text field ``request``), an optional ``callback_url``, and any other file
+    fields as input files the rows name by base name (:mod:`foundry3d.api.inputs`)."""
+    from foundry3d.api.inputs import MAX_INPUT_FILES
+
+    form = await request.form(max_files=MAX_INPUT_FILES + 1,
+                              max_part_size=MAX_MANIFEST_BYTES + 1)
+    manifest, inputs, single = None, [], None
+    for name, value in form.multi_items():
+        if hasattr(value, "read"):
+            if name == "manifest":
+                manifest = value
+            else:
+                inputs.append(value)
+        elif name == "request":
+            single = value
+        elif name != "callback_url":
+            raise ApiError(422, "invalid_request", f"unknown form field {name!r}; known: "
+                           f"manifest (file), input files, {', '.join(_FORM_TEXT_FIELDS)}")
+    form_callback = form.get("callback_url")
+    callback = form_callback if isinstance(form_callback, str) and form_callback else callback
+    if (manifest is None) == (single is None):
+        raise ApiError(422, "invalid_request", "the upload needs either a file field "
+                       "'manifest' or a text field 'request' (one JSON request object)")
+    if single is not None:
+        return _Submission(single.encode(), ".json", callback, inputs)
+    data = await manifest.read(MAX_MANIFEST_BYTES + 1)
+    suffix = Path(manifest.filename or "").suffix.lower() or ".yaml"
+    return _Submission(data, suffix, callback, inputs)
 
 
 def _json_manifest(data: bytes) -> tuple[bytes, str | None]:
@@ -65,7 +107,7 @@ def _json_manifest(data: bytes) -> tuple[bytes, str | None]:
                        {"rejected": rejected}) from None
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_manifest", "the JSON body must be an object: a manifest "
-                       "with 'items', or one request with 'prompt', 'image' or 'bundle'")
+                       "with 'items', or one request with 'prompt', 'image', 'bundle' or 'mesh'")
     callback = body.pop("callback_url", None)
     if "items" not in body and any(k in body for k in _REQUEST_KEYS):
         body = {"items": [body]}
@@ -76,12 +118,16 @@ def _json_manifest(data: bytes) -> tuple[bytes, str | None]:
              dependencies=[Depends(require("write"))])
 async def submit_job(request: Request) -> JSONResponse:
     """Body: a manifest (YAML, JSON, JSONL or CSV; or a multipart upload in field
-    ``manifest``), or one request object (JSON with ``prompt``/``image``/``bundle``).
-    ``callback_url`` as a query parameter, form field or JSON key. Rows are checked as by
-    ``foundry3d validate``: rejected rows come back with their line; a manifest with no valid
-    row is answered 422. Returns the batch id at once; the assets run in the background."""
+    ``manifest``), or one request object (JSON with ``prompt``/``image``/``bundle``/``mesh``;
+    in a multipart upload, the text field ``request``). A multipart upload may add the input
+    files its rows name (meshes, images, bundles) as further file fields: a row's relative path
+    is the file's base name. ``callback_url`` as a query parameter, form field or JSON key.
+    Rows are checked as by ``foundry3d validate``: rejected rows come back with their line; a
+    manifest with no valid row is answered 422. Returns the batch id at once; the assets run
+    in the background."""
     app = request.app
-    data, suffix, callback = await _manifest_body(request)
+    submission = await _manifest_body(request)
+    data, suffix, callback = submission.data, submission.suffix, submission.callback
     if len(data) > MAX_MANIFEST_BYTES:
         raise ApiError(413, "too_large", f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
     if suffix == ".json":
@@ -95,6 +141,11 @@ async def submit_job(request: Request) -> JSONResponse:
             raise ApiError(422, "callback_refused", str(exc), {"callback_url": callback}) from None
     folder = app.state.upload_dir / uuid.uuid4().hex
     folder.mkdir(parents=True)
+    try:
+        await save_inputs(submission.inputs, folder)
+    except ApiError:
+        shutil.rmtree(folder, ignore_errors=True)  # a refused job leaves nothing behind
+        raise
     path = folder / f"manifest{suffix}"
     path.write_bytes(data)
     parsed = await run_in_threadpool(_validate, app, path)
@@ -161,12 +212,20 @@ def job_view(app, batch_id: str) -> dict[str, Any]:  # noqa: ANN001
             state = "running"
         else:
             state = "queued"
+        first_stage_s = job.first_stage_s if job else None
+        if job is not None and first_stage_s is None:
+            # Assets run on the asset deployment's workers (server mode) send this process no
+            # progress events: their stage records say when the first stage started.
+            starts = [r.started_at for a in assets for r in runs[a.id]
+                      if r.started_at >= job.submitted_at]
+            if starts:
+                first_stage_s = (min(starts) - job.submitted_at).total_seconds()
         queued = [p for p in (positions.get(a.id) for a in assets) if p is not None]
         return {
             "batch_id": batch_id, "state": state, "counts": counts,
             "queue_position": min(queued) if queued else None,
             "submitted_at": iso(batch.created_at), "finished_at": iso(finished_at),
-            "first_stage_s": job.first_stage_s if job else None,
+            "first_stage_s": first_stage_s,
             "callback": job.callback if job else None,
             "rejected": [{"line": r.line, "reason": r.reason} for r in rejections],
             "assets": rows,

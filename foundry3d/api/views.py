@@ -63,7 +63,8 @@ def stage_run_view(run: StageRun) -> dict[str, Any]:
 def request_view(asset: Asset) -> dict[str, Any]:
     return {
         "kind": asset.kind, "prompt": asset.prompt, "image_ref": asset.image_ref,
-        "bundle_ref": asset.bundle_ref, "seed": asset.seed, "variant": asset.variant,
+        "bundle_ref": asset.bundle_ref, "mesh_ref": asset.mesh_ref, "seed": asset.seed,
+        "variant": asset.variant,
         "generator": asset.generator, "init": asset.init, "params": asset.params,
         "tags": asset.tags,
     }

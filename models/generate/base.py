@@ -58,3 +58,7 @@ class GeneratorContext:
     controlnet_path: str | None = None  # FOUNDRY_CONTROLNET_PATH: Flux ControlNet-Union folder
     redux_path: str | None = None  # FOUNDRY_REDUX_PATH: Flux Redux folder
     matting_path: str | None = None  # FOUNDRY_MATTING_PATH: TorchScript matting model
+    caption_path: str | None = None  # FOUNDRY_CAPTION_PATH: image-captioning model folder
+    zero123_path: str | None = None  # FOUNDRY_ZERO123_PATH: Zero123++ folder (kiss3dgen-image)
+    lrm_path: str | None = None  # FOUNDRY_LRM_PATH: LRM checkpoint (kiss3dgen-image's coarse)
+    lrm_variant: str | None = None  # FOUNDRY_LRM_VARIANT

@@ -129,3 +129,109 @@ def test_a_misspelt_retry_option_is_refused_naming_the_nearest_one(api_server):
 
 def test_listing_without_a_token_is_refused_once_tokens_exist(api_server):
     assert api_server.request("GET", "/v1/assets", token=None).status == 401
+
+
+# --- mesh requests: input meshes uploaded beside the manifest, or named by a confined path ---
+
+MESH_TINY = {"tile": 64, "steps": 4, "max_sequence_length": 160, "dtype": "float32",
+             "check_degenerate": False}
+"""Tiny Flux settings of ``tests/flows/test_mesh_requests.py``: 64-px tiles, few steps."""
+
+
+def _multipart(fields: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
+    """(body, content type) of a multipart form: ``(field, file name or None, bytes)``."""
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = b""
+    for name, filename, data in fields:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture(scope="module")
+def box_glb(tmp_path_factory) -> bytes:
+    from tests.models.kiss3dgen_fixtures import write_coloured_box
+
+    return write_coloured_box(tmp_path_factory.mktemp("mesh-input") / "box.glb").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_mesh_weights(tmp_path_factory) -> dict[str, str]:
+    from models.generate.kiss3dgen.tiny import save_tiny_controlnet, save_tiny_flux
+
+    root = tmp_path_factory.mktemp("api-weights")
+    return {"flux_path": str(save_tiny_flux(root / "flux", seed=0)),
+            "controlnet_path": str(save_tiny_controlnet(root / "controlnet", seed=0))}
+
+
+def test_a_manifest_with_an_uploaded_mesh_is_produced_keeping_its_geometry(
+        api_server, box_glb, tiny_mesh_weights):
+    import yaml
+
+    from tests.flows.conftest import FAST_PARAMS
+
+    kept = {k: v for k, v in FAST_PARAMS.items() if not k.startswith("refine_")}  # no refining
+    manifest = yaml.safe_dump({"items": [{
+        "id": "box", "mesh": "box.glb", "prompt": "a box in red lacquer",
+        "params": {**kept, **MESH_TINY, **tiny_mesh_weights, "mode": "retexture"}}]}).encode()
+    body, content_type = _multipart([("manifest", "rows.yaml", manifest),
+                                     ("files", "box.glb", box_glb)])
+    reply = api_server.request("POST", "/v1/jobs", body, content_type=content_type)
+    assert reply.status == 202, reply.body
+    job = api_server.wait_job(reply.json()["batch_id"])
+    assert job["counts"]["succeeded"] == 1, (job, api_server.log())
+    asset = api_server.request("GET", f"/v1/assets/{job['assets'][0]['asset_id']}").json()
+    import hashlib
+
+    digest = hashlib.sha256(box_glb).hexdigest()
+    assert (asset["request"]["kind"], asset["request"]["mesh_ref"]) == (
+        "mesh", f"inputs/{digest}.glb")
+    sidecar = api_server.request("GET", f"/v1/assets/{asset['asset_id']}/files/bundle.json")
+    assert sidecar.status == 200, [f["name"] for f in asset["files"]]
+    assert sidecar.json()["keep_geometry"] is True
+    assert {"asset.glb", "bundle.png"} <= {f["name"] for f in asset["files"]}
+
+
+def test_a_single_mesh_request_in_a_form_uses_its_uploaded_mesh(api_server, box_glb):
+    import json
+
+    request = {"mesh": "box.glb", "prompt": "a blue box", "params": {"mode": "edit"}}
+    body, content_type = _multipart([("request", None, json.dumps(request).encode()),
+                                     ("files", "box.glb", box_glb)])
+    reply = api_server.request("POST", "/v1/jobs", body, content_type=content_type)
+    assert reply.status == 202, reply.body
+    assert len(reply.json()["assets"]) == 1
+    api_server.request("POST", f"/v1/jobs/{reply.json()['batch_id']}/cancel")
+
+
+def test_a_json_mesh_request_naming_a_file_not_uploaded_is_refused(api_server):
+    reply = api_server.request("POST", "/v1/jobs", {"mesh": "box.glb", "prompt": "a blue box"})
+    assert reply.status == 422
+    [rejected] = reply.json()["error"]["details"]["rejected"]
+    assert "box.glb" in rejected["reason"]
+
+
+def test_a_mesh_path_outside_the_upload_and_image_roots_is_refused(api_server, tmp_path,
+                                                                     box_glb):
+    outside = tmp_path / "outside.glb"
+    outside.write_bytes(box_glb)
+    reply = api_server.request("POST", "/v1/jobs", {"mesh": str(outside), "prompt": "a box"})
+    assert reply.status == 422
+    [rejected] = reply.json()["error"]["details"]["rejected"]
+    assert "outside.glb" in rejected["reason"]
+
+
+@pytest.mark.parametrize("filename", ["../box.glb", ".hidden.glb", "box.exe", "manifest.yaml"])
+def test_an_input_upload_with_a_bad_name_is_refused(api_server, box_glb, filename):
+    manifest = manifest_yaml([{"mesh": "box.glb", "prompt": "a blue box"}])
+    body, content_type = _multipart([("manifest", "rows.yaml", manifest),
+                                     ("files", filename, box_glb)])
+    reply = api_server.request("POST", "/v1/jobs", body, content_type=content_type)
+    assert reply.status == 422
+    assert reply.json()["error"]["code"] == "invalid_upload"

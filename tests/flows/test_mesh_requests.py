@@ -136,3 +136,81 @@ def test_an_edit_starts_refinement_from_the_input_mesh(pipeline_config, weights,
     np.testing.assert_allclose(np.sort(coarse, axis=0), np.sort(expected, axis=0), atol=1e-5)
     (tmp_path / "refined.glb").write_bytes(store.get_bytes(keys["refined.glb"]))
     assert len(load_glb(tmp_path / "refined.glb").vertices) != len(coarse)  # remeshed, fitted
+
+
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_the_captioning_model_is_part_of_an_unprompted_enhances_identity_only(
+    pipeline_config, tmp_path
+):
+    mesh = write_coloured_box(tmp_path / "box.glb")
+    unprompted = tmp_path / "unprompted.yaml"
+    unprompted.write_text(yaml.safe_dump({"items": [{"mesh": mesh.name, "params": TINY}]}))
+    prompted = _manifest(tmp_path, {"mode": "enhance"})
+    ids = {}
+    for caption in ("/florence-a", "/florence-b"):
+        config = pipeline_config.model_copy(update={"caption_path": caption})
+        ids[caption] = (ingest_manifest(unprompted, config).asset_ids,
+                        ingest_manifest(prompted, config).asset_ids)
+    assert ids["/florence-a"][0] != ids["/florence-b"][0]
+    assert ids["/florence-a"][1] == ids["/florence-b"][1]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_an_unprompted_enhance_fails_naming_the_configured_captioning_model(
+    pipeline_config, weights, tmp_path
+):
+    from flows.catalog import catalog_flow
+
+    config = pipeline_config.model_copy(
+        update={**weights, "caption_path": str(tmp_path / "no-florence")})
+    mesh = write_coloured_box(tmp_path / "box.glb")
+    manifest = tmp_path / "unprompted.yaml"
+    manifest.write_text(yaml.safe_dump({"items": [{"mesh": mesh.name, "params": TINY}]}))
+    summary = catalog_flow(str(manifest), config)
+    assert summary.failed == 1
+    with Session(engine_for(config.database_url)) as session:
+        asset = queries.get_asset(session, summary.assets[0]["asset_id"])
+    assert asset.last_error_class == "permanent:WeightsMissingError"
+    assert "no-florence" in asset.last_error_message
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_an_image_asset_with_zero123_configured_names_its_missing_weights(
+    pipeline_config, weights, tmp_path
+):
+    from PIL import Image
+
+    from flows.catalog import catalog_flow
+
+    picture = np.full((64, 64, 3), 255, np.uint8)
+    picture[16:48, 20:44] = (200, 30, 30)
+    Image.fromarray(picture).save(tmp_path / "block.png")
+    config = pipeline_config.model_copy(update={
+        **weights, "redux_path": str(tmp_path / "no-redux"),
+        "zero123_path": str(tmp_path / "no-zero123"), "lrm_path": str(tmp_path / "no-lrm.ckpt")})
+    manifest = tmp_path / "image.yaml"
+    manifest.write_text(yaml.safe_dump({"items": [
+        {"image": "block.png", "generator": "kiss3dgen-image", "params": TINY}]}))
+    summary = catalog_flow(str(manifest), config)
+    assert summary.failed == 1
+    with Session(engine_for(config.database_url)) as session:
+        asset = queries.get_asset(session, summary.assets[0]["asset_id"])
+    for name in ("no-redux", "no-zero123", "no-lrm.ckpt"):
+        assert name in asset.last_error_message
+
+
+@pytest.mark.parametrize("pipeline_config", ["local"], indirect=True)
+def test_a_set_captioning_model_is_part_of_an_unprompted_image_assets_identity(
+    pipeline_config, tmp_path
+):
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tmp_path / "grey.png")
+    manifest = tmp_path / "image.yaml"
+    manifest.write_text(yaml.safe_dump({"items": [
+        {"image": "grey.png", "generator": "kiss3dgen-image", "params": TINY}]}))
+    ids = [ingest_manifest(manifest, pipeline_config.model_copy(
+        update={"caption_path": caption})).asset_ids for caption in ("/a", "/b", None)]
+    assert len({tuple(i) for i in ids}) == 3

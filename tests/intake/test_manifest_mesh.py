@@ -50,7 +50,7 @@ def test_mesh_rows_are_rejected_on_their_own_lines_with_the_reason(folder):
     (folder / "broken.ply").write_bytes(b"ply\nformat nonsense\n")
     parsed = parse_manifest(_jsonl(folder, [
         {"mesh": "box.glb", "prompt": "fine"},
-        {"mesh": "box.glb"},
+        {"mesh": "box.glb", "params": {"mode": "edit"}},  # only an enhance may be captioned
         {"mesh": "notes.txt", "prompt": "a crate"},
         {"mesh": "missing.glb", "prompt": "a crate"},
         {"mesh": "../outside.glb", "prompt": "a crate"},

@@ -49,6 +49,13 @@ class ConditionedParams(Kiss3DGenParams):
     strength: float = 0.95
     """img2img strength in (0, 1]: how far the reference is noised before denoising (1 ignores
     the reference's pixels; the ControlNet still sees it)."""
+    caption_path: Path | None = None
+    """Local image-captioning model folder (Florence-2 or BLIP, ``save_pretrained`` layout;
+    ``FOUNDRY_CAPTION_PATH``): captions the object when the row has no prompt (a
+    ``kiss3dgen-mesh`` enhance: the render's front view; ``kiss3dgen-image``: the centred
+    picture). Never loaded when the row has a prompt."""
+    caption_max_tokens: int = 64
+    """Longest caption, in tokens of the captioning model (1..512)."""
 
     def check(self) -> None:
         """Raise :class:`Kiss3DGenParamsError` naming the first bad value."""
@@ -79,6 +86,11 @@ class ConditionedParams(Kiss3DGenParams):
                 "need 0 <= control_guidance_start < control_guidance_end <= 1, got "
                 f"{self.control_guidance_start} and {self.control_guidance_end}"
             )
+        tokens = self.caption_max_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= 512:
+            raise Kiss3DGenParamsError(
+                f"caption_max_tokens must be an integer in [1, 512], got {tokens!r}"
+            )
         if not isinstance(self.tile_down_scale, int) or self.tile_down_scale < 1:
             raise Kiss3DGenParamsError(
                 f"tile_down_scale must be a positive integer, got {self.tile_down_scale!r}"
@@ -101,17 +113,21 @@ class ImagePrompt:
 
 def params_for_request(cls: type[Kiss3DGenParams], request, context) -> Kiss3DGenParams:
     """``cls`` params for a :class:`models.generate.base.GenerationRequest`: the manifest's
-    ``request.params`` over the context (Flux/LoRA/ControlNet/Redux/matting paths, LoRA scale,
-    device, memory mode) over the class defaults; the size follows the request's tile. Bad
+    ``request.params`` over the context (Flux/LoRA/ControlNet/Redux/matting/caption paths, LoRA
+    scale, device, memory mode) over the class defaults; the size follows the request's tile. Bad
     values raise :class:`models.generate.base.GeneratorInputError` naming them."""
     from models.generate.base import GeneratorInputError
 
     defaults = context_defaults(context, request.tile)
     # Weights folders from settings, for the params classes that have them.
     own = {f.name for f in fields(cls)}
-    for name in ("controlnet_path", "redux_path", "matting_path"):
+    from_context = {"controlnet_path": "controlnet_path", "redux_path": "redux_path",
+                    "matting_path": "matting_path", "caption_path": "caption_path",
+                    "zero123_path": "zero123_path", "coarse_lrm_path": "lrm_path",
+                    "coarse_lrm_variant": "lrm_variant"}
+    for name, setting in from_context.items():
         if name in own:
-            defaults[name] = getattr(context, name, None)
+            defaults[name] = getattr(context, setting, None)
     try:
         return cls.from_mapping(request.params, **defaults)
     except Kiss3DGenParamsError as exc:

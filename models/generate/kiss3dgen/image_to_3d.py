@@ -3,18 +3,20 @@
 1. The reference picture's object is separated from its background
    (:mod:`models.generate.background`: alpha, a local matting model, or a plain-border flood),
    cropped, centred and padded on white.
-2. A **coarse bundle** gives the layout: the user's ``bundle`` when the request has one, else
-   the mesh library's best match for the segmented object (silhouette and colour against the
-   library renders at 4 azimuths) rendered with Kiss3DGen's cameras. (Kiss3DGen itself draws
-   the coarse bundle with Zero123++ and an LRM; without multi-view weights the library stands
-   in.)
+2. A **coarse bundle** gives the layout: the user's ``bundle`` when the request has one; else,
+   when a Zero123++ folder is configured, Kiss3DGen's own way: Zero123++'s six views of the
+   centred object reconstructed by the LRM and rendered with Kiss3DGen's cameras
+   (:mod:`models.generate.kiss3dgen.multiview`); else the mesh library's best match for the
+   segmented object (silhouette and colour against the library renders at 4 azimuths).
 3. Flux + LoRA re-draws the coarse bundle (img2img at ``strength`` 0.95) with the
    ControlNet-Union in tile mode on it (weight 0.6 over the first 65 % of the steps) and the
    centred picture as a **Redux** image prompt appended to the caption's T5 tokens: Kiss3DGen's
-   image-to-3D settings. The caption is the request's prompt, else the library match's.
+   image-to-3D settings. The caption is the request's prompt, else the captioning model's
+   caption of the centred picture (when ``caption_path`` is set, as Kiss3DGen captions with
+   Florence-2), else the library match's.
 
-Every weights path (Flux, LoRA, ControlNet, Redux) is checked before any work, and one error
-names each missing one.
+Every weights path (Flux, LoRA, ControlNet, Redux, and Zero123++ and the LRM when they are
+used) is checked before any work, and one error names each missing one.
 """
 
 from __future__ import annotations
@@ -60,7 +62,20 @@ class ImageToBundleParams(ConditionedParams):
     object_fraction: float = OBJECT_FRACTION
     """Share of the centred picture's side the object's longer side fills."""
     reference_size: int = 512
-    """Side of the centred picture given to Redux, in pixels."""
+    """Side of the centred picture given to Redux (and Zero123++), in pixels."""
+    zero123_path: Path | None = None
+    """Local Zero123++ folder (``sudo-ai/zero123plus-v1.2`` layout; ``FOUNDRY_ZERO123_PATH``).
+    When set, the coarse bundle is Zero123++'s six views reconstructed by the LRM at
+    ``coarse_lrm_path`` (Kiss3DGen's way) instead of the library's best match."""
+    coarse_lrm_path: Path | None = None
+    """LRM checkpoint that reconstructs Zero123++'s views (``FOUNDRY_LRM_PATH``)."""
+    coarse_lrm_variant: str = "prm"
+    """Architecture of that checkpoint: ``prm`` (Kiss3DGen's), ``instant-mesh-large``,
+    ``instant-mesh-base`` (``FOUNDRY_LRM_VARIANT``)."""
+    zero123_steps: int = 75
+    """Zero123++ denoising steps (Euler ancestral; the release recommends 75)."""
+    zero123_guidance: float = 4.0
+    """Zero123++ classifier-free guidance scale (1 switches guidance off)."""
 
     @classmethod
     def generator_name(cls) -> str:
@@ -76,6 +91,24 @@ class ImageToBundleParams(ConditionedParams):
             raise Kiss3DGenParamsError(
                 f"reference_size must be at least 32, got {self.reference_size}"
             )
+        from models.reconstruct.lrm.config import CONFIGS
+
+        if self.coarse_lrm_variant not in CONFIGS:
+            raise Kiss3DGenParamsError(f"coarse_lrm_variant must be one of {sorted(CONFIGS)}, "
+                                       f"got {self.coarse_lrm_variant!r}")
+        steps = self.zero123_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+            raise Kiss3DGenParamsError(f"zero123_steps must be an integer in [1, 1000], got "
+                                       f"{steps!r}")
+        if not 0 <= self.zero123_guidance <= 100:
+            raise Kiss3DGenParamsError(
+                f"zero123_guidance must be in [0, 100], got {self.zero123_guidance}"
+            )
+
+    @property
+    def multiview(self) -> bool:
+        """True when the coarse bundle comes from Zero123++ + the LRM."""
+        return self.zero123_path is not None
 
 
 @dataclass
@@ -115,6 +148,66 @@ def coarse_bundle_from_library(index, segmented: Segmented, tile: int) -> tuple[
     record = {"id": entry.id, "caption": entry.caption, "similarity": match.similarity,
               "by": how, "view": match.view, "path": entry.path, "licence": entry.licence}
     return bundle, record
+
+
+def check_image_weights(params: ImageToBundleParams, multiview: bool,
+                        caption: bool = False) -> None:
+    """Raise one ``WeightsMissingError`` naming every missing path of this generation: Flux,
+    LoRA, ControlNet and Redux when used, with ``multiview`` the Zero123++ folder and the LRM
+    checkpoint, with ``caption`` the captioning model."""
+    from models.generate.kiss3dgen.caption import check_caption_folder
+    from models.generate.kiss3dgen.weights import WeightsMissingError
+    from models.generate.kiss3dgen.zero123plus import check_zero123plus_folder
+
+    problems: list[WeightsMissingError] = []
+    try:
+        check_conditioned_weights(params, redux_path=params.redux_path,
+                                  need_redux=params.use_redux)
+    except WeightsMissingError as exc:
+        problems.extend(exc.problems)
+    if multiview:
+        try:
+            check_zero123plus_folder(params.zero123_path)
+        except WeightsMissingError as exc:
+            problems.append(exc)
+        lrm = params.coarse_lrm_path
+        if lrm is None or not Path(lrm).is_file():
+            problems.append(WeightsMissingError(
+                lrm, f"an LRM checkpoint file ({params.coarse_lrm_variant})",
+                "set FOUNDRY_LRM_PATH or params.coarse_lrm_path" if lrm is None
+                else "the file does not exist"))
+    if caption:
+        try:
+            check_caption_folder(params.caption_path)
+        except WeightsMissingError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise WeightsMissingError.combined(problems)
+
+
+def coarse_bundle_from_multiview(segmented: Segmented, seed: int,
+                                 params: ImageToBundleParams) -> tuple[Bundle, dict]:
+    """Kiss3DGen's coarse bundle: Zero123++'s six views of the centred object, reconstructed
+    by the LRM, rendered with Kiss3DGen's cameras (:mod:`models.generate.kiss3dgen.multiview`).
+    Returns the bundle and a match record (``by: zero123plus+lrm``, the weights paths)."""
+    from models.generate.kiss3dgen.multiview import coarse_bundle_from_picture
+    from models.generate.kiss3dgen.pipeline import resolve_device, resolve_dtype
+
+    device = resolve_device(params)
+    picture, _ = centre_object(segmented, size=params.reference_size,
+                               object_fraction=params.object_fraction)
+    out = coarse_bundle_from_picture(
+        picture, seed, params.tile, zero123_path=params.zero123_path,
+        lrm_path=params.coarse_lrm_path, lrm_variant=params.coarse_lrm_variant,
+        device=device, steps=params.zero123_steps, guidance=params.zero123_guidance,
+        distance=KISS3DGEN_DISTANCE, dtype=resolve_dtype(params, device),
+    )
+    record = {"by": "zero123plus+lrm", "zero123_path": str(params.zero123_path),
+              "lrm_path": str(params.coarse_lrm_path), "lrm_variant": params.coarse_lrm_variant,
+              "lrm_vertices": len(out.mesh.vertices)}
+    return out.bundle, record
 
 
 def coarse_bundle_from_file(path: str | Path, tile: int) -> Bundle:
@@ -180,8 +273,9 @@ def image_to_bundle(
 def generate_from_image(request, context):
     """The ``kiss3dgen-image`` entry of :data:`models.generate.registry.GENERATORS`.
 
-    Needs ``request.image``; the coarse bundle is ``request.bundle_path`` when given, else the
-    library's best match (``context.library_path``). Returns
+    Needs ``request.image``; the coarse bundle is ``request.bundle_path`` when given, else
+    Zero123++ + LRM when ``zero123_path`` is set, else the library's best match
+    (``context.library_path``). Returns
     :class:`models.generate.base.Generated` with metrics ``kiss3dgen_seconds``,
     ``foreground_fraction`` (and ``library_similarity``), ``match`` the library record.
     """
@@ -189,11 +283,16 @@ def generate_from_image(request, context):
     from models.generate.background import BackgroundError, remove_background
     from models.generate.base import Generated, GeneratorInputError
     from models.library.format import LibraryError
+    from models.reconstruct.lrm.model import CheckpointError, EmptySurfaceError
 
     params = params_for_request(ImageToBundleParams, request, context)
     if request.image is None:
         raise GeneratorInputError("the kiss3dgen-image generator needs a reference image")
-    check_conditioned_weights(params, redux_path=params.redux_path, need_redux=params.use_redux)
+    multiview = params.multiview and request.bundle_path is None
+    prompt = (request.prompt or "").strip()
+    # Kiss3DGen captions the picture when no prompt is given, if a captioning model is set.
+    captioned = not prompt and params.caption_path is not None
+    check_image_weights(params, multiview, caption=captioned)
     try:
         segmented = remove_background(request.image, matting_path=params.matting_path)
     except BackgroundError as exc:
@@ -203,6 +302,8 @@ def generate_from_image(request, context):
     try:
         if request.bundle_path is not None:
             coarse = coarse_bundle_from_file(request.bundle_path, params.tile)
+        elif multiview:
+            coarse, match = coarse_bundle_from_multiview(segmented, request.seed, params)
         elif context.library_path is not None:
             from models.library.index import LibraryIndex
 
@@ -214,16 +315,30 @@ def generate_from_image(request, context):
                 "the kiss3dgen-image generator needs a coarse bundle: a mesh library "
                 "(FOUNDRY_LIBRARY_PATH) or `bundle: PATH` in the manifest"
             )
-    except (LibraryError, BundleError) as exc:
+    except (LibraryError, BundleError, EmptySurfaceError, CheckpointError) as exc:
         raise GeneratorInputError(f"coarse bundle: {exc}") from exc
 
-    caption = (request.prompt or "").strip() or coarse.spec.extra.get("caption") or FALLBACK_CAPTION
+    caption, source = prompt, "prompt"
+    if captioned:
+        from models.generate.kiss3dgen.caption import EmptyCaptionError, caption_with_params
+
+        picture, _ = centre_object(segmented, size=params.reference_size,
+                                   object_fraction=params.object_fraction)
+        try:
+            caption, source = caption_with_params(picture, params, "the picture"), "model"
+        except EmptyCaptionError as exc:
+            raise GeneratorInputError(str(exc)) from exc
+    elif not caption:
+        caption = coarse.spec.extra.get("caption")
+        caption, source = (caption, "library") if caption else (FALLBACK_CAPTION, "fallback")
     out = image_to_bundle(segmented, coarse, caption, request.seed, params)
     g = out.generated
+    g.bundle.spec = replace(g.bundle.spec, extra={**g.bundle.spec.extra, "caption": caption,
+                                                  "caption_source": source})
     metrics = {
         "kiss3dgen_seconds": round(g.seconds, 4),
         "foreground_fraction": round(float(g.masks.mean()), 6),
     }
-    if match is not None:
+    if match is not None and "similarity" in match:
         metrics["library_similarity"] = match["similarity"]
     return Generated(bundle=g.bundle, metrics=metrics, match=match)

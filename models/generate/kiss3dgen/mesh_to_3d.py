@@ -91,26 +91,72 @@ def reference_bundle(mesh: trimesh.Trimesh, tile: int, up: str = "y") -> Bundle:
     return render_bundle(mesh, spec=BundleSpec(tile=tile, distance=KISS3DGEN_DISTANCE), up=up)
 
 
+def needs_caption(prompt: str | None, params: MeshToBundleParams) -> bool:
+    """True when the prompt must come from the captioning model: an ``enhance`` without a
+    prompt of its own. Raises ``ValueError`` for an edit or retexture without a prompt."""
+    if prompt is not None and prompt.strip():
+        return False
+    if params.mode != "enhance":
+        raise ValueError(f"kiss3dgen-mesh ({params.mode}) needs a text prompt: the change to "
+                         "edit, the new look to retexture")
+    return True
+
+
+def check_mesh_weights(params: MeshToBundleParams, caption: bool) -> None:
+    """Raise one ``WeightsMissingError`` naming every missing path of this generation: Flux,
+    LoRA, ControlNet when used, and the captioning model when ``caption``."""
+    from models.generate.kiss3dgen.caption import check_caption_folder
+    from models.generate.kiss3dgen.weights import WeightsMissingError
+
+    problems: list[WeightsMissingError] = []
+    try:
+        check_conditioned_weights(params)
+    except WeightsMissingError as exc:
+        problems.extend(exc.problems)
+    if caption:
+        try:
+            check_caption_folder(params.caption_path)
+        except WeightsMissingError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise WeightsMissingError.combined(problems)
+
+
+def caption_reference(reference: Bundle, params: MeshToBundleParams) -> str:
+    """The captioning model's caption of ``reference``'s front colour view; raises
+    :class:`models.generate.kiss3dgen.caption.EmptyCaptionError` when it has no words."""
+    from models.generate.kiss3dgen.caption import caption_with_params, front_view
+
+    return caption_with_params(front_view(reference.image, reference.spec.tile), params,
+                               "the mesh's render")
+
+
 def mesh_to_bundle(
-    mesh_path: str | Path, prompt: str, seed: int, params: MeshToBundleParams
+    mesh_path: str | Path, prompt: str | None, seed: int, params: MeshToBundleParams
 ) -> MeshToBundle:
     """Enhance / edit / retexture the mesh at ``mesh_path`` as ``params.mode`` says.
 
-    Weights are checked first (one error naming every missing path), then the mesh is read
-    (:class:`models.geometry.mesh.MeshLoadError` if it cannot be) and rendered at the params'
-    tile. The new bundle's sidecar keeps the reference render's ``scale``/``offset`` and adds
-    ``mode``, ``strength``, ``controlnet_conditioning_scale``, ``source_mesh``, and for
+    ``prompt`` may be ``None`` (or blank) for ``enhance`` only: the captioning model at
+    ``params.caption_path`` then captions the reference render's front view; a given prompt
+    is always used as is. Weights are checked first (one error naming every missing path),
+    then the mesh is read (:class:`models.geometry.mesh.MeshLoadError` if it cannot be) and
+    rendered at the params' tile. The new bundle's sidecar keeps the reference render's
+    ``scale``/``offset`` and adds ``mode``, ``strength``, ``controlnet_conditioning_scale``,
+    ``source_mesh``, ``caption`` and ``caption_source`` (``prompt`` or ``model``), and for
     ``retexture`` ``keep_geometry``, ``init_mesh``, ``init_up``.
     """
     from models.geometry.mesh import load_mesh
 
     params.check()
-    if not prompt or not prompt.strip():
-        raise ValueError(f"kiss3dgen-mesh ({params.mode}) needs a text prompt")
-    check_conditioned_weights(params)
+    caption = needs_caption(prompt, params)
+    check_mesh_weights(params, caption)
     mesh_path = Path(mesh_path).expanduser().resolve()
     mesh = load_mesh(mesh_path)
     reference = reference_bundle(mesh, params.tile, params.mesh_up)
+    if caption:
+        prompt = caption_reference(reference, params)
     generated = generate_conditioned(prompt, seed, params, reference.image)
 
     extra = dict(generated.bundle.spec.extra)
@@ -122,6 +168,8 @@ def mesh_to_bundle(
         ),
         source_mesh=str(mesh_path),
         source_up=params.mesh_up,
+        caption=prompt,
+        caption_source="model" if caption else "prompt",
     )
     keep = params.mode == "retexture"
     if keep:
@@ -157,28 +205,29 @@ def init_mesh_from_sidecar(bundle: Bundle, bundle_frame: bool = False) -> trimes
 def generate_from_mesh(request, context):
     """The ``kiss3dgen-mesh`` entry of :data:`models.generate.registry.GENERATORS`.
 
-    Needs ``request.mesh_path`` and ``request.prompt``; params from ``request.params``
-    (:class:`MeshToBundleParams`). Returns :class:`models.generate.base.Generated` with metrics
-    ``kiss3dgen_seconds``, ``foreground_fraction`` and ``match`` recording the input mesh and
-    whether its geometry is kept.
+    Needs ``request.mesh_path``, and ``request.prompt`` unless an enhance is captioned; params
+    from ``request.params`` (:class:`MeshToBundleParams`). Returns
+    :class:`models.generate.base.Generated` with metrics ``kiss3dgen_seconds``,
+    ``foreground_fraction`` and ``match`` recording the input mesh, whether its geometry is
+    kept, and the caption used with its source.
     """
     from models.generate.base import Generated, GeneratorInputError
+    from models.generate.kiss3dgen.caption import EmptyCaptionError
     from models.geometry.mesh import MeshLoadError
 
     params = params_for_request(MeshToBundleParams, request, context)
     if request.mesh_path is None:
         raise GeneratorInputError("the kiss3dgen-mesh generator needs `mesh: PATH` (an input mesh)")
-    if not request.prompt or not request.prompt.strip():
-        raise GeneratorInputError(
-            f"the kiss3dgen-mesh generator ({params.mode}) needs a text prompt: a caption to "
-            "enhance, the change to edit, the new look to retexture"
-        )
+    try:
+        caption = needs_caption(request.prompt, params)
+    except ValueError as exc:
+        raise GeneratorInputError(f"the {exc}") from None
     if not Path(request.mesh_path).expanduser().is_file():
-        check_conditioned_weights(params)  # name missing weights first, they are the bigger fix
+        check_mesh_weights(params, caption)  # name missing weights first, the bigger fix
         raise GeneratorInputError(f"input mesh not found: {request.mesh_path}")
     try:
         out = mesh_to_bundle(request.mesh_path, request.prompt, request.seed, params)
-    except MeshLoadError as exc:
+    except (MeshLoadError, EmptyCaptionError) as exc:
         raise GeneratorInputError(str(exc)) from exc
     g = out.generated
     return Generated(
@@ -192,5 +241,7 @@ def generate_from_mesh(request, context):
             "path": str(Path(request.mesh_path).expanduser().resolve()),
             "mode": params.mode,
             "keep_geometry": out.keep_geometry,
+            "caption": g.bundle.spec.extra.get("caption"),
+            "caption_source": g.bundle.spec.extra.get("caption_source"),
         },
     )

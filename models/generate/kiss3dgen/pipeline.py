@@ -409,6 +409,7 @@ def get_redux(path: Path, params: Kiss3DGenParams, memory_mode: str | None = Non
 
 
 def clear_cache() -> None:
-    """Drop every cached pipeline and Redux encoder."""
+    """Drop every cached pipeline, Redux encoder, captioning model and Zero123++."""
     clear(CACHE_KIND)
-    clear(f"{CACHE_KIND}-redux")
+    for slot in ("redux", "caption", "zero123plus"):
+        clear(f"{CACHE_KIND}-{slot}")

@@ -1,0 +1,713 @@
+"""An in-process copy of one database's prompt index, for a long-lived server's searches.
+
+:func:`storage.search.hybrid_search` asks the database for its keyword candidates (SQLite
+ranks every entry that matches any word, thousands for a common word) and reads a cached
+embedding matrix that it reloads whole whenever the index changes. A server answers many
+searches over one database, so :class:`SearchIndex` keeps what those searches need in memory
+and ranks in numpy:
+
+* every entry's asset id and unit embedding (``(N, 384)`` float32), loaded once and then kept
+  fresh incrementally: each search reads the index's freshness stamp (free on SQLite while
+  nothing was committed) and, when it changed, only the rows updated at or after the newest
+  ``updated_at`` already held (a deletion, which leaves no row to read, reloads everything);
+* on SQLite, each query word's bm25 contributions per entry, asked of FTS5 once per word and
+  kept until the index changes. FTS5's bm25 of ``"a" OR "b"`` is the sum, in query order, of
+  the bm25 of ``"a"`` and of ``"b"`` (each phrase adds its own ``idf * tf`` term, with the
+  same document count and average length), so the sums here equal what FTS5 returns for the
+  whole query, to the bit;
+* on PostgreSQL, each query lexeme's entries and its number of positions in each, asked once
+  per lexeme and kept until the index changes; ``ts_rank`` of the OR query is computed from
+  them in the float32 steps PostgreSQL takes (:meth:`SearchIndex._ts_rank`), to the bit. A
+  query word that PostgreSQL parses into more than one lexeme (``foo_bar``, a phrase) sends
+  that query's keyword part to :func:`storage.search.keyword_search`.
+
+Given a snapshot folder (:func:`snapshot_folder`, beside an SQLite database file), the entries
+are also saved there, the embeddings as a ``.npy`` file that the next process maps instead of
+reading 1.5 kB per entry from the database, and brings up to date the same way: a cold
+``foundry3d search`` over 100,000 entries starts from it.
+
+The database is asked only for what changes under a search: the state and tags of the best
+candidates (the filters), and the text and output keys of the hits. The result equals
+:func:`storage.search.hybrid_search` with ``method="exact"``: the same candidates in the same
+order, keyword scores to the bit and cosines to float32 rounding (BLAS rounds a row's dot
+product by where the row sits in its matrix, and this one orders its rows by arrival; on
+PostgreSQL, hybrid_search's default ``auto`` takes its semantic candidates from
+pgvector's approximate HNSW index instead, so it can miss some that this finds). Same known
+limit as that module's cache: a re-indexed entry whose transaction took its ``updated_at``
+before another writer's later, already committed change is not seen until the next change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from storage import search
+from storage.schema import EMBEDDING_DIM, PG_FTS_COLUMN, SQLITE_FTS_TABLE, Asset, PromptIndex
+
+SNAPSHOT_MIN_ENTRIES = 5000
+"""Smallest index kept in a snapshot: fewer entries are read from the database as fast."""
+SNAPSHOT_MIN_NEW = 1000
+"""Entries read from the database since the snapshot that make it worth rewriting (fewer are
+read again, quickly, by the next process that opens it)."""
+log = logging.getLogger("foundry3d.search")
+
+WORD_CACHE_SIZE = 4096
+"""Query words (SQLite) or lexemes (PostgreSQL) whose matches an index keeps (least recently
+used dropped)."""
+_ENGLISH = sa.literal_column("'english'")  # the text search configuration of storage.search
+FIRST_CANDIDATES_SLACK = 16
+"""Extra candidates checked in the first round of a filtered search, beyond twice the hits."""
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The entries of the prompt index as read at one freshness stamp; never changed once
+    published (appends go to spare rows past ``count`` of shared buffers)."""
+
+    stamp: tuple
+    """``(count(*), max(updated_at))`` of prompt_index when these entries were current."""
+    high_water: Any
+    """The newest ``updated_at`` read, as the driver returns it (str on SQLite)."""
+    count: int
+    """Number of entries N."""
+    ids: np.ndarray
+    """``(capacity,)`` object array of asset ids; the first N are the entries."""
+    rowids: np.ndarray
+    """``(capacity,)`` int64 SQLite rowids of the entries (the FTS5 rowids); 0 on PostgreSQL."""
+    unit: np.ndarray
+    """``(capacity, EMBEDDING_DIM)`` float32 unit embeddings (zero rows without one)."""
+    embedded: np.ndarray
+    """``(capacity,)`` bool: whether the entry has an embedding."""
+    known_position: dict[str, int] | None
+    """Asset id -> row of the entry, when already at hand (else built on first use)."""
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """Asset id -> row of the entry (100,000 ids take a cold process 60 ms to map)."""
+        if self.known_position is not None:
+            return self.known_position
+        return {asset_id: i for i, asset_id in enumerate(self.ids[: self.count].tolist())}
+
+    @cached_property
+    def _rowid_order(self) -> np.ndarray:
+        return np.argsort(self.rowids[: self.count], kind="stable")
+
+    def rows_of_rowids(self, rowids: np.ndarray) -> np.ndarray:
+        """Rows of the entries with these SQLite rowids; -1 for a rowid not held."""
+        if self.count == 0:
+            return np.full(len(rowids), -1, dtype=np.intp)
+        held = self.rowids[: self.count]
+        where = np.minimum(np.searchsorted(held[self._rowid_order], rowids), self.count - 1)
+        rows = self._rowid_order[where]
+        return np.where(held[rows] == rowids, rows, -1)
+
+
+@dataclass(frozen=True)
+class _Detail:
+    """What a search needs of an entry's database rows at query time."""
+
+    text: str
+    state: str
+    output_keys: dict[str, Any] | None
+    tags: list[str]
+
+
+class SearchIndex:
+    """Hybrid search over one database's prompt index, ranked in memory.
+
+    Thread-safe: searches may run at once; a refresh is done by one of them under a lock.
+    Bound to the first database it searches (a session of another database is refused).
+    """
+
+    def __init__(self, snapshot: Path | None = None) -> None:
+        """``snapshot``: a folder where the entries are kept between processes (see
+        :func:`snapshot_folder`), or None to read them from the database in each process."""
+        self._entries: _Entries | None = None
+        self._database: str | None = None
+        self._snapshot = snapshot
+        self._lock = threading.Lock()
+        # SQLite: word -> (rows, bm25); PostgreSQL: lexeme -> (rows, position counts).
+        self._words: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._words_stamp: tuple | None = None
+        self._lexemes: dict[str, str | None] = {}  # PostgreSQL: query word -> lexeme
+
+    # --- freshness ----------------------------------------------------------------------------
+
+    def refresh(self, session: Session) -> int:
+        """Bring the index up to what ``session`` sees; returns the number of entries."""
+        return self._current(session).count
+
+    def _current(self, session: Session) -> _Entries:
+        url = session.get_bind().engine.url.render_as_string(hide_password=False)
+        if self._database is not None and url != self._database:
+            raise ValueError("a SearchIndex serves the one database it first searched")
+        stamp = search._freshness_stamp(session)
+        entries = self._entries
+        if entries is not None and entries.stamp == stamp:
+            return entries
+        with self._lock:
+            entries = self._entries
+            if entries is None and self._snapshot is not None:
+                entries = _read_snapshot(self._snapshot)
+            if entries is not None and entries.stamp == stamp:
+                self._entries, self._database = entries, url
+                return entries
+            held = entries.count if entries is not None else 0
+            entries = self._updated(session, entries, stamp) if entries else None
+            if entries is None:
+                entries = _load_all(session, stamp)
+                held = 0
+            self._entries, self._database = entries, url
+            if (self._snapshot is not None and entries.count >= SNAPSHOT_MIN_ENTRIES
+                    and entries.count - held >= SNAPSHOT_MIN_NEW):
+                _write_snapshot(self._snapshot, entries)
+            return entries
+
+    def _updated(self, session: Session, entries: _Entries, stamp: tuple) -> _Entries | None:
+        """``entries`` with the rows updated since their high-water mark; None when a
+        deletion (or anything else the count cannot explain) asks for a full reload."""
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        rows = session.execute(
+            sa.text(
+                f"SELECT asset_id, embedding, updated_at, {'rowid' if sqlite else '0'} "
+                "FROM prompt_index WHERE updated_at >= :since"
+            ),
+            {"since": entries.high_water},
+        ).all()
+        new = [row for row in rows if row[0] not in entries.position]
+        if entries.count + len(new) != stamp[0]:
+            return None
+        # The rows at the high-water mark itself are read again each time: only a changed
+        # embedding (re-indexed entry) asks for a copy of the held rows.
+        changed = [row for row in rows
+                   if row[0] in entries.position and not _holds(entries, row)]
+        capacity = len(entries.ids)
+        if changed or entries.count + len(new) > capacity:
+            # Rows that readers may be scoring are never written: copy, then change the copy.
+            capacity = max(capacity, int(1.5 * (entries.count + len(new))) + 64)
+            ids, rowids, unit, embedded = _buffers(capacity)
+            n = entries.count
+            ids[:n], rowids[:n] = entries.ids[:n], entries.rowids[:n]
+            unit[:n], embedded[:n] = entries.unit[:n], entries.embedded[:n]
+            position = dict(entries.position)
+        else:
+            ids, rowids, unit, embedded = (entries.ids, entries.rowids, entries.unit,
+                                           entries.embedded)
+            position = dict(entries.position)
+        for row in changed:
+            _fill(position[row[0]], row, ids, rowids, unit, embedded)
+        for n, row in enumerate(new, start=entries.count):
+            _fill(n, row, ids, rowids, unit, embedded)
+            position[row[0]] = n
+        high_water = max([entries.high_water, *(row[2] for row in rows)],
+                         key=lambda value: (value is not None, value))
+        return _Entries(stamp, high_water, entries.count + len(new), ids, rowids, unit,
+                        embedded, position)
+
+    # --- search -------------------------------------------------------------------------------
+
+    def search(
+        self,
+        session: Session,
+        query: str,
+        embedding: np.ndarray | None,
+        *,
+        limit: int = 10,
+        state: str | None = None,
+        tag: str | None = None,
+        keyword_weight: float = 0.5,
+        candidates: int | None = None,
+    ) -> list[search.SearchHit]:
+        """The hits of :func:`storage.search.hybrid_search` (``method="exact"``), best first.
+
+        ``embedding`` : ``(EMBEDDING_DIM,)`` float32 query embedding, or None for keyword
+        search. Each search proposes ``candidates`` entries (default ``max(4 * limit, 50)``)
+        that pass the ``state``/``tag`` filters; ``score = keyword_weight * keyword / best
+        keyword + (1 - keyword_weight) * max(cosine, 0)``; ties go to the smaller asset id.
+        """
+        if not 0.0 <= keyword_weight <= 1.0:
+            raise ValueError(f"keyword_weight must be in [0, 1], got {keyword_weight}")
+        if limit <= 0:
+            return []
+        pool = candidates or max(4 * limit, 50)
+        entries = self._current(session)
+        details: dict[str, _Detail | None] = {}  # fetched once per search
+        passes = _Filter(session, state, tag, details)
+        keyword = self._keyword(session, entries, query, pool, passes)
+        if embedding is None:
+            return _hits_from_keyword(session, keyword[:limit], details)
+        query_vector = np.asarray(embedding, dtype=np.float32)
+        search.encode_embedding(query_vector)  # validates shape and finiteness
+        # Normalised twice, as hybrid_search does (once itself, once in its matrix's scores),
+        # so that the cosines are the same float32 numbers.
+        query_vector = search._unit(search._unit(query_vector[None])[0][None])[0]
+        scores = entries.unit[: entries.count] @ query_vector
+        semantic = _best(scores, entries.ids[: entries.count],
+                         np.flatnonzero(entries.embedded[: entries.count]), pool, passes)
+
+        keyword_scores = {asset_id: score for asset_id, score, _ in keyword}
+        cosines = {str(entries.ids[i]): float(scores[i]) for i in semantic}
+        for asset_id, _, i in keyword:
+            if i is not None and entries.embedded[i]:
+                cosines[asset_id] = float(scores[i])
+        best_keyword = max((score or 0.0 for _, score, _ in keyword), default=0.0)
+        ranked = []
+        for asset_id in {**keyword_scores, **dict.fromkeys(cosines)}:
+            raw = keyword_scores.get(asset_id)
+            scaled = (raw / best_keyword) if raw and best_keyword > 0 else 0.0
+            cosine = cosines.get(asset_id)
+            score = keyword_weight * scaled + (1 - keyword_weight) * max(cosine or 0.0, 0.0)
+            ranked.append((-float(score), asset_id))
+        ranked.sort()
+        chosen = ranked[:limit]
+        passes.fetch([asset_id for _, asset_id in chosen])
+        hits = []
+        for negative_score, asset_id in chosen:
+            detail = details.get(asset_id)
+            if detail is None:  # removed since the candidates were chosen
+                continue
+            hits.append(search.SearchHit(
+                asset_id=asset_id, score=-negative_score,
+                keyword_score=keyword_scores.get(asset_id), semantic_score=cosines.get(asset_id),
+                text=detail.text, state=detail.state, output_keys=detail.output_keys or {}))
+        return hits
+
+    def _keyword(self, session: Session, entries: _Entries, query: str, pool: int,
+                 passes: _Filter) -> list[tuple[str, float, int | None]]:
+        """(asset id, keyword score, row or None) of the best ``pool`` keyword matches passing
+        the filters, best first, as :func:`storage.search.keyword_search` ranks them."""
+        words = search.query_words(query)
+        if not words:
+            return []
+        if session.get_bind().dialect.name == "sqlite":
+            rows, bm25 = self._bm25(session, entries, words)
+            scores = -bm25  # bm25: lower is better
+        else:
+            ranked = self._ts_rank(session, entries, words)
+            if ranked is None:  # a word that is more than one lexeme: PostgreSQL ranks it
+                hits = search.keyword_search(session, query, limit=pool, state=passes.state,
+                                             tag=passes.tag)
+                for hit in hits:  # passed the filters in SQL: their tags hold the tag asked for
+                    passes.details[hit.asset_id] = _Detail(hit.text, hit.state, hit.output_keys,
+                                                           [passes.tag] if passes.tag else [])
+                return [(hit.asset_id, hit.score, entries.position.get(hit.asset_id))
+                        for hit in hits]
+            rows, scores = ranked
+        best = _best(scores, entries.ids[rows], np.arange(len(rows)), pool, passes)
+        if scores.dtype == np.float32:
+            # A float4 reaches Python as its shortest decimal text, parsed as a double.
+            return [(str(entries.ids[rows[i]]), float(str(scores[i])), int(rows[i]))
+                    for i in best]
+        return [(str(entries.ids[rows[i]]), float(scores[i]), int(rows[i])) for i in best]
+
+    def _ts_rank(self, session: Session, entries: _Entries,
+                 words: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Rows of the entries that match any of ``words`` and PostgreSQL's ``ts_rank`` of
+        them for the OR query of the words, as float32 (what ``ts_rank`` returns); None when a
+        word is not a single lexeme (``foo_bar`` is a phrase), which this does not model.
+
+        ``ts_rank`` of an OR query (``calc_rank_or`` in PostgreSQL's ``tsrank.c``): over the
+        query's distinct lexemes, sorted bytewise, each one found in the entry adds the double
+        ``(w + resj - w) / 1.64493406685`` to a float32 sum, ``resj`` being the float32 sum of
+        ``0.1 / i**2`` over its ``i = 1..n`` positions (weight D, as ``to_tsvector`` gives every
+        word); the sum is divided by the number of distinct lexemes in float32. The float32
+        steps are taken here in the same order, so the ranks are PostgreSQL's, to the bit.
+        """
+        lexemes: dict[str, str] = {}  # lexeme -> a word that makes it
+        for word in words:
+            lexeme = self._lexeme(session, word)
+            if lexeme is None:
+                return None
+            if lexeme:  # "" for a stop word, which the query drops
+                lexemes.setdefault(lexeme, word)
+        if not lexemes:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
+        parts = [self._postings(session, entries, lexeme, lexemes[lexeme])
+                 for lexeme in sorted(lexemes, key=lambda text: text.encode())]
+        rows = np.unique(np.concatenate([part[0] for part in parts]))
+        total = np.zeros(len(rows), dtype=np.float32)
+        for part_rows, counts in parts:
+            at = np.searchsorted(rows, part_rows)
+            total[at] = (total[at].astype(np.float64) + _ts_rank_terms(counts)).astype(np.float32)
+        return rows, total / np.float32(len(lexemes))
+
+    def _lexeme(self, session: Session, word: str) -> str | None:
+        """The lexeme ``to_tsquery('english', word)`` makes of ``word``: "" for a stop word,
+        None when it makes more than one."""
+        with self._lock:
+            if word in self._lexemes:
+                return self._lexemes[word]
+        text = session.scalar(sa.select(sa.cast(sa.func.to_tsquery(_ENGLISH, word), sa.Text)))
+        match = _ONE_LEXEME.fullmatch(text or "")
+        lexeme = "" if not text else (match.group(1).replace("''", "'") if match else None)
+        with self._lock:
+            self._lexemes[word] = lexeme
+            while len(self._lexemes) > WORD_CACHE_SIZE:
+                self._lexemes.pop(next(iter(self._lexemes)))
+        return lexeme
+
+    def _postings(self, session: Session, entries: _Entries, lexeme: str,
+                  word: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, position counts) of the entries whose tsvector holds ``lexeme`` (which
+        ``word`` makes)."""
+        key = "\x00" + lexeme  # beside the SQLite words in one cache, never equal to one
+        with self._lock:
+            if self._words_stamp != entries.stamp:
+                self._words.clear()
+                self._words_stamp = entries.stamp
+            cached = self._words.get(key)
+            if cached is not None:
+                self._words.move_to_end(key)
+                return cached
+        column = f"prompt_index.{PG_FTS_COLUMN}"
+        found = session.execute(
+            sa.text(
+                # A stripped lexeme has no positions; ts_rank counts it as one.
+                "SELECT prompt_index.asset_id, coalesce(array_length(u.positions, 1), 1) "
+                f"FROM prompt_index, unnest({column}) AS u "
+                f"WHERE {column} @@ to_tsquery('english', :query) AND u.lexeme = :lexeme"
+            ),
+            {"query": word, "lexeme": lexeme},
+        ).all()
+        position = entries.position
+        known = [(position[r[0]], r[1]) for r in found if r[0] in position]
+        rows = np.array([k[0] for k in known], dtype=np.intp)
+        counts = np.array([k[1] for k in known], dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        value = (rows[order], counts[order])
+        with self._lock:
+            if self._words_stamp == entries.stamp:
+                self._words[key] = value
+                while len(self._words) > WORD_CACHE_SIZE:
+                    self._words.popitem(last=False)
+        return value
+
+    def _bm25(self, session: Session, entries: _Entries,
+              words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the entries that match any of ``words`` and their FTS5 bm25 for the whole
+        query (the sum of each word's contribution, in query order, as FTS5 adds them)."""
+        parts = [self._word(session, entries, word) for word in words]
+        rows = np.concatenate([p[0] for p in parts])
+        if len(rows) == 0:
+            return rows, np.zeros(0)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        total = np.zeros(len(unique))
+        np.add.at(total, inverse, np.concatenate([p[1] for p in parts]))  # in order, per row
+        return unique, total
+
+    def _word(self, session: Session, entries: _Entries,
+              word: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, bm25 of the one-phrase query ``"word"``) of the entries matching it."""
+        with self._lock:
+            if self._words_stamp != entries.stamp:
+                self._words.clear()
+                self._words_stamp = entries.stamp
+            cached = self._words.get(word)
+            if cached is not None:
+                self._words.move_to_end(word)
+                return cached
+        found = session.execute(
+            sa.text(
+                f"SELECT rowid, bm25({SQLITE_FTS_TABLE}) FROM {SQLITE_FTS_TABLE} "
+                f"WHERE {SQLITE_FTS_TABLE} MATCH :match"
+            ),
+            {"match": '"' + word + '"'},
+        ).all()
+        rowids = np.array([r[0] for r in found], dtype=np.int64)
+        ranks = np.array([r[1] for r in found], dtype=np.float64)
+        rows = entries.rows_of_rowids(rowids)
+        known = rows >= 0  # an entry committed after this index's stamp waits for the next
+        value = (rows[known].astype(np.intp), ranks[known])
+        with self._lock:
+            if self._words_stamp == entries.stamp:
+                self._words[word] = value
+                while len(self._words) > WORD_CACHE_SIZE:
+                    self._words.popitem(last=False)
+        return value
+
+
+class _Filter:
+    """The ``state``/``tag`` filters of one search, checked on the entries' current rows."""
+
+    def __init__(self, session: Session, state: str | None, tag: str | None,
+                 details: dict[str, _Detail | None]) -> None:
+        self.session, self.state, self.tag, self.details = session, state, tag, details
+
+    @property
+    def active(self) -> bool:
+        return self.state is not None or self.tag is not None
+
+    def fetch(self, asset_ids: list[str]) -> None:
+        """Read the text, state, output keys and tags of those of ``asset_ids`` not read yet."""
+        missing = [a for a in asset_ids if a not in self.details]
+        if not missing:
+            return
+        rows = self.session.execute(
+            sa.select(PromptIndex.asset_id, PromptIndex.text, Asset.state, Asset.output_keys,
+                      PromptIndex.tags)
+            .join(Asset, Asset.id == PromptIndex.asset_id)
+            .where(PromptIndex.asset_id.in_(missing))
+        ).all()
+        for asset_id in missing:
+            self.details[asset_id] = None  # gone since the index read it
+        for row in rows:
+            self.details[row.asset_id] = _Detail(row.text, row.state, row.output_keys,
+                                                 list(row.tags or []))
+
+    def __call__(self, asset_ids: list[str]) -> list[bool]:
+        """Whether each entry exists and passes the filters (as the SQL filters decide:
+        ``state`` equal, ``tag`` one of the entry's tags)."""
+        self.fetch(asset_ids)
+        return [self._passes(self.details[a]) for a in asset_ids]
+
+    def _passes(self, detail: _Detail | None) -> bool:
+        return detail is not None and (self.state is None or detail.state == self.state) and (
+            self.tag is None or self.tag in detail.tags)
+
+    def passing_ids(self) -> set[str]:
+        """Every indexed asset id that passes the filters (for a rare filter)."""
+        return set(self.session.scalars(
+            sa.select(PromptIndex.asset_id)
+            .join(Asset, Asset.id == PromptIndex.asset_id)
+            .where(*search._filters(self.session, self.state, self.tag))
+        ))
+
+
+def _best(values: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int,
+          passes: _Filter) -> np.ndarray:
+    """Positions (into ``values`` and ``ids``) of the ``k`` best ``candidates`` that pass the
+    filters, best first: higher ``values`` first, ties to the smaller asset id.
+
+    Filters are checked on the best candidates only, widening the list as the observed pass
+    rate asks; past :data:`storage.search.MAX_FILTER_CANDIDATES` the filter becomes a mask of
+    the ids that pass. Either way the result is the exact filtered ranking.
+    """
+    if len(candidates) == 0 or k <= 0:
+        return candidates[:0]
+    if not passes.active:
+        return _top(values, ids, candidates, k)
+    want = 2 * k + FIRST_CANDIDATES_SLACK
+    while want <= search.MAX_FILTER_CANDIDATES:
+        top = _top(values, ids, candidates, want)
+        passed = top[np.array(passes([str(a) for a in ids[top]]), dtype=bool)]
+        if len(passed) >= k or want >= len(candidates):
+            return passed[:k]
+        want = max(2 * want, int(2 * k * want / max(len(passed), 1)))
+    allowed = passes.passing_ids()
+    candidates = candidates[np.array([str(a) in allowed for a in ids[candidates]], dtype=bool)]
+    top = _top(values, ids, candidates, k)
+    passes.fetch([str(a) for a in ids[top]])
+    return top
+
+
+def _top(values: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` of ``candidates`` with the highest ``values``, best first, ties by asset id.
+
+    A threshold from a sample of the values first narrows the candidates (a comparison over
+    all of them costs less than partitioning them all), then the few left are partitioned and
+    sorted; every candidate tied with the k-th competes on its id, as in a full sort.
+    """
+    chosen = values[candidates]
+    keep = np.arange(len(candidates))
+    if k < len(candidates):
+        step = max(1, len(candidates) // 4096)
+        sample = chosen[::step]
+        # About twice k's share of the sample: usually enough candidates are above it.
+        j = min(len(sample) - 1, 2 * (k * len(sample)) // len(candidates) + 1)
+        threshold = np.partition(sample, len(sample) - 1 - j)[len(sample) - 1 - j]
+        above = np.flatnonzero(chosen >= threshold)
+        if len(above) >= k:
+            keep = above
+        if k < len(keep):
+            kth = np.partition(chosen[keep], len(keep) - k)[len(keep) - k]
+            keep = keep[chosen[keep] >= kth]
+    order = np.lexsort((ids[candidates[keep]].astype(str), -chosen[keep]))
+    return candidates[keep][order][:k]
+
+
+_ONE_LEXEME = re.compile(r"'((?:[^']|'')+)'")
+_PG_RANK_TERMS: list[float] = []
+
+
+def _ts_rank_terms(counts: np.ndarray) -> np.ndarray:
+    """The double that ``calc_rank_or`` adds for a lexeme found at ``counts`` positions."""
+    top = int(counts.max()) if len(counts) else 0
+    while len(_PG_RANK_TERMS) <= top:
+        n = len(_PG_RANK_TERMS)
+        weight = np.float32(0.1)  # weights[D]
+        resj = np.float32(0.0)
+        for j in range(n):
+            resj = np.float32(resj + np.float32(weight / np.float32((j + 1) * (j + 1))))
+        # wjm is the first position's weight (no later one is greater), jm = 0.
+        inner = np.float32(np.float32(weight + resj) - np.float32(weight / np.float32(1)))
+        _PG_RANK_TERMS.append(float(inner) / 1.64493406685 if n else 0.0)
+    return np.array(_PG_RANK_TERMS)[counts]
+
+
+def _hits_from_keyword(session: Session, keyword: list[tuple[str, float, int | None]],
+                       details: dict[str, _Detail | None]) -> list[search.SearchHit]:
+    _Filter(session, None, None, details).fetch([asset_id for asset_id, _, _ in keyword])
+    return [
+        search.SearchHit(asset_id=asset_id, score=score, keyword_score=score,
+                         semantic_score=None, text=detail.text, state=detail.state,
+                         output_keys=detail.output_keys or {})
+        for asset_id, score, _ in keyword
+        if (detail := details.get(asset_id)) is not None
+    ]
+
+
+def _buffers(capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.empty(capacity, dtype=object), np.zeros(capacity, dtype=np.int64),
+            np.zeros((capacity, EMBEDDING_DIM), dtype=np.float32),
+            np.zeros(capacity, dtype=bool))
+
+
+def _holds(entries: _Entries, row) -> bool:  # noqa: ANN001
+    """Whether ``entries`` already hold the ``(asset_id, embedding, updated_at, rowid)`` row."""
+    i = entries.position[row[0]]
+    if row[1] is None or not entries.embedded[i]:
+        return row[1] is None and not entries.embedded[i]
+    vector = np.frombuffer(row[1], dtype="<f4").astype(np.float32)[None]
+    if vector.shape != (1, EMBEDDING_DIM):
+        return False
+    search.scale_rows_to_unit(vector)
+    return bool(np.array_equal(vector[0], entries.unit[i]))
+
+
+def _fill(n: int, row, ids, rowids, unit, embedded) -> None:  # noqa: ANN001
+    """Write one ``(asset_id, embedding, updated_at, rowid)`` row into row ``n``."""
+    ids[n], rowids[n] = row[0], int(row[3] or 0)
+    if row[1] is None:
+        unit[n], embedded[n] = 0.0, False
+        return
+    vector = np.frombuffer(row[1], dtype="<f4").astype(np.float32)
+    if vector.shape != (EMBEDDING_DIM,):
+        raise ValueError(f"prompt_index holds an embedding that is not {4 * EMBEDDING_DIM} "
+                         "bytes long")
+    unit[n] = vector
+    search.scale_rows_to_unit(unit[n : n + 1])
+    embedded[n] = True
+
+
+def _load_all(session: Session, stamp: tuple) -> _Entries:
+    """Every entry of prompt_index, read after ``stamp`` (so never older than it)."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    rows = session.connection().exec_driver_sql(
+        f"SELECT asset_id, embedding, updated_at, {'rowid' if sqlite else '0'} FROM prompt_index"
+    ).all()
+    capacity = int(1.25 * len(rows)) + 64
+    ids, rowids, unit, embedded = _buffers(capacity)
+    n = len(rows)
+    ids[:n] = [row[0] for row in rows]
+    rowids[:n] = [int(row[3] or 0) for row in rows]
+    width = 4 * EMBEDDING_DIM
+    flat = unit.reshape(-1).view(np.uint8)
+    for i, row in enumerate(rows):
+        if row[1] is None:
+            continue
+        if len(row[1]) != width:
+            raise ValueError(f"prompt_index holds an embedding that is not {width} bytes long")
+        flat[i * width : (i + 1) * width] = np.frombuffer(row[1], dtype=np.uint8)
+        embedded[i] = True
+    if unit.dtype.byteorder == ">":  # pragma: no cover - big-endian machines
+        unit[:n] = unit[:n].byteswap()
+    search.scale_rows_to_unit(unit[:n])
+    values = [row[2] for row in rows if row[2] is not None]
+    return _Entries(stamp, max(values) if values else None, n, ids, rowids, unit, embedded,
+                    None)
+
+
+# --- snapshots ----------------------------------------------------------------------------------
+
+_SNAPSHOT_ARRAYS = ("ids", "rowids", "unit", "embedded")
+
+
+def snapshot_folder(url: sa.URL) -> Path | None:
+    """Where the index of the database at ``url`` is kept between processes: a folder beside
+    an SQLite database file (``foundry.db.search-index``); None for other databases (PostgreSQL
+    ranks by pgvector without a local copy) and in-memory ones."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or (
+            url.query.get("mode") == "memory"):
+        return None
+    database = Path(url.database)
+    return database.with_name(database.name + ".search-index")
+
+
+def _write_snapshot(folder: Path, entries: _Entries) -> None:
+    """Save ``entries`` as a new version in ``folder`` and point ``current`` at it; older
+    versions are removed (a process that maps one keeps reading it until it unmaps).
+    A folder that cannot be written only costs the next process a full read."""
+    n = entries.count
+    meta = {"count": n, "stamp": _jsonable(entries.stamp),
+            "high_water": _jsonable(entries.high_water)}
+    version = f"v{os.getpid()}-{time.time_ns()}"
+    try:
+        (folder / version).mkdir(parents=True)
+        for name, array in (("ids", entries.ids[:n].astype(str)), ("rowids", entries.rowids[:n]),
+                            ("unit", entries.unit[:n]), ("embedded", entries.embedded[:n])):
+            np.save(folder / version / f"{name}.npy", array, allow_pickle=False)
+        (folder / version / "meta.json").write_text(json.dumps(meta))
+        pointer = folder / f"current.{version}.tmp"
+        pointer.write_text(version)
+        os.replace(pointer, folder / "current")
+        for old in folder.iterdir():
+            if old.is_dir() and old.name != version:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        log.warning("could not save the search index in %s: %s", folder, exc)
+        shutil.rmtree(folder / version, ignore_errors=True)
+
+
+def _read_snapshot(folder: Path) -> _Entries | None:
+    """The entries saved in ``folder``, the embeddings memory-mapped; None when there are
+    none or they do not read back as written (then the database is read instead)."""
+    try:
+        version = (folder / "current").read_text().strip()
+        meta = json.loads((folder / version / "meta.json").read_text())
+        arrays = {name: np.load(folder / version / f"{name}.npy", allow_pickle=False,
+                                mmap_mode="r" if name == "unit" else None)
+                  for name in _SNAPSHOT_ARRAYS}
+        n = int(meta["count"])
+        if (arrays["unit"].shape != (n, EMBEDDING_DIM) or arrays["unit"].dtype != np.float32
+                or any(len(arrays[name]) != n for name in _SNAPSHOT_ARRAYS)):
+            raise ValueError("arrays of unexpected shapes")
+        stamp = tuple(_from_jsonable(value) for value in meta["stamp"])
+        high_water = _from_jsonable(meta["high_water"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if (folder / "current").exists():
+            log.warning("ignoring the search index snapshot in %s: %s", folder, exc)
+        return None
+    return _Entries(stamp, high_water, n, arrays["ids"].astype(object),
+                    arrays["rowids"].astype(np.int64), arrays["unit"],
+                    arrays["embedded"].astype(bool), None)
+
+
+def _jsonable(value: Any) -> Any:
+    """A stamp part as JSON: datetimes tagged, so that they read back equal."""
+    if isinstance(value, datetime):
+        return {"datetime": value.isoformat()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return datetime.fromisoformat(value["datetime"])
+    return value
