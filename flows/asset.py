@@ -26,11 +26,13 @@ from tasks.lease import Lease, holding
 from tasks.resources import engine_for, store_for, worker_name
 from tasks.settings import with_locations
 from tasks.stages import (
+    REVIEW_ERROR_CLASS,
     bundle_task,
     evaluate_task,
     export_task,
     init_task,
     publish_task,
+    quality_verdict,
     refine_task,
     texture_task,
 )
@@ -85,23 +87,32 @@ def _claim(config: PipelineConfig, asset_id: str, owner: str) -> tuple[AssetSnap
 
 
 def _release(
-    config: PipelineConfig, lease: Lease, state: str, exc: BaseException | None = None
+    config: PipelineConfig,
+    lease: Lease,
+    state: str,
+    exc: BaseException | None = None,
+    review: str | None = None,
 ) -> bool:
     """End the claim in ``state``; False when another worker holds the asset by now.
+
+    ``exc``: why it failed; ``review``: why it needs review (the verdict's reasons). Either is
+    stored as the asset's last error.
 
     Retried for as long as the lease lasts (at least the retry window): until it runs out the
     asset is ours, and recording how it ended spares a retry of a finished asset.
     """
 
+    if exc is not None:
+        error, message = error_class(exc), _error_text(exc)
+    elif review is not None:
+        error, message = REVIEW_ERROR_CLASS, review
+    else:
+        error = message = None
+
     def release(session: Session) -> bool:
         return queries.release_asset(
-            session,
-            lease.asset_id,
-            lease.owner,
-            state,
-            error_class=error_class(exc) if exc else None,
-            error_message=_error_text(exc) if exc else None,
-            epoch=lease.epoch,
+            session, lease.asset_id, lease.owner, state,
+            error_class=error, error_message=message, epoch=lease.epoch,
         )
 
     window = max(config.db_retry_seconds, float(config.lease_seconds))
@@ -129,9 +140,11 @@ def _clean_orphans(config: PipelineConfig, asset_id: str) -> int:
 
 @flow(name="asset", flow_run_name="asset-{asset_id}")
 def asset_flow(asset_id: str, config: PipelineConfig) -> str:
-    """Run one asset to the end. Returns ``succeeded``, ``skipped`` when it cannot be claimed
-    (done already, or another worker holds it), or ``lost`` when another worker took it over
-    mid-run (this worker froze past its lease); raises :class:`AssetFailed` on failure.
+    """Run one asset to the end. Returns ``succeeded``, ``needs_review`` when its metrics miss
+    the quality verdict (:func:`tasks.stages.quality_verdict`; the reasons become its last
+    error), ``skipped`` when it cannot be claimed (done already, or another worker holds it), or
+    ``lost`` when another worker took it over mid-run (this worker froze past its lease);
+    raises :class:`AssetFailed` on failure.
 
     While it runs, a heartbeat thread renews the lease every third of its length, and every
     stage record is fenced by it (:mod:`tasks.lease`).
@@ -155,8 +168,11 @@ def asset_flow(asset_id: str, config: PipelineConfig) -> str:
                 keys = {**keys, **stage_task(asset, plan, keys, config)}
             hold.check()
             publish_task(asset, plan, keys, config)
+            verdict = quality_verdict(asset, plan, config)
+            outcome = "succeeded" if verdict.passed else "needs_review"
             hold.stop_heartbeat()  # before the release, so no renewal races it
-            released = _release(config, lease, "succeeded")
+            released = _release(config, lease, outcome,
+                                review=None if verdict.passed else verdict.text())
     except LeaseLost:
         released = False
     except Exception as exc:
@@ -171,14 +187,16 @@ def asset_flow(asset_id: str, config: PipelineConfig) -> str:
         logger.warning("asset %s: lease lost to another worker; its results are not kept "
                        "from this run", asset_id)
         return "lost"
-    return "succeeded"
+    if outcome == "needs_review":
+        logger.warning("asset %s %s", asset_id, verdict.text())
+    return outcome
 
 
 def run_assets_here(
     asset_ids: list[str], config: PipelineConfig, tags: list[str] | None = None
 ) -> dict[str, str]:
     """Run assets one after another in this process (sharing its loaded models); returns
-    asset id -> ``succeeded`` / ``skipped`` / ``lost`` / ``failed``.
+    asset id -> ``succeeded`` / ``needs_review`` / ``skipped`` / ``lost`` / ``failed``.
 
     Called from a flow's own thread, each asset is a subflow of that flow; called from a
     worker thread (the catalog's bounded concurrency), each is a flow run of its own, which

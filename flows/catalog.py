@@ -78,7 +78,7 @@ def _run_on_deployment(
     outcomes = {}
     for asset_id in shard:
         state = states.get(asset_id)
-        if state in ("succeeded", "failed"):
+        if state in queries.TERMINAL_STATES:
             outcomes[asset_id] = state
         else:
             outcomes[asset_id] = "skipped" if completed else "failed"

@@ -37,8 +37,10 @@ def select_retryable(
     error_class: str | None = None,
     older_than_s: float | None = None,
     asset_ids: list[str] | None = None,
+    states: tuple[str, ...] = queries.RETRYABLE_STATES,
 ) -> list[str]:
-    """Failed assets matching the filters, plus running ones whose lease has expired.
+    """Assets in ``states`` (failed and needs_review by default) matching the filters, plus
+    running ones whose lease has expired.
 
     Retried through a database outage of up to ``config.db_retry_seconds`` (then
     :class:`storage.db.DatabaseUnavailable`)."""
@@ -47,10 +49,10 @@ def select_retryable(
     )
 
     def select(session: Session) -> list[str]:
-        failed = queries.list_assets(
-            session, state="failed", batch_id=batch_id, stage=stage,
+        failed = [asset for state in states for asset in queries.list_assets(
+            session, state=state, batch_id=batch_id, stage=stage,
             error_class=error_class, older_than=older_than,
-        )
+        )]
         stale = queries.list_expired_leases(session, batch_id=batch_id)
         return [a.id for a in failed] + [a.id for a in stale]
 
@@ -73,8 +75,13 @@ def retry_flow(
     reseed: bool = False,
     concurrency: int = 2,
     overrides: dict[str, Any] | None = None,
+    states: tuple[str, ...] = queries.RETRYABLE_STATES,
 ) -> dict[str, str]:
     """Re-run the selected assets from their failing stage; returns asset id -> outcome.
+
+    ``states``: which finished assets to select, ``failed`` and ``needs_review`` by default (a
+    needs_review asset resumes after its last stage, so only what ``reseed`` or ``overrides``
+    change runs again before it is judged anew).
 
     ``overrides``: flat manifest parameters to set on every selected asset (checked first; a
     bad one raises :class:`models.parameters.ParameterError` and nothing is retried).
@@ -83,7 +90,7 @@ def retry_flow(
     config = with_locations(config)  # the URLs come from this worker, never as parameters
     selected = select_retryable(
         config, batch_id=batch_id, stage=stage, error_class=error_class,
-        older_than_s=older_than_s, asset_ids=asset_ids,
+        older_than_s=older_than_s, asset_ids=asset_ids, states=tuple(states),
     )
     logger.info("retrying %d assets", len(selected))
     new_params = through_outage(lambda: retried_params(config, selected, overrides),
@@ -92,7 +99,8 @@ def retry_flow(
     new_seeds = {asset_id: _new_seed() if reseed else None for asset_id in selected}
 
     def reset(session: Session) -> None:
-        # Safe to run again: an asset already reset is no longer failed and is left alone.
+        # Safe to run again: an asset already reset is no longer failed (or needs_review)
+        # and is left alone.
         for asset_id in selected:
             queries.reset_for_retry(
                 session, asset_id, new_seed=new_seeds[asset_id], params=new_params.get(asset_id)

@@ -18,8 +18,9 @@ from foundry3d.settings import get_settings
 def scheduled_catalog(manifest: str, concurrency: int | None = None, shard_size: int = 1) -> str:
     """Run ``manifest`` with this worker's settings; in server mode assets go to the GPU pool.
 
-    Ends Failed (so that Prefect's notifications fire) when an asset failed or a row was
-    rejected, as ``foundry3d run`` exits 1; the summary artifact lists them either way.
+    Ends Failed (so that Prefect's notifications fire) when an asset failed or needs review or
+    a row was rejected, as ``foundry3d run`` exits 1; the summary artifact lists them either
+    way.
     """
     settings = get_settings()
     deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
@@ -30,10 +31,11 @@ def scheduled_catalog(manifest: str, concurrency: int | None = None, shard_size:
         shard_size=shard_size,
         deployment=deployment,
     )
-    if summary.failed or summary.rejected:
+    if summary.failed or summary.needs_review or summary.rejected:
         raise CatalogIncomplete(
-            f"{summary.failed} assets failed and {summary.rejected} manifest rows were "
-            f"rejected; retry the failed ones with `foundry3d retry --batch {summary.batch_id}`"
+            f"{summary.failed} assets failed, {summary.needs_review} need review and "
+            f"{summary.rejected} manifest rows were rejected; retry the failed ones with "
+            f"`foundry3d retry --batch {summary.batch_id}`"
         )
     return summary.render_text()
 

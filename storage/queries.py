@@ -29,7 +29,10 @@ from storage.schema import (
     utcnow,
 )
 
-TERMINAL_STATES = ("succeeded", "failed")
+TERMINAL_STATES = ("succeeded", "failed", "needs_review")
+"""States an asset's run ends in; none of them is claimed again until ``retry`` resets it."""
+RETRYABLE_STATES = ("failed", "needs_review")
+"""States ``retry`` puts back to ``pending``: failed, or finished below the quality verdict."""
 #: Ids per ``IN (...)`` list: below SQLite's bound-parameter limit and PostgreSQL's comfort.
 IN_CLAUSE_SIZE = 5_000
 
@@ -413,14 +416,15 @@ def release_asset(
     *,
     epoch: int | None = None,
 ) -> bool:
-    """End ``owner``'s claim, leaving the asset in ``state`` (succeeded, failed or pending).
+    """End ``owner``'s claim, leaving the asset in ``state`` (succeeded, failed, needs_review
+    or pending).
 
     Only the current owner (and claim ``epoch``, when given) of a running asset may release it
     (False otherwise: the lease ran out and someone else took it). A terminal state stamps
     ``finished_at`` and closes the asset's stage runs still ``running`` as ``abandoned``; the
     error fields are stored as given (None clears them).
     """
-    if state not in ("succeeded", "failed", "pending"):
+    if state not in (*TERMINAL_STATES, "pending"):
         raise ValueError(f"cannot release an asset to state {state!r}")
     now = utcnow()
     statement = (
@@ -465,7 +469,8 @@ def reset_for_retry(
     new_seed: int | None = None,
     params: dict[str, Any] | None = None,
 ) -> bool:
-    """Put a failed asset back to ``pending``; True if it was failed.
+    """Put a failed (or ``needs_review``) asset back to ``pending``; True if it was in one of
+    :data:`RETRYABLE_STATES`.
 
     The stage history is kept, so a retry resumes at the first stage not done. With
     ``new_seed`` the asset's seed changes and the old seed is appended to
@@ -476,7 +481,7 @@ def reset_for_retry(
     asset = session.get(Asset, asset_id, with_for_update=True, populate_existing=True)
     if asset is None:
         raise UnknownAsset(f"no asset with id {asset_id!r}")
-    if asset.state != "failed":
+    if asset.state not in RETRYABLE_STATES:
         return False
     asset.state = "pending"
     asset.lease_owner = None

@@ -21,7 +21,9 @@ EMBEDDING_DIM = 384
 """Length of a prompt embedding (all-MiniLM-L6-v2)."""
 
 ASSET_KINDS = ("prompt", "image", "bundle", "mesh")
-ASSET_STATES = ("pending", "running", "succeeded", "failed")
+ASSET_STATES = ("pending", "running", "succeeded", "failed", "needs_review")
+"""``needs_review``: finished, but its metrics missed the quality verdict
+(:func:`models.evaluate.verdict.judge_quality`; migration 0009)."""
 BATCH_STATUSES = ("running", "finished", "failed")
 BATCH_ITEM_STATUSES = ("accepted", "rejected")
 STAGE_RUN_STATUSES = ("running", "succeeded", "failed", "skipped", "abandoned")

@@ -42,6 +42,8 @@ class IngestResult:
     to_run: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
     failed_before: list[str] = field(default_factory=list)
+    review_before: list[str] = field(default_factory=list)
+    """Assets an earlier run left ``needs_review``: not re-run (``foundry3d retry`` does)."""
     rejected: list[dict] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     """asset id -> what the user wrote: manifest id, prompt or input file name (for reports)."""
@@ -269,6 +271,8 @@ def _record(
             result.already_done.append(asset_id)
         elif state == "failed":
             result.failed_before.append(asset_id)
+        elif state == "needs_review":
+            result.review_before.append(asset_id)
         else:
             result.to_run.append(asset_id)
     return result

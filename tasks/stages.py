@@ -245,6 +245,30 @@ def evaluate_task(
     return _run(config, asset, plan, "evaluate", work)
 
 
+REVIEW_ERROR_CLASS = "review:QualityVerdict"
+"""The error class a ``needs_review`` asset carries; its message lists the missed thresholds."""
+
+
+def quality_verdict(asset: AssetSnapshot, plan: StagePlan, config: PipelineConfig):
+    """The quality verdict (:class:`models.evaluate.verdict.QualityVerdict`) on the metrics the
+    evaluate stage recorded for ``asset``, under the thresholds of its evaluate parameters.
+
+    Read from the database, so a re-run whose evaluate stage was skipped (done with the same
+    parameters) judges exactly what that stage measured. Retried during a database outage.
+    """
+    from models.evaluate.verdict import judge_quality
+    from storage import queries
+    from storage.db import in_transaction
+    from tasks.resources import engine_for
+
+    metrics = in_transaction(
+        engine_for(config.database_url),
+        lambda session: queries.get_metrics(session, asset.id),
+        retry_seconds=config.db_retry_seconds,
+    )
+    return judge_quality(metrics, plan.params.evaluate)
+
+
 @task(name="publish", **RETRIES)
 def publish_task(
     asset: AssetSnapshot, plan: StagePlan, inputs: dict[str, str], config: PipelineConfig

@@ -1,4 +1,10 @@
-"""The end-of-run summary of a catalog batch: counts, time per stage, one row per asset."""
+"""The end-of-run summary of a catalog batch: counts, time per stage, one row per asset.
+
+One definition of what happened to each asset (:func:`outcome_kind`) serves the Prefect
+summary artifact, the batch record and the CLI's summary: an asset another worker holds, or
+one that failed or needs review from an earlier run, is counted as what it is, never as
+"skipped (already done)".
+"""
 
 from __future__ import annotations
 
@@ -15,17 +21,67 @@ from tasks.config import PipelineConfig
 from tasks.ingest import IngestResult
 from tasks.resources import get_engine
 
+OUTCOME_KINDS = (
+    "produced",
+    "needs review",
+    "failed",
+    "already done",
+    "needs review earlier",
+    "failed earlier",
+    "held",
+    "not run",
+)
+"""What happened to an asset of a catalog run (:func:`outcome_kind`)."""
+
+
+def outcome_kind(outcome: str | None, state: str | None) -> str:
+    """What happened to one asset of a catalog run, one of :data:`OUTCOME_KINDS`.
+
+    ``outcome``: what its asset flow returned in this run (``succeeded``, ``needs_review``,
+    ``failed``, ``skipped`` when it could not be claimed, ``lost``), or None when the run did
+    not start it (ingest found it finished); ``state``: its state in the database now. An asset
+    this run did not finish is told apart by its state: ``succeeded`` is "already done",
+    ``needs_review`` / ``failed`` were judged or failed in an earlier (or another) run and are
+    not re-run, ``running`` is held by another worker's lease, ``pending`` was not run at all.
+    """
+    if outcome == "succeeded":
+        return "produced"
+    if outcome == "needs_review":
+        return "needs review"
+    if outcome == "failed":
+        return "failed"
+    return {
+        "succeeded": "already done",
+        "needs_review": "needs review earlier",
+        "failed": "failed earlier",
+        "running": "held",
+    }.get(state or "", "not run")
+
 
 @dataclass
 class BatchSummary:
-    """Produced / skipped / failed / rejected, with per-stage timings and per-asset rows."""
+    """What happened to a batch's assets (counts by :func:`outcome_kind`, rejected rows),
+    with per-stage timings and per-asset rows."""
 
     batch_id: str
     manifest: str
     store_url: str
     produced: int = 0
+    """Assets this run finished ``succeeded``."""
     skipped: int = 0
+    """Assets already ``succeeded`` before this run (skipped, already done); nothing else."""
     failed: int = 0
+    """Assets that failed in this run."""
+    needs_review: int = 0
+    """Assets this run finished ``needs_review`` (metrics below the quality verdict)."""
+    failed_earlier: int = 0
+    """Assets that had failed in an earlier (or another) run; not re-run (``retry`` does)."""
+    needs_review_earlier: int = 0
+    """Assets judged ``needs_review`` in an earlier (or another) run; not re-run."""
+    held: int = 0
+    """Assets another worker's lease holds (being produced by another run)."""
+    not_run: int = 0
+    """Assets left ``pending``: this run did not get to them."""
     rejected: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -34,20 +90,44 @@ class BatchSummary:
 
     @property
     def nothing_new(self) -> bool:
-        return self.produced == 0 and self.failed == 0
+        """True when this run produced, failed and judged nothing."""
+        return self.produced == 0 and self.failed == 0 and self.needs_review == 0
+
+    def count(self, kind: str) -> int:
+        """How many assets ended as ``kind`` (one of :data:`OUTCOME_KINDS`)."""
+        return sum(1 for row in self.assets if row["kind"] == kind)
 
     def table_rows(self) -> list[dict]:
+        """The artifact's table: one row per asset with its outcome, state and last error (a
+        failure's, or the reasons it needs review)."""
         return [
-            {k: row[k] for k in ("asset_id", "prompt", "outcome", "state", "asset", "preview")}
+            {k: row[k] for k in ("asset_id", "prompt", "outcome", "state", "error", "asset",
+                                 "preview")}
             for row in self.assets
         ]
 
+    def counts_line(self) -> str:
+        """``2 produced, 1 skipped (already done), 1 failed, 1 needs review, 0 rejected rows in
+        9.1 s``: failures and verdicts of earlier runs, assets another run holds and assets not
+        run are named apart (each part only when it counts something)."""
+        failed = self.failed + self.failed_earlier
+        text = (f"{self.produced} produced, {self.skipped} skipped (already done), "
+                f"{failed} failed")
+        if self.failed_earlier:
+            text += f" ({self.failed_earlier} in an earlier run, not re-run)"
+        review = self.needs_review + self.needs_review_earlier
+        if review:
+            text += f", {review} needs review"
+            if self.needs_review_earlier:
+                text += f" ({self.needs_review_earlier} from an earlier run, not re-run)"
+        if self.held:
+            text += f", {self.held} being produced by another run"
+        if self.not_run:
+            text += f", {self.not_run} not run (still pending)"
+        return f"{text}, {self.rejected} rejected rows in {self.seconds:.1f} s"
+
     def markdown_header(self) -> str:
-        return (
-            f"Catalog `{self.manifest}`: {self.produced} produced, {self.skipped} skipped "
-            f"(already done), {self.failed} failed, {self.rejected} rejected "
-            f"in {self.seconds:.1f} s"
-        )
+        return f"Catalog `{self.manifest}`: {self.counts_line()}"
 
     def render_text(self) -> str:
         lines = [self.markdown_header()]
@@ -90,26 +170,18 @@ def summarise_batch(
         for asset_id in ingest.asset_ids:
             asset = rows.get(asset_id)
             outcome = outcomes.get(asset_id)
-            if outcome is None:
-                if asset_id in ingest.already_done:
-                    outcome = "already done"
-                elif asset_id in ingest.failed_before:
-                    outcome = "failed earlier (foundry3d retry)"
-                else:
-                    outcome = "held by another run"
-            if outcome == "succeeded":
-                summary.produced += 1
-            elif outcome == "failed":
-                summary.failed += 1
-            else:
-                summary.skipped += 1
+            state = asset.state if asset else None
+            kind = outcome_kind(outcome, state)
+            counter = _COUNTERS[kind]
+            setattr(summary, counter, getattr(summary, counter) + 1)
             keys = dict(asset.output_keys or {}) if asset else {}
             summary.assets.append(
                 {
                     "asset_id": asset_id,
                     "prompt": ingest.labels.get(asset_id, asset.prompt if asset else "")[:60],
-                    "outcome": outcome,
-                    "state": asset.state if asset else "?",
+                    "outcome": _OUTCOME_TEXT[kind],
+                    "kind": kind,
+                    "state": state or "?",
                     "error": asset.last_error_message if asset else None,
                     "asset": keys.get("asset.glb", ""),
                     "preview": keys.get("preview.png", ""),
@@ -126,6 +198,31 @@ def summarise_batch(
 SUMMARY_STEP = "reading the end-of-run summary"
 CLOSE_STEP = "closing the batch"
 """What :class:`storage.db.DatabaseUnavailable` says the summary and batch close were doing."""
+
+
+_COUNTERS = {
+    "produced": "produced",
+    "needs review": "needs_review",
+    "failed": "failed",
+    "already done": "skipped",
+    "needs review earlier": "needs_review_earlier",
+    "failed earlier": "failed_earlier",
+    "held": "held",
+    "not run": "not_run",
+}
+"""The :class:`BatchSummary` field that counts each kind."""
+
+_OUTCOME_TEXT = {
+    "produced": "succeeded",
+    "needs review": "needs review",
+    "failed": "failed",
+    "already done": "skipped (already done)",
+    "needs review earlier": "needs review (earlier run; foundry3d retry)",
+    "failed earlier": "failed earlier (foundry3d retry)",
+    "held": "held by another run",
+    "not run": "not run (pending)",
+}
+"""A summary row's ``outcome`` column (the artifact's table) per kind."""
 
 
 def close_batch(
@@ -150,6 +247,11 @@ def close_batch(
                 produced=summary.produced,
                 skipped=summary.skipped,
                 failed=summary.failed,
+                needs_review=summary.needs_review,
+                failed_earlier=summary.failed_earlier,
+                needs_review_earlier=summary.needs_review_earlier,
+                held=summary.held,
+                not_run=summary.not_run,
                 rejected=summary.rejected,
                 seconds=round(summary.seconds, 3),
             )

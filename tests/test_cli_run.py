@@ -212,3 +212,31 @@ def test_a_killed_run_leaves_no_prefect_api_server_behind(config, tmp_path):
         for pid in _api_servers_of(home):  # never leave one behind, even when the test fails
             os.kill(pid, signal.SIGKILL)
     assert not left, f"Prefect API server(s) {left} outlived the killed run"
+
+
+def test_an_asset_below_a_quality_threshold_needs_review_and_the_run_exits_1(config, tmp_path):
+    # The crate scores about 4 degrees of normal error: a 1-degree limit sends it to review.
+    strict = {**GOOD, "params": {"evaluate_max_normal_angle_deg": 1.0}}
+    manifest = write_manifest(tmp_path, [strict])
+    status, output = run_cli(config, tmp_path, str(manifest), COLUMNS="300")  # no cell wraps
+    assert status == 1, output
+    assert "Traceback" not in output, output
+    assert "0 produced, 0 skipped (already done), 0 failed, 1 needs review" in flat(output), output
+    assert re.search(r"needs review: normal_angle_deg [0-9.]+ > max 1", flat(output)), output
+    assert "--state needs_review" in flat(output), output
+
+
+def test_a_rerun_counts_an_asset_that_needs_review_as_such_not_as_done(config, tmp_path):
+    manifest = write_manifest(tmp_path, [GOOD])
+    asset_id = ingest_manifest(manifest, config).asset_ids[0]
+    with Session(engine_for(config.database_url)) as session:
+        assert queries.claim_asset(session, asset_id, "another-host:1", lease_seconds=3600)
+        queries.release_asset(session, asset_id, "another-host:1", "needs_review",
+                              "review:QualityVerdict", "needs review: mask_iou 0.5 < min 0.9")
+        session.commit()
+    status, output = run_cli(config, tmp_path, str(manifest), COLUMNS="300")  # no cell wraps
+    assert status == 1, output
+    assert ("0 produced, 0 skipped (already done), 0 failed, 1 needs review (1 from an earlier "
+            "run, not re-run)" in flat(output)), output
+    assert "needs review (earlier run): mask_iou 0.5 < min 0.9" in flat(output), output
+    assert "Nothing new" not in output

@@ -53,7 +53,7 @@ class Job:
     outstanding: set[str] = field(default_factory=set)
     """Assets queued or running."""
     outcomes: dict[str, str] = field(default_factory=dict)
-    """asset id -> succeeded / skipped / failed / cancelled / lost."""
+    """asset id -> succeeded / needs_review / skipped / failed / cancelled / lost."""
     first_stage_s: float | None = None
     """Seconds from submission to the first stage start of any of its assets."""
     finished_at: datetime | None = None

@@ -23,6 +23,7 @@ from foundry3d.api.views import error_view, iso, stage_progress
 from intake.limits import MAX_MANIFEST_BYTES, MAX_SEED
 from storage import queries
 from storage.db import session_scope
+from storage.schema import ASSET_STATES
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -160,6 +161,7 @@ async def submit_job(request: Request) -> JSONResponse:
         "to_run": ingest.to_run,
         "already_done": ingest.already_done,
         "failed_before": ingest.failed_before,
+        "needs_review_before": ingest.review_before,
         "rejected": rejected,
     })
 
@@ -185,7 +187,7 @@ def job_view(app, batch_id: str) -> dict[str, Any]:  # noqa: ANN001
         assets = queries.batch_assets(session, batch_id)
         rejections = queries.batch_rejections(session, batch_id)
         runs = queries.stage_runs_of(session, [a.id for a in assets])
-        counts = dict.fromkeys(("pending", "running", "succeeded", "failed"), 0)
+        counts = dict.fromkeys(ASSET_STATES, 0)  # needs_review: finished, below the verdict
         rows = []
         for asset in assets:
             counts[asset.state] = counts.get(asset.state, 0) + 1
@@ -304,9 +306,9 @@ def retry_asset(asset_id: str, request: Request,
         asset = queries.get_asset(session, asset_id)
         if asset is None:
             raise ApiError(404, "not_found", f"no asset with id {asset_id!r}")
-        if asset.state != "failed":
+        if asset.state not in queries.RETRYABLE_STATES:
             raise ApiError(409, "not_failed", f"asset {asset_id} is {asset.state}; only failed "
-                           "assets are retried")
+                           "and needs_review assets are retried")
         seed = options.seed if options.seed is not None else (
             secrets.randbelow(2**31 - 1) if options.reseed else None)
         queries.reset_for_retry(session, asset_id, new_seed=seed)

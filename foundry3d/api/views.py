@@ -38,7 +38,7 @@ def thumbnail_of(asset_id: str, names: set[str]) -> str | None:
 
 def stage_progress(runs: list[StageRun], live: dict | None, state: str) -> int:
     """0-100: stages done of the 7, plus the running stage's step fraction when known."""
-    if state == "succeeded":
+    if state in ("succeeded", "needs_review"):  # every stage done
         return 100
     latest: dict[str, str] = {}
     for run in runs:

@@ -13,7 +13,7 @@ from foundry3d.cli.app import UserError, app, console
 assets_app = typer.Typer(help="Remove assets with their objects.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
 
-PURGEABLE_STATES = ("failed", "rejected", "pending", "succeeded")
+PURGEABLE_STATES = ("failed", "needs_review", "rejected", "pending", "succeeded")
 
 
 def _store():  # noqa: ANN202

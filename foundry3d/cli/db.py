@@ -107,13 +107,16 @@ def db_current() -> None:
 def status(
     failures: Annotated[int, typer.Option(help="How many recent failures to list.")] = 10,
 ) -> None:
-    """Counts of assets per state and per stage, and the latest failures."""
+    """Counts of assets per state and per stage, the latest failures and the latest assets
+    that need review (with the metrics that missed their thresholds)."""
     from storage import queries
 
     with _session() as session:
         by_state = queries.counts_by_state(session)
         by_stage = queries.counts_by_stage(session)
         failed = queries.list_assets(session, state="failed")[-failures:] if failures else []
+        review = (queries.list_assets(session, state="needs_review")[-failures:]
+                  if failures else [])
 
     states = Table(title="Assets by state")
     states.add_column("state")
@@ -146,6 +149,14 @@ def status(
                 (asset.last_error_message or "")[:80],
                 _when(asset.updated_at),
             )
+        console.print(table)
+
+    if review:
+        table = Table(title="Latest assets that need review (foundry3d retry --state needs_review)")
+        for column in ("asset", "why", "updated"):
+            table.add_column(column, overflow="fold")
+        for asset in review:
+            table.add_row(asset.id[:12], asset.last_error_message or "-", _when(asset.updated_at))
         console.print(table)
 
 
@@ -257,15 +268,18 @@ def show(
         (
             "last error",
             f"{asset.last_error_class}: {asset.last_error_message}"
-            if asset.last_error_class
+            if asset.last_error_class and asset.state != "needs_review"
             else "-",
         ),  # fmt: skip
+        # Its metrics missed the quality verdict: which ones, their values and thresholds.
+        ("review", asset.last_error_message or "-") if asset.state == "needs_review" else None,
         ("created / updated", f"{_when(asset.created_at)} / {_when(asset.updated_at)}"),
         ("finished", _when(asset.finished_at)),
         ("batches", ", ".join(detail.batch_ids) or "-"),
     ]
-    for name, value in rows:
-        about.add_row(name, value)
+    for row in rows:
+        if row is not None:
+            about.add_row(*row)
     console.print(about)
 
     runs = Table(title="Stage runs (times in UTC)")

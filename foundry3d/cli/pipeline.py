@@ -7,7 +7,6 @@ import os
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -109,87 +108,59 @@ class _ProgressBoard:
         return table
 
 
-def _kind(row: dict) -> str:
-    """What happened to a summary row's asset in this run: ``produced``, ``already done``,
-    ``failed``, ``failed earlier`` or ``held`` (another run's lease holds it). An asset the
-    asset flow ``skipped`` (not claimable) is told apart by its state."""
-    outcome, state = row["outcome"], row["state"]
-    if outcome == "succeeded":
-        return "produced"
-    if outcome == "failed":
-        return "failed"
-    if outcome.startswith("failed earlier"):
-        return "failed earlier"
-    if outcome == "already done" or state == "succeeded":
-        return "already done"
-    return "held"
-
-
-@dataclass
-class _Tally:
-    """Asset ids of one catalog run by :func:`_kind`."""
-
-    kinds: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, summary) -> _Tally:
-        return cls({row["asset_id"]: _kind(row) for row in summary.assets})
-
-    def count(self, *kinds: str) -> int:
-        return sum(1 for kind in self.kinds.values() if kind in kinds)
-
-    def line(self, rejected: int, seconds: float) -> str:
-        """``2 produced, 1 skipped (already done), 1 failed, 0 rejected rows in 9.1 s``, with
-        the failures of earlier runs and the assets another run holds named apart."""
-        text = (f"{self.count('produced')} produced, {self.count('already done')} skipped "
-                f"(already done), {self.count('failed', 'failed earlier')} failed")
-        if self.count("failed earlier"):
-            text += f" ({self.count('failed earlier')} in an earlier run, not re-run)"
-        if self.count("held"):
-            text += f", {self.count('held')} being produced by another run"
-        return f"{text}, {rejected} rejected rows in {seconds:.1f} s"
-
-
 _OUTCOME_TEXT = {
     "produced": "[green]succeeded[/]",
+    "needs review": "[yellow]needs review: {error}[/]",
     "already done": "[dim]already done[/]",
     "failed": "[red]failed: {error}[/]",
+    "needs review earlier": "[yellow]needs review (earlier run): {error}[/]",
     "failed earlier": "[red]failed in an earlier run: {error}[/]",
     "held": "[dim]being produced by another run[/]",
+    "not run": "[dim]not run (still pending)[/]",
 }
+"""The outcome column per :func:`tasks.summary.outcome_kind`."""
 
 
-def _print_summary(summary, store_url: str) -> _Tally:
-    """The summary table, one line of counts, and the command that retries what failed."""
-    tally = _Tally.of(summary)
+def _print_summary(summary, store_url: str) -> None:
+    """The summary table, one line of counts, and the command that retries what failed or
+    needs review. Each asset's kind comes from :func:`tasks.summary.outcome_kind`, the
+    definition the Prefect summary artifact counts by."""
     table = Table(title="catalog summary")
     for column in ("asset", "request", "outcome", "seconds", "files (asset.glb, preview.png, ...)"):
         table.add_column(column, overflow="fold")
     for row in summary.assets:
-        kind = tally.kinds[row["asset_id"]]
-        outcome = _OUTCOME_TEXT[kind].format(error=escape(str(row["error"])))
-        seconds = f"{row['seconds']:.1f}" if kind == "produced" else ""
+        kind = row["kind"]
+        error = str(row["error"] or "").removeprefix("needs review: ")
+        outcome = _OUTCOME_TEXT[kind].format(error=escape(error))
+        seconds = f"{row['seconds']:.1f}" if kind in ("produced", "needs review") else ""
         table.add_row(row["asset_id"][:12], row["prompt"], outcome, seconds, row["folder"])
     for rejection in summary.rejections:
         table.add_row("-", f"{Path(rejection['file']).name}:{rejection['line']}",
                       f"[yellow]rejected: {escape(rejection['reason'])}[/]", "", "")
     console.print(table)
-    console.print(tally.line(summary.rejected, summary.seconds), soft_wrap=True)
+    console.print(summary.counts_line(), soft_wrap=True)
     for stage, seconds in summary.stage_seconds.items():
         console.print(f"  {stage:<9} {seconds:7.2f} s per asset")
-    if tally.count("failed", "failed earlier"):
+    if summary.failed or summary.failed_earlier:
         # A re-run of the manifest skips failed assets on purpose (a permanent failure would
         # fail again); retry re-runs them from their failing stage once the cause is fixed.
         console.print(f"Retry the failed assets with: [bold]foundry3d retry --batch "
                       f"{summary.batch_id}[/]", soft_wrap=True)
-    if tally.count("held"):
+    if summary.needs_review or summary.needs_review_earlier:
+        # Their metrics missed the quality verdict; a re-run would judge the same files alike.
+        console.print(
+            "Assets that need review have their files; see why with [bold]foundry3d show "
+            "ASSET_ID[/], list them with [bold]foundry3d search QUERY --state needs_review[/], "
+            f"and re-make them with [bold]foundry3d retry --batch {summary.batch_id} --state "
+            "needs_review --reseed[/] (or --set a parameter, e.g. refine_fine_steps=200)",
+            soft_wrap=True)
+    if summary.held:
         console.print("Assets being produced by another run are not waited for; run the "
                       "manifest again later to see them done.")
-    if tally.count("already done") == len(tally.kinds) and not summary.rejected:
+    if summary.skipped == len(summary.assets) and not summary.rejected:
         console.print("[bold]Nothing new:[/] every asset of this manifest was already done.")
     console.print(f"Files are in {redact_url(store_url)} under assets/<asset id>/ ; details: "
                   "[bold]foundry3d show ASSET_ID[/]", soft_wrap=True)
-    return tally
 
 
 def _check_manifest_file(manifest: Path) -> None:
@@ -233,9 +204,9 @@ def run(
     FOUNDRY_PREFECT_MODE=server. Assets already done are skipped; rejected rows are listed.
 
     Exit status: 0 when every asset is done (or being produced by another run); 1 when an
-    asset failed (now or in an earlier run), a row was rejected or the run stopped on an
-    error; 2 when nothing could start (unreadable manifest, unreachable database, no library,
-    no Prefect API); 130 when interrupted.
+    asset failed or needs review (now or in an earlier run), a row was rejected or the run
+    stopped on an error; 2 when nothing could start (unreadable manifest, unreachable
+    database, no library, no Prefect API); 130 when interrupted.
     """
     _check_manifest_file(manifest)
     settings, config = _prepare(verbose)
@@ -290,8 +261,10 @@ def run(
                           soft_wrap=True)
         raise typer.Exit(1)
     summary = result["summary"]
-    tally = _print_summary(summary, config.store_url)
-    if tally.count("failed", "failed earlier") or summary.rejected:
+    _print_summary(summary, config.store_url)
+    unfinished = (summary.failed + summary.failed_earlier + summary.needs_review
+                  + summary.needs_review_earlier)
+    if unfinished or summary.rejected:
         raise typer.Exit(1)
 
 
@@ -333,6 +306,11 @@ def retry(
     error: Annotated[str | None, typer.Option(help="Only this error class.")] = None,
     older_than: Annotated[float | None, typer.Option(help="Only failures older than N s.")] = None,
     asset: Annotated[list[str] | None, typer.Option(help="Only these asset ids.")] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(help="Only assets in this state: failed or needs_review (repeatable; "
+                     "default both)."),
+    ] = None,
     reseed: Annotated[bool, typer.Option(help="Give each asset a new seed.")] = False,
     set_: Annotated[
         list[str] | None,
@@ -345,12 +323,20 @@ def retry(
     concurrency: Annotated[int, typer.Option(help="Assets retried at once.")] = 0,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Re-run failed assets (and those whose worker died) from their failing stage.
+    """Re-run failed and needs-review assets (and those whose worker died) from their failing
+    stage. A needs-review asset has every stage done: only what --reseed or --set changes runs
+    again before its metrics are judged anew.
 
-    Exit status: 0 when every selected asset succeeded (or none matched); 1 when one failed;
-    2 when nothing could start (unreachable database at start-up or, for longer than
-    FOUNDRY_DB_RETRY_SECONDS, while selecting the assets or putting them back to pending).
+    Exit status: 0 when every selected asset succeeded (or none matched); 1 when one failed or
+    needs review; 2 when nothing could start (unreachable database at start-up or, for longer
+    than FOUNDRY_DB_RETRY_SECONDS, while selecting the assets or putting them back to pending).
     """
+    from storage.queries import RETRYABLE_STATES
+
+    states = tuple(dict.fromkeys(state or RETRYABLE_STATES))
+    for name in states:
+        if name not in RETRYABLE_STATES:
+            raise UserError(f"--state must be one of {', '.join(RETRYABLE_STATES)}, got {name!r}")
     overrides = parse_overrides(set_ or [])
     settings, config = _prepare(verbose)
     start_prefect_api(settings, verbose)
@@ -360,7 +346,7 @@ def retry(
 
     _quiet_prefect(verbose)
     filters = {"batch_id": batch, "stage": stage, "error_class": error,
-               "older_than_s": older_than, "asset_ids": asset}
+               "older_than_s": older_than, "asset_ids": asset, "states": states}
     advice = ("nothing was retried. Run `foundry3d retry` with the same options again once the "
               "database is back", 2)
     try:
@@ -380,7 +366,7 @@ def retry(
             traceback.print_exception(exc)
         raise _outage_exit(exc, advice) from None
     if not outcomes:
-        console.print("No failed assets match; nothing to retry.")
+        console.print(f"No {' or '.join(states)} assets match; nothing to retry.")
         return
     table = Table(title="retry")
     table.add_column("asset")
@@ -388,7 +374,7 @@ def retry(
     for asset_id, outcome in outcomes.items():
         table.add_row(asset_id, outcome)
     console.print(table)
-    if any(o == "failed" for o in outcomes.values()):
+    if any(o in ("failed", "needs_review") for o in outcomes.values()):
         raise typer.Exit(1)
 
 

@@ -25,6 +25,19 @@ FAST_PARAMS = {
     "export_thumbnail_size": 64,
     "export_turntable_frames": 4,
     "export_turntable_size": 32,
+    # So few refinement steps leave a sphere short of a can's silhouette (mask IoU 0.82 at
+    # 64-px tiles, below the verdict's default 0.9): these assets are fast, not good.
+    "evaluate_min_mask_iou": 0.6,
+}
+
+#: Quality-verdict thresholds that judge nothing, for tests of something else whose bundles are
+#: noise on purpose (tiny random Flux weights draw no object).
+NO_VERDICT = {
+    "evaluate_min_mask_iou": 0.0,
+    "evaluate_max_normal_angle_deg": 180.0,
+    "evaluate_max_non_manifold_per_face": 1.0,
+    "evaluate_max_degenerate_per_face": 1.0,
+    "evaluate_min_faces": 0,
 }
 
 LIBRARY = [

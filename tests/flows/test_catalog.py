@@ -10,7 +10,7 @@ from storage import queries
 from storage.objects import open_store
 from storage.schema import Batch
 from tasks.resources import engine_for
-from tests.flows.conftest import FAST_PARAMS, write_manifest
+from tests.flows.conftest import FAST_PARAMS, NO_VERDICT, write_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -105,7 +105,8 @@ def test_a_batch_ends_finished_with_its_assets_per_state_and_rejected_rows(
         batch = session.get(Batch, summary.batch_id)
         assert batch.status == "finished" and batch.finished_at is not None
         assert batch.summary["states"] == {
-            "pending": 0, "running": 0, "succeeded": 1, "failed": 0, "rejected": 1
+            "pending": 0, "running": 0, "succeeded": 1, "failed": 0, "needs_review": 0,
+            "rejected": 1,
         }
         assert (batch.summary["produced"], batch.summary["rejected"]) == (1, 1)
 
@@ -177,7 +178,8 @@ def test_a_retryable_stage_error_is_retried_and_the_asset_succeeds(pipeline_conf
                 image_ref=None, image_sha256=None, bundle_ref=None, seed=0, variant=0,
                 generator="flaky-test", init="sphere",
                 params={"tile": 64, "refine_coarse_steps": 4, "refine_fine_steps": 2,
-                        "refine_coarse_resolution": 48, "refine_resolution": 48},
+                        "refine_coarse_resolution": 48, "refine_resolution": 48,
+                        **NO_VERDICT},  # 6 steps from a sphere: fast, not good
                 tags=[],
             )
             session.commit()
@@ -237,8 +239,9 @@ def test_init_lrm_runs_with_a_tiny_checkpoint_file(pipeline_config, tmp_path):
     torch.manual_seed(0)
     checkpoint = save_checkpoint(LRM(get_config("tiny")).eval(), tmp_path / "tiny_lrm.ckpt")
     manifest = write_manifest(tmp_path, [
-        {"prompt": "a soda can", "init": "lrm",
-         "params": {**FAST_PARAMS, "lrm_path": str(checkpoint), "lrm_variant": "tiny"}},
+        {"prompt": "a soda can", "init": "lrm",  # random LRM weights: judged by nothing
+         "params": {**FAST_PARAMS, "lrm_path": str(checkpoint), "lrm_variant": "tiny",
+                    **NO_VERDICT}},
     ])
     summary = catalog_flow(str(manifest), pipeline_config)
     assert summary.produced == 1, summary.assets
@@ -255,7 +258,7 @@ def test_kiss3dgen_generator_draws_the_bundle_with_local_weights(pipeline_config
     generator_params = {"flux_path": str(flux), "steps": 2, "check_degenerate": False}
     manifest = write_manifest(tmp_path, [
         {"prompt": "a wooden chair", "generator": "kiss3dgen", "init": "sphere",
-         "params": {**FAST_PARAMS, **generator_params}},
+         "params": {**FAST_PARAMS, **generator_params, **NO_VERDICT}},
     ])
     summary = catalog_flow(str(manifest), pipeline_config)
     assert summary.produced == 1, summary.assets

@@ -145,3 +145,36 @@ def test_a_failed_db_upgrade_prints_one_line_without_the_password(
     shown = captured.out + captured.err
     assert "could not upgrade" in shown and f"127.0.0.1:{port}" in shown
     assert "SECRET" not in shown and "Traceback" not in shown
+
+
+REVIEWED = "cafe0000" + "0" * 56
+REASONS = "needs review: mask_iou 0.41 < min 0.9"
+
+
+@pytest.fixture
+def reviewed(db_url, use_database):
+    """One asset that finished every stage but missed the quality verdict."""
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        q.insert_asset_if_new(session, asset_id=REVIEWED, kind="prompt", prompt="a green vase",
+                              seed=3, generator="library", init="library")
+        q.claim_asset(session, REVIEWED, "worker-1", 60)
+        q.release_asset(session, REVIEWED, "worker-1", "needs_review", "review:QualityVerdict",
+                        REASONS)
+    engine.dispose()
+    return use_database(db_url)
+
+
+def test_show_of_an_asset_that_needs_review_lists_its_reasons(reviewed):
+    result = runner.invoke(app, ["show", REVIEWED[:8]])
+    assert result.exit_code == 0, result.output
+    flat = re.sub(r"[\s│]", "", result.output)
+    assert "needs_review" in flat
+    assert "review" + REASONS.replace(" ", "") in flat
+
+
+def test_status_counts_needs_review_and_lists_the_reasons(reviewed):
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0, result.output
+    assert any("needs_review" in line and "1" in line for line in result.output.splitlines())
+    assert REASONS.replace(" ", "") in re.sub(r"[\s│]", "", result.output)

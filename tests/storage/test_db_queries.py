@@ -147,7 +147,8 @@ def test_batch_counts_give_each_distinct_asset_state_and_the_rejected_rows(db_en
         ])
         counts = q.batch_counts(session, batch.id)
         states = q.batch_asset_states(session, batch.id)
-    assert counts == {"pending": 1, "running": 0, "succeeded": 1, "failed": 0, "rejected": 1}
+    assert counts == {"pending": 1, "running": 0, "succeeded": 1, "failed": 0,
+                      "needs_review": 0, "rejected": 1}
     assert states == {done: "succeeded", waiting: "pending"}
 
 
@@ -212,7 +213,7 @@ def test_claim_fails_while_the_lease_is_live_and_succeeds_once_it_expired(db_eng
         assert (asset.lease_owner, asset.attempts) == ("worker-2", 2)
 
 
-@pytest.mark.parametrize("state", ["succeeded", "failed"])
+@pytest.mark.parametrize("state", ["succeeded", "failed", "needs_review"])
 def test_claim_refuses_finished_assets(db_engine, state):
     asset_id = _add(db_engine)
     with session_scope(db_engine) as session:
@@ -361,6 +362,30 @@ def test_reset_for_retry_makes_a_failed_asset_claimable_again(db_engine):
         assert q.claim_asset(session, asset_id, "w2", 60)
 
 
+def test_releasing_to_needs_review_records_its_reasons_and_finishes_the_asset(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "w", 60)
+        assert q.release_asset(session, asset_id, "w", "needs_review", "review:QualityVerdict",
+                               "needs review: mask_iou 0.41 < min 0.9")
+    with session_scope(db_engine) as session:
+        asset = session.get(Asset, asset_id)
+        assert (asset.state, asset.last_error_message, asset.lease_owner) == (
+            "needs_review", "needs review: mask_iou 0.41 < min 0.9", None)
+        assert asset.finished_at is not None
+
+
+def test_reset_for_retry_makes_a_needs_review_asset_claimable_again(db_engine):
+    asset_id = _add(db_engine)
+    with session_scope(db_engine) as session:
+        q.claim_asset(session, asset_id, "w", 60)
+        q.release_asset(session, asset_id, "w", "needs_review", "review:QualityVerdict", "low")
+    with session_scope(db_engine) as session:
+        assert q.reset_for_retry(session, asset_id)
+    with session_scope(db_engine) as session:
+        assert q.claim_asset(session, asset_id, "w2", 60)
+
+
 def test_reset_for_retry_with_a_new_seed_records_the_old_one(db_engine):
     asset_id = _add(db_engine)
     with session_scope(db_engine) as session:
@@ -488,6 +513,7 @@ def test_counts_by_state_and_by_latest_stage_attempt(db_engine):
             "running": 1,
             "succeeded": 0,
             "failed": 0,
+            "needs_review": 0,
         }
         assert q.counts_by_stage(session) == {"bundle": {"succeeded": 1, "running": 1}}
 

@@ -143,7 +143,7 @@ async function loadAsset() {
       return li;
     }));
     const retry = $("retry");
-    retry.hidden = asset.state !== "failed";
+    retry.hidden = asset.state !== "failed" && asset.state !== "needs_review";
     retry.onclick = () => retryAsset(asset.asset_id, loadAsset);
   } catch (error) {
     say(error.message, true);
@@ -182,7 +182,7 @@ async function loadBatch() {
       const barCell = el("td");
       barCell.append(bar, el("span", " " + asset.progress + "%"));
       const actions = el("td");
-      if (asset.state === "failed") {
+      if (asset.state === "failed" || asset.state === "needs_review") {
         const button = el("button", "Retry", { type: "button", class: "retry" });
         button.onclick = () => retryAsset(asset.asset_id, loadBatch);
         actions.append(button);
