@@ -40,7 +40,7 @@ def _embedder() -> Callable[[str], np.ndarray | None]:
         # pipeline's refinement sets its own (RefineParams.torch_threads, 1 by default).
         torch.set_num_threads(1)
         embedder = get_text_embedder()
-        embedder.embed_texts(["warm up"])  # load the weights before the first request
+        embedder.embed_query("warm up")  # load and trace the model before the first request
     except EmbedderUnavailable as exc:
         log.warning("semantic search off: %s", exc)
         return lambda _text: None
@@ -48,7 +48,7 @@ def _embedder() -> Callable[[str], np.ndarray | None]:
     # Repeated queries (the gallery's next pages, popular searches) skip the model.
     @functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
     def embed(text: str) -> np.ndarray:
-        vector = embedder.embed_texts([text])[0]
+        vector = embedder.embed_query(text)
         vector.setflags(write=False)
         return vector
 
