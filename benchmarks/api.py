@@ -109,6 +109,15 @@ def api_server(database_url: str, workdir: Path, library: Path) -> Iterator[str]
                 raise SystemExit(f"the API server did not start; see {log_file.name}")
             time.sleep(0.5)
         log(f"API server up in {time.perf_counter() - started:.1f} s at {url}")
+        while True:  # the index loaded and its common words read ahead, as in steady state
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/v1/health")
+            if json.loads(connection.getresponse().read()).get("search_ready"):
+                break
+            if time.perf_counter() - started > START_TIMEOUT_S:
+                raise SystemExit(f"the search index did not load; see {log_file.name}")
+            time.sleep(0.5)
+        log(f"search index ready in {time.perf_counter() - started:.1f} s")
         yield url
     finally:
         process.terminate()

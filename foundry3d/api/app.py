@@ -88,9 +88,12 @@ def _load_search_index(app: FastAPI) -> None:
     try:
         with session_scope(app.state.engine) as session:
             count = app.state.search_index.refresh(session)
-        log.info("search index: %d entries", count)
+            words = app.state.search_index.warm_words(session)
+        log.info("search index: %d entries, %d words read ahead", count, words)
     except Exception:  # noqa: BLE001 - the first search loads it instead; the log says why
         log.exception("could not load the search index at start-up")
+    finally:
+        app.state.search_ready.set()
 
 
 def create_app(settings: Settings, api_settings: ApiSettings, *,
@@ -130,6 +133,7 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
     app.state.upload_dir = settings.data_dir.resolve() / "api-manifests"
     app.state.embed = lambda _text: None  # replaced at start-up
     app.state.search_index = SearchIndex(snapshot_folder(engine.url))
+    app.state.search_ready = threading.Event()  # set once the index is loaded (or failed to)
     deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
     app.state.runner = JobRunner(config, engine, concurrency=concurrency or settings.concurrency,
                                  deployment=deployment,
@@ -139,9 +143,11 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
 
     @app.get("/v1/health", tags=["service"], summary="Liveness and readiness")
     def health() -> dict:
-        """Open to all: ``workers_ready`` turns true once Prefect and the pipeline are warm."""
+        """Open to all: ``workers_ready`` turns true once Prefect and the pipeline are warm,
+        ``search_ready`` once the search index is loaded and its common words read ahead."""
         warmed = getattr(app.state.runner, "warmed", None)
         return {"status": "ok", "workers_ready": warmed is not None and not warmed.is_alive(),
+                "search_ready": app.state.search_ready.is_set(),
                 "database": database_fingerprint(settings.resolved_database_url)}
 
     app.include_router(routes_jobs.router)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from foundry3d.api.auth import require
 from foundry3d.api.errors import ApiError
@@ -124,7 +124,7 @@ def list_assets(
 
 
 def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
-            position: dict) -> dict[str, Any]:
+            position: dict) -> JSONResponse:
     offset = int(position.get("o", 0)) if position.get("q") == q else 0
     laps = _Laps()
     embedding = app.state.embed(q)
@@ -157,11 +157,14 @@ def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
     # search's own parts are named "search." + part; the whole request's time, framework
     # included, is in the Server-Timing header (foundry3d.api.app).
     parts = {**laps.parts, **{f"search.{k}": v for k, v in profile.items()}}
-    return {"items": items,
-            "next_cursor": _encode_cursor({"q": q, "o": offset + limit}) if more else None,
-            "timing_ms": {k: round(wall, 2) for k, (wall, _) in parts.items()}
-            | {"cpu": round(sum(cpu for wall, cpu in laps.parts.values()), 2)},
-            "cpu_ms": {k: round(cpu, 2) for k, (_, cpu) in parts.items()}}
+    # Encoded here: the cards are plain JSON values already, and FastAPI's encoder would walk
+    # them all again (about 1 ms of CPU for a page of 20).
+    return JSONResponse({
+        "items": items,
+        "next_cursor": _encode_cursor({"q": q, "o": offset + limit}) if more else None,
+        "timing_ms": {k: round(wall, 2) for k, (wall, _) in parts.items()}
+        | {"cpu": round(sum(cpu for wall, cpu in laps.parts.values()), 2)},
+        "cpu_ms": {k: round(cpu, 2) for k, (_, cpu) in parts.items()}})
 
 
 class _Laps:

@@ -279,3 +279,23 @@ def test_a_profile_receives_the_wall_and_cpu_time_of_each_part(catalog):
                              profile=profile)
     assert set(profile) == {"fresh", "keyword", "semantic", "merge", "rows"}
     assert all(wall >= 0 and cpu >= 0 for wall, cpu in profile.values())
+
+
+def test_words_read_ahead_spare_the_database_at_the_first_search_using_them(catalog):
+    index = SearchIndex()
+    with session_scope(catalog) as session:
+        assert index.warm_words(session) == len(set(COLOURS + MATERIALS + NOUNS))
+        expected = search.hybrid_search(session, "chair", None, limit=5)
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        statements.append(statement)
+
+    sa.event.listen(catalog, "before_cursor_execute", record)
+    try:
+        with session_scope(catalog) as session:
+            found = index.search(session, "chair", None, limit=5)
+    finally:
+        sa.event.remove(catalog, "before_cursor_execute", record)
+    _assert_equal(found, expected, "chair")
+    assert not [s for s in statements if "MATCH" in s or "to_tsquery" in s or "unnest" in s]
