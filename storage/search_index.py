@@ -32,9 +32,15 @@ candidates (the filters), and the text and output keys of the hits. The result e
 order, keyword scores to the bit and cosines to float32 rounding (BLAS rounds a row's dot
 product by where the row sits in its matrix, and this one orders its rows by arrival; on
 PostgreSQL, hybrid_search's default ``auto`` takes its semantic candidates from
-pgvector's approximate HNSW index instead, so it can miss some that this finds). Same known
-limit as that module's cache: a re-indexed entry whose transaction took its ``updated_at``
-before another writer's later, already committed change is not seen until the next change.
+pgvector's approximate HNSW index instead, so it can miss some that this finds). That is
+``method="exact"``, the default. ``method="approximate"`` (what the API server's ``"auto"``
+takes from :data:`APPROXIMATE_MIN_ENTRIES` entries on) scores the embeddings first as int8
+(:mod:`storage.quantised_embeddings`, a quarter of the bytes to read) and only its best few
+hundred in float32: the keyword part, the filters and the cosines reported are the same, and a
+semantic candidate is missed only when int8 rounding pushed it below those few hundred
+(recall@10 against exact: ``benchmarks/api.py``). Same known limit as that module's cache: a
+re-indexed entry whose transaction took its ``updated_at`` before another writer's later,
+already committed change is not seen until the next change.
 """
 
 from __future__ import annotations
