@@ -326,10 +326,13 @@ class SearchIndex:
         embedded = np.flatnonzero(entries.embedded[:n])
         approximate = method == "approximate" or (
             method == "auto" and n >= APPROXIMATE_MIN_ENTRIES)
-        scores = semantic_scores(entries.unit[:n], embedded, entries.ids[:n], query_vector,
-                                 max(4 * pool, RERANK_MIN),
-                                 self._quantised(entries) if approximate else None)
-        semantic = _best(scores, entries.ids[:n], embedded, pool, passes)
+        scores, reranked = semantic_scores(entries.unit[:n], embedded, entries.ids[:n],
+                                           query_vector, max(4 * pool, RERANK_MIN),
+                                           self._quantised(entries) if approximate else None)
+        # Unfiltered, the best are among the rows ranked in float32; a filter may reach past
+        # them, so it widens over every entry.
+        semantic = _best(scores, entries.ids[:n], embedded if passes.active else reranked,
+                         pool, passes)
         reported = [int(i) for i in semantic] + [
             i for _, _, i in keyword if i is not None and entries.embedded[i]]
         if approximate and reported:
@@ -586,21 +589,22 @@ class _Filter:
 
 def semantic_scores(unit: np.ndarray, embedded: np.ndarray, ids: np.ndarray,
                     query: np.ndarray, rerank: int,
-                    quantised: QuantisedRows | None) -> np.ndarray:
+                    quantised: QuantisedRows | None) -> tuple[np.ndarray, np.ndarray]:
     """Cosines of ``query`` (``(D,)`` float32 unit) with the ``(N, D)`` float32 unit rows
-    ``unit``: ``(N,)`` float32.
+    ``unit`` (``(N,)`` float32), and the rows among ``embedded`` that hold float32 ones.
 
-    Without ``quantised``, every row's float32 cosine. With it (the int8 copy of at least N of
-    these rows), the int8 pass's cosines, except for its ``rerank`` best among the rows
-    ``embedded`` (ties by ``ids``), which get their float32 cosine: the best entries are
-    ranked in float32, the rest only need to stay below them.
+    Without ``quantised``, every row's float32 cosine (all of ``embedded`` returned). With it
+    (the int8 copy of at least N of these rows), the int8 pass's cosines, except for its
+    ``rerank`` best among the rows ``embedded`` (ties by ``ids``), which get their float32
+    cosine and are returned: the best entries are ranked in float32, the rest only need to
+    stay below them.
     """
     if quantised is None or len(embedded) == 0:
-        return unit @ query
+        return unit @ query, embedded
     scores = quantised.cosines(query, len(unit))
     best = _top(scores, ids, embedded, rerank)
     scores[best] = unit[best] @ query
-    return scores
+    return scores, best
 
 
 class _PartClock:

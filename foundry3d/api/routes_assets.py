@@ -27,7 +27,7 @@ from foundry3d.api.views import (
 from storage import queries
 from storage.db import session_scope
 from storage.objects import InvalidKey, LocalObjectStore, ObjectNotFound, validate_key
-from storage.schema import ASSET_STATES, Asset, BatchItem, Metric
+from storage.schema import ASSET_STATES, Asset, BatchItem
 
 router = APIRouter(prefix="/v1", tags=["assets"])
 MAX_LIMIT = 100
@@ -52,13 +52,13 @@ def _decode_cursor(cursor: str) -> dict:
 def _cards(session, assets: dict[str, Asset], order: list[str],  # noqa: ANN001
            scores: dict[str, float]) -> list[dict[str, Any]]:
     """Gallery cards: prompt, state, tags, key metrics, thumbnail and GLB URLs."""
-    metrics: dict[str, dict[str, float]] = {}
-    if order:
-        rows = session.execute(sa.select(Metric.asset_id, Metric.name, Metric.value).where(
-            Metric.asset_id.in_(order), Metric.name.in_(KEY_METRICS)))
-        for asset_id, name, value in rows:
-            metrics.setdefault(asset_id, {})[name] = value
-    weak = queries.metrics_of(session, order, ["library_match_weak"]) if order else {}
+    # The key metrics and the weak-match flag in one read (a database round trip per page).
+    found = queries.metrics_of(session, order, [*KEY_METRICS, "library_match_weak"]) \
+        if order else {}
+    metrics = {asset_id: {k: v for k, v in values.items() if k in KEY_METRICS}
+               for asset_id, values in found.items()}
+    weak = {asset_id: values for asset_id, values in found.items()
+            if "library_match_weak" in values}
     references = queries.asset_references(session, order) if order else {}
     cards = []
     for asset_id in order:

@@ -234,8 +234,9 @@ def test_the_int8_pass_and_its_re_rank_find_the_ten_best_of_20000_random_entries
     for _ in range(40):
         query = search._unit(rng.normal(size=(1, EMBEDDING_DIM)).astype(np.float32))[0]
         exact = unit @ query
-        approximate = search_index.semantic_scores(unit, embedded, ids, query,
-                                                   search_index.RERANK_MIN, quantised)
+        approximate, reranked = search_index.semantic_scores(
+            unit, embedded, ids, query, search_index.RERANK_MIN, quantised)
+        assert len(reranked) == search_index.RERANK_MIN
         best = np.argsort(-approximate, kind="stable")[:10]
         recalls.append(len(set(best) & set(np.argsort(-exact, kind="stable")[:10])) / 10)
         np.testing.assert_allclose(approximate[best], exact[best], rtol=0, atol=1e-6)
