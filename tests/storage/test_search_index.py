@@ -209,3 +209,94 @@ def test_only_an_sqlite_database_file_keeps_a_snapshot_beside_it(tmp_path):
         tmp_path / "foundry.db.search-index")
     assert snapshot_folder(sa.make_url("sqlite://")) is None
     assert snapshot_folder(sa.make_url("postgresql+psycopg://u@h/db")) is None
+
+
+def test_an_approximate_search_ranks_the_catalog_as_the_exact_hybrid_search(catalog):
+    index = SearchIndex()
+    for query, (state, tag), limit in itertools.product(QUERIES, FILTERS, (1, 7)):
+        with session_scope(catalog) as session:
+            expected = search.hybrid_search(session, query, _embedding(query), limit=limit,
+                                            state=state, tag=tag, method="exact")
+            found = index.search(session, query, _embedding(query), limit=limit, state=state,
+                                 tag=tag, method="approximate")
+        _assert_equal(found, expected, (query, state, tag, limit))
+
+
+def test_the_int8_pass_and_its_re_rank_find_the_ten_best_of_20000_random_entries():
+    rng = np.random.default_rng(11)
+    unit = rng.normal(size=(20_000, EMBEDDING_DIM)).astype(np.float32)
+    search.scale_rows_to_unit(unit)
+    ids = np.array([f"{n:08d}" for n in range(len(unit))], dtype=object)
+    embedded = np.arange(len(unit))
+    quantised = search_index.QuantisedRows(unit)
+    quantised.extend(len(unit))
+    recalls = []
+    for _ in range(40):
+        query = search._unit(rng.normal(size=(1, EMBEDDING_DIM)).astype(np.float32))[0]
+        exact = unit @ query
+        approximate, reranked = search_index.semantic_scores(
+            unit, embedded, ids, query, search_index.RERANK_MIN, quantised)
+        assert len(reranked) == search_index.RERANK_MIN
+        best = np.argsort(-approximate, kind="stable")[:10]
+        recalls.append(len(set(best) & set(np.argsort(-exact, kind="stable")[:10])) / 10)
+        np.testing.assert_allclose(approximate[best], exact[best], rtol=0, atol=1e-6)
+    assert np.mean(recalls) >= 0.95
+
+
+def test_auto_searches_approximately_only_from_the_threshold_on(catalog, monkeypatch):
+    query = "red chair"
+    with session_scope(catalog) as session:
+        small = SearchIndex()
+        small.search(session, query, _embedding(query), method="auto")
+        assert small._int8 is None  # no int8 copy below APPROXIMATE_MIN_ENTRIES
+        monkeypatch.setattr(search_index, "APPROXIMATE_MIN_ENTRIES", ENTRIES)
+        large = SearchIndex()
+        large.search(session, query, _embedding(query), method="auto")
+        assert large._int8 is not None and large._int8.count == ENTRIES
+
+
+def test_an_entry_indexed_after_the_int8_copy_was_made_is_found_approximately(catalog):
+    index = SearchIndex()
+    query = "purple teapot"
+    vector = _embedding(query)
+    with session_scope(catalog) as session:
+        index.search(session, query, vector, limit=3, method="approximate")
+        _add(session, ENTRIES, "a box", ["new"], vector)
+    with session_scope(catalog) as session:
+        (first,) = index.search(session, query, vector, limit=1, method="approximate")
+    assert first.asset_id == _asset_id(ENTRIES)
+    assert first.semantic_score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_an_unknown_method_is_refused(catalog):
+    with session_scope(catalog) as session, pytest.raises(ValueError, match="method"):
+        SearchIndex().search(session, "mug", None, method="fast")
+
+
+def test_a_profile_receives_the_wall_and_cpu_time_of_each_part(catalog):
+    profile: dict[str, tuple[float, float]] = {}
+    with session_scope(catalog) as session:
+        SearchIndex().search(session, "red chair", _embedding("red chair"), state="succeeded",
+                             profile=profile)
+    assert set(profile) == {"fresh", "keyword", "semantic", "merge", "rows"}
+    assert all(wall >= 0 and cpu >= 0 for wall, cpu in profile.values())
+
+
+def test_words_read_ahead_spare_the_database_at_the_first_search_using_them(catalog):
+    index = SearchIndex()
+    with session_scope(catalog) as session:
+        assert index.warm_words(session) == len(set(COLOURS + MATERIALS + NOUNS))
+        expected = search.hybrid_search(session, "chair", None, limit=5)
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        statements.append(statement)
+
+    sa.event.listen(catalog, "before_cursor_execute", record)
+    try:
+        with session_scope(catalog) as session:
+            found = index.search(session, "chair", None, limit=5)
+    finally:
+        sa.event.remove(catalog, "before_cursor_execute", record)
+    _assert_equal(found, expected, "chair")
+    assert not [s for s in statements if "MATCH" in s or "to_tsquery" in s or "unnest" in s]
