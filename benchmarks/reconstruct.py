@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("meshes", nargs="*", type=Path, help="mesh files (default: YCB objects)")
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="YCB objects to use")
     parser.add_argument("--skip", type=int, default=0, help="YCB objects to skip first")
+    parser.add_argument("--only", default="",
+                        help="comma-separated name fragments: keep only YCB objects matching one")
     parser.add_argument("--up", choices=("y", "z"), default=None,
                         help="up axis of the given meshes (default: z for YCB, y otherwise)")
     parser.add_argument("--tile", type=int, default=512, help="bundle tile size in pixels")
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     paths = args.meshes or ycb_paths(args.skip + args.count)[args.skip:]
+    if args.only:
+        fragments = [f for f in args.only.split(",") if f]
+        paths = [p for p in paths if any(f in p.stem for f in fragments)]
     up = args.up or ("y" if args.meshes else "z")
     changes: dict = {"device": args.device}
     for item in args.set:
