@@ -431,6 +431,7 @@ def refine_mesh(
     *,
     rasteriser=None,
     progress: Progress | None = None,
+    timings: dict[str, float] | None = None,
 ) -> trimesh.Trimesh:
     """Fit a mesh to ``bundle``'s normal maps and masks; returns a clean mesh in the bundle frame.
 
@@ -440,8 +441,10 @@ def refine_mesh(
     called after every step with ``(step, total_steps, losses)`` where ``losses`` maps names to
     floats; ``total_steps`` is the planned count, reached unless ``plateau_steps`` ends a phase
     early. With no steps at all, a copy of ``init_mesh`` comes back
-    unchanged. Map the result to the source frame with
-    :func:`models.geometry.frames.to_source_frame`.
+    unchanged. ``timings``, when given, receives the seconds of each part: ``setup`` (the
+    init's decimation and first remeshing), ``coarse`` and ``fine`` (their steps, remeshing
+    included), ``remesh`` (the remeshing within the steps), ``explicit``, ``clean``. Map the
+    result to the source frame with :func:`models.geometry.frames.to_source_frame`.
     """
     params = params or RefineParams()
     steps = params.coarse_steps + params.fine_steps + params.explicit_steps
@@ -453,7 +456,8 @@ def refine_mesh(
     if params.torch_threads is not None:
         torch.set_num_threads(params.torch_threads)
     try:
-        return _refine(bundle, init_mesh, params, rasteriser, progress)
+        return _refine(bundle, init_mesh, params, rasteriser, progress,
+                       timings if timings is not None else {})
     finally:
         torch.set_num_threads(threads)
 
@@ -464,6 +468,7 @@ def _refine(
     params: RefineParams,
     rasteriser,
     progress: Progress | None,
+    timings: dict[str, float],
 ) -> trimesh.Trimesh:
     # 1. Check inputs and set up.
     if len(params.view_weights) != len(bundle.spec.azimuths):
@@ -484,6 +489,7 @@ def _refine(
     view_w = torch.tensor(params.view_weights, dtype=torch.float32, device=device)
 
     # 2. Initial mesh, remeshed to the coarse edge length.
+    mark = time.perf_counter()
     if init_mesh is None:
         sphere = sphere_init(params.sphere_radius, 3)
         v0, f0 = np.asarray(sphere.vertices), np.asarray(sphere.faces, dtype=np.int64)
@@ -507,7 +513,10 @@ def _refine(
     ]
     step = 0
     start = time.perf_counter()
-    for steps, resolution, edge_from, edge_to, lr, mask_weight, flat in phases:
+    timings["setup"] = start - mark
+    for name, (steps, resolution, edge_from, edge_to, lr, mask_weight, flat) in zip(
+            ("coarse", "fine"), phases, strict=True):
+        mark = time.perf_counter()
         if steps <= 0:
             continue
         targets = _downsample_targets(bundle, resolution, device)
@@ -538,10 +547,13 @@ def _refine(
             ramp_done = ramp_done or t >= 1.0 or edge_from == edge_to
             if ramp_done and plateau.update(float(loss.detach())):
                 break
+        timings[name] = time.perf_counter() - mark
+    timings["remesh"] = opt.remesh_seconds
 
     # 4. Optional explicit target: project target normals to the vertices once, then pull face
     # normals toward them with the topology frozen (no rendering in the loop).
     if params.explicit_steps > 0:
+        mark = time.perf_counter()
         targets = _downsample_targets(bundle, params.resolution, device)
         v = opt.vertices.detach()
         t_v, found = _project_targets(rasteriser, v, opt.faces, mvp, rotations, targets, view_w,
@@ -566,10 +578,14 @@ def _refine(
                                        "faces": int(faces.shape[0]),
                                        "seconds": time.perf_counter() - start})
         opt = exp
+        timings["explicit"] = time.perf_counter() - mark
 
     # 5. Clean output in the bundle frame.
+    mark = time.perf_counter()
     vertices, faces_np = opt.mesh()
-    return _clean_output(vertices, faces_np)
+    cleaned = _clean_output(vertices, faces_np)
+    timings["clean"] = time.perf_counter() - mark
+    return cleaned
 
 
 __all__ = [
