@@ -7,10 +7,12 @@ reconstruct``), and print one row per mesh: F-score at 0.05 and Chamfer distance
 mesh (the visual hull by default) and of the result, the result's F@0.1, mean normal angle error
 and mask IoU of a re-render, colour PSNR, the share of surface no view sees, which mesh the
 guard kept, wall-clock and CPU seconds of the pipeline (CPU seconds say what it costs on a
-loaded machine) and peak memory; then the medians. Distances are in
-bundle-frame units (the object spans 1.8).
+loaded machine) and peak memory, then the seconds of each part (init, refinement's setup,
+coarse and fine phases with the remeshing inside them, the guard, colours, metrics); then the
+medians. Distances are in bundle-frame units (the object spans 1.8).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 12 --tile 512
+    PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 78 --tile 512
+    PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 78 --only cups,ball
     PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py a.glb b.obj --up y --init sphere
 """
 
