@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import trimesh
 
 from models.bundle.cameras import BundleCameras
-from models.bundle.spec import Bundle
+from models.bundle.spec import NORMALISED_EXTENT, Bundle
 from models.geometry import remesh as rm
 from models.geometry.decimate import decimate_to_edge
 from models.geometry.frames import to_source_frame
@@ -52,6 +52,9 @@ VISIBILITY_EPS = 2e-3
 HIDDEN_DEPTH_EPS = 3e-4
 #: Output components with fewer faces than this are remeshing debris and are dropped.
 MIN_PART_FACES = 8
+#: The spec centres an object's bounding box and scales its longest side to 1.8: no point of
+#: it lies beyond this on any axis (bundle frame).
+OBJECT_HALF_EXTENT = NORMALISED_EXTENT / 2.0
 #: Scale of the silhouette loss relative to the normal loss before ``mask_weight``.
 MASK_SCALE = 100.0
 
@@ -532,6 +535,12 @@ def _refine(
                                   opt.edges, opt.edge_length)
             loss.backward()
             opt.step()
+            # A surface seen only at grazing angles (an open top, a lid) tilts toward the
+            # normals beyond it and rises out of the box the spec puts the object in.
+            outside = opt.vertices.detach().abs() > OBJECT_HALF_EXTENT
+            if bool(outside.any()):
+                opt.set_vertices(opt.vertices.detach().clamp(-OBJECT_HALF_EXTENT,
+                                                             OBJECT_HALF_EXTENT))
             if params.hidden_relax > 0:
                 # Judged against this step's depth maps; vertices moved by less than a pixel.
                 hidden = hidden_vertices(opt.vertices.detach(), mvp, rendered[2].depth.detach())
