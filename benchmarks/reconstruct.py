@@ -7,10 +7,12 @@ reconstruct``), and print one row per mesh: F-score at 0.05 and Chamfer distance
 mesh (the visual hull by default) and of the result, the result's F@0.1, mean normal angle error
 and mask IoU of a re-render, colour PSNR, the share of surface no view sees, which mesh the
 guard kept, wall-clock and CPU seconds of the pipeline (CPU seconds say what it costs on a
-loaded machine) and peak memory; then the medians. Distances are in
-bundle-frame units (the object spans 1.8).
+loaded machine) and peak memory, then the seconds of each part (init, refinement's setup,
+coarse and fine phases with the remeshing inside them, the guard, colours, metrics); then the
+medians. Distances are in bundle-frame units (the object spans 1.8).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 12 --tile 512
+    PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 78 --tile 512
+    PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 78 --only cups,ball
     PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py a.glb b.obj --up y --init sphere
 """
 
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("meshes", nargs="*", type=Path, help="mesh files (default: YCB objects)")
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="YCB objects to use")
     parser.add_argument("--skip", type=int, default=0, help="YCB objects to skip first")
+    parser.add_argument("--only", default="",
+                        help="comma-separated name fragments: keep only YCB objects matching one")
     parser.add_argument("--up", choices=("y", "z"), default=None,
                         help="up axis of the given meshes (default: z for YCB, y otherwise)")
     parser.add_argument("--tile", type=int, default=512, help="bundle tile size in pixels")
@@ -71,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     paths = args.meshes or ycb_paths(args.skip + args.count)[args.skip:]
+    if args.only:
+        fragments = [f for f in args.only.split(",") if f]
+        paths = [p for p in paths if any(f in p.stem for f in fragments)]
     up = args.up or ("y" if args.meshes else "z")
     changes: dict = {"device": args.device}
     for item in args.set:

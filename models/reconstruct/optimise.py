@@ -14,6 +14,7 @@ the vertices.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,8 @@ class VertexOptimiser:
         self.m1 = torch.zeros_like(self.vertices)
         self.m2 = torch.zeros(self.vertices.shape[0], 1, device=self.device)
         self.steps = 0
+        # Seconds spent remeshing so far (reported per refinement phase).
+        self.remesh_seconds = 0.0
 
     def _set_mesh(self, vertices: torch.Tensor, faces: torch.Tensor) -> None:
         self.vertices = vertices.detach().clone().requires_grad_(True)
@@ -130,6 +133,7 @@ class VertexOptimiser:
             self._set_mesh(new_vertices, self.faces)
 
     def _remesh(self, vertices: torch.Tensor) -> None:
+        start = time.perf_counter()
         attrs = torch.cat([self.m1, self.m2], dim=1).cpu().numpy()
         v, f, a = rm.remesh(
             vertices.cpu().numpy().astype(np.float64),
@@ -143,6 +147,7 @@ class VertexOptimiser:
         self.m2 = a_t[:, 3:4].contiguous()
         self._set_mesh(torch.from_numpy(v.astype(np.float32)).to(self.device),
                        torch.from_numpy(f).to(self.device))
+        self.remesh_seconds += time.perf_counter() - start
 
     @torch.no_grad()
     def set_vertices(self, vertices: torch.Tensor) -> None:

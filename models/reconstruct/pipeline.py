@@ -56,7 +56,9 @@ class Reconstruction:
     ``unseen_area_fraction``, ``outside_mask_area_fraction`` (surface the views rule out:
     membranes), ``mesh_faces``, ``mesh_components``, ``mesh_watertight``."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per step: ``init``, ``refine``, ``guard``, ``texture``, ``metrics``, ``total``."""
+    """Seconds per step: ``init``, ``refine`` (``guard`` included), ``texture``, ``metrics``,
+    ``total``; and within ``refine``: ``refine_setup``, ``refine_coarse``, ``refine_fine``,
+    ``refine_remesh`` (part of the two phases), ``refine_clean``, ``guard``."""
 
 
 def refine(
@@ -67,20 +69,32 @@ def refine(
     rasteriser=None,
     progress: Progress | None = None,
     keep_better: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> tuple[trimesh.Trimesh, str, dict[str, float]]:
     """Refine ``init_mesh`` against ``bundle``; returns ``(mesh, kept, view losses)``.
 
+    ``timings``, when given, receives refinement's seconds per part (``refine_coarse``,
+    ``refine_fine``, ``refine_remesh``, ... see :func:`refine_mesh`) and ``guard``.
     With ``keep_better`` the init is returned (``kept == "init"``) when its view loss
     (:func:`view_error`) is lower than the refined mesh's; the losses dict holds both totals
     (``view_loss``, ``init_view_loss``) and the kept mesh's ``view_normal``/``view_mask``.
     """
-    refined = refine_mesh(bundle, init_mesh, params, rasteriser=rasteriser, progress=progress)
+    parts: dict[str, float] = {}
+    refined = refine_mesh(bundle, init_mesh, params, rasteriser=rasteriser, progress=progress,
+                          timings=parts)
+    mark = time.perf_counter()
+    if timings is not None:
+        timings.update({f"refine_{k}": v for k, v in parts.items()})
     got = view_error(bundle, refined, params, rasteriser=rasteriser)
     losses = {"view_normal": got["normal"], "view_mask": got["mask"], "view_loss": got["total"]}
     if not keep_better:
+        if timings is not None:
+            timings["guard"] = time.perf_counter() - mark
         return refined, "refined", losses
     before = view_error(bundle, init_mesh, params, rasteriser=rasteriser)
     losses["init_view_loss"] = before["total"]
+    if timings is not None:
+        timings["guard"] = time.perf_counter() - mark
     if before["total"] < got["total"]:
         losses.update(view_normal=before["normal"], view_mask=before["mask"],
                       view_loss=before["total"])
@@ -128,7 +142,7 @@ def reconstruct_bundle(
     # 2-3. Refinement and the guard.
     mark = time.perf_counter()
     mesh, kept, losses = refine(bundle, start_mesh, params, rasteriser=rasteriser,
-                                progress=progress, keep_better=keep_better)
+                                progress=progress, keep_better=keep_better, timings=timings)
     timings["refine"] = time.perf_counter() - mark
 
     # 4. Colours.

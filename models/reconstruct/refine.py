@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import trimesh
 
 from models.bundle.cameras import BundleCameras
-from models.bundle.spec import Bundle
+from models.bundle.spec import NORMALISED_EXTENT, Bundle
 from models.geometry import remesh as rm
 from models.geometry.decimate import decimate_to_edge
 from models.geometry.frames import to_source_frame
@@ -52,6 +52,9 @@ VISIBILITY_EPS = 2e-3
 HIDDEN_DEPTH_EPS = 3e-4
 #: Output components with fewer faces than this are remeshing debris and are dropped.
 MIN_PART_FACES = 8
+#: The spec centres an object's bounding box and scales its longest side to 1.8: no point of
+#: it lies beyond this on any axis (bundle frame).
+OBJECT_HALF_EXTENT = NORMALISED_EXTENT / 2.0
 #: Scale of the silhouette loss relative to the normal loss before ``mask_weight``.
 MASK_SCALE = 100.0
 
@@ -178,11 +181,17 @@ class Plateau:
 
 @dataclass
 class _Targets:
-    """Targets at one resolution: normals ``(4, R, R, 3)`` camera space, masks ``(4, R, R)``."""
+    """Targets at one resolution: normals ``(4, R, R, 3)`` camera space, masks ``(4, R, R)``,
+    ``full`` ``(4, R, R)`` bool (pixels the normal loss trusts) and, for those pixels only,
+    their flat indices into a ``(4, R, R)`` image ``full_index`` ``(N,)``, their views
+    ``full_view`` ``(N,)`` and world-frame normals ``full_world`` ``(N, 3)``."""
 
     normals: torch.Tensor
     masks: torch.Tensor
     full: torch.Tensor
+    full_index: torch.Tensor
+    full_view: torch.Tensor
+    full_world: torch.Tensor
 
 
 def _downsample_targets(bundle: Bundle, resolution: int, device: torch.device) -> _Targets:
@@ -200,7 +209,16 @@ def _downsample_targets(bundle: Bundle, resolution: int, device: torch.device) -
         masks = F.interpolate(masks[:, None], size=size, mode="area")[:, 0]
         inner = F.interpolate(inner[:, None], size=size, mode="area")[:, 0]
     normals = F.normalize(normals, dim=-1)
-    return _Targets(normals=normals, masks=masks, full=inner >= FULL_COVER)
+    full = inner >= FULL_COVER
+    # The loss compares normals in the world frame (a rotation keeps distances), so the
+    # targets are rotated once here instead of every rendered pixel at every step.
+    rotations = torch.from_numpy(
+        BundleCameras.from_spec(bundle.spec).rotations.astype(np.float32)).to(device)
+    view, row, col = full.nonzero(as_tuple=True)
+    world = (rotations[view] * normals[view, row, col][:, :, None]).sum(1)  # R^T n
+    return _Targets(normals=normals, masks=masks, full=full,
+                    full_index=full.reshape(-1).nonzero(as_tuple=True)[0], full_view=view,
+                    full_world=world)
 
 
 # --------------------------------------------------------------------------------- rendering
@@ -212,24 +230,47 @@ def _clip(vertices: torch.Tensor, mvp: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,vj->bvi", mvp, homo)
 
 
-def _render(rasteriser, vertices, faces, mvp, rotations, resolution, flat):
-    """Camera-space normals ``(B, R, R, 3)``, anti-aliased masks ``(B, R, R)``, the raster."""
+def _render(rasteriser, vertices, faces, mvp, resolution, flat):
+    """Rasterise the 4 views: ``(normals, masks, raster)``.
+
+    ``normals`` are world-frame normals to be read at covered pixels: per face ``(F, 3)`` with
+    ``flat`` (looked up through ``raster.tri_id``), else interpolated per pixel ``(B, R, R, 3)``;
+    ``masks`` ``(B, R, R)`` are the anti-aliased silhouettes.
+    """
     clip = _clip(vertices, mvp)
     raster = rasteriser.rasterise(clip, faces, (resolution, resolution))
     if flat:
         # Flat shading: each pixel takes its triangle's normal. Smooth vertex normals let the
         # normal loss of a visible face bend the unseen faces beside a crease (an object's
         # bottom bulges down); face normals keep every gradient on the faces that are seen.
-        fn = face_normals_t(vertices, faces)
-        covered = raster.tri_id >= 0
-        n_world = torch.where(covered[..., None], fn[raster.tri_id.clamp_min(0)], 0.0)
+        normals = face_normals_t(vertices, faces)
     else:
-        n_world = rasteriser.interpolate(vertex_normals_t(vertices, faces), raster)
-    n_cam = torch.einsum("bij,bhwj->bhwi", rotations, n_world)
-    n_cam = F.normalize(n_cam, dim=-1, eps=1e-12)
+        normals = rasteriser.interpolate(vertex_normals_t(vertices, faces), raster)
     cover = raster.mask.to(vertices.dtype)[..., None]
     mask = rasteriser.antialias(cover, raster)[..., 0]
-    return n_cam, mask, raster
+    return normals, mask, raster
+
+
+def _normal_loss(normals, raster, targets):
+    """Per-view mean squared difference ``(B,)`` of rendered and target unit normals over the
+    pixels both cover (a world-frame difference equals the camera-frame one).
+
+    Only the target's trusted pixels are gathered, so the forward and backward passes cost
+    per covered pixel rather than per pixel of 4 full images.
+    """
+    # Flat indices: one gather instead of indexing by (view, row, column) tensors.
+    tri = raster.tri_id.reshape(-1)[targets.full_index]
+    keep = (tri >= 0).nonzero(as_tuple=True)[0]
+    view = targets.full_view[keep]
+    if normals.dim() == 2:  # per face, already unit length
+        n_world = normals[tri[keep]]
+    else:
+        pixels = normals.reshape(-1, 3)[targets.full_index[keep]]
+        n_world = F.normalize(pixels, dim=-1, eps=1e-12)
+    diff = (n_world - targets.full_world[keep]).square().sum(-1)
+    per_view = torch.zeros(raster.tri_id.shape[0], dtype=diff.dtype, device=diff.device)
+    count = torch.bincount(view, minlength=per_view.shape[0]).to(diff.dtype)
+    return per_view.index_add(0, view, diff) / count.clamp_min(1.0)
 
 
 def uniform_laplacian(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
@@ -242,10 +283,8 @@ def uniform_laplacian(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tens
 
 
 def _losses(params, mask_weight, rendered, targets, view_w, vertices, edges, edge_length):
-    n_cam, mask, raster = rendered
-    both = (targets.full & raster.mask).to(n_cam.dtype)
-    diff = (n_cam - targets.normals).square().sum(-1)
-    per_view_n = (diff * both).sum((1, 2)) / both.sum((1, 2)).clamp_min(1.0)
+    normals, mask, raster = rendered
+    per_view_n = _normal_loss(normals, raster, targets)
     per_view_m = (mask - targets.masks).square().mean((1, 2))
     normal = (per_view_n * view_w).sum() / view_w.sum()
     sil = (per_view_m * view_w).sum() / view_w.sum()
@@ -313,14 +352,12 @@ def view_error(
     device = torch.device(params.device)
     cams = BundleCameras.from_spec(bundle.spec)
     mvp = torch.from_numpy(cams.mvp.astype(np.float32)).to(device)
-    rotations = torch.from_numpy(cams.rotations.astype(np.float32)).to(device)
     view_w = torch.tensor(params.view_weights, dtype=torch.float32, device=device)
     vertices = torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32)).to(device)
     faces = torch.from_numpy(np.asarray(mesh.faces, dtype=np.int64)).to(device)
     edges = torch.from_numpy(rm.edges_unique(faces.cpu().numpy(), len(vertices))[0]).to(device)
     targets = _downsample_targets(bundle, params.resolution, device)
-    rendered = _render(rasteriser, vertices, faces, mvp, rotations, params.resolution,
-                       params.fine_flat)
+    rendered = _render(rasteriser, vertices, faces, mvp, params.resolution, params.fine_flat)
     total, parts = _losses(params, params.fine_mask_weight, rendered, targets, view_w, vertices,
                            edges, params.fine_edge)
     return {"normal": parts["normal"], "mask": parts["mask"], "total": float(total)}
@@ -397,6 +434,7 @@ def refine_mesh(
     *,
     rasteriser=None,
     progress: Progress | None = None,
+    timings: dict[str, float] | None = None,
 ) -> trimesh.Trimesh:
     """Fit a mesh to ``bundle``'s normal maps and masks; returns a clean mesh in the bundle frame.
 
@@ -406,8 +444,10 @@ def refine_mesh(
     called after every step with ``(step, total_steps, losses)`` where ``losses`` maps names to
     floats; ``total_steps`` is the planned count, reached unless ``plateau_steps`` ends a phase
     early. With no steps at all, a copy of ``init_mesh`` comes back
-    unchanged. Map the result to the source frame with
-    :func:`models.geometry.frames.to_source_frame`.
+    unchanged. ``timings``, when given, receives the seconds of each part: ``setup`` (the
+    init's decimation and first remeshing), ``coarse`` and ``fine`` (their steps, remeshing
+    included), ``remesh`` (the remeshing within the steps), ``explicit``, ``clean``. Map the
+    result to the source frame with :func:`models.geometry.frames.to_source_frame`.
     """
     params = params or RefineParams()
     steps = params.coarse_steps + params.fine_steps + params.explicit_steps
@@ -419,7 +459,8 @@ def refine_mesh(
     if params.torch_threads is not None:
         torch.set_num_threads(params.torch_threads)
     try:
-        return _refine(bundle, init_mesh, params, rasteriser, progress)
+        return _refine(bundle, init_mesh, params, rasteriser, progress,
+                       timings if timings is not None else {})
     finally:
         torch.set_num_threads(threads)
 
@@ -430,6 +471,7 @@ def _refine(
     params: RefineParams,
     rasteriser,
     progress: Progress | None,
+    timings: dict[str, float],
 ) -> trimesh.Trimesh:
     # 1. Check inputs and set up.
     if len(params.view_weights) != len(bundle.spec.azimuths):
@@ -450,6 +492,7 @@ def _refine(
     view_w = torch.tensor(params.view_weights, dtype=torch.float32, device=device)
 
     # 2. Initial mesh, remeshed to the coarse edge length.
+    mark = time.perf_counter()
     if init_mesh is None:
         sphere = sphere_init(params.sphere_radius, 3)
         v0, f0 = np.asarray(sphere.vertices), np.asarray(sphere.faces, dtype=np.int64)
@@ -473,7 +516,10 @@ def _refine(
     ]
     step = 0
     start = time.perf_counter()
-    for steps, resolution, edge_from, edge_to, lr, mask_weight, flat in phases:
+    timings["setup"] = start - mark
+    for name, (steps, resolution, edge_from, edge_to, lr, mask_weight, flat) in zip(
+            ("coarse", "fine"), phases, strict=True):
+        mark = time.perf_counter()
         if steps <= 0:
             continue
         targets = _downsample_targets(bundle, resolution, device)
@@ -484,12 +530,17 @@ def _refine(
             # Geometric ramp over the first half of the phase, then hold.
             t = min(1.0, i / max(1.0, 0.5 * steps))
             opt.set_edge_length(edge_from * (edge_to / edge_from) ** t)
-            rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, rotations, resolution,
-                               flat)
+            rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, resolution, flat)
             loss, parts = _losses(params, mask_weight, rendered, targets, view_w, opt.vertices,
                                   opt.edges, opt.edge_length)
             loss.backward()
             opt.step()
+            # A surface seen only at grazing angles (an open top, a lid) tilts toward the
+            # normals beyond it and rises out of the box the spec puts the object in.
+            outside = opt.vertices.detach().abs() > OBJECT_HALF_EXTENT
+            if bool(outside.any()):
+                opt.set_vertices(opt.vertices.detach().clamp(-OBJECT_HALF_EXTENT,
+                                                             OBJECT_HALF_EXTENT))
             if params.hidden_relax > 0:
                 # Judged against this step's depth maps; vertices moved by less than a pixel.
                 hidden = hidden_vertices(opt.vertices.detach(), mvp, rendered[2].depth.detach())
@@ -505,10 +556,13 @@ def _refine(
             ramp_done = ramp_done or t >= 1.0 or edge_from == edge_to
             if ramp_done and plateau.update(float(loss.detach())):
                 break
+        timings[name] = time.perf_counter() - mark
+    timings["remesh"] = opt.remesh_seconds
 
     # 4. Optional explicit target: project target normals to the vertices once, then pull face
     # normals toward them with the topology frozen (no rendering in the loop).
     if params.explicit_steps > 0:
+        mark = time.perf_counter()
         targets = _downsample_targets(bundle, params.resolution, device)
         v = opt.vertices.detach()
         t_v, found = _project_targets(rasteriser, v, opt.faces, mvp, rotations, targets, view_w,
@@ -533,10 +587,14 @@ def _refine(
                                        "faces": int(faces.shape[0]),
                                        "seconds": time.perf_counter() - start})
         opt = exp
+        timings["explicit"] = time.perf_counter() - mark
 
     # 5. Clean output in the bundle frame.
+    mark = time.perf_counter()
     vertices, faces_np = opt.mesh()
-    return _clean_output(vertices, faces_np)
+    cleaned = _clean_output(vertices, faces_np)
+    timings["clean"] = time.perf_counter() - mark
+    return cleaned
 
 
 __all__ = [

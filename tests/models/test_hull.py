@@ -87,3 +87,15 @@ def test_rounding_leaves_a_box_square():
     plain = visual_hull(bundle, HullParams(grid=48, round_corners=False))
     rounded = visual_hull(bundle, HullParams(grid=48, round_corners=True))
     assert rounded.volume == pytest.approx(plain.volume, rel=0.02)
+
+
+def test_hull_of_a_tall_cylinder_ends_at_the_spec_box_without_a_tent_over_its_top():
+    # Seen from 5 degrees above, a point a little over the top disc's centre projects inside
+    # the disc's thin ellipse in every view; the spec's box (longest side 1.8) bounds it.
+    cylinder = trimesh.creation.cylinder(radius=0.5, height=1.8, sections=64)
+    cylinder.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    bundle = render_bundle(cylinder, tile=128)
+    hull = visual_hull(bundle, HullParams(grid=64))
+    step = 2.0 * HULL_BOX / 64
+    assert hull.vertices[:, 1].max() <= 0.9 + step / 2
+    assert hull.vertices[:, 1].min() >= -0.9 - step / 2
