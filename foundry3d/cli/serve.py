@@ -84,8 +84,13 @@ async def _serve_until_signalled(runner) -> None:
     stopped from this loop with a time limit.
     """
     loop = asyncio.get_running_loop()
-    serving = asyncio.create_task(runner.start())
     stop = asyncio.Event()
+    # Ours before the runner starts: the start registers the deployment (a client may see it
+    # and signal) before the guard's first turn, and an exception raised from a Python-level
+    # handler there can land in a GC callback, where it is swallowed.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    serving = asyncio.create_task(runner.start())
     # start() installs its own SIGTERM handler at some point of its start-up: keep ours in place
     # until the end (a check every 0.2 s costs nothing).
     guarding = asyncio.create_task(_keep_signal_handlers(loop, stop))

@@ -27,7 +27,9 @@ def test_a_job_submitted_in_server_mode_runs_on_the_asset_deployments_worker(
     config = PipelineConfig(database_url=new_postgres_database(migrated=True),
                             store_url=(tmp_path / "objects").as_uri(),
                             library_path=str(tiny_library))
-    deployment = deploy_asset_flow(prefect_server, prefect_work_pool, tmp_path, config)
+    deployment = deploy_asset_flow(
+        prefect_server, prefect_work_pool, tmp_path, config, name="foundry3d-asset-api"
+    )
     env = server_env(config.database_url, config.store_url, tiny_library, tmp_path)
     env.update(FOUNDRY_PREFECT_MODE="server", FOUNDRY_ASSET_DEPLOYMENT=deployment,
                PREFECT_API_URL=prefect_server.api_url)

@@ -26,8 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 600
 
 
-def deploy_asset_flow(prefect_server, prefect_work_pool, folder: Path, config) -> str:
-    """The asset shard flow deployed from this checkout to a pool whose worker is online. Its
+def deploy_asset_flow(
+    prefect_server, prefect_work_pool, folder: Path, config, name: str = "foundry3d-asset"
+) -> str:
+    """The asset shard flow deployed from this checkout, as ``name`` (one per test: the server
+    is shared, and runs are counted per deployment), to a pool whose worker is online. Its
     flow runs read the database and store locations from their own environment (flows take no
     URLs as parameters), as a GPU worker would from its machine's settings."""
     pool, worker = prefect_work_pool
@@ -36,7 +39,7 @@ def deploy_asset_flow(prefect_server, prefect_work_pool, folder: Path, config) -
         folder,
         source=REPO,
         entrypoint="flows/asset.py:asset_shard_flow",
-        name="foundry3d-asset",
+        name=name,
         pool=pool,
         env={"FOUNDRY_DATABASE_URL": config.database_url, "FOUNDRY_STORE_URL": config.store_url,
              "FOUNDRY_LIBRARY_PATH": config.library_path},
