@@ -181,10 +181,7 @@ def check_image_weights(params: ImageToBundleParams, multiview: bool,
             check_caption_folder(params.caption_path)
         except WeightsMissingError as exc:
             problems.append(exc)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise WeightsMissingError.combined(problems)
+    WeightsMissingError.raise_any(problems)
 
 
 def coarse_bundle_from_multiview(segmented: Segmented, seed: int,

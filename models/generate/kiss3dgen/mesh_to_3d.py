@@ -118,10 +118,7 @@ def check_mesh_weights(params: MeshToBundleParams, caption: bool) -> None:
             check_caption_folder(params.caption_path)
         except WeightsMissingError as exc:
             problems.append(exc)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise WeightsMissingError.combined(problems)
+    WeightsMissingError.raise_any(problems)
 
 
 def caption_reference(reference: Bundle, params: MeshToBundleParams) -> str:

@@ -309,10 +309,7 @@ def check_weights(
             check()
         except WeightsMissingError as exc:
             problems.append(exc)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise WeightsMissingError.combined(problems)
+    WeightsMissingError.raise_any(problems)
 
 
 def load_lora(pipe, path: Path) -> None:

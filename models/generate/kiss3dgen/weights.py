@@ -36,6 +36,14 @@ class WeightsMissingError(FileNotFoundError):
         error.args = (f"kiss3dgen weights: {len(problems)} missing: " + "; ".join(parts),)
         return error
 
+    @classmethod
+    def raise_any(cls, problems: list[WeightsMissingError]) -> None:
+        """Raise the one problem as it is, several as :meth:`combined`; nothing when empty."""
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise cls.combined(problems)
+
 
 def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     # diffusers >= 0.36 renamed from_pretrained's ``torch_dtype`` to ``dtype``.
