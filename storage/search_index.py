@@ -54,7 +54,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -268,7 +268,7 @@ class SearchIndex:
         self,
         session: Session,
         query: str,
-        embedding: np.ndarray | None,
+        embedding: np.ndarray | Callable[[], np.ndarray | None] | None,
         *,
         limit: int = 10,
         state: str | None = None,
@@ -281,9 +281,12 @@ class SearchIndex:
         """The hits of :func:`storage.search.hybrid_search` (``method="exact"``), best first.
 
         ``embedding`` : ``(EMBEDDING_DIM,)`` float32 query embedding, or None for keyword
-        search. Each search proposes ``candidates`` entries (default ``max(4 * limit, 50)``)
-        that pass the ``state``/``tag`` filters; ``score = keyword_weight * keyword / best
-        keyword + (1 - keyword_weight) * max(cosine, 0)``; ties go to the smaller asset id.
+        search; or a callable returning either, called once the keyword part is done (e.g. a
+        future's ``result``: a caller may embed the query on another core meanwhile; the
+        wait is the ``embed_wait`` part of ``profile``). Each search proposes ``candidates``
+        entries (default ``max(4 * limit, 50)``) that pass the ``state``/``tag`` filters;
+        ``score = keyword_weight * keyword / best keyword + (1 - keyword_weight) *
+        max(cosine, 0)``; ties go to the smaller asset id.
 
         ``method``: ``"exact"`` scores every entry in float32 (the ranking of hybrid_search);
         ``"approximate"`` scores them in int8 (:mod:`storage.quantised_embeddings`) and ranks
@@ -312,6 +315,9 @@ class SearchIndex:
         passes = _Filter(session, state, tag, details, clock)
         keyword = self._keyword(session, entries, query, pool, passes)
         clock.lap("keyword")
+        if callable(embedding):
+            embedding = embedding()
+            clock.lap("embed_wait")
         if embedding is None:
             hits = _hits_from_keyword(session, keyword[:limit], details, clock)
             clock.lap("merge")

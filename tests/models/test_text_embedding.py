@@ -82,3 +82,21 @@ def test_a_missing_package_fails_saying_what_to_install(monkeypatch):
 def test_a_query_embeds_as_the_same_text_through_the_model(embedder, text):
     np.testing.assert_allclose(embedder.embed_query(text), embedder.embed_text(text),
                                rtol=0, atol=1e-6)
+
+
+def test_queries_run_in_onnx_runtime_when_it_is_installed():
+    from models.embed.onnx_text import OnnxQueryEncoder
+
+    embedder = TextEmbedder()  # its own instance: the shared one may have chosen already
+    embedder.embed_query("a red mug")
+    assert isinstance(embedder._onnx, OnnxQueryEncoder)
+
+
+def test_without_onnx_runtime_queries_run_traced_with_the_same_vectors(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises
+    embedder = TextEmbedder()
+    vector = embedder.embed_query("a red mug")
+    assert embedder._onnx is False and embedder._traced not in (None, False)
+    np.testing.assert_allclose(vector, embedder.embed_text("a red mug"), rtol=0, atol=1e-6)

@@ -103,6 +103,27 @@ def test_without_an_embedding_the_index_ranks_as_keyword_search(catalog):
         _assert_equal(found, expected, (query, state, tag))
 
 
+def test_an_embedding_given_late_ranks_as_one_given_at_once(catalog):
+    index = SearchIndex()
+    asked: list[str] = []
+
+    def late(query: str):  # noqa: ANN202 - a callable as a future's result
+        def result() -> np.ndarray | None:
+            asked.append(query)
+            return None if query == "chair" else _embedding(query)
+        return result
+
+    for query in ("red chair", "chair", "oak"):
+        with session_scope(catalog) as session:
+            now = index.search(session, query, None if query == "chair" else _embedding(query),
+                               limit=9)
+            profile: dict[str, tuple[float, float]] = {}
+            found = index.search(session, query, late(query), limit=9, profile=profile)
+        _assert_equal(found, now, query)
+        assert "embed_wait" in profile
+    assert asked == ["red chair", "chair", "oak"]
+
+
 def test_a_rare_filter_past_the_widening_rounds_is_still_exact(catalog, monkeypatch):
     monkeypatch.setattr(search, "MAX_FILTER_CANDIDATES", 40)  # the filter becomes a mask
     index = SearchIndex()
