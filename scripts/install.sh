@@ -22,6 +22,9 @@ pip=($py -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --no-deps "torch==2.13.0"
 "${pip[@]}" --no-deps --require-hashes -r "requirements/$extra.txt"
 "${pip[@]}" --no-deps -e .
+# Byte-compile the project as pip does an installed package: a short-lived command (a cold
+# `foundry3d search`) then skips compiling ~200 modules, also where PYTHONDONTWRITEBYTECODE is set.
+$py -m compileall -q -j 0 foundry3d models storage intake tasks flows >/dev/null
 $py -m pip check
 
 # CPU rendering uses OpenGL through EGL (Mesa llvmpipe); install the system libraries if absent.
