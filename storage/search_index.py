@@ -55,6 +55,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -165,6 +166,7 @@ class SearchIndex:
         self._words_stamp: tuple | None = None
         self._lexemes: dict[str, str | None] = {}  # PostgreSQL: query word -> lexeme
         self._int8: QuantisedRows | None = None  # for approximate searches, made on first use
+        self._executor: ThreadPoolExecutor | None = None  # see _worker
 
     # --- freshness ----------------------------------------------------------------------------
 
@@ -299,7 +301,9 @@ class SearchIndex:
         ``profile``: if given, receives ``part -> (wall ms, CPU ms)`` for ``fresh`` (the
         freshness check and any update), ``keyword``, ``semantic``, ``merge`` and ``rows``
         (database reads of the candidates' filters and the hits' text, taken out of the other
-        parts).
+        parts); with a callable ``embedding`` also ``embed`` (on the worker thread, as its
+        ``semantic``), ``embed_wait`` (this thread waiting for the worker) and
+        ``semantic_merge`` (the filters and float32 cosines after the worker's pass).
         """
         if not 0.0 <= keyword_weight <= 1.0:
             raise ValueError(f"keyword_weight must be in [0, 1], got {keyword_weight}")
@@ -313,28 +317,32 @@ class SearchIndex:
         clock.lap("fresh")
         details: dict[str, _Detail | None] = {}  # fetched once per search
         passes = _Filter(session, state, tag, details, clock)
+        n = entries.count
+        approximate = method == "approximate" or (
+            method == "auto" and n >= APPROXIMATE_MIN_ENTRIES)
+        rerank = max(4 * pool, RERANK_MIN)
+        late = None
+        if callable(embedding):
+            # The query is embedded and scored on the other core while this one ranks the
+            # keyword matches (the two take about as long).
+            late = self._worker().submit(_timed_first_pass, self, entries, embedding, rerank,
+                                         approximate)
         keyword = self._keyword(session, entries, query, pool, passes)
         clock.lap("keyword")
-        if callable(embedding):
-            embedding = embedding()
+        if late is not None:
+            first, worker_parts = late.result()
             clock.lap("embed_wait")
-        if embedding is None:
+            for name, (wall, cpu) in worker_parts.items():
+                clock.record(name, wall, cpu)
+        else:
+            first = self._first_pass(entries, embedding, rerank, approximate)
+            clock.lap("semantic")
+        if first is None:
             hits = _hits_from_keyword(session, keyword[:limit], details, clock)
             clock.lap("merge")
             clock.finish()
             return hits
-        query_vector = np.asarray(embedding, dtype=np.float32)
-        search.encode_embedding(query_vector)  # validates shape and finiteness
-        # Normalised twice, as hybrid_search does (once itself, once in its matrix's scores),
-        # so that the cosines are the same float32 numbers.
-        query_vector = search._unit(search._unit(query_vector[None])[0][None])[0]
-        n = entries.count
-        embedded = np.flatnonzero(entries.embedded[:n])
-        approximate = method == "approximate" or (
-            method == "auto" and n >= APPROXIMATE_MIN_ENTRIES)
-        scores, reranked = semantic_scores(entries.unit[:n], embedded, entries.ids[:n],
-                                           query_vector, max(4 * pool, RERANK_MIN),
-                                           self._quantised(entries) if approximate else None)
+        query_vector, embedded, scores, reranked = first
         # Unfiltered, the best are among the rows ranked in float32; a filter may reach past
         # them, so it widens over every entry.
         semantic = _best(scores, entries.ids[:n], embedded if passes.active else reranked,
@@ -344,7 +352,7 @@ class SearchIndex:
         if approximate and reported:
             # Every cosine shown is a float32 one, whichever pass chose the entry.
             scores[reported] = entries.unit[reported] @ query_vector
-        clock.lap("semantic")
+        clock.lap("semantic" if late is None else "semantic_merge")
 
         keyword_scores = {asset_id: score for asset_id, score, _ in keyword}
         cosines = {str(entries.ids[i]): float(scores[i]) for i in semantic}
@@ -374,6 +382,32 @@ class SearchIndex:
         clock.lap("merge")
         clock.finish()
         return hits
+
+    def _first_pass(self, entries: _Entries, embedding: np.ndarray | None, rerank: int,
+                    approximate: bool) -> tuple | None:
+        """The semantic scores of every entry (``(query vector, embedded rows, scores,
+        rows holding float32 scores)``, see :func:`semantic_scores`), None without an
+        embedding."""
+        if embedding is None:
+            return None
+        query_vector = np.asarray(embedding, dtype=np.float32)
+        search.encode_embedding(query_vector)  # validates shape and finiteness
+        # Normalised twice, as hybrid_search does (once itself, once in its matrix's scores),
+        # so that the cosines are the same float32 numbers.
+        query_vector = search._unit(search._unit(query_vector[None])[0][None])[0]
+        n = entries.count
+        embedded = np.flatnonzero(entries.embedded[:n])
+        scores, reranked = semantic_scores(entries.unit[:n], embedded, entries.ids[:n],
+                                           query_vector, rerank,
+                                           self._quantised(entries) if approximate else None)
+        return query_vector, embedded, scores, reranked
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """The one thread that embeds and scores late embeddings (made on first use)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="foundry3d-search")
+            return self._executor
 
     def _quantised(self, entries: _Entries) -> QuantisedRows:
         """The int8 copy of ``entries``' embeddings, brought up to their count (rows appended
@@ -613,27 +647,49 @@ def semantic_scores(unit: np.ndarray, embedded: np.ndarray, ids: np.ndarray,
     return scores, best
 
 
+def _timed_first_pass(index: SearchIndex, entries: _Entries,
+                      embedding: Callable[[], np.ndarray | None], rerank: int,
+                      approximate: bool) -> tuple[tuple | None, dict[str, tuple[float, float]]]:
+    """On the worker thread: embed (``embedding()``), then :meth:`SearchIndex._first_pass`;
+    with this thread's wall and CPU seconds of each (``embed``, ``semantic``)."""
+    parts: dict[str, tuple[float, float]] = {}
+    mark = (time.perf_counter(), time.thread_time())
+    vector = embedding()
+    now = (time.perf_counter(), time.thread_time())
+    parts["embed"] = (now[0] - mark[0], now[1] - mark[1])
+    first = index._first_pass(entries, vector, rerank, approximate)
+    end = (time.perf_counter(), time.thread_time())
+    parts["semantic"] = (end[0] - now[0], end[1] - now[1])
+    return first, parts
+
+
 class _PartClock:
     """Wall and CPU time of the consecutive parts of one search, into a ``profile`` dict
     (``part -> (wall ms, CPU ms)``); time inside :meth:`part` blocks is counted to their part
-    and taken out of the lap it falls in. Does nothing without a dict."""
+    and taken out of the lap it falls in. CPU time is the calling thread's (the worker's parts
+    come in through :meth:`record`). Does nothing without a dict."""
 
     def __init__(self, profile: dict[str, tuple[float, float]] | None) -> None:
         self.profile = profile
         self.totals: dict[str, list[float]] = {}
         self.inside = [0.0, 0.0]  # part-block time since the last lap
-        self.last = (time.perf_counter(), time.process_time()) if profile is not None else None
+        self.last = (time.perf_counter(), time.thread_time()) if profile is not None else None
 
     def _add(self, name: str, wall: float, cpu: float) -> None:
         total = self.totals.setdefault(name, [0.0, 0.0])
         total[0] += wall
         total[1] += cpu
 
+    def record(self, name: str, wall: float, cpu: float) -> None:
+        """Count ``wall`` and ``cpu`` seconds spent elsewhere (another thread) to ``name``."""
+        if self.last is not None:
+            self._add(name, wall, cpu)
+
     def lap(self, name: str) -> None:
         """Count the time since the previous lap (less part blocks) to ``name``."""
         if self.last is None:
             return
-        now = (time.perf_counter(), time.process_time())
+        now = (time.perf_counter(), time.thread_time())
         self._add(name, now[0] - self.last[0] - self.inside[0],
                   now[1] - self.last[1] - self.inside[1])
         self.last, self.inside = now, [0.0, 0.0]
@@ -644,11 +700,11 @@ class _PartClock:
         if self.last is None:
             yield
             return
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
             self._add(name, wall, cpu)
             self.inside[0] += wall
             self.inside[1] += cpu
