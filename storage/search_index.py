@@ -538,10 +538,12 @@ class SearchIndex:
         rows = np.concatenate([p[0] for p in parts])
         if len(rows) == 0:
             return rows, np.zeros(0)
-        unique, inverse = np.unique(rows, return_inverse=True)
-        total = np.zeros(len(unique))
-        np.add.at(total, inverse, np.concatenate([p[1] for p in parts]))  # in order, per row
-        return unique, total
+        # Counting sums each row's contributions in query order, as FTS5 adds them (the same
+        # doubles as a sort by row), in one linear pass: a common word matches 10,000 rows.
+        size = int(rows.max()) + 1
+        total = np.bincount(rows, weights=np.concatenate([p[1] for p in parts]), minlength=size)
+        matched = np.flatnonzero(np.bincount(rows, minlength=size))
+        return matched, total[matched]
 
     def _word(self, session: Session, entries: _Entries,
               word: str) -> tuple[np.ndarray, np.ndarray]:
@@ -595,17 +597,21 @@ class _Filter:
             self._read(missing)
 
     def _read(self, missing: list[str]) -> None:
-        rows = self.session.execute(
-            sa.select(PromptIndex.asset_id, PromptIndex.text, Asset.state, Asset.output_keys,
-                      PromptIndex.tags)
-            .join(Asset, Asset.id == PromptIndex.asset_id)
-            .where(PromptIndex.asset_id.in_(missing))
+        # The driver's own statement: for the 20-100 rows of a search, SQLAlchemy's expanding
+        # IN and result processing cost 1.3 ms of CPU, the plain statement 0.25 ms.
+        connection = self.session.connection()
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        rows = connection.exec_driver_sql(
+            "SELECT p.asset_id, p.text, a.state, a.output_keys, p.tags FROM prompt_index p "
+            "JOIN assets a ON a.id = p.asset_id "
+            f"WHERE p.asset_id IN ({', '.join([mark] * len(missing))})",
+            tuple(missing),
         ).all()
         for asset_id in missing:
             self.details[asset_id] = None  # gone since the index read it
-        for row in rows:
-            self.details[row.asset_id] = _Detail(row.text, row.state, row.output_keys,
-                                                 list(row.tags or []))
+        for asset_id, text, state, output_keys, tags in rows:
+            self.details[asset_id] = _Detail(text, state, _from_json_column(output_keys) or {},
+                                             list(_from_json_column(tags) or []))
 
     def __call__(self, asset_ids: list[str]) -> list[bool]:
         """Whether each entry exists and passes the filters (as the SQL filters decide:
@@ -625,6 +631,11 @@ class _Filter:
                 .join(Asset, Asset.id == PromptIndex.asset_id)
                 .where(*search._filters(self.session, self.state, self.tag))
             ))
+
+
+def _from_json_column(value: Any) -> Any:
+    """A JSON column's value as the driver gives it: SQLite's text, PostgreSQL's parsed."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def semantic_scores(unit: np.ndarray, embedded: np.ndarray, ids: np.ndarray,
