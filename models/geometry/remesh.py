@@ -15,6 +15,7 @@ Frames and units: ``vertices`` ``(V, 3)`` float (any frame; lengths in the same 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -40,17 +41,82 @@ MIN_FACE_AREA = 0.5e-14
 def edges_unique(faces: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique undirected edges and the face-to-edge map.
 
-    Returns ``edges`` ``(E, 2)`` int64 with ``edges[:, 0] < edges[:, 1]`` and ``face_edges``
-    ``(F, 3)`` int64, where ``face_edges[f, k]`` is the edge from ``faces[f, k]`` to
-    ``faces[f, (k + 1) % 3]``.
+    Returns ``edges`` ``(E, 2)`` int64 with ``edges[:, 0] < edges[:, 1]``, sorted by
+    ``(edges[:, 0], edges[:, 1])``, and ``face_edges`` ``(F, 3)`` int64, where
+    ``face_edges[f, k]`` is the edge from ``faces[f, k]`` to ``faces[f, (k + 1) % 3]``.
     """
-    directed = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
-    lo = directed.min(axis=1)
-    hi = directed.max(axis=1)
-    key = lo * np.int64(num_vertices) + hi
-    uniq, inverse = np.unique(key, return_inverse=True)
-    edges = np.stack([uniq // num_vertices, uniq % num_vertices], axis=1).astype(np.int64)
-    return edges, inverse.reshape(-1, 3).astype(np.int64)
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    if len(faces) == 0:
+        return np.zeros((0, 2), np.int64), np.zeros((0, 3), np.int64)
+    # Every remeshing operation needs this map; a bucket sort by the lower vertex (numba) is
+    # linear and several times faster than np.unique's sort of the packed keys.
+    edges, inverse = _edges_unique_kernel(faces, int(num_vertices))
+    return edges, inverse.reshape(-1, 3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _edges_unique_kernel(faces, num_vertices):  # pragma: no cover - compiled
+    n = 3 * faces.shape[0]
+    lo = np.empty(n, np.int64)
+    hi = np.empty(n, np.int64)
+    for f in range(faces.shape[0]):
+        for k in range(3):
+            a = faces[f, k]
+            b = faces[f, (k + 1) % 3]
+            lo[3 * f + k] = min(a, b)
+            hi[3 * f + k] = max(a, b)
+    # counting sort of the half-edges by their lower vertex
+    start = np.zeros(num_vertices + 1, np.int64)
+    for i in range(n):
+        start[lo[i] + 1] += 1
+    for v in range(num_vertices):
+        start[v + 1] += start[v]
+    fill = start[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[fill[lo[i]]] = i
+        fill[lo[i]] += 1
+    edges = np.empty((n, 2), np.int64)
+    inverse = np.empty(n, np.int64)
+    count = 0
+    for v in range(num_vertices):
+        s = start[v]
+        e = start[v + 1]
+        # insertion sort of the bucket by the upper vertex (buckets hold a vertex's valence)
+        for i in range(s + 1, e):
+            item = order[i]
+            key = hi[item]
+            j = i - 1
+            while j >= s and hi[order[j]] > key:
+                order[j + 1] = order[j]
+                j -= 1
+            order[j + 1] = item
+        prev = -1
+        for i in range(s, e):
+            h = hi[order[i]]
+            if h != prev:
+                edges[count, 0] = v
+                edges[count, 1] = h
+                count += 1
+                prev = h
+            inverse[order[i]] = count - 1
+    return edges[:count].copy(), inverse
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_face_slots(face_edges_flat, num_edges):  # pragma: no cover - compiled
+    """Per edge: how many face slots ``3 f + k`` map to it and the first two (ascending)."""
+    counts = np.zeros(num_edges, np.int64)
+    first = np.full(num_edges, -1, np.int64)
+    second = np.full(num_edges, -1, np.int64)
+    for s in range(face_edges_flat.shape[0]):
+        e = face_edges_flat[s]
+        if counts[e] == 0:
+            first[e] = s
+        elif counts[e] == 1:
+            second[e] = s
+        counts[e] += 1
+    return counts, first, second
 
 
 def edge_lengths(vertices: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -275,21 +341,17 @@ def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """
     num_v = len(vertices)
     edges, face_edges = edges_unique(faces, num_v)
-    counts = np.bincount(face_edges.ravel(), minlength=len(edges))
+    counts, first_slot, second_slot = _edge_face_slots(face_edges.ravel(), len(edges))
     bad_vertex = _irregular_vertices(num_v, edges, counts)
     valence = np.bincount(edges.ravel(), minlength=num_v)
 
-    flat = face_edges.ravel()
-    order = np.argsort(flat, kind="stable")
-    sorted_e = flat[order]
-    starts = np.searchsorted(sorted_e, np.arange(len(edges)))
     interior = np.flatnonzero(
         (counts == 2) & ~bad_vertex[edges[:, 0]] & ~bad_vertex[edges[:, 1]]
     )
     if len(interior) == 0:
         return faces.copy()
-    s1 = order[starts[interior]]
-    s2 = order[starts[interior] + 1]
+    s1 = first_slot[interior]
+    s2 = second_slot[interior]
     f1, k1 = s1 // 3, s1 % 3
     f2, k2 = s2 // 3, s2 % 3
     a = faces[f1, k1]
@@ -323,8 +385,10 @@ def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     )
     lo, hi = np.minimum(c, d), np.maximum(c, d)
     new_key = lo * np.int64(num_v) + hi
+    # edges_unique returns the edges sorted, so their keys are too: a binary search per flip
     existing = edges[:, 0] * np.int64(num_v) + edges[:, 1]
-    fresh = ~np.isin(new_key, existing)
+    at = np.minimum(np.searchsorted(existing, new_key), len(existing) - 1)
+    fresh = existing[at] != new_key
     cand = consistent & geometric & fresh & (gain > 0)
     if not cand.any():
         return faces.copy()
