@@ -368,13 +368,17 @@ def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     after = dev(va - 1) + dev(vb - 1) + dev(vc + 1) + dev(vd + 1)
     gain = before - after
 
-    n_old = face_normals(vertices, faces)
-    dihedral = np.sum(n_old[f1] * n_old[f2], axis=1)
-    new1 = np.stack([a, d, c], 1)
-    new2 = np.stack([d, b, c], 1)
-    n1, area1 = face_normals_and_areas(vertices, new1)
-    n2, area2 = face_normals_and_areas(vertices, new2)
-    avg = n_old[f1] + n_old[f2]
+    # Geometry only for the flips that would help: most edges already have a good valence.
+    pre = np.flatnonzero(consistent & (gain > 0))
+    if len(pre) == 0:
+        return faces.copy()
+    pa, pb, pc, pd = a[pre], b[pre], c[pre], d[pre]
+    n_f1 = face_normals(vertices, faces[f1[pre]])
+    n_f2 = face_normals(vertices, faces[f2[pre]])
+    dihedral = np.sum(n_f1 * n_f2, axis=1)
+    n1, area1 = face_normals_and_areas(vertices, np.stack([pa, pd, pc], 1))
+    n2, area2 = face_normals_and_areas(vertices, np.stack([pd, pb, pc], 1))
+    avg = n_f1 + n_f2
     geometric = (
         (dihedral > FLIP_MIN_DIHEDRAL_COS)
         & (np.sum(n1 * n2, axis=1) > FLIP_MIN_DIHEDRAL_COS)
@@ -387,11 +391,14 @@ def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     new_key = lo * np.int64(num_v) + hi
     # edges_unique returns the edges sorted, so their keys are too: a binary search per flip
     existing = edges[:, 0] * np.int64(num_v) + edges[:, 1]
-    at = np.minimum(np.searchsorted(existing, new_key), len(existing) - 1)
-    fresh = existing[at] != new_key
-    cand = consistent & geometric & fresh & (gain > 0)
+    at = np.minimum(np.searchsorted(existing, new_key[pre]), len(existing) - 1)
+    fresh = existing[at] != new_key[pre]
+    cand = np.zeros(len(interior), dtype=bool)
+    cand[pre] = geometric & fresh
     if not cand.any():
         return faces.copy()
+    new1 = np.stack([a, d, c], 1)
+    new2 = np.stack([d, b, c], 1)
 
     # A flip changes the valence of its four vertices; flipping two quads that share a vertex in
     # one pass overshoots, so each vertex takes part in at most one flip (the best-scoring).
