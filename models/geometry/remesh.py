@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import scipy.sparse as sp
 
 from models.geometry.normals import face_normals, face_normals_and_areas, vertex_normals
 
@@ -234,6 +233,35 @@ def split_edges(
     return new_vertices, new_faces, None if attrs is None else new_attrs
 
 
+@numba.njit(cache=True, nogil=True)
+def _common_neighbours(edges, num_vertices, pairs):  # pragma: no cover - compiled
+    """``(P,)`` int64: how many neighbours (over unique ``edges``) both ends of each pair share."""
+    start = np.zeros(num_vertices + 1, np.int64)
+    for e in range(edges.shape[0]):
+        start[edges[e, 0] + 1] += 1
+        start[edges[e, 1] + 1] += 1
+    for v in range(num_vertices):
+        start[v + 1] += start[v]
+    fill = start[:-1].copy()
+    ring = np.empty(2 * edges.shape[0], np.int64)
+    for e in range(edges.shape[0]):
+        a, b = edges[e, 0], edges[e, 1]
+        ring[fill[a]] = b
+        fill[a] += 1
+        ring[fill[b]] = a
+        fill[b] += 1
+    out = np.zeros(pairs.shape[0], np.int64)
+    for p in range(pairs.shape[0]):
+        u, w = pairs[p, 0], pairs[p, 1]
+        for i in range(start[u], start[u + 1]):
+            x = ring[i]
+            for j in range(start[w], start[w + 1]):
+                if ring[j] == x:
+                    out[p] += 1
+                    break
+    return out
+
+
 def _independent_min(
     priority: np.ndarray, edges: np.ndarray, num_vertices: int
 ) -> np.ndarray:
@@ -281,11 +309,7 @@ def collapse_edges(
 
     valence = np.bincount(edges.ravel(), minlength=num_v)
     ce = edges[chosen]
-    adjacency = sp.csr_matrix(
-        (np.ones(2 * len(edges), dtype=np.int32), (edges.ravel(), edges[:, ::-1].ravel())),
-        shape=(num_v, num_v),
-    )
-    common = np.asarray(adjacency[ce[:, 0]].multiply(adjacency[ce[:, 1]]).sum(axis=1)).ravel()
+    common = _common_neighbours(edges, num_v, ce)
     ok = (common == 2) & (valence[ce[:, 0]] + valence[ce[:, 1]] - 4 >= 3)
     # Opposite vertices of the chosen edges lose one edge each; keep them at valence >= 3.
     is_chosen = np.zeros(len(edges), dtype=bool)
