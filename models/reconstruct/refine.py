@@ -433,7 +433,9 @@ def view_error(
     view_w = torch.tensor(params.view_weights, dtype=torch.float32, device=device)
     vertices = torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32)).to(device)
     faces = torch.from_numpy(np.asarray(mesh.faces, dtype=np.int64)).to(device)
-    edges = torch.from_numpy(rm.edges_unique(faces.cpu().numpy(), len(vertices))[0]).to(device)
+    # Only the membrane term reads the edges.
+    edges = (torch.from_numpy(rm.edges_unique(faces.cpu().numpy(), len(vertices))[0]).to(device)
+             if params.laplacian_weight else None)
     targets = _TARGETS.get(bundle, params.resolution, device)
     rendered = _render(rasteriser, vertices, faces, mvp, params.resolution, params.fine_flat)
     total, parts = _losses(params, params.fine_mask_weight, rendered, targets, view_w, vertices,
