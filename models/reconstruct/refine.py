@@ -208,7 +208,8 @@ class _TargetCache:
 
     Decoding a 512-px bundle's normal maps costs about 0.2 s, and one reconstruction needs its
     targets four times (coarse and fine phases, the guard's two :func:`view_error` calls); the
-    bundle is recognised by identity (same object, same image array).
+    bundle is recognised by identity (same object, same image array), and its entries are
+    dropped when it is garbage-collected (a worker does not keep its last bundle's targets).
     """
 
     def __init__(self) -> None:
@@ -221,7 +222,8 @@ class _TargetCache:
         same = (self._bundle is not None and self._bundle() is bundle
                 and self._image is not None and self._image() is bundle.image)
         if not same:
-            self._bundle, self._image = weakref.ref(bundle), weakref.ref(bundle.image)
+            self._bundle = weakref.ref(bundle, self._forget)
+            self._image = weakref.ref(bundle.image)
             self._entries = {}
             self._decoded = None
         key = (int(resolution), str(device))
@@ -230,6 +232,11 @@ class _TargetCache:
                 self._decoded = (bundle.normals(), bundle.masks())
             self._entries[key] = _downsample_targets(bundle, resolution, device, self._decoded)
         return self._entries[key]
+
+    def _forget(self, ref: weakref.ref) -> None:
+        if ref is self._bundle:
+            self._entries = {}
+            self._decoded = None
 
 
 _TARGETS = _TargetCache()

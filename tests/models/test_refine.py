@@ -173,3 +173,15 @@ def test_targets_are_decoded_once_per_bundle_for_every_resolution(box_case, monk
     assert cache.get(bundle, 64, torch.device("cpu")) is low
     assert low.masks.shape[-1] == 64 and high.masks.shape[-1] == 128
     assert len(decoded) == 1
+
+
+def test_cached_targets_are_dropped_with_their_bundle(box_case):
+    from models.bundle.spec import Bundle
+    from models.reconstruct import refine
+
+    _, bundle, _ = box_case
+    copy = Bundle(image=bundle.image.copy(), spec=bundle.spec)
+    cache = refine._TargetCache()
+    cache.get(copy, 64, torch.device("cpu"))
+    del copy
+    assert cache._entries == {} and cache._decoded is None
