@@ -186,8 +186,10 @@ def reconstruct_command(
             raise UserError(str(exc)) from exc
     mesh = result.coloured if result.coloured is not None else result.mesh
     out.parent.mkdir(parents=True, exist_ok=True)
+    mark = time.perf_counter()
+    export_parts: dict[str, float] = {}
     if texture:
-        written_files = _export_deliverables(
+        written_files, export_parts = _export_deliverables(
             result.mesh, bundle, out, export_params, bundle_path.name, rasteriser
         )
     else:
@@ -195,31 +197,42 @@ def reconstruct_command(
         written_files = [out]
     if preview is not None:
         preview_sheet(mesh, preview, rasteriser=rasteriser)
+    export_seconds = time.perf_counter() - mark
+    mark = time.perf_counter()
     metrics = evaluate_asset(bundle, mesh)
     metrics.update(result.metrics)
     if reference is not None:
         scores = chamfer_fscore(mesh, into_bundle_frame(reference, reference_up))
         metrics.update({k: scores[k] for k in ("chamfer", "fscore@0.05", "fscore@0.1")})
     metrics.update({f"{k}_seconds": v for k, v in result.timings.items() if k != "total"})
+    metrics.update(export_seconds=export_seconds, report_seconds=time.perf_counter() - mark)
     table = Table(title=f"reconstruction of {bundle_path.name} (kept: {result.kept})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("mask_iou", "normal_angle_deg", "colour_psnr", "colour_ssim", "chamfer",
                 "fscore@0.05", "fscore@0.1", "unseen_area_fraction", "mesh_faces",
                 "mesh_vertices", "mesh_components", "mesh_watertight", "mesh_non_manifold_edges",
-                "init_seconds", "refine_seconds", "texture_seconds", "metrics_seconds"):
+                "init_seconds", "refine_seconds", "texture_seconds", "metrics_seconds",
+                "export_seconds", "report_seconds"):
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4g}")
     console.print(table)
+    if export_parts:
+        # Where the export stage's seconds go (wall), largest first.
+        parts = sorted(export_parts.items(), key=lambda item: -item[1])
+        console.print("export: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts))
     shown = [*written_files, *([preview] if preview else [])]
     written = "wrote " + ", ".join(str(path) for path in shown)
     console.print(f"{written} ({time.perf_counter() - start:.1f} s in all)")
 
 
-def _export_deliverables(mesh, bundle, out: Path, params, source: str, rasteriser) -> list[Path]:
+def _export_deliverables(
+    mesh, bundle, out: Path, params, source: str, rasteriser
+) -> tuple[list[Path], dict[str, float]]:
     """The export stage's deliverables for ``mesh`` (bundle frame), named after ``out``:
     ``out`` is LOD 0, the other files get its stem as a prefix (``chair_lod1.glb``,
-    ``chair_thumbnail.png``, ...)."""
+    ``chair_thumbnail.png``, ...). Returns the files written and the export's wall seconds
+    per step (:attr:`models.export.asset.ExportResult.timings`)."""
     import shutil
     import tempfile
 
@@ -238,4 +251,4 @@ def _export_deliverables(mesh, bundle, out: Path, params, source: str, rasterise
             target = out.with_name(out.stem + suffix)
             shutil.move(str(path), target)
             written.append(target)
-    return written
+    return written, dict(result.timings)

@@ -15,8 +15,8 @@ Frames and units: ``vertices`` ``(V, 3)`` float (any frame; lengths in the same 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-import scipy.sparse as sp
 
 from models.geometry.normals import face_normals, face_normals_and_areas, vertex_normals
 
@@ -40,17 +40,82 @@ MIN_FACE_AREA = 0.5e-14
 def edges_unique(faces: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique undirected edges and the face-to-edge map.
 
-    Returns ``edges`` ``(E, 2)`` int64 with ``edges[:, 0] < edges[:, 1]`` and ``face_edges``
-    ``(F, 3)`` int64, where ``face_edges[f, k]`` is the edge from ``faces[f, k]`` to
-    ``faces[f, (k + 1) % 3]``.
+    Returns ``edges`` ``(E, 2)`` int64 with ``edges[:, 0] < edges[:, 1]``, sorted by
+    ``(edges[:, 0], edges[:, 1])``, and ``face_edges`` ``(F, 3)`` int64, where
+    ``face_edges[f, k]`` is the edge from ``faces[f, k]`` to ``faces[f, (k + 1) % 3]``.
     """
-    directed = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
-    lo = directed.min(axis=1)
-    hi = directed.max(axis=1)
-    key = lo * np.int64(num_vertices) + hi
-    uniq, inverse = np.unique(key, return_inverse=True)
-    edges = np.stack([uniq // num_vertices, uniq % num_vertices], axis=1).astype(np.int64)
-    return edges, inverse.reshape(-1, 3).astype(np.int64)
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    if len(faces) == 0:
+        return np.zeros((0, 2), np.int64), np.zeros((0, 3), np.int64)
+    # Every remeshing operation needs this map; a bucket sort by the lower vertex (numba) is
+    # linear and several times faster than np.unique's sort of the packed keys.
+    edges, inverse = _edges_unique_kernel(faces, int(num_vertices))
+    return edges, inverse.reshape(-1, 3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _edges_unique_kernel(faces, num_vertices):  # pragma: no cover - compiled
+    n = 3 * faces.shape[0]
+    lo = np.empty(n, np.int64)
+    hi = np.empty(n, np.int64)
+    for f in range(faces.shape[0]):
+        for k in range(3):
+            a = faces[f, k]
+            b = faces[f, (k + 1) % 3]
+            lo[3 * f + k] = min(a, b)
+            hi[3 * f + k] = max(a, b)
+    # counting sort of the half-edges by their lower vertex
+    start = np.zeros(num_vertices + 1, np.int64)
+    for i in range(n):
+        start[lo[i] + 1] += 1
+    for v in range(num_vertices):
+        start[v + 1] += start[v]
+    fill = start[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[fill[lo[i]]] = i
+        fill[lo[i]] += 1
+    edges = np.empty((n, 2), np.int64)
+    inverse = np.empty(n, np.int64)
+    count = 0
+    for v in range(num_vertices):
+        s = start[v]
+        e = start[v + 1]
+        # insertion sort of the bucket by the upper vertex (buckets hold a vertex's valence)
+        for i in range(s + 1, e):
+            item = order[i]
+            key = hi[item]
+            j = i - 1
+            while j >= s and hi[order[j]] > key:
+                order[j + 1] = order[j]
+                j -= 1
+            order[j + 1] = item
+        prev = -1
+        for i in range(s, e):
+            h = hi[order[i]]
+            if h != prev:
+                edges[count, 0] = v
+                edges[count, 1] = h
+                count += 1
+                prev = h
+            inverse[order[i]] = count - 1
+    return edges[:count].copy(), inverse
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_face_slots(face_edges_flat, num_edges):  # pragma: no cover - compiled
+    """Per edge: how many face slots ``3 f + k`` map to it and the first two (ascending)."""
+    counts = np.zeros(num_edges, np.int64)
+    first = np.full(num_edges, -1, np.int64)
+    second = np.full(num_edges, -1, np.int64)
+    for s in range(face_edges_flat.shape[0]):
+        e = face_edges_flat[s]
+        if counts[e] == 0:
+            first[e] = s
+        elif counts[e] == 1:
+            second[e] = s
+        counts[e] += 1
+    return counts, first, second
 
 
 def edge_lengths(vertices: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -168,6 +233,35 @@ def split_edges(
     return new_vertices, new_faces, None if attrs is None else new_attrs
 
 
+@numba.njit(cache=True, nogil=True)
+def _common_neighbours(edges, num_vertices, pairs):  # pragma: no cover - compiled
+    """``(P,)`` int64: how many neighbours (over unique ``edges``) both ends of each pair share."""
+    start = np.zeros(num_vertices + 1, np.int64)
+    for e in range(edges.shape[0]):
+        start[edges[e, 0] + 1] += 1
+        start[edges[e, 1] + 1] += 1
+    for v in range(num_vertices):
+        start[v + 1] += start[v]
+    fill = start[:-1].copy()
+    ring = np.empty(2 * edges.shape[0], np.int64)
+    for e in range(edges.shape[0]):
+        a, b = edges[e, 0], edges[e, 1]
+        ring[fill[a]] = b
+        fill[a] += 1
+        ring[fill[b]] = a
+        fill[b] += 1
+    out = np.zeros(pairs.shape[0], np.int64)
+    for p in range(pairs.shape[0]):
+        u, w = pairs[p, 0], pairs[p, 1]
+        for i in range(start[u], start[u + 1]):
+            x = ring[i]
+            for j in range(start[w], start[w + 1]):
+                if ring[j] == x:
+                    out[p] += 1
+                    break
+    return out
+
+
 def _independent_min(
     priority: np.ndarray, edges: np.ndarray, num_vertices: int
 ) -> np.ndarray:
@@ -215,11 +309,7 @@ def collapse_edges(
 
     valence = np.bincount(edges.ravel(), minlength=num_v)
     ce = edges[chosen]
-    adjacency = sp.csr_matrix(
-        (np.ones(2 * len(edges), dtype=np.int32), (edges.ravel(), edges[:, ::-1].ravel())),
-        shape=(num_v, num_v),
-    )
-    common = np.asarray(adjacency[ce[:, 0]].multiply(adjacency[ce[:, 1]]).sum(axis=1)).ravel()
+    common = _common_neighbours(edges, num_v, ce)
     ok = (common == 2) & (valence[ce[:, 0]] + valence[ce[:, 1]] - 4 >= 3)
     # Opposite vertices of the chosen edges lose one edge each; keep them at valence >= 3.
     is_chosen = np.zeros(len(edges), dtype=bool)
@@ -275,21 +365,17 @@ def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """
     num_v = len(vertices)
     edges, face_edges = edges_unique(faces, num_v)
-    counts = np.bincount(face_edges.ravel(), minlength=len(edges))
+    counts, first_slot, second_slot = _edge_face_slots(face_edges.ravel(), len(edges))
     bad_vertex = _irregular_vertices(num_v, edges, counts)
     valence = np.bincount(edges.ravel(), minlength=num_v)
 
-    flat = face_edges.ravel()
-    order = np.argsort(flat, kind="stable")
-    sorted_e = flat[order]
-    starts = np.searchsorted(sorted_e, np.arange(len(edges)))
     interior = np.flatnonzero(
         (counts == 2) & ~bad_vertex[edges[:, 0]] & ~bad_vertex[edges[:, 1]]
     )
     if len(interior) == 0:
         return faces.copy()
-    s1 = order[starts[interior]]
-    s2 = order[starts[interior] + 1]
+    s1 = first_slot[interior]
+    s2 = second_slot[interior]
     f1, k1 = s1 // 3, s1 % 3
     f2, k2 = s2 // 3, s2 % 3
     a = faces[f1, k1]
@@ -306,13 +392,17 @@ def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     after = dev(va - 1) + dev(vb - 1) + dev(vc + 1) + dev(vd + 1)
     gain = before - after
 
-    n_old = face_normals(vertices, faces)
-    dihedral = np.sum(n_old[f1] * n_old[f2], axis=1)
-    new1 = np.stack([a, d, c], 1)
-    new2 = np.stack([d, b, c], 1)
-    n1, area1 = face_normals_and_areas(vertices, new1)
-    n2, area2 = face_normals_and_areas(vertices, new2)
-    avg = n_old[f1] + n_old[f2]
+    # Geometry only for the flips that would help: most edges already have a good valence.
+    pre = np.flatnonzero(consistent & (gain > 0))
+    if len(pre) == 0:
+        return faces.copy()
+    pa, pb, pc, pd = a[pre], b[pre], c[pre], d[pre]
+    n_f1 = face_normals(vertices, faces[f1[pre]])
+    n_f2 = face_normals(vertices, faces[f2[pre]])
+    dihedral = np.sum(n_f1 * n_f2, axis=1)
+    n1, area1 = face_normals_and_areas(vertices, np.stack([pa, pd, pc], 1))
+    n2, area2 = face_normals_and_areas(vertices, np.stack([pd, pb, pc], 1))
+    avg = n_f1 + n_f2
     geometric = (
         (dihedral > FLIP_MIN_DIHEDRAL_COS)
         & (np.sum(n1 * n2, axis=1) > FLIP_MIN_DIHEDRAL_COS)
@@ -323,11 +413,16 @@ def flip_edges(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     )
     lo, hi = np.minimum(c, d), np.maximum(c, d)
     new_key = lo * np.int64(num_v) + hi
+    # edges_unique returns the edges sorted, so their keys are too: a binary search per flip
     existing = edges[:, 0] * np.int64(num_v) + edges[:, 1]
-    fresh = ~np.isin(new_key, existing)
-    cand = consistent & geometric & fresh & (gain > 0)
+    at = np.minimum(np.searchsorted(existing, new_key[pre]), len(existing) - 1)
+    fresh = existing[at] != new_key[pre]
+    cand = np.zeros(len(interior), dtype=bool)
+    cand[pre] = geometric & fresh
     if not cand.any():
         return faces.copy()
+    new1 = np.stack([a, d, c], 1)
+    new2 = np.stack([d, b, c], 1)
 
     # A flip changes the valence of its four vertices; flipping two quads that share a vertex in
     # one pass overshoots, so each vertex takes part in at most one flip (the best-scoring).

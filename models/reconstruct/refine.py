@@ -26,6 +26,7 @@ Everything is in the bundle frame: +Y up, front facing +Z, object within ``[-0.9
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
@@ -109,6 +110,14 @@ class RefineParams:
     (``hidden_relax`` flattens the unseen regions instead)."""
     remesh_interval: int = 2
     """Remesh after every this many steps (1: every step)."""
+    settled_remesh_interval: int = 0
+    """Remesh interval once the reference edge length has stopped changing (the whole coarse
+    phase, the fine phase after its ramp), when the mesh only needs upkeep; 0 keeps
+    ``remesh_interval``."""
+    fine_ramp: float = 0.5
+    """Share of the fine phase's steps over which the reference edge length ramps
+    (geometrically) from ``coarse_edge`` down to ``fine_edge``; the plateau stop only starts
+    after the ramp."""
     view_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     """Weight of each of the 4 views in every image loss."""
     sphere_radius: float = 0.85
@@ -194,10 +203,58 @@ class _Targets:
     full_world: torch.Tensor
 
 
-def _downsample_targets(bundle: Bundle, resolution: int, device: torch.device) -> _Targets:
-    """Area-average the bundle's normals and masks to ``resolution`` pixels per side."""
-    normals = torch.from_numpy(bundle.normals()).to(device)  # (4, T, T, 3), 0 on background
-    masks = torch.from_numpy(bundle.masks().astype(np.float32)).to(device)
+class _TargetCache:
+    """The targets of the last bundle refined, per ``(resolution, device)``.
+
+    Decoding a 512-px bundle's normal maps costs about 0.2 s, and one reconstruction needs its
+    targets four times (coarse and fine phases, the guard's two :func:`view_error` calls); the
+    bundle is recognised by identity (same object, same image array), and its entries are
+    dropped when it is garbage-collected (a worker does not keep its last bundle's targets).
+    """
+
+    def __init__(self) -> None:
+        self._bundle: weakref.ref | None = None
+        self._image: weakref.ref | None = None
+        self._entries: dict[tuple[int, str], _Targets] = {}
+        self._decoded: tuple[np.ndarray, np.ndarray] | None = None
+
+    def get(self, bundle: Bundle, resolution: int, device: torch.device) -> _Targets:
+        same = (self._bundle is not None and self._bundle() is bundle
+                and self._image is not None and self._image() is bundle.image)
+        if not same:
+            self._bundle = weakref.ref(bundle, self._forget)
+            self._image = weakref.ref(bundle.image)
+            self._entries = {}
+            self._decoded = None
+        key = (int(resolution), str(device))
+        if key not in self._entries:
+            if self._decoded is None:
+                self._decoded = (bundle.normals(), bundle.masks())
+            self._entries[key] = _downsample_targets(bundle, resolution, device, self._decoded)
+        return self._entries[key]
+
+    def _forget(self, ref: weakref.ref) -> None:
+        if ref is self._bundle:
+            self._entries = {}
+            self._decoded = None
+
+
+_TARGETS = _TargetCache()
+
+
+def _downsample_targets(
+    bundle: Bundle,
+    resolution: int,
+    device: torch.device,
+    decoded: tuple[np.ndarray, np.ndarray] | None = None,
+) -> _Targets:
+    """Area-average the bundle's normals and masks to ``resolution`` pixels per side.
+
+    ``decoded``: the bundle's ``(normals(), masks())`` when already decoded.
+    """
+    normals_np, masks_np = decoded if decoded is not None else (bundle.normals(), bundle.masks())
+    normals = torch.from_numpy(normals_np).to(device)  # (4, T, T, 3), 0 on background
+    masks = torch.from_numpy(masks_np.astype(np.float32)).to(device)
     # Silhouette pixels of a bundle blend the normal with the white background, which decodes
     # to a tilted normal: the normal loss only trusts pixels whose 3x3 neighbourhood is inside.
     inner = -F.max_pool2d(-masks[:, None], 3, stride=1, padding=1)[:, 0]
@@ -263,14 +320,38 @@ def _normal_loss(normals, raster, targets):
     keep = (tri >= 0).nonzero(as_tuple=True)[0]
     view = targets.full_view[keep]
     if normals.dim() == 2:  # per face, already unit length
-        n_world = normals[tri[keep]]
-    else:
-        pixels = normals.reshape(-1, 3)[targets.full_index[keep]]
-        n_world = F.normalize(pixels, dim=-1, eps=1e-12)
+        return _face_normal_loss(normals, tri[keep], view, targets.full_world[keep],
+                                 raster.tri_id.shape[0])
+    pixels = normals.reshape(-1, 3)[targets.full_index[keep]]
+    n_world = F.normalize(pixels, dim=-1, eps=1e-12)
     diff = (n_world - targets.full_world[keep]).square().sum(-1)
     per_view = torch.zeros(raster.tri_id.shape[0], dtype=diff.dtype, device=diff.device)
     count = torch.bincount(view, minlength=per_view.shape[0]).to(diff.dtype)
     return per_view.index_add(0, view, diff) / count.clamp_min(1.0)
+
+
+def _face_normal_loss(face_normals, face, view, target, views):
+    """:func:`_normal_loss` for flat shading: per-face normals ``(F, 3)``, and per covered
+    trusted pixel its face ``(N,)``, view ``(N,)`` and world-frame target normal ``(N, 3)``.
+
+    All pixels of a face in a view share its normal ``n``, so their squared errors sum to
+    ``c |n - m|^2 + sum |t - m|^2`` with ``c`` the pixel count and ``m`` the mean target: the
+    per-pixel work is a gradient-free scatter, and autograd only sees ``(views, F, 3)`` values.
+    """
+    nf = face_normals.shape[0]
+    with torch.no_grad():
+        slot = view * nf + face
+        count = torch.bincount(slot, minlength=views * nf).to(target.dtype).view(views, nf)
+        summed = torch.zeros(views * nf, 3, dtype=target.dtype, device=target.device)
+        summed = summed.index_add_(0, slot, target).view(views, nf, 3)
+        mean = summed / count.clamp_min(1.0)[..., None]
+        # sum |t - m|^2 per view = sum |t|^2 - sum c |m|^2 (the part no vertex can change)
+        squares = torch.zeros(views, dtype=target.dtype, device=target.device)
+        squares = squares.index_add_(0, view, target.square().sum(-1))
+        spread = squares - (count * mean.square().sum(-1)).sum(1)
+        pixels = count.sum(1)
+    error = (count * (face_normals[None] - mean).square().sum(-1)).sum(1)
+    return (error + spread) / pixels.clamp_min(1.0)
 
 
 def uniform_laplacian(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
@@ -289,16 +370,20 @@ def _losses(params, mask_weight, rendered, targets, view_w, vertices, edges, edg
     normal = (per_view_n * view_w).sum() / view_w.sum()
     sil = (per_view_m * view_w).sum() / view_w.sum()
     box = F.relu(vertices.abs() - INIT_BOX).square().sum(1).mean()
-    lap = uniform_laplacian(vertices, edges).square().sum(1).mean() / edge_length**2
     # The silhouette error lives on a thin band of pixels; scale it to the normal term's size.
     total = (
         params.normal_weight * normal
         + mask_weight * MASK_SCALE * sil
         + params.box_weight * box
-        + params.laplacian_weight * lap
     )
-    return total, {"normal": float(normal.detach()), "mask": float(sil.detach()),
-                   "box": float(box.detach()), "laplacian": float(lap.detach())}
+    parts = {"normal": float(normal.detach()), "mask": float(sil.detach()),
+             "box": float(box.detach())}
+    if params.laplacian_weight:
+        # Off by default: its forward and backward passes cost a tenth of a step.
+        lap = uniform_laplacian(vertices, edges).square().sum(1).mean() / edge_length**2
+        total = total + params.laplacian_weight * lap
+        parts["laplacian"] = float(lap.detach())
+    return total, parts
 
 
 @torch.no_grad()
@@ -355,8 +440,10 @@ def view_error(
     view_w = torch.tensor(params.view_weights, dtype=torch.float32, device=device)
     vertices = torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32)).to(device)
     faces = torch.from_numpy(np.asarray(mesh.faces, dtype=np.int64)).to(device)
-    edges = torch.from_numpy(rm.edges_unique(faces.cpu().numpy(), len(vertices))[0]).to(device)
-    targets = _downsample_targets(bundle, params.resolution, device)
+    # Only the membrane term reads the edges.
+    edges = (torch.from_numpy(rm.edges_unique(faces.cpu().numpy(), len(vertices))[0]).to(device)
+             if params.laplacian_weight else None)
+    targets = _TARGETS.get(bundle, params.resolution, device)
     rendered = _render(rasteriser, vertices, faces, mvp, params.resolution, params.fine_flat)
     total, parts = _losses(params, params.fine_mask_weight, rendered, targets, view_w, vertices,
                            edges, params.fine_edge)
@@ -522,14 +609,18 @@ def _refine(
         mark = time.perf_counter()
         if steps <= 0:
             continue
-        targets = _downsample_targets(bundle, resolution, device)
+        targets = _TARGETS.get(bundle, resolution, device)
         opt.config.lr = lr
         plateau = Plateau(params.plateau_steps, params.plateau_tolerance)
         ramp_done = False
         for i in range(steps):
-            # Geometric ramp over the first half of the phase, then hold.
-            t = min(1.0, i / max(1.0, 0.5 * steps))
+            # Geometric ramp over the first part of the phase, then hold.
+            t = min(1.0, i / max(1.0, params.fine_ramp * steps))
             opt.set_edge_length(edge_from * (edge_to / edge_from) ** t)
+            settled = t >= 1.0 or edge_from == edge_to
+            opt.config.remesh_interval = (params.settled_remesh_interval
+                                          if settled and params.settled_remesh_interval > 0
+                                          else params.remesh_interval)
             rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, resolution, flat)
             loss, parts = _losses(params, mask_weight, rendered, targets, view_w, opt.vertices,
                                   opt.edges, opt.edge_length)
@@ -553,7 +644,7 @@ def _refine(
                              seconds=time.perf_counter() - start)
                 progress(step, total, parts)
             # The loss only means "converged" once the edge length has stopped ramping down.
-            ramp_done = ramp_done or t >= 1.0 or edge_from == edge_to
+            ramp_done = ramp_done or settled
             if ramp_done and plateau.update(float(loss.detach())):
                 break
         timings[name] = time.perf_counter() - mark
@@ -563,7 +654,7 @@ def _refine(
     # normals toward them with the topology frozen (no rendering in the loop).
     if params.explicit_steps > 0:
         mark = time.perf_counter()
-        targets = _downsample_targets(bundle, params.resolution, device)
+        targets = _TARGETS.get(bundle, params.resolution, device)
         v = opt.vertices.detach()
         t_v, found = _project_targets(rasteriser, v, opt.faces, mvp, rotations, targets, view_w,
                                       params.resolution)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from models.bundle.spec import BundleSpec
@@ -135,3 +136,52 @@ def test_to_source_frame_inverts_the_sidecar_normalisation():
     back = to_source_frame(mesh, spec)
     assert np.allclose(back.vertices, [[1.0, -2.0, 0.5], [2.0, -2.0, 0.5], [1.0, -1.0, 0.5]])
     assert np.allclose(mesh.vertices[1], [2.0, 0.0, 0.0])
+
+
+def test_flat_normal_loss_equals_the_mean_squared_error_over_the_covered_pixels():
+    from models.reconstruct.refine import _face_normal_loss
+
+    gen = torch.Generator().manual_seed(0)
+    face_normals = torch.nn.functional.normalize(torch.randn(5, 3, generator=gen), dim=1)
+    face = torch.randint(0, 5, (40,), generator=gen)
+    view = torch.randint(0, 2, (40,), generator=gen)
+    target = torch.nn.functional.normalize(torch.randn(40, 3, generator=gen), dim=1)
+    leaf = face_normals.clone().requires_grad_(True)
+    loss = _face_normal_loss(leaf, face, view, target, views=3)
+    loss.sum().backward()
+
+    reference_leaf = face_normals.clone().requires_grad_(True)
+    error = (reference_leaf[face] - target).square().sum(1)
+    reference = torch.stack([error[view == b].mean() if (view == b).any() else error.sum() * 0
+                             for b in range(3)])
+    reference.sum().backward()
+    assert torch.allclose(loss, reference, atol=1e-5)
+    assert torch.allclose(leaf.grad, reference_leaf.grad, atol=1e-5)
+
+
+def test_targets_are_decoded_once_per_bundle_for_every_resolution(box_case, monkeypatch):
+    from models.reconstruct import refine
+
+    _, bundle, _ = box_case
+    decoded = []
+    original = type(bundle).normals
+    monkeypatch.setattr(type(bundle), "normals",
+                        lambda self: decoded.append(1) or original(self))
+    cache = refine._TargetCache()
+    low = cache.get(bundle, 64, torch.device("cpu"))
+    high = cache.get(bundle, 128, torch.device("cpu"))
+    assert cache.get(bundle, 64, torch.device("cpu")) is low
+    assert low.masks.shape[-1] == 64 and high.masks.shape[-1] == 128
+    assert len(decoded) == 1
+
+
+def test_cached_targets_are_dropped_with_their_bundle(box_case):
+    from models.bundle.spec import Bundle
+    from models.reconstruct import refine
+
+    _, bundle, _ = box_case
+    copy = Bundle(image=bundle.image.copy(), spec=bundle.spec)
+    cache = refine._TargetCache()
+    cache.get(copy, 64, torch.device("cpu"))
+    del copy
+    assert cache._entries == {} and cache._decoded is None

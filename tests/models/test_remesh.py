@@ -144,3 +144,15 @@ def test_vertex_optimiser_minimises_distance_to_a_target_sphere_while_remeshing(
     assert np.abs(np.linalg.norm(v2, axis=1) - 0.5).mean() < 0.02
     assert opt.m1.shape == opt.vertices.shape
     assert _is_closed_manifold(v2, f2)
+
+
+def test_edges_unique_matches_a_sort_of_the_packed_edge_keys_on_open_and_non_manifold_faces():
+    v, f = _sphere()
+    # an open patch, a face repeated with the other winding and a fin: irregular edges
+    faces = np.concatenate([f[:60], f[:3, ::-1], [[0, 1, len(v) - 1]]]).astype(np.int64)
+    edges, face_edges = rm.edges_unique(faces, len(v))
+    directed = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    key = directed.min(1) * len(v) + directed.max(1)
+    expected, inverse = np.unique(key, return_inverse=True)
+    assert np.array_equal(edges[:, 0] * len(v) + edges[:, 1], expected)
+    assert np.array_equal(face_edges, inverse.reshape(-1, 3))
