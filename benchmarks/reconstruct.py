@@ -32,6 +32,7 @@ import trimesh
 from models.evaluate.metrics import chamfer_fscore, render_metrics
 from models.geometry.mesh import load_mesh, normalise_mesh
 from models.raster import get_rasteriser
+from models.reconstruct.hull_prior import HullPriorParams
 from models.reconstruct.init import INITIALISERS
 from models.reconstruct.pipeline import reconstruct_bundle, schedule_for
 from models.reconstruct.refine import RefineParams
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device of the optimisation")
     parser.add_argument("--no-guard", action="store_true",
                         help="always keep the refined mesh, even when its init matched better")
+    parser.add_argument("--no-hull-prior", action="store_true",
+                        help="skip the hull prior after refinement (pull into the hull, hull "
+                             "shape for unseen regions whose surroundings lie on it)")
     parser.add_argument("--save", type=Path, default=None, help="folder for reconstructions")
     args = parser.parse_args(argv)
 
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         cpu_start = time.process_time()
         result = reconstruct_bundle(bundle, args.init, params, rasteriser=rasteriser,
-                                    keep_better=not args.no_guard)
+                                    keep_better=not args.no_guard,
+                                    prior=None if args.no_hull_prior else HullPriorParams())
         seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
         scores = chamfer_fscore(result.mesh, reference)

@@ -11,20 +11,25 @@ Steps:
    bundle-frame mesh;
 2. refinement against the normal maps and masks, on the schedule of that init (a visual hull is
    already close, so it gets a short coarse phase and stops when the losses stop improving);
-3. the guard: the refined mesh is kept unless it matches the views worse than its init did
+3. the hull as a prior (hull init only, :mod:`models.reconstruct.hull_prior`): vertices that
+   left the masks' hull are pulled back onto it, and unseen regions whose seen surroundings lie
+   on the hull take the hull's shape instead of a flat membrane (a ball's poles);
+4. the guard: the refined mesh is kept unless it matches the views worse than its init did
    (judged by refinement's own view losses, never by a reference mesh);
-4. colours projected from the 4 views;
-5. metrics: view losses, unseen area, mesh health, and the seconds of every step.
+5. colours projected from the 4 views;
+6. metrics: view losses, unseen area, mesh health, and the seconds of every step.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trimesh
 
 from models.bundle.spec import Bundle
+from models.reconstruct.hull import visual_hull
+from models.reconstruct.hull_prior import HullPriorParams, hull_prior
 from models.reconstruct.init import InitContext, fit_in_box, initial_mesh
 from models.reconstruct.init_params import INIT_SCHEDULES
 from models.reconstruct.refine import Progress, RefineParams, refine_mesh, view_error
@@ -70,8 +75,17 @@ def refine(
     progress: Progress | None = None,
     keep_better: bool = True,
     timings: dict[str, float] | None = None,
+    hull: trimesh.Trimesh | None = None,
+    bound: trimesh.Trimesh | None = None,
+    prior: HullPriorParams | None = None,
 ) -> tuple[trimesh.Trimesh, str, dict[str, float]]:
     """Refine ``init_mesh`` against ``bundle``; returns ``(mesh, kept, view losses)``.
+
+    With ``hull`` (the bundle's visual hull) the refined mesh goes through
+    :func:`models.reconstruct.hull_prior.hull_prior` (settings ``prior``, pulled within
+    ``bound``, the masks' hull without rounded corners) before the guard judges it; the losses
+    dict then also holds ``hull_prior_pulled`` (vertices) and ``hull_prior_regions`` (unseen
+    regions given some of the hull's shape).
 
     ``timings``, when given, receives refinement's seconds per part (``refine_coarse``,
     ``refine_fine``, ``refine_remesh``, ... see :func:`refine_mesh`) and ``guard``.
@@ -82,11 +96,20 @@ def refine(
     parts: dict[str, float] = {}
     refined = refine_mesh(bundle, init_mesh, params, rasteriser=rasteriser, progress=progress,
                           timings=parts)
-    mark = time.perf_counter()
     if timings is not None:
         timings.update({f"refine_{k}": v for k, v in parts.items()})
+    extra: dict[str, float] = {}
+    if hull is not None:
+        mark = time.perf_counter()
+        refined, report = hull_prior(bundle, refined, hull, bound, prior, rasteriser=rasteriser)
+        extra = {"hull_prior_pulled": float(report.pulled),
+                 "hull_prior_regions": float(sum(w > 0 for _, _, w in report.regions))}
+        if timings is not None:
+            timings["hull_prior"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     got = view_error(bundle, refined, params, rasteriser=rasteriser)
-    losses = {"view_normal": got["normal"], "view_mask": got["mask"], "view_loss": got["total"]}
+    losses = {"view_normal": got["normal"], "view_mask": got["mask"], "view_loss": got["total"],
+              **extra}
     if not keep_better:
         if timings is not None:
             timings["guard"] = time.perf_counter() - mark
@@ -110,6 +133,7 @@ def reconstruct_bundle(
     context: InitContext | None = None,
     texture: bool = True,
     keep_better: bool = True,
+    prior: HullPriorParams | None = HullPriorParams(),
     rasteriser=None,
     progress: Progress | None = None,
 ) -> Reconstruction:
@@ -118,7 +142,9 @@ def reconstruct_bundle(
     ``init``: an initialiser name (``hull``, ``sphere``, ``library``, ``lrm``) or a mesh already
     in the bundle frame. ``params``: refinement settings (default: :func:`schedule_for` the
     init); the sphere init takes its radius from ``params.sphere_radius``. ``context``: what
-    the ``library``/``lrm`` inits need. ``progress(step, total, losses)`` follows refinement.
+    the ``library``/``lrm`` inits need. ``prior``: settings of the hull prior after
+    refinement of a hull init (:mod:`models.reconstruct.hull_prior`); ``None`` turns it off.
+    ``progress(step, total, losses)`` follows refinement.
     """
     if rasteriser is None:
         from models.raster import get_rasteriser
@@ -129,12 +155,17 @@ def reconstruct_bundle(
 
     # 1. Initial mesh.
     name = init if isinstance(init, str) else "mesh"
+    prior_args: dict = {}
     params = params or schedule_for(name)
     if isinstance(init, str):
         context = context or InitContext()
         if name == "sphere":
             context = InitContext(**{**context.__dict__, "sphere_radius": params.sphere_radius})
         start_mesh = initial_mesh(init, bundle, context)
+        if name == "hull" and prior is not None:
+            # The masks' hull without rounded corners: the only true outer bound.
+            bound = visual_hull(bundle, replace(context.hull, round_corners=False))
+            prior_args = {"hull": start_mesh, "bound": bound, "prior": prior}
     else:
         start_mesh = fit_in_box(init)
     timings["init"] = time.perf_counter() - start
@@ -142,7 +173,8 @@ def reconstruct_bundle(
     # 2-3. Refinement and the guard.
     mark = time.perf_counter()
     mesh, kept, losses = refine(bundle, start_mesh, params, rasteriser=rasteriser,
-                                progress=progress, keep_better=keep_better, timings=timings)
+                                progress=progress, keep_better=keep_better, timings=timings,
+                                **prior_args)
     timings["refine"] = time.perf_counter() - mark
 
     # 4. Colours.
