@@ -211,26 +211,24 @@ def _list_value(session: Session, values: Collection[str]) -> object:
 
 
 @functools.cache
-def _page_read(dialect: str, sql: str, *columns: str) -> sa.TextClause:
-    """``sql`` (with ``{ids}``/``{names}`` where an :data:`_ID_LIST` goes) as a typed text
-    statement, made once per dialect.
+def _page_read(dialect: str, table: sa.Table, sql: str, columns: tuple[str, ...]) -> sa.TextClause:
+    """``sql`` (with ``{ids}``/``{names}`` where an :data:`_ID_LIST` goes) as a text statement
+    typed by ``columns`` of ``table``, made once per dialect.
 
-    The reads of every search page: a ``select()`` with an ``IN`` list is built, keyed for the
-    compiled cache and its list rendered and coerced value by value on every execution (about
-    1 ms of CPU for the three reads of a 20-card page on SQLite); this is keyed and bound as is.
+    For the reads of every search page: a ``select()`` with an ``IN`` list is built, keyed for
+    the compiled cache, and its list rendered and coerced value by value on every execution
+    (about 1 ms of CPU for the three reads of a 20-card page on SQLite); this is keyed and bound
+    as it is.
     """
-    tables = {"assets": Asset.__table__, "metrics": Metric.__table__,
-              "batch_items": BatchItem.__table__}
-    table = tables[sql.split(" FROM ", 1)[1].split()[0]]
     text = sql.format(ids=_ID_LIST[dialect].format(name="ids"),
                       names=_ID_LIST[dialect].format(name="names"))
     return sa.text(text).columns(*(table.c[name] for name in columns))
 
 
-def _page_rows(session: Session, sql: str, columns: tuple[str, ...], **lists: Collection[str]
-               ) -> sa.Result:
-    """The rows of :func:`_page_read` of ``sql`` with each list bound as one parameter."""
-    statement = _page_read(session.get_bind().dialect.name, sql, *columns)
+def _page_rows(session: Session, table: sa.Table, sql: str, columns: tuple[str, ...],
+               **lists: Collection[str]) -> sa.Result:
+    """The rows of :func:`_page_read` with each list bound as one parameter."""
+    statement = _page_read(session.get_bind().dialect.name, table, sql, columns)
     return session.execute(  # the session's: pending ORM changes are flushed first
         statement, {name: _list_value(session, values) for name, values in lists.items()}
     )
@@ -1119,9 +1117,9 @@ def asset_references(session: Session, asset_ids: Collection[str]) -> dict[str, 
     found: dict[str, list[str]] = {}
     if not asset_ids:
         return found
-    rows = _page_rows(session, "SELECT asset_id, reference FROM batch_items WHERE asset_id {ids} "
-                      "AND reference IS NOT NULL ORDER BY id", ("asset_id", "reference"),
-                      ids=asset_ids)
+    rows = _page_rows(session, BatchItem.__table__, "SELECT asset_id, reference FROM batch_items "
+                      "WHERE asset_id {ids} AND reference IS NOT NULL ORDER BY id",
+                      ("asset_id", "reference"), ids=asset_ids)
     for asset_id, reference in rows:
         refs = found.setdefault(asset_id, [])
         if reference not in refs:
@@ -1141,7 +1139,8 @@ def asset_cards(session: Session, asset_ids: Collection[str]) -> dict[str, sa.Ro
     for a page of search hits costs several times the query itself."""
     if not asset_ids:
         return {}
-    rows = _page_rows(session, f"SELECT {', '.join(CARD_COLUMNS)} FROM assets WHERE id {{ids}}",
+    rows = _page_rows(session, Asset.__table__,
+                      f"SELECT {', '.join(CARD_COLUMNS)} FROM assets WHERE id {{ids}}",
                       CARD_COLUMNS, ids=asset_ids)
     return {row.id: row for row in rows}
 
@@ -1151,9 +1150,9 @@ def metrics_of(session: Session, asset_ids: Collection[str], names: Collection[s
     found: dict[str, dict[str, float]] = {}
     if not asset_ids or not names:
         return found
-    rows = _page_rows(session, "SELECT asset_id, name, value FROM metrics WHERE asset_id {ids} "
-                      "AND name {names}", ("asset_id", "name", "value"), ids=asset_ids,
-                      names=names)
+    rows = _page_rows(session, Metric.__table__, "SELECT asset_id, name, value FROM metrics "
+                      "WHERE asset_id {ids} AND name {names}", ("asset_id", "name", "value"),
+                      ids=asset_ids, names=names)
     for asset_id, name, value in rows:
         found.setdefault(asset_id, {})[name] = value
     return found
