@@ -36,8 +36,12 @@ PG_FTS_COLUMN = "text_tsv"
 PG_FTS_INDEX = "ix_prompt_index_text_tsv"
 PG_VECTOR_COLUMN = "embedding_vec"
 PG_VECTOR_INDEX = "ix_prompt_index_embedding_vec_hnsw"
+PG_VERSION_TABLE = "prompt_index_version"
+"""One row ``(id=1, version)``: a new version by trigger on every change of prompt_index
+(PostgreSQL, migration 0010), so that a search sees a change by one primary-key read."""
 UNMANAGED_NAMES = frozenset(
-    {SQLITE_FTS_TABLE, PG_FTS_COLUMN, PG_FTS_INDEX, PG_VECTOR_COLUMN, PG_VECTOR_INDEX}
+    {SQLITE_FTS_TABLE, PG_FTS_COLUMN, PG_FTS_INDEX, PG_VECTOR_COLUMN, PG_VECTOR_INDEX,
+     PG_VERSION_TABLE}
 )
 
 NAMING_CONVENTION = {

@@ -11,6 +11,8 @@ Exact search keeps a per-process cache, per database URL, of the asset ids and t
 float32 unit embedding matrix. Every query first reads the stamp ``(count(*), max(updated_at))``
 of ``prompt_index`` (two look-ups in the ``updated_at`` index) and reloads the matrix when the
 stamp changed, so an entry indexed and committed by any process is visible to the next query.
+A connection rereads the stamp only when a cheap signal says the index may have changed
+(SQLite's ``PRAGMA data_version``, PostgreSQL's trigger-kept ``prompt_index_version``).
 Known limit: an update of an existing entry whose transaction took its ``updated_at`` before
 another writer's later, already committed change leaves the stamp unchanged; the cache then
 shows the old embedding of that entry until the next change of the index. New and deleted entries
@@ -36,6 +38,7 @@ from storage.schema import (
     EMBEDDING_DIM,
     PG_FTS_COLUMN,
     PG_VECTOR_COLUMN,
+    PG_VERSION_TABLE,
     SQLITE_FTS_TABLE,
     Asset,
     PromptIndex,
@@ -444,11 +447,15 @@ def _cache_key(session: Session) -> str | None:
 def _freshness_stamp(session: Session) -> tuple:
     """``(count(*), max(updated_at))`` of prompt_index as this session sees it.
 
-    On SQLite a connection that saw no commit by others (``PRAGMA data_version``) and made no
-    change itself (``total_changes``) since it last read the stamp reuses it: counting 100,000
-    index entries costs milliseconds, the two checks microseconds.
+    Counting 100,000 index entries costs milliseconds, so a connection reuses the stamp it read
+    last while a cheap signal says the index cannot have changed since. On SQLite: no commit by
+    others (``PRAGMA data_version``) and no change by itself (``total_changes``). On PostgreSQL:
+    the same value of the trigger-kept version counter (:func:`_postgres_stamp`).
     """
-    if session.get_bind().dialect.name != "sqlite":
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return _postgres_stamp(session)
+    if dialect != "sqlite":
         return _read_stamp(session)
     connection = session.connection()
     driver = connection.connection.driver_connection
@@ -458,6 +465,44 @@ def _freshness_stamp(session: Session) -> tuple:
         return remembered[1]
     stamp = _read_stamp(session)
     connection.info["foundry3d_search_stamp"] = (version, stamp)
+    return stamp
+
+
+def _postgres_stamp(session: Session) -> tuple:
+    """The stamp on PostgreSQL, by one primary-key read of ``prompt_index_version`` while the
+    counter holds the value this connection last read the stamp at.
+
+    Every statement that writes prompt_index first sets the counter to a new sequence value in
+    its own transaction (migration 0010), and a sequence never repeats a value, so an unchanged
+    value means the rows this connection sees are those it counted. The value and a new stamp
+    are read in one statement (one snapshot). A database without the counter (not migrated to
+    0010) is counted on every call.
+    """
+    connection = session.connection()
+    info = connection.info  # lives as long as the pooled DBAPI connection
+    if "foundry3d_version_table" not in info:
+        info["foundry3d_version_table"] = (
+            connection.exec_driver_sql(f"SELECT to_regclass('{PG_VERSION_TABLE}')").scalar()
+            is not None
+        )
+    if not info["foundry3d_version_table"]:
+        return _read_stamp(session)
+    version = connection.exec_driver_sql(
+        f"SELECT version FROM {PG_VERSION_TABLE} WHERE id = 1"
+    ).scalar()
+    remembered = info.get("foundry3d_search_stamp")
+    if remembered is not None and remembered[0] == version:
+        return remembered[1]
+    counter = sa.table(PG_VERSION_TABLE, sa.column("id"), sa.column("version"))
+    row = session.execute(
+        sa.select(
+            counter.c.version,
+            sa.select(sa.func.count()).select_from(PromptIndex).scalar_subquery(),
+            sa.select(sa.func.max(PromptIndex.updated_at)).scalar_subquery(),
+        ).where(counter.c.id == 1)
+    ).one()
+    stamp = (int(row[1]), row[2])
+    info["foundry3d_search_stamp"] = (row[0], stamp)
     return stamp
 
 

@@ -49,9 +49,10 @@ def _decode_cursor(cursor: str) -> dict:
         raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned") from None
 
 
-def _cards(session, assets: dict[str, Asset], order: list[str],  # noqa: ANN001
+def _cards(session, assets: dict[str, Any], order: list[str],  # noqa: ANN001
            scores: dict[str, float]) -> list[dict[str, Any]]:
-    """Gallery cards: prompt, state, tags, key metrics, thumbnail and GLB URLs."""
+    """Gallery cards: prompt, state, tags, key metrics, thumbnail and GLB URLs; ``assets``
+    maps ids to Asset objects or rows of :data:`storage.queries.CARD_COLUMNS`."""
     # The key metrics and the weak-match flag in one read (a database round trip per page).
     found = queries.metrics_of(session, order, [*KEY_METRICS, "library_match_weak"]) \
         if order else {}
@@ -144,7 +145,7 @@ def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
         hits = [h for h in hits if h.asset_id in members]
     page = hits[offset: offset + limit]
     ids = [h.asset_id for h in page]
-    assets = {a.id: a for a in session.scalars(sa.select(Asset).where(Asset.id.in_(ids)))}
+    assets = queries.asset_cards(session, ids)
     items = _cards(session, assets, ids, {h.asset_id: round(h.score, 4) for h in page})
     by_id = {h.asset_id: h for h in page}
     for item in items:

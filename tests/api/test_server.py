@@ -32,3 +32,21 @@ def test_a_loopback_server_without_tokens_is_open_and_serves_its_docs_offline(
         assert bundle.status == 200 and len(bundle.body) > 100_000
     finally:
         stop_server(server)
+
+
+def test_a_token_created_while_an_open_server_runs_is_enforced_on_the_next_request(
+    tmp_path, tiny_library
+):
+    env = server_env(f"sqlite:///{tmp_path / 'app.db'}", (tmp_path / "objects").as_uri(),
+                     tiny_library, tmp_path)
+    server = start_server(env, tmp_path)
+    try:
+        for _ in range(3):  # the server has checked (and remembered) the empty token table
+            assert server.request("GET", "/v1/assets", token=None).status == 200
+        done = run_cli(env, "token", "create", "--name", "late", "--scope", "read")
+        assert done.returncode == 0, done.stderr
+        secret = done.stdout.strip().splitlines()[-1]
+        assert server.request("GET", "/v1/assets", token=None).status == 401
+        assert server.request("GET", "/v1/assets", token=secret).status == 200
+    finally:
+        stop_server(server)
