@@ -38,9 +38,10 @@ def _embedder() -> Callable[[str], np.ndarray | None]:
         # than it saves (12 ms of CPU per query on one thread, 100 ms on two, measured with the
         # machine's 2 cores busy). Fixed once here: torch's setting is the process's. The
         # pipeline's refinement sets its own (RefineParams.torch_threads, 1 by default).
+        # Queries run in ONNX Runtime (one thread too) where it is installed.
         torch.set_num_threads(1)
         embedder = get_text_embedder()
-        embedder.embed_query("warm up")  # load and trace the model before the first request
+        embedder.embed_query("warm up")  # load and export the model before the first request
     except EmbedderUnavailable as exc:
         log.warning("semantic search off: %s", exc)
         return lambda _text: None

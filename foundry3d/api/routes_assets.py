@@ -128,16 +128,16 @@ def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
             position: dict) -> JSONResponse:
     offset = int(position.get("o", 0)) if position.get("q") == q else 0
     laps = _Laps()
-    embedding = app.state.embed(q)
-    laps.lap("embed")
     wanted = offset + limit + 1
     # A batch filter is applied to the ranked hits: rank a wider pool so the page stays full.
     pool = wanted * 10 if batch else wanted
     # The server's in-memory index ranks as storage.search.hybrid_search, the semantic part
     # in int8 first over a large index (method "auto"; see storage.quantised_embeddings).
+    # The query is embedded late: the index embeds and scores it on its worker thread while
+    # this one ranks the keyword matches (profile parts "search.embed", "search.semantic").
     profile: dict[str, tuple[float, float]] = {}
-    hits = app.state.search_index.search(session, q, embedding, limit=pool, state=state,
-                                         tag=tag, method="auto", profile=profile)
+    hits = app.state.search_index.search(session, q, lambda: app.state.embed(q), limit=pool,
+                                         state=state, tag=tag, method="auto", profile=profile)
     laps.lap("search")
     if batch:
         members = set(session.scalars(sa.select(BatchItem.asset_id).where(
@@ -153,9 +153,10 @@ def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
         item["keyword_score"], item["semantic_score"] = hit.keyword_score, hit.semantic_score
     more = len(hits) > offset + limit
     laps.lap("cards")
-    # Wall and CPU time per part (the CPU time is the process's, the embedding model's
-    # threads included: what a busy machine cannot inflate by making the request wait). The
-    # search's own parts are named "search." + part; the whole request's time, framework
+    # Wall and CPU time per part (the CPU time is the process's, the index's worker thread
+    # included: what a busy machine cannot inflate by making the request wait; the search's
+    # parts are per thread).
+    # The search's own parts are named "search." + part; the whole request's time, framework
     # included, is in the Server-Timing header (foundry3d.api.app).
     parts = {**laps.parts, **{f"search.{k}": v for k, v in profile.items()}}
     # Encoded here: the cards are plain JSON values already, and FastAPI's encoder would walk
