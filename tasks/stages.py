@@ -133,7 +133,8 @@ def refine_task(
 ) -> dict[str, str]:
     """ISOMER-style refinement of the coarse mesh against the normal maps: ``refined.glb``."""
     from models.geometry.glb import export_glb
-    from models.reconstruct.pipeline import refine
+    from models.reconstruct.hull import HullParams
+    from models.reconstruct.pipeline import hull_prior_inputs, refine
     from models.reconstruct.visibility import outside_mask_area_fraction, unseen_area_fraction
 
     def work(io: StageIO) -> dict:
@@ -147,9 +148,14 @@ def refine_task(
             io.progress(step, total, ", ".join(f"{k} {v:.3g}" for k, v in losses.items()))
 
         rasteriser = rasteriser_for(config.rasteriser, device)
+        # A visual hull start is also refinement's prior, as in `foundry3d reconstruct` (the
+        # init stage's hash, chained into this one's, covers the hull's resolution).
+        prior = (hull_prior_inputs(bundle, coarse,
+                                   HullParams(grid=plan.params.init.hull_resolution))
+                 if asset.init == "hull" else {})
         # The guard keeps the coarse mesh when refinement matched the views worse than it.
         refined, kept, losses = refine(
-            bundle, coarse, params, rasteriser=rasteriser, progress=report
+            bundle, coarse, params, rasteriser=rasteriser, progress=report, **prior
         )
         export_glb(refined, io.local("refined.glb"))
         io.publish("refined.glb")

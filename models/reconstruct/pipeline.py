@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import trimesh
 
 from models.bundle.spec import Bundle
-from models.reconstruct.hull import visual_hull
+from models.reconstruct.hull import HullParams, visual_hull
 from models.reconstruct.hull_prior import HullPriorParams, hull_prior
 from models.reconstruct.init import InitContext, fit_in_box, initial_mesh
 from models.reconstruct.init_params import INIT_SCHEDULES
@@ -125,6 +125,15 @@ def refine(
     return refined, "refined", losses
 
 
+def hull_prior_inputs(bundle: Bundle, hull: trimesh.Trimesh, hull_params: HullParams,
+                      prior: HullPriorParams | None = None) -> dict:
+    """The keyword arguments of :func:`refine` that apply the hull prior to a refinement that
+    started from ``hull`` (the bundle's visual hull, carved with ``hull_params``)."""
+    # The masks' hull without rounded corners: the only true outer bound.
+    bound = visual_hull(bundle, replace(hull_params, round_corners=False))
+    return {"hull": hull, "bound": bound, "prior": prior or HullPriorParams()}
+
+
 def reconstruct_bundle(
     bundle: Bundle,
     init: str | trimesh.Trimesh = "hull",
@@ -163,9 +172,7 @@ def reconstruct_bundle(
             context = InitContext(**{**context.__dict__, "sphere_radius": params.sphere_radius})
         start_mesh = initial_mesh(init, bundle, context)
         if name == "hull" and prior is not None:
-            # The masks' hull without rounded corners: the only true outer bound.
-            bound = visual_hull(bundle, replace(context.hull, round_corners=False))
-            prior_args = {"hull": start_mesh, "bound": bound, "prior": prior}
+            prior_args = hull_prior_inputs(bundle, start_mesh, context.hull, prior)
     else:
         start_mesh = fit_in_box(init)
     timings["init"] = time.perf_counter() - start
@@ -200,6 +207,7 @@ def reconstruct_bundle(
 
 __all__ = [
     "INIT_SCHEDULES",
+    "hull_prior_inputs",
     "Reconstruction",
     "initial_mesh",
     "project_colours",

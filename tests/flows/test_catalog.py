@@ -230,6 +230,21 @@ def test_an_image_request_and_a_bundle_file_request_are_produced(pipeline_config
     assert (summary.produced, summary.failed, summary.rejected) == (2, 0, 0), summary.assets
 
 
+def test_a_hull_start_is_also_the_refine_stages_prior(pipeline_config, tmp_path):
+    from flows.catalog import catalog_flow
+
+    manifest = write_manifest(tmp_path, [
+        {"id": "can", "prompt": "a red soda can", "init": "hull",
+         "params": {**FAST_PARAMS, "hull_resolution": 48}},
+    ])
+    summary = catalog_flow(str(manifest), pipeline_config)
+    assert summary.produced == 1, summary.assets
+    _, _, metrics, _ = _detail(pipeline_config, summary.assets[0]["asset_id"])
+    # As `foundry3d reconstruct` does: the refined mesh went through the hull prior.
+    assert metrics["refine_hull_prior_pulled"] >= 0
+    assert metrics["refine_hull_prior_regions"] >= 0
+
+
 def test_init_lrm_runs_with_a_tiny_checkpoint_file(pipeline_config, tmp_path):
     import torch
 
