@@ -7,9 +7,14 @@ import urllib.request
 from tests.api.conftest import run_cli, server_env, start_server, stop_server
 
 
+def _laptop_env(tmp_path, tiny_library) -> dict[str, str]:  # noqa: ANN001 - fixtures
+    """A server's environment on an SQLite file and a local object folder."""
+    return server_env(f"sqlite:///{tmp_path / 'app.db'}", (tmp_path / "objects").as_uri(),
+                      tiny_library, tmp_path)
+
+
 def test_binding_all_interfaces_without_a_token_is_refused(tmp_path, tiny_library):
-    env = server_env(f"sqlite:///{tmp_path / 'app.db'}", (tmp_path / "objects").as_uri(),
-                     tiny_library, tmp_path)
+    env = _laptop_env(tmp_path, tiny_library)
     done = run_cli(env, "api", "--host", "0.0.0.0", "--port", "9")
     assert done.returncode == 2
     assert "without authentication" in done.stderr
@@ -18,8 +23,7 @@ def test_binding_all_interfaces_without_a_token_is_refused(tmp_path, tiny_librar
 def test_a_loopback_server_without_tokens_is_open_and_serves_its_docs_offline(
     tmp_path, tiny_library
 ):
-    env = server_env(f"sqlite:///{tmp_path / 'app.db'}", (tmp_path / "objects").as_uri(),
-                     tiny_library, tmp_path)
+    env = _laptop_env(tmp_path, tiny_library)
     server = start_server(env, tmp_path)
     try:
         assert server.request("GET", "/v1/assets", token=None).status == 200
@@ -37,8 +41,7 @@ def test_a_loopback_server_without_tokens_is_open_and_serves_its_docs_offline(
 def test_a_token_created_while_an_open_server_runs_is_enforced_on_the_next_request(
     tmp_path, tiny_library
 ):
-    env = server_env(f"sqlite:///{tmp_path / 'app.db'}", (tmp_path / "objects").as_uri(),
-                     tiny_library, tmp_path)
+    env = _laptop_env(tmp_path, tiny_library)
     server = start_server(env, tmp_path)
     try:
         for _ in range(3):  # the server has checked (and remembered) the empty token table

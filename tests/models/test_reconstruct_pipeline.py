@@ -3,6 +3,8 @@ refinement, and the result carries its metrics and timings (small sizes, sized f
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import trimesh
@@ -165,11 +167,11 @@ def _reconstructed(tmp_path, *options: str):
     result = runner.invoke(app, ["reconstruct", str(bundle), "-o", str(out), "--coarse-steps",
                                  "3", "--fine-steps", "3", *options])
     assert result.exit_code == 0, result.output
-    return out
+    return out, result.output
 
 
 def test_reconstruct_cli_writes_the_textured_asset_with_its_lod_and_previews(tmp_path):
-    out = _reconstructed(tmp_path, "--faces", "300", "--formats", "usdz")
+    out, _ = _reconstructed(tmp_path, "--faces", "300", "--formats", "usdz")
     glb = trimesh.load(out, force="mesh")
     assert abs(len(glb.faces) - 300) <= 6
     assert isinstance(glb.visual, trimesh.visual.TextureVisuals) and glb.visual.uv is not None
@@ -181,11 +183,20 @@ def test_reconstruct_cli_writes_vertex_colours_when_asked(tmp_path):
     import json
     import struct
 
-    data = _reconstructed(tmp_path, "--texture-mode", "vertex").read_bytes()
+    data = _reconstructed(tmp_path, "--texture-mode", "vertex")[0].read_bytes()
     (length,) = struct.unpack_from("<I", data, 12)  # the JSON chunk follows the 12-byte header
     gltf = json.loads(data[20 : 20 + length])
     attributes = gltf["meshes"][0]["primitives"][0]["attributes"]
     assert "COLOR_0" in attributes and "TEXCOORD_0" not in attributes
+
+
+def test_reconstruct_report_splits_the_seconds_of_the_export_stage(tmp_path):
+    _, output = _reconstructed(tmp_path, "--texture-mode", "vertex")
+    assert "export_seconds" in output and "report_seconds" in output
+    # "export: turntable 0.52 s, preview 0.11 s, ..." (rich may wrap it over lines)
+    split = " ".join(output.split("export:", 1)[1].split())
+    assert re.search(r"turntable \d+\.\d\d s", split)
+    assert re.search(r"preview \d+\.\d\d s", split)
 
 
 def test_reconstruct_cli_refuses_an_unknown_init_in_one_line(tmp_path):
