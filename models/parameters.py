@@ -93,6 +93,8 @@ REFINE_RANGES: dict[str, Range] = {
     "hidden_relax": Range(0, 100),
     "laplacian_weight": Range(0.0, 1000.0),
     "remesh_interval": Range(1, 1000),
+    "settled_remesh_interval": Range(0, 1000),
+    "fine_ramp": Range(0.0, 1.0),
     "torch_threads": Range(1, 256),
     "plateau_steps": Range(0, 5000),
     "plateau_tolerance": Range(0.0, 1.0),
