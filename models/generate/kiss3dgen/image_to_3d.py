@@ -159,29 +159,21 @@ def check_image_weights(params: ImageToBundleParams, multiview: bool,
     from models.generate.kiss3dgen.weights import WeightsMissingError
     from models.generate.kiss3dgen.zero123plus import check_zero123plus_folder
 
-    problems: list[WeightsMissingError] = []
-    try:
-        check_conditioned_weights(params, redux_path=params.redux_path,
-                                  need_redux=params.use_redux)
-    except WeightsMissingError as exc:
-        problems.extend(exc.problems)
-    if multiview:
-        try:
-            check_zero123plus_folder(params.zero123_path)
-        except WeightsMissingError as exc:
-            problems.append(exc)
+    def check_lrm_file() -> None:
         lrm = params.coarse_lrm_path
         if lrm is None or not Path(lrm).is_file():
-            problems.append(WeightsMissingError(
+            raise WeightsMissingError(
                 lrm, f"an LRM checkpoint file ({params.coarse_lrm_variant})",
                 "set FOUNDRY_LRM_PATH or params.coarse_lrm_path" if lrm is None
-                else "the file does not exist"))
+                else "the file does not exist")
+
+    checks = [lambda: check_conditioned_weights(params, redux_path=params.redux_path,
+                                                need_redux=params.use_redux)]
+    if multiview:
+        checks += [lambda: check_zero123plus_folder(params.zero123_path), check_lrm_file]
     if caption:
-        try:
-            check_caption_folder(params.caption_path)
-        except WeightsMissingError as exc:
-            problems.append(exc)
-    WeightsMissingError.raise_any(problems)
+        checks.append(lambda: check_caption_folder(params.caption_path))
+    WeightsMissingError.check_all(checks)
 
 
 def coarse_bundle_from_multiview(segmented: Segmented, seed: int,

@@ -108,17 +108,10 @@ def check_mesh_weights(params: MeshToBundleParams, caption: bool) -> None:
     from models.generate.kiss3dgen.caption import check_caption_folder
     from models.generate.kiss3dgen.weights import WeightsMissingError
 
-    problems: list[WeightsMissingError] = []
-    try:
-        check_conditioned_weights(params)
-    except WeightsMissingError as exc:
-        problems.extend(exc.problems)
+    checks = [lambda: check_conditioned_weights(params)]
     if caption:
-        try:
-            check_caption_folder(params.caption_path)
-        except WeightsMissingError as exc:
-            problems.append(exc)
-    WeightsMissingError.raise_any(problems)
+        checks.append(lambda: check_caption_folder(params.caption_path))
+    WeightsMissingError.check_all(checks)
 
 
 def caption_reference(reference: Bundle, params: MeshToBundleParams) -> str:

@@ -296,7 +296,6 @@ def check_weights(
     from models.generate.kiss3dgen.controlnet import check_controlnet_folder
     from models.generate.kiss3dgen.redux import check_redux_folder
 
-    problems: list[WeightsMissingError] = []
     checks = [lambda: resolve_flux_paths(params)]
     if params.lora_path is not None:
         checks.append(lambda: check_lora_file(Path(params.lora_path)))
@@ -304,12 +303,7 @@ def check_weights(
         checks.append(lambda: check_controlnet_folder(controlnet_path))
     if need_redux:
         checks.append(lambda: check_redux_folder(redux_path))
-    for check in checks:
-        try:
-            check()
-        except WeightsMissingError as exc:
-            problems.append(exc)
-    WeightsMissingError.raise_any(problems)
+    WeightsMissingError.check_all(checks)
 
 
 def load_lora(pipe, path: Path) -> None:

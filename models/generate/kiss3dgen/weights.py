@@ -6,6 +6,7 @@ use them without importing the pipeline (which imports them).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -43,6 +44,18 @@ class WeightsMissingError(FileNotFoundError):
             raise problems[0]
         if problems:
             raise cls.combined(problems)
+
+    @classmethod
+    def check_all(cls, checks: Iterable[Callable[[], object]]) -> None:
+        """Run every check (each may raise this error, itself combined or not), then raise
+        what they found as :meth:`raise_any` does: a user fixes every path at once."""
+        problems: list[WeightsMissingError] = []
+        for check in checks:
+            try:
+                check()
+            except WeightsMissingError as exc:
+                problems.extend(exc.problems)
+        cls.raise_any(problems)
 
 
 def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
