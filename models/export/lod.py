@@ -33,13 +33,10 @@ def decimate_lod(
     """
     import fast_simplification
 
-    from models.geometry.decimate import FACE_TOLERANCE, decimate
+    from models.geometry.decimate import FACE_TOLERANCE, decimate, decimation_inputs
 
-    vertices = np.asarray(vertices, dtype=np.float64)
-    faces = np.asarray(faces, dtype=np.int64)
-    if target_faces < 1:
-        raise ValueError(f"target_faces must be >= 1, got {target_faces}")
-    if len(faces) <= target_faces * (1.0 + FACE_TOLERANCE):
+    vertices, faces, within = decimation_inputs(vertices, faces, target_faces)
+    if within:
         return vertices.copy(), faces.copy()
     v, f = weld_slivers(vertices, faces)
     for _ in range(BORDER_PASSES):

@@ -35,11 +35,8 @@ def decimate(
     """
     import fast_simplification
 
-    vertices = np.asarray(vertices, dtype=np.float64)
-    faces = np.asarray(faces, dtype=np.int64)
-    if target_faces < 1:
-        raise ValueError(f"target_faces must be >= 1, got {target_faces}")
-    if len(faces) <= target_faces * (1.0 + FACE_TOLERANCE):
+    vertices, faces, within = decimation_inputs(vertices, faces, target_faces)
+    if within:
         return vertices.copy(), faces.copy()
     # Coincident vertices and zero-area faces (poles, seams of generated meshes) lock edges
     # that quadric collapses would otherwise remove: weld and drop them first.
@@ -67,6 +64,18 @@ def decimate(
 EQUILATERAL_AREA = math.sqrt(3.0) / 4.0
 #: Meshes with more than this multiple of the target face count are decimated.
 DECIMATE_ABOVE = 2.0
+
+
+def decimation_inputs(vertices: np.ndarray, faces: np.ndarray,
+                      target_faces: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(V, 3)`` float64 vertices, ``(F, 3)`` int64 faces, and whether they are already within
+    :data:`FACE_TOLERANCE` of ``target_faces`` (nothing to remove); raises on a target below 1.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    if target_faces < 1:
+        raise ValueError(f"target_faces must be >= 1, got {target_faces}")
+    return vertices, faces, len(faces) <= target_faces * (1.0 + FACE_TOLERANCE)
 
 
 def faces_for_edge(area: float, edge: float) -> int:
