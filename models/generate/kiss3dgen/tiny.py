@@ -290,6 +290,8 @@ def save_tiny_zero123plus(path: str | Path, seed: int = 0) -> Path:
         CLIPVisionModelWithProjection,
     )
 
+    from models.generate.kiss3dgen.zero123plus import ZERO123PLUS_PARTS
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     width = 32
@@ -332,15 +334,7 @@ def save_tiny_zero123plus(path: str | Path, seed: int = 0) -> Path:
     ramping = torch.rand(77, generator=generator).tolist()
     index = {"_class_name": ["pipeline", "Zero123PlusPipeline"], "_diffusers_version": "0.20.2",
              "ramping_coefficients": ramping}
-    for name, (library, class_name) in {
-        "vae": ("diffusers", "AutoencoderKL"), "text_encoder": ("transformers", "CLIPTextModel"),
-        "tokenizer": ("transformers", "CLIPTokenizer"),
-        "unet": ("diffusers", "UNet2DConditionModel"),
-        "scheduler": ("diffusers", "EulerAncestralDiscreteScheduler"),
-        "vision_encoder": ("transformers", "CLIPVisionModelWithProjection"),
-        "feature_extractor_clip": ("transformers", "CLIPImageProcessor"),
-        "feature_extractor_vae": ("transformers", "CLIPImageProcessor"),
-    }.items():
+    for name, (library, class_name) in ZERO123PLUS_PARTS.items():
         index[name] = [library, class_name]
     (path / "model_index.json").write_text(json.dumps(index, indent=1))
     return path
