@@ -28,6 +28,7 @@ from storage.schema import (
     Batch,
     BatchItem,
     Metric,
+    PromptIndex,
     StageRun,
     utcnow,
 )
@@ -232,6 +233,25 @@ def _page_rows(session: Session, table: sa.Table, sql: str, columns: tuple[str, 
     return session.execute(  # the session's: pending ORM changes are flushed first
         statement, {name: _list_value(session, values) for name, values in lists.items()}
     )
+
+
+@functools.cache
+def _hit_details_read(dialect: str) -> sa.TextClause:
+    index, assets = PromptIndex.__table__.c, Asset.__table__.c
+    return sa.text(
+        "SELECT p.asset_id, p.text, a.state, a.output_keys, p.tags FROM prompt_index p "
+        "JOIN assets a ON a.id = p.asset_id WHERE p.asset_id "
+        + _ID_LIST[dialect].format(name="ids")
+    ).columns(index.asset_id, index.text, assets.state, assets.output_keys, index.tags)
+
+
+def search_hit_details(session: Session, asset_ids: Collection[str]) -> list[sa.Row]:
+    """``(asset_id, text, state, output_keys, tags)`` of those of ``asset_ids`` that are indexed:
+    what a search shows and filters of its hits, read as :func:`asset_cards` reads a page."""
+    if not asset_ids:
+        return []
+    statement = _hit_details_read(session.get_bind().dialect.name)
+    return session.execute(statement, {"ids": _list_value(session, asset_ids)}).all()
 
 
 def _chunks(ids: Collection[str]) -> list[list[str]]:
@@ -1177,8 +1197,6 @@ def delete_assets(session: Session, asset_ids: Collection[str]) -> list[str]:
     Dependent rows are deleted explicitly rather than through ``ON DELETE CASCADE``, which SQLite
     applies only when foreign keys are switched on for the connection.
     """
-    from storage.schema import PromptIndex
-
     existing = list(asset_states(session, asset_ids))
     for chunk in _chunks(existing):
         for table in (StageRun, Metric, PromptIndex, BatchItem):
