@@ -11,6 +11,15 @@ entry), so :mod:`storage.search_index` ranks its best candidates again in float3
 
 Without torch's int8 product (a build without it, or a shape it refuses), numpy sums the same
 integers: slower, equal.
+
+The rows' signs, one bit per component (48 bytes a row), give a cheaper pass still: the number
+of components whose sign differs from the query's (the Hamming distance) falls as the cosine
+rises, so the rows nearest by sign are a shortlist that the int8 pass then ranks
+(:meth:`QuantisedRows.sign_shortlist`, 0.4 ms for 100,000 rows against 4-6 ms for the int8
+pass). How often the shortlist holds the true nearest rows depends on the data: text embeddings
+cluster and it nearly always does, uniformly random vectors do not (recall@10 0.71 with 2,000
+of 100,000). :meth:`QuantisedRows.sign_recall` measures it on the rows themselves, so a caller
+can use the shortlist only where it holds.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ log = logging.getLogger("foundry3d.search")
 
 INT8_MAX = 127
 """Largest magnitude of a quantised component (symmetric: -127..127)."""
+SIGN_PROBES = 32
+"""Rows used as queries by :meth:`QuantisedRows.sign_recall`."""
 
 
 def quantise(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +60,8 @@ class QuantisedRows:
         self.source = source
         self.codes = np.zeros(source.shape, dtype=np.int8)
         self.scales = np.zeros(len(source), dtype=np.float32)
+        # Sign bits, 64 components per word (the width rounded up to whole words).
+        self.signs = np.zeros((len(source), -(-source.shape[1] // 64)), dtype=np.uint64)
         self.count = 0
 
     def extend(self, count: int) -> None:
@@ -59,6 +72,7 @@ class QuantisedRows:
             return
         codes, scales = quantise(self.source[self.count : count])
         self.codes[self.count : count], self.scales[self.count : count] = codes, scales
+        self.signs[self.count : count] = sign_words(self.source[self.count : count])
         self.count = count
 
     def cosines(self, query: np.ndarray, count: int) -> np.ndarray:
@@ -70,6 +84,57 @@ class QuantisedRows:
         query_codes, query_scale = quantise(np.asarray(query, dtype=np.float32)[None])
         dots = int8_dot(self.codes[:count], query_codes[0])
         return dots.astype(np.float32) * (self.scales[:count] * query_scale[0])
+
+    def cosines_of(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """:meth:`cosines` of the given rows only (``(k,)`` indices below :attr:`count`)."""
+        query_codes, query_scale = quantise(np.asarray(query, dtype=np.float32)[None])
+        dots = int8_dot(self.codes[rows], query_codes[0])
+        return dots.astype(np.float32) * (self.scales[rows] * query_scale[0])
+
+
+    def sign_shortlist(self, query: np.ndarray, count: int, size: int,
+                       excluded: np.ndarray | None = None) -> np.ndarray:
+        """Rows (among the first ``count``) of the ``size`` nearest to ``query`` (``(D,)``
+        float32) by the signs of their components (fewest differing signs; ties at the cut
+        in row order), ascending; ``excluded``: an optional ``(count,)`` bool mask of rows
+        never chosen (e.g. rows without an embedding). About 0.4 ms for 100,000 rows."""
+        if count > self.count:
+            raise ValueError(f"{count} rows scored, {self.count} quantised")
+        if size >= count:
+            return np.arange(count)
+        from storage.sign_kernel import nearest_by_sign
+
+        mask = np.zeros(0, dtype=bool) if excluded is None else np.asarray(excluded, dtype=bool)
+        return nearest_by_sign(self.signs[:count], sign_words(query[None])[0], size, mask)
+
+    def sign_recall(self, count: int, size: int, k: int = 10,
+                    probes: int = SIGN_PROBES) -> float:
+        """Share of the ``k`` best rows by int8 cosine that a ``size``-row sign shortlist holds,
+        averaged over ``probes`` of the first ``count`` rows taken as queries (evenly spaced;
+        each probe's own row left out of both). 1.0 when ``size + 1 >= count``."""
+        if size + 1 >= count:
+            return 1.0
+        found = 0
+        chosen = np.unique(np.linspace(0, count - 1, probes).astype(np.intp))
+        for row in chosen:
+            query = self.codes[row].astype(np.float32) * self.scales[row]
+            cosines = self.cosines(query, count)
+            cosines[row] = -np.inf
+            best = np.argpartition(-cosines, k)[:k]
+            excluded = np.zeros(count, dtype=bool)
+            excluded[row] = True
+            shortlist = self.sign_shortlist(query, count, size, excluded)
+            found += np.isin(best, shortlist).sum()
+        return float(found) / (k * len(chosen))
+
+
+def sign_words(rows: np.ndarray) -> np.ndarray:
+    """``(n, D)`` float32 rows -> ``(n, ceil(D / 64))`` uint64: bit j of a row set when its
+    component j is positive."""
+    bits = np.packbits(np.asarray(rows) > 0, axis=1)
+    padded = np.zeros((len(bits), -(-bits.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, : bits.shape[1]] = bits
+    return padded.view(np.uint64)
 
 
 _TORCH_INT_MM: bool | None = None  # whether torch._int_mm works here; None until tried

@@ -264,6 +264,46 @@ def test_the_int8_pass_and_its_re_rank_find_the_ten_best_of_20000_random_entries
     assert np.mean(recalls) >= 0.95
 
 
+def _clustered_unit_rows(rng: np.random.Generator, count: int) -> np.ndarray:
+    centres = rng.normal(size=(300, EMBEDDING_DIM)).astype(np.float32)
+    rows = centres[rng.integers(0, 300, count)] + rng.normal(
+        size=(count, EMBEDDING_DIM)).astype(np.float32)
+    search.scale_rows_to_unit(rows)
+    return rows
+
+
+def test_a_sign_shortlisted_pass_finds_the_ten_best_of_20000_clustered_entries():
+    rng = np.random.default_rng(12)
+    unit = _clustered_unit_rows(rng, 20_000)
+    ids = np.array([f"{n:08d}" for n in range(len(unit))], dtype=object)
+    quantised = search_index.QuantisedRows(unit)
+    quantised.extend(len(unit))
+    for row in rng.choice(len(unit), 20, replace=False):
+        # A query near an entry, as a short text lies near the prompts that share its words.
+        noise = rng.normal(size=EMBEDDING_DIM) / np.sqrt(EMBEDDING_DIM)
+        query = search._unit((unit[row] + 0.5 * noise).astype(np.float32)[None])[0]
+        exact = unit @ query
+        scores, reranked = search_index.semantic_scores(
+            unit, np.arange(len(unit)), ids, query, search_index.RERANK_MIN, quantised,
+            shortlist=search_index.SIGN_SHORTLIST)
+        assert len(reranked) == search_index.RERANK_MIN
+        best = reranked[np.argsort(-scores[reranked], kind="stable")[:10]]
+        assert set(best) == set(np.argsort(-exact, kind="stable")[:10])
+        np.testing.assert_allclose(scores[best], exact[best], rtol=0, atol=1e-6)
+
+
+def test_an_index_shortlists_by_sign_only_where_its_own_rows_show_the_shortlist_holds():
+    rng = np.random.default_rng(13)
+    size = search_index.SIGN_SHORTLIST
+    for rows, holds in ((_clustered_unit_rows(rng, 12_000), True),
+                        (search._unit(rng.normal(size=(12_000, EMBEDDING_DIM)).astype(
+                            np.float32)), False)):
+        quantised = search_index.QuantisedRows(rows)
+        quantised.extend(len(rows))
+        assert SearchIndex(sign_shortlist=True)._sign_holds(quantised, len(rows), size) is holds
+        assert SearchIndex()._sign_holds(quantised, len(rows), size) is False
+
+
 def test_auto_searches_approximately_only_from_the_threshold_on(catalog, monkeypatch):
     query = "red chair"
     with session_scope(catalog) as session:
