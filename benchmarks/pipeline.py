@@ -582,17 +582,23 @@ def _print_profile(profiler, title: str, top: int = 25) -> None:
 # --- 3. search -----------------------------------------------------------------------------------
 
 
-def _synthetic_rows(count: int, seed: int = 0) -> tuple[list[dict], list[dict], np.ndarray]:
-    """Asset rows, prompt-index rows and their ``(count, 384)`` float32 unit embeddings."""
+def _synthetic_rows(count: int, seed: int = 0, embed=None,  # noqa: ANN001
+                    ) -> tuple[list[dict], list[dict], np.ndarray]:
+    """Asset rows, prompt-index rows and their ``(count, 384)`` float32 unit embeddings:
+    ``embed(texts)`` of the prompts (e.g. the text model's), else uniformly random ones."""
     from storage.schema import EMBEDDING_DIM
 
     rng = random.Random(seed)
-    embeddings = unit_vectors(np.random.default_rng(seed), count, EMBEDDING_DIM)
+    texts = [prompt_text(rng) for _ in range(count)]
+    if embed is None:
+        embeddings = unit_vectors(np.random.default_rng(seed), count, EMBEDDING_DIM)
+    else:
+        embeddings = np.asarray(embed(texts), dtype=np.float32)
+        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     now = datetime.now(UTC)
     assets, index = [], []
-    for i in range(count):
+    for i, text in enumerate(texts):
         asset_id = f"{i:024x}"
-        text = prompt_text(rng)
         tags = rng.sample(TAGS, rng.randint(0, 2))
         state = "succeeded" if rng.random() < 0.9 else rng.choice(["failed", "pending"])
         keys = {name: f"assets/{asset_id}/{name}" for name in
