@@ -17,6 +17,7 @@ from foundry3d.api.auth import Authenticator
 from foundry3d.api.errors import install_error_handlers
 from foundry3d.api.fingerprint import database_fingerprint
 from foundry3d.api.jobs import JobRunner
+from foundry3d.api.query_prefetch import QueryPrefetch
 from foundry3d.settings import ApiSettings, Settings
 from storage.search_index import SearchIndex, snapshot_folder
 
@@ -90,7 +91,9 @@ def _load_search_index(app: FastAPI) -> None:
         with session_scope(app.state.engine) as session:
             count = app.state.search_index.refresh(session)
             words = app.state.search_index.warm_words(session)
-        log.info("search index: %d entries, %d words read ahead", count, words)
+            recall = app.state.search_index.warm_semantic(session)
+        log.info("search index: %d entries, %d words read ahead%s", count, words,
+                 "" if recall is None else f", sign shortlist recall@10 {recall:.3f}")
     except Exception:  # noqa: BLE001 - the first search loads it instead; the log says why
         log.exception("could not load the search index at start-up")
     finally:
@@ -109,6 +112,7 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> Iterator[None]:
         app.state.embed = _embedder()
+        app.state.auth.configured()  # known before the first request (see query_prefetch)
         threading.Thread(target=_load_search_index, args=(app,), name="foundry3d-search-index",
                          daemon=True).start()
         app.state.runner.start()
@@ -133,14 +137,16 @@ def create_app(settings: Settings, api_settings: ApiSettings, *,
     app.state.auth = Authenticator(engine)
     app.state.upload_dir = settings.data_dir.resolve() / "api-manifests"
     app.state.embed = lambda _text: None  # replaced at start-up
-    app.state.search_index = SearchIndex(snapshot_folder(engine.url))
+    # A long-lived server measures (at start-up) whether the index's sign shortlist holds.
+    app.state.search_index = SearchIndex(snapshot_folder(engine.url), sign_shortlist=True)
     app.state.search_ready = threading.Event()  # set once the index is loaded (or failed to)
     deployment = settings.asset_deployment if settings.prefect_mode == "server" else None
     app.state.runner = JobRunner(config, engine, concurrency=concurrency or settings.concurrency,
                                  deployment=deployment,
                                  callback_secret=api_settings.callback_secret)
     install_error_handlers(app)
-    app.add_middleware(ServerTiming)
+    app.add_middleware(QueryPrefetch)
+    app.add_middleware(ServerTiming)  # added last: the outermost, so it times the prefetch too
 
     @app.get("/v1/health", tags=["service"], summary="Liveness and readiness")
     def health() -> dict:

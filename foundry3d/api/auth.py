@@ -81,6 +81,10 @@ class Authenticator:
                 self._configured = True
         return found
 
+    def configured_already(self) -> bool:
+        """Whether a token was found to exist before (no database read: False may be stale)."""
+        return self._configured
+
     def check(self, request: Request, scope: str) -> str | None:
         """The token name that grants ``scope``, None on an open server; raises 401/403."""
         if not self.configured():

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from foundry3d.api.auth import require
 from foundry3d.api.errors import ApiError
+from foundry3d.api.query_prefetch import prefetched
 from foundry3d.api.views import (
     KEY_METRICS,
     error_view,
@@ -106,7 +107,8 @@ def list_assets(
     position = _decode_cursor(cursor) if cursor else {}
     with session_scope(app.state.engine) as session:
         if q and q.strip():
-            return _search(app, session, q.strip(), tag, state, batch, limit, position)
+            return _search(app, request.state, session, q.strip(), tag, state, batch, limit,
+                           position)
         after = None
         if position:
             try:
@@ -124,8 +126,8 @@ def list_assets(
         return {"items": items, "next_cursor": next_cursor}
 
 
-def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
-            position: dict) -> JSONResponse:
+def _search(app, request_state, session, q: str, tag, state, batch,  # noqa: ANN001
+            limit: int, position: dict) -> JSONResponse:
     offset = int(position.get("o", 0)) if position.get("q") == q else 0
     laps = _Laps()
     wanted = offset + limit + 1
@@ -133,12 +135,18 @@ def _search(app, session, q: str, tag, state, batch, limit: int,  # noqa: ANN001
     pool = wanted * 10 if batch else wanted
     # The server's in-memory index ranks as storage.search.hybrid_search, the semantic part
     # in int8 first over a large index (method "auto"; see storage.quantised_embeddings).
-    # The query is embedded late: the index embeds and scores it on its worker thread while
-    # this one ranks the keyword matches (profile parts "search.embed", "search.semantic").
+    # The query has been embedding since the request arrived (foundry3d.api.query_prefetch);
+    # the index's worker thread takes the vector and scores it while this one ranks the
+    # keyword matches (profile parts "search.embed": the worker's wait for the vector,
+    # "search.semantic", and "search.query_embedding": the embedding itself).
     profile: dict[str, tuple[float, float]] = {}
-    hits = app.state.search_index.search(session, q, lambda: app.state.embed(q), limit=pool,
+    pending = prefetched(request_state, q)
+    embedding = pending.vector if pending is not None else (lambda: app.state.embed(q))
+    hits = app.state.search_index.search(session, q, embedding, limit=pool,
                                          state=state, tag=tag, method="auto", profile=profile)
     laps.lap("search")
+    if pending is not None:
+        profile["query_embedding"] = pending.timing()
     if batch:
         members = set(session.scalars(sa.select(BatchItem.asset_id).where(
             BatchItem.batch_id == batch)))
