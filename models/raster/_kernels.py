@@ -479,6 +479,40 @@ def _near_silhouette(clip, faces, neigh, wind, dist, h, w):
 
 
 @numba.njit(cache=True, nogil=True)
+def neighbours_across_edges(face_edges, num_edges):
+    """``(F, 3)`` int64: the face across the edge opposite each corner (-1 unless exactly two
+    face sides share the edge), from ``face_edges`` ``(F, 3)`` whose entry ``k`` is the edge
+    from corner ``k`` to corner ``k + 1`` (:func:`models.geometry.remesh.edges_unique`)."""
+    nf = face_edges.shape[0]
+    count = np.zeros(num_edges, np.int64)
+    first = np.full(num_edges, -1, np.int64)
+    second = np.full(num_edges, -1, np.int64)
+    for f in range(nf):
+        for k in range(3):
+            e = face_edges[f, k]
+            if count[e] == 0:
+                first[e] = f
+            elif count[e] == 1:
+                second[e] = f
+            count[e] += 1
+    out = np.full((nf, 3), -1, np.int64)
+    seen = np.zeros(num_edges, np.bool_)
+    for f in range(nf):
+        for k in range(3):
+            e = face_edges[f, k]
+            if count[e] != 2:
+                continue
+            # the edge from corner k to k + 1 is opposite corner k + 2; the first of its two
+            # sides met gets the second's face and the other way round
+            if not seen[e]:
+                seen[e] = True
+                out[f, (k + 2) % 3] = second[e]
+            else:
+                out[f, (k + 2) % 3] = first[e]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def aa_forward(image, front, back, t, out):
     """Blend pairs into ``out`` (a copy of ``image``, flat ``(P, C)``), see ``antialias``."""
     nc = image.shape[1]
