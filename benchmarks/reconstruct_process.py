@@ -4,7 +4,8 @@ Runs the CLI ``--repeats`` times on one bundle (a fresh process each time, so im
 numba disk cache count as a user sees them) and prints per run: wall seconds, the process's CPU
 seconds (user + sys, all threads), the seconds before the command's own clock starts (the
 interpreter, the CLI's and the stage's imports), and the per-part split the CLI reports (init,
-refine, texture, metrics, export, report); then the medians. Compare CPU seconds on a shared
+refine, texture, metrics, export, report), with its lines splitting refine (setup, coarse, fine,
+remesh within them, hull prior, guard) and export; then the medians. Compare CPU seconds on a shared
 machine and say what the load was (``uptime`` is printed before and after).
 
     PYTHONPATH=. .venv/bin/python benchmarks/reconstruct_process.py /tmp/rb/mug512.png
@@ -65,8 +66,9 @@ def run_once(bundle: Path, extra: list[str], out_dir: Path) -> dict[str, float]:
     row["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if "command" in row:
         row["startup"] = wall - row["command"]
-    export_line = [line for line in done.stdout.splitlines() if line.startswith("export:")]
-    row["export_split"] = export_line[0] if export_line else ""  # type: ignore[assignment]
+    for stage in ("refine", "export"):
+        line = [text for text in done.stdout.splitlines() if text.startswith(f"{stage}:")]
+        row[f"{stage}_split"] = line[0] if line else ""  # type: ignore[assignment]
     return row
 
 
@@ -90,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             cells = [f"{row[c]:8.2f}" if c in row else f"{'-':>8}" for c in columns]
             print(f"{k + 1:>8} " + " ".join(cells))
-            if row["export_split"]:
-                print(f"{'':>8} {row['export_split']}")
+            for stage in ("refine", "export"):
+                if row[f"{stage}_split"]:
+                    print(f"{'':>8} {row[f'{stage}_split']}")
     medians = [
         f"{statistics.median([r[c] for r in rows]):8.2f}" if all(c in r for r in rows)
         else f"{'-':>8}"

@@ -63,6 +63,11 @@ def render_bundle_command(
 
 # -- reconstruct -------------------------------------------------------------------------------
 
+#: Parts of the refine step (keys of :attr:`Reconstruction.timings`) the report splits it into;
+#: ``refine_remesh`` is part of the coarse and fine phases.
+REFINE_PARTS = ("refine_setup", "refine_coarse", "refine_fine", "refine_remesh", "refine_explicit",
+                "refine_clean", "hull_prior", "guard")
+
 
 @app.command("reconstruct")
 def reconstruct_command(
@@ -217,10 +222,13 @@ def reconstruct_command(
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4g}")
     console.print(table)
-    if export_parts:
-        # Where the export stage's seconds go (wall), largest first.
-        parts = sorted(export_parts.items(), key=lambda item: -item[1])
-        console.print("export: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts))
+    refine_parts = {k[len("refine_"):] if k.startswith("refine_") else k: v
+                    for k, v in result.timings.items() if k in REFINE_PARTS}
+    for stage, parts in (("refine", refine_parts), ("export", export_parts)):
+        if parts:
+            # Where the stage's seconds go (wall), largest first.
+            ranked = sorted(parts.items(), key=lambda item: -item[1])
+            console.print(f"{stage}: " + ", ".join(f"{k} {v:.2f} s" for k, v in ranked))
     shown = [*written_files, *([preview] if preview else [])]
     written = "wrote " + ", ".join(str(path) for path in shown)
     console.print(f"{written} ({time.perf_counter() - start:.1f} s in all)")

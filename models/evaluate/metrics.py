@@ -238,6 +238,16 @@ def ssim(
         a, b = a[None], b[None]
     if a.ndim != 4 or min(a.shape[1:3]) < window:
         raise ValueError(f"ssim needs (N, H, W, C) images of at least {window} px, got {a.shape}")
+    # A window over pixels where the images agree scores exactly 1 (equal means and
+    # variances, covariance = variance: numerator and denominator are the same floats), so
+    # only the windows that reach a differing pixel are filtered: on re-rendered views
+    # (white background on both) that is the object's box, not the whole tile.
+    n, h, w, c = a.shape
+    windows = n * (h - window + 1) * (w - window + 1) * c
+    rows, cols = _differing_span(a, b, window)
+    if rows is None:
+        return 1.0
+    a, b = a[:, rows, cols], b[:, rows, cols]
     taps = _gaussian_window(window, sigma)
 
     def blur(t: np.ndarray) -> np.ndarray:
@@ -250,7 +260,28 @@ def ssim(
     cov = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return float((num / den).mean())
+    scores = num / den
+    return float((scores.sum() + (windows - scores.size)) / windows)
+
+
+def _differing_span(a: np.ndarray, b: np.ndarray, window: int) -> tuple[slice | None, slice]:
+    """Rows and columns of ``(N, H, W, C)`` images that every ``window``-pixel window touching
+    a pixel where ``a`` and ``b`` differ lies within (at least ``window`` of each);
+    ``(None, ...)`` when the images are equal."""
+    differ = np.any(a != b, axis=(0, 3))  # (H, W)
+    if not differ.any():
+        return None, slice(None)
+
+    def span(hit: np.ndarray) -> slice:
+        where = np.flatnonzero(hit)
+        start = max(int(where[0]) - (window - 1), 0)
+        stop = min(int(where[-1]) + window, len(hit))
+        # Keep at least one whole window (the image has one, checked by the caller).
+        start = min(start, max(stop - window, 0))
+        stop = max(stop, start + window)
+        return slice(start, stop)
+
+    return span(differ.any(axis=1)), span(differ.any(axis=0))
 
 
 # --------------------------------------------------------------------------- re-render vs bundle

@@ -286,6 +286,11 @@ def _winding(clip, faces, b, f):
 #: Faces walked from the front pixel's triangle toward the other pixel in search of the
 #: silhouette edge (small triangles often sit between a pixel centre and the silhouette).
 MAX_WALK = 16
+#: Pixels (screen units) by which a silhouette edge's screen box is widened when marking the
+#: pixel pairs worth walking. A walk records an edge it crosses within one pixel of its start
+#: (the front pixel), and the pair's first pixel is at most one pixel from that: two pixels;
+#: the third covers rounding of the crossing's parameter.
+NEAR_EDGE_PIXELS = 3.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -349,6 +354,7 @@ def silhouette_pairs(clip, faces, neigh, tri, depth, cap):
                     dist[b, g] = dist[b, f] + 1
                     queue[tail] = g
                     tail += 1
+    near = _near_silhouette(clip, faces, neigh, wind, dist, h, w)
     front_o = np.empty(cap, np.int64)
     back_o = np.empty(cap, np.int64)
     face_o = np.empty(cap, np.int64)
@@ -358,6 +364,8 @@ def silhouette_pairs(clip, faces, neigh, tri, depth, cap):
     for b in range(nb):
         for j in range(h):
             for i in range(w):
+                if not near[b, j, i]:  # no silhouette edge within reach of its pairs
+                    continue
                 for d in range(2):  # 0: right neighbour, 1: neighbour below
                     if d == 0:
                         if i + 1 >= w:
@@ -425,6 +433,83 @@ def silhouette_pairs(clip, faces, neigh, tri, depth, cap):
                     t_o[n] = min(max(tfound, 0.0), 1.0)
                     n += 1
     return front_o[:n], back_o[:n], face_o[:n], edge_o[:n], t_o[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _near_silhouette(clip, faces, neigh, wind, dist, h, w):
+    """``(B, H, W)`` bool: pixels whose centre lies within :data:`NEAR_EDGE_PIXELS` of the
+    screen box of a silhouette edge (every pixel of a view where such an edge has a vertex
+    behind the camera). Only a pair whose front pixel is marked can record an edge, and most
+    pairs with different triangles are interior ones far from any silhouette."""
+    nb, nf = wind.shape
+    near = np.zeros((nb, h, w), np.bool_)
+    for b in range(nb):
+        for f in range(nf):
+            if dist[b, f] != 0:
+                continue
+            for e in range(3):
+                g = neigh[f, e]
+                if g >= 0 and wind[b, g] == wind[b, f]:
+                    continue
+                va = faces[f, (e + 1) % 3]
+                vb = faces[f, (e + 2) % 3]
+                wa = np.float64(clip[b, va, 3])
+                wb = np.float64(clip[b, vb, 3])
+                if wa <= MIN_W or wb <= MIN_W:
+                    near[b, :, :] = True
+                    continue
+                # pixel units as in cover: column (x+1)W/2 - 0.5, row (1-y)H/2 - 0.5
+                xa = (clip[b, va, 0] / wa + 1.0) * 0.5 * w - 0.5
+                xb = (clip[b, vb, 0] / wb + 1.0) * 0.5 * w - 0.5
+                ya = (1.0 - clip[b, va, 1] / wa) * 0.5 * h - 0.5
+                yb = (1.0 - clip[b, vb, 1] / wb) * 0.5 * h - 0.5
+                # clamp in floats first: a vertex near the camera plane projects far away
+                x0 = max(min(xa, xb) - NEAR_EDGE_PIXELS, -1.0)
+                x1 = min(max(xa, xb) + NEAR_EDGE_PIXELS, np.float64(w))
+                y0 = max(min(ya, yb) - NEAR_EDGE_PIXELS, -1.0)
+                y1 = min(max(ya, yb) + NEAR_EDGE_PIXELS, np.float64(h))
+                i0 = max(int(math.floor(x0)), 0)
+                i1 = min(int(math.ceil(x1)), w - 1)
+                j0 = max(int(math.floor(y0)), 0)
+                j1 = min(int(math.ceil(y1)), h - 1)
+                for j in range(j0, j1 + 1):
+                    for i in range(i0, i1 + 1):
+                        near[b, j, i] = True
+    return near
+
+
+@numba.njit(cache=True, nogil=True)
+def neighbours_across_edges(face_edges, num_edges):
+    """``(F, 3)`` int64: the face across the edge opposite each corner (-1 unless exactly two
+    face sides share the edge), from ``face_edges`` ``(F, 3)`` whose entry ``k`` is the edge
+    from corner ``k`` to corner ``k + 1`` (:func:`models.geometry.remesh.edges_unique`)."""
+    nf = face_edges.shape[0]
+    count = np.zeros(num_edges, np.int64)
+    first = np.full(num_edges, -1, np.int64)
+    second = np.full(num_edges, -1, np.int64)
+    for f in range(nf):
+        for k in range(3):
+            e = face_edges[f, k]
+            if count[e] == 0:
+                first[e] = f
+            elif count[e] == 1:
+                second[e] = f
+            count[e] += 1
+    out = np.full((nf, 3), -1, np.int64)
+    seen = np.zeros(num_edges, np.bool_)
+    for f in range(nf):
+        for k in range(3):
+            e = face_edges[f, k]
+            if count[e] != 2:
+                continue
+            # the edge from corner k to k + 1 is opposite corner k + 2; the first of its two
+            # sides met gets the second's face and the other way round
+            if not seen[e]:
+                seen[e] = True
+                out[f, (k + 2) % 3] = second[e]
+            else:
+                out[f, (k + 2) % 3] = first[e]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)

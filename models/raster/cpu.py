@@ -145,26 +145,15 @@ def face_neighbours(faces: torch.Tensor | np.ndarray) -> np.ndarray:
 
     Edges shared by more than two faces (non-manifold) count as boundary edges.
     """
+    from models.geometry.remesh import edges_unique
+
     faces = np.asarray(faces.detach().cpu().numpy() if isinstance(faces, torch.Tensor) else faces)
-    f = faces.shape[0]
-    if f == 0:
+    if faces.shape[0] == 0:
         return np.zeros((0, 3), np.int64)
-    a = faces[:, [1, 2, 0]].reshape(-1).astype(np.int64)
-    b = faces[:, [2, 0, 1]].reshape(-1).astype(np.int64)
-    key = np.minimum(a, b) * (int(faces.max()) + 1) + np.maximum(a, b)
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    eq = k[1:] == k[:-1]  # eq[m]: sorted half-edges m and m+1 share an edge
-    run_start = np.r_[True, ~eq]
-    run_id = np.cumsum(run_start) - 1
-    run_len = np.bincount(run_id)
-    pair = run_len[run_id] == 2  # edges with exactly two faces
-    first = pair & run_start
-    out = np.full(3 * f, -1, dtype=np.int64)
-    m = np.nonzero(first)[0]
-    out[order[m]] = order[m + 1] // 3
-    out[order[m + 1]] = order[m] // 3
-    return out.reshape(f, 3)
+    # The remesher's linear edge map (a bucket sort) instead of sorting every half-edge: this
+    # runs after each remeshing of an optimisation, 3.3 ms -> about 1 ms at 12k faces.
+    edges, face_edges = edges_unique(faces, int(faces.max()) + 1)
+    return _kernels().neighbours_across_edges(face_edges, len(edges))
 
 
 class _BaryFn(torch.autograd.Function):

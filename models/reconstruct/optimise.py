@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -61,6 +62,16 @@ def smooth_update(
     """
     if lam <= 0 or iterations <= 0:
         return update
+    if (update.device.type == "cpu" and update.dtype == torch.float32 and edges.shape[0]
+            and not update.requires_grad):
+        # One compiled pass per iteration instead of a dozen torch operations per step (a
+        # fifth of the time at 10k vertices); same float32 operations in the same order, so
+        # the same values to the bit.
+        out = np.empty(tuple(update.shape), np.float32)
+        _jacobi_smooth(np.ascontiguousarray(update.numpy()),
+                       np.ascontiguousarray(edges.numpy(), dtype=np.int64),
+                       np.float32(lam), int(iterations), out)
+        return torch.from_numpy(out)
     num_v = update.shape[0]
     deg = torch.zeros(num_v, dtype=update.dtype, device=update.device)
     ones = torch.ones(edges.shape[0], dtype=update.dtype, device=update.device)
@@ -72,6 +83,37 @@ def smooth_update(
         nsum.index_add_(0, edges[:, 0], u[edges[:, 1]]).index_add_(0, edges[:, 1], u[edges[:, 0]])
         u = (update + lam * nsum) / denom
     return u
+
+
+@numba.njit(cache=True, nogil=True)
+def _jacobi_smooth(update, edges, lam, iterations, out):  # pragma: no cover - compiled
+    """:func:`smooth_update` on float32 arrays, into ``out`` ``(V, C)``: the neighbour sums
+    accumulate over ``edges[:, 0]`` then ``edges[:, 1]`` in edge order, as ``index_add_`` does."""
+    nv, nc = update.shape
+    deg = np.zeros(nv, np.float32)
+    for e in range(edges.shape[0]):
+        deg[edges[e, 0]] += np.float32(1.0)
+    for e in range(edges.shape[0]):
+        deg[edges[e, 1]] += np.float32(1.0)
+    denom = np.empty(nv, np.float32)
+    for v in range(nv):
+        denom[v] = np.float32(1.0) + lam * deg[v]
+    u = update.copy()
+    nsum = np.empty_like(update)
+    for _ in range(iterations):
+        nsum[:] = 0
+        for e in range(edges.shape[0]):
+            a, b = edges[e, 0], edges[e, 1]
+            for c in range(nc):
+                nsum[a, c] += u[b, c]
+        for e in range(edges.shape[0]):
+            a, b = edges[e, 0], edges[e, 1]
+            for c in range(nc):
+                nsum[b, c] += u[a, c]
+        for v in range(nv):
+            for c in range(nc):
+                out[v, c] = (update[v, c] + lam * nsum[v, c]) / denom[v]
+        u[:] = out
 
 
 class VertexOptimiser:

@@ -219,6 +219,40 @@ def test_ssim_falls_with_noise():
     assert 1.0 > scores[0] > scores[1] > scores[2]
 
 
+
+def _ssim_over_every_window(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM as Wang et al. define it, filtering the whole images (the reference)."""
+    from scipy.ndimage import correlate1d
+
+    from models.evaluate.metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
+
+    x = np.arange(SSIM_WINDOW) - (SSIM_WINDOW - 1) / 2.0
+    taps = np.exp(-(x**2) / (2.0 * SSIM_SIGMA**2))
+    taps /= taps.sum()
+    half = SSIM_WINDOW // 2
+
+    def blur(t: np.ndarray) -> np.ndarray:
+        for axis in (1, 2):
+            t = correlate1d(t, taps, axis=axis, mode="constant")
+        return t[:, half:-half, half:-half]
+
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    return float((num / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))).mean())
+
+
+@pytest.mark.parametrize("patch", [(0, 0), (20, 5), (33, 40)])
+def test_ssim_of_images_that_differ_in_a_patch_equals_the_whole_image_filter(patch):
+    rng = np.random.default_rng(1)
+    a = rng.random((2, 48, 56, 3))
+    b = a.copy()
+    row, col = patch
+    b[1, row:row + 3, col:col + 4] = rng.random((min(3, 48 - row), min(4, 56 - col), 3))
+    assert ssim(a, b) == pytest.approx(_ssim_over_every_window(a, b), abs=1e-12)
+
 # --------------------------------------------------------------------------- re-render vs bundle
 
 TILE = 64

@@ -101,6 +101,22 @@ def test_face_neighbours_pair_up_shared_edges():
     assert sorted(strip.ravel().tolist()) == [-1, -1, -1, -1, 0, 1]
 
 
+
+def test_face_neighbours_leave_edges_of_three_faces_unpaired():
+    # a fin: faces 0, 1 and 2 share the edge (0, 1); faces 2 and 3 share (1, 3) only
+    faces = np.array([[0, 1, 2], [1, 0, 3], [0, 1, 4], [1, 4, 5]])
+    sides: dict[frozenset, list[tuple[int, int]]] = {}
+    for f, face in enumerate(faces.tolist()):
+        for k in range(3):
+            sides.setdefault(frozenset((face[(k + 1) % 3], face[(k + 2) % 3])), []).append((f, k))
+    expected = np.full((4, 3), -1)
+    for pair in sides.values():
+        if len(pair) == 2:
+            (f, k), (g, j) = pair
+            expected[f, k], expected[g, j] = g, f
+    assert np.array_equal(face_neighbours(faces), expected)
+    assert face_neighbours(faces)[0].tolist() == [-1, -1, -1]
+
 def _grads(fn, *inputs):
     for x in inputs:
         x.grad = None

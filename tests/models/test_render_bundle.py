@@ -289,3 +289,11 @@ def test_render_bundle_cli_writes_png_and_sidecar(tmp_path):
     bundle = Bundle.load(out)
     assert bundle.tile == 32 and bundle.spec.extra["source_up"] == "z"
     assert bundle.masks().any(axis=(1, 2)).all()
+
+
+def test_box_min_takes_the_nearest_sample_of_each_pixel():
+    from models.render.views import _box_min
+
+    depth = np.random.default_rng(0).random((2, 6, 9)).astype(np.float32)
+    blocks = depth.reshape(2, 2, 3, 3, 3).min(axis=(2, 4))
+    assert np.array_equal(_box_min(depth, 3), blocks)
