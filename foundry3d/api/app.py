@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import threading
 import time
@@ -97,6 +98,10 @@ def _load_search_index(app: FastAPI) -> None:
     except Exception:  # noqa: BLE001 - the first search loads it instead; the log says why
         log.exception("could not load the search index at start-up")
     finally:
+        # What start-up made (about 500,000 objects: modules, the models, the index) lives as
+        # long as the server: a full garbage collection would walk it all for nothing, a pause
+        # of 0.1-0.8 s in some request. Frozen, collections see only what requests make.
+        gc.freeze()
         app.state.search_ready.set()
 
 
