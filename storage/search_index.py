@@ -130,6 +130,13 @@ class _Entries:
         return {asset_id: i for i, asset_id in enumerate(self.ids[: self.count].tolist())}
 
     @cached_property
+    def embedded_rows(self) -> np.ndarray:
+        """``(E,)`` rows of the entries that have an embedding, ascending (made once, read-only)."""
+        rows = np.flatnonzero(self.embedded[: self.count])
+        rows.setflags(write=False)
+        return rows
+
+    @cached_property
     def _rowid_order(self) -> np.ndarray:
         return np.argsort(self.rowids[: self.count], kind="stable")
 
@@ -421,7 +428,7 @@ class SearchIndex:
         # so that the cosines are the same float32 numbers.
         query_vector = search._unit(search._unit(query_vector[None])[0][None])[0]
         n = entries.count
-        embedded = np.flatnonzero(entries.embedded[:n])
+        embedded = entries.embedded_rows
         quantised = self._quantised(entries) if approximate else None
         shortlist = 0
         if quantised is not None and not filtered:
