@@ -14,11 +14,14 @@ it touches the hull over a broad band (a can's side, a fruit). The constant is t
 which most pixels agree with the hull's front; a piece with no broad agreement (a thin part
 whose front never touches the hull) is not used.
 
-Voxels clearly in front of that surface in some view are empty: concavities a view sees (a
-gap between Duplo studs, the far inner wall of a cup over its near rim, a recessed lid) are
-carved from the hull before its surface is extracted. A margin absorbs integration error, and
-gradients across suspected depth jumps (neighbouring normals far apart, grazing normals) are
-dropped, so the pieces on either side of an occlusion edge are integrated and anchored apart.
+Voxels clearly in front of that surface in some view are empty: concavities a view sees into
+but no silhouette shows (a groove, a fruit's dimple, the round between two views' corners) are
+carved from the hull before its surface is extracted. A margin absorbs integration error;
+gradients at grazing normals are left out, reweighting keeps an unseen depth jump a single
+large residual, and only pixels away from grazing surfaces, creases and the silhouette carve.
+A jump between faces that look alike in the normals (a slot whose walls run along the view, a
+cup's near rim over its far inner wall) leaves no trace in them: there the depth is wrong
+near the jump, which the margin and the trusted-pixel rule only partly cover.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from scipy.sparse import coo_matrix, diags
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import spsolve
 
-#: Neighbouring normals further apart than this (cosine) are taken to straddle a depth jump.
+#: Neighbouring normals further apart than this (cosine) mark a crease or a depth jump: the
+#: integrated depth next to them is not trusted for carving.
 JUMP_MIN_COSINE = 0.5
 #: Gradients where the normal faces the camera less than this (``n_z``) are not integrated:
 #: near the silhouette the log-depth slope grows without bound and one pixel spans a jump.
