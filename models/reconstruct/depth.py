@@ -55,9 +55,10 @@ class DepthCarveParams:
     resolution: int = 128
     """Pixels per side the normal maps are averaged down to before integrating (128: about
     one hull voxel per pixel at the object's depth)."""
-    margin: float = 0.04
-    """Bundle units a voxel must lie in front of the integrated surface to be carved (about
-    two voxels): integration error stays below it on smooth surfaces."""
+    margin: float = 0.02
+    """Bundle units a voxel must lie in front of the integrated surface to be carved (about a
+    voxel of the default hull grid): the integrated depth of smooth surfaces (fruit, cans) lies
+    within 0.01 of the true depth at most pixels; 0.04 carved too little to help."""
     agree_tolerance: float = 0.005
     """Width in log depth (0.005: about 0.02 bundle units at the cameras' distance) of the
     window of hull agreement that anchors a piece."""

@@ -68,8 +68,9 @@ class HullParams:
     """Also carve the voxels that lie clearly in front of the surface each view's normal map
     integrates to (:mod:`models.reconstruct.depth`): concavities a view sees into (gaps
     between parts, a recess) are open from the start."""
-    depth_margin: float = 0.04
-    """Bundle units a voxel must lie in front of a view's integrated surface to be carved."""
+    depth_margin: float = 0.02
+    """Bundle units a voxel must lie in front of a view's integrated surface to be carved
+    (about one voxel of the default grid)."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> HullParams:
