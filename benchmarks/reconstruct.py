@@ -32,8 +32,9 @@ import trimesh
 from models.evaluate.metrics import chamfer_fscore, render_metrics
 from models.geometry.mesh import load_mesh, normalise_mesh
 from models.raster import get_rasteriser
+from models.reconstruct.hull import HullParams, HullParamsError
 from models.reconstruct.hull_prior import HullPriorParams
-from models.reconstruct.init import INITIALISERS
+from models.reconstruct.init import INITIALISERS, InitContext
 from models.reconstruct.pipeline import reconstruct_bundle, schedule_for
 from models.reconstruct.refine import RefineParams
 from models.render.views import render_bundle
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="initial mesh (library/lrm need a sidecar or weights)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a RefineParams field, e.g. --set fine_edge=0.03")
+    parser.add_argument("--hull", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a HullParams field of the hull init, e.g. "
+                             "--hull depth_carve=True")
     parser.add_argument("--backend", default="auto", help="rasteriser: auto, cpu, nvdiffrast")
     parser.add_argument("--device", default="cpu", help="torch device of the optimisation")
     parser.add_argument("--no-guard", action="store_true",
@@ -90,8 +94,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set: RefineParams has no field {key!r}")
         changes[key] = ast.literal_eval(value)
     params = schedule_for(args.init, changes)
+    hull_changes = {}
+    for item in args.hull:
+        key, _, value = item.partition("=")
+        hull_changes[key] = ast.literal_eval(value)
+    try:
+        context = InitContext(hull=HullParams.from_mapping(hull_changes))
+    except HullParamsError as exc:
+        parser.error(f"--hull: {exc}")
     rasteriser = get_rasteriser(args.backend, device=args.device)
-    print(f"rasteriser {rasteriser.name}, tile {args.tile}, init {args.init}, params {params}")
+    print(f"rasteriser {rasteriser.name}, tile {args.tile}, init {args.init}, params {params}, "
+          f"hull {context.hull}")
     header = (f"{'mesh':28s} {'iF@.05':>6s} {'iCD':>7s} {'F@0.05':>7s} {'CD':>7s} {'F@0.1':>6s} "
               f"{'nerr°':>6s} {'IoU':>6s} {'PSNR':>6s} {'unseen':>6s} {'kept':>7s} {'faces':>6s} "
               f"{'sec':>6s} {'cpu s':>6s} {'MiB':>6s}")
@@ -103,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         reference, _, _ = normalise_mesh(source, up=up)
         start = time.perf_counter()
         cpu_start = time.process_time()
-        result = reconstruct_bundle(bundle, args.init, params, rasteriser=rasteriser,
+        result = reconstruct_bundle(bundle, args.init, params, context=context,
+                                    rasteriser=rasteriser,
                                     keep_better=not args.no_guard,
                                     prior=None if args.no_hull_prior else HullPriorParams())
         seconds = time.perf_counter() - start

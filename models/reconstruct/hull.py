@@ -24,6 +24,7 @@ from scipy.ndimage import gaussian_filter, median_filter
 from models.bundle.cameras import BundleCameras
 from models.bundle.spec import Bundle
 from models.geometry.mesh import NORMALISED_EXTENT
+from models.reconstruct.depth import DepthCarveParams, carve_with_depth
 
 #: Half side of the carved cube (bundle frame); the normalised object lies within 0.9,
 #: and refinement accepts an init within 1 without rescaling it.
@@ -63,6 +64,13 @@ class HullParams:
     min_component_fraction: float = 0.002
     """Components whose area is below this fraction of the largest one are dropped (specks
     from single anti-aliased pixels)."""
+    depth_carve: bool = False
+    """Also carve the voxels that lie clearly in front of the surface each view's normal map
+    integrates to (:mod:`models.reconstruct.depth`): concavities a view sees into (gaps
+    between parts, a recess) are open from the start."""
+    depth_margin: float = 0.02
+    """Bundle units a voxel must lie in front of a view's integrated surface to be carved
+    (about one voxel of the default grid)."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> HullParams:
@@ -78,6 +86,8 @@ class HullParams:
             raise HullParamsError(f"hull grid must be within 16..512, got {params.grid}")
         if params.smooth_voxels < 0:
             raise HullParamsError(f"smooth_voxels must be >= 0, got {params.smooth_voxels}")
+        if params.depth_margin < 0:
+            raise HullParamsError(f"depth_margin must be >= 0, got {params.depth_margin}")
         if not 0.0 <= params.min_component_fraction < 1.0:
             raise HullParamsError(
                 f"min_component_fraction must be in [0, 1), got {params.min_component_fraction}"
@@ -85,14 +95,18 @@ class HullParams:
         return params
 
 
-def carve_occupancy(bundle: Bundle, grid: int, round_corners: bool = False) -> np.ndarray:
+def carve_occupancy(
+    bundle: Bundle, grid: int, round_corners: bool = False, depth: DepthCarveParams | None = None
+) -> np.ndarray:
     """Occupancy ``(grid, grid, grid)`` float32 in [0, 1], indexed ``[x, y, z]`` (bundle frame).
 
     Voxel ``i`` along an axis has its centre at ``-HULL_BOX + (i + 0.5) * 2 HULL_BOX / grid``.
     A voxel's value is the minimum over views of the mask sampled bilinearly at its projection
     (0 for a projection outside the image). With ``round_corners`` the corners between
     adjacent views whose normal maps show a turning surface are carved to an ellipse
-    (:func:`_row_offsets`).
+    (:func:`_row_offsets`). With ``depth`` the voxels in front of the surface each view's
+    normal map integrates to are carved last (:func:`models.reconstruct.depth.carve_with_depth`,
+    anchored on the hull carved so far).
     """
     masks = bundle.masks().astype(np.float32)  # (4, T, T), row 0 at the top
     normals = bundle.normals() if round_corners else None  # (4, T, T, 3) camera space
@@ -146,6 +160,10 @@ def carve_occupancy(bundle: Bundle, grid: int, round_corners: bool = False) -> n
     np.minimum(occupancy, inside_box[:, None, None], out=occupancy)
     np.minimum(occupancy, inside_box[None, :, None], out=occupancy)
     np.minimum(occupancy, inside_box[None, None, :], out=occupancy)
+    if depth is not None:
+        normals = normals if normals is not None else bundle.normals()
+        occupancy = carve_with_depth(occupancy, axis, normals, masks > 0.5, cams.world_to_cam,
+                                     cams.mvp, cams.focal_px, depth)
     return occupancy.reshape(grid, grid, grid)
 
 
@@ -159,7 +177,8 @@ def visual_hull(bundle: Bundle, params: HullParams | None = None) -> trimesh.Tri
     from skimage.measure import marching_cubes
 
     params = params or HullParams()
-    occupancy = carve_occupancy(bundle, params.grid, params.round_corners)
+    depth = DepthCarveParams(margin=params.depth_margin) if params.depth_carve else None
+    occupancy = carve_occupancy(bundle, params.grid, params.round_corners, depth)
     if occupancy.max() <= HULL_LEVEL:
         raise HullParamsError("the bundle's masks carve the whole volume away: nothing to mesh")
     if params.smooth_voxels > 0:

@@ -130,7 +130,7 @@ def hull_prior_inputs(bundle: Bundle, hull: trimesh.Trimesh, hull_params: HullPa
     """The keyword arguments of :func:`refine` that apply the hull prior to a refinement that
     started from ``hull`` (the bundle's visual hull, carved with ``hull_params``)."""
     # The masks' hull without rounded corners: the only true outer bound.
-    bound = visual_hull(bundle, replace(hull_params, round_corners=False))
+    bound = visual_hull(bundle, replace(hull_params, round_corners=False, depth_carve=False))
     return {"hull": hull, "bound": bound, "prior": prior or HullPriorParams()}
 
 

@@ -69,6 +69,11 @@ def test_hull_grid_out_of_range_is_refused():
         HullParams.from_mapping({"grid": 4})
 
 
+def test_negative_depth_margin_is_refused():
+    with pytest.raises(HullParamsError, match="depth_margin"):
+        HullParams.from_mapping({"depth_margin": -0.01})
+
+
 def test_rounding_pulls_a_cylinders_hull_toward_the_cylinder():
     # Four views alone leave a cylinder's hull a rounded square prism.
     cylinder = trimesh.creation.cylinder(radius=0.5, height=0.8, sections=64)

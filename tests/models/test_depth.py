@@ -1,0 +1,129 @@
+"""Depth from normal maps: integration, anchoring on the hull, and carving what a view sees past."""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+
+from models.geometry.mesh import normalise_mesh
+from models.reconstruct.depth import (
+    DepthCarveParams,
+    anchor_depth,
+    integrate_log_depth,
+)
+from models.reconstruct.hull import HULL_BOX, carve_occupancy
+from models.render.views import render_bundle
+
+DISTANCE = 4.5
+FOCAL_PX = 200.0
+
+
+def sphere_view(radius: float, size: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normals ``(S, S, 3)``, mask and true depth ``(S, S)`` of a sphere at the origin seen by a
+    pinhole camera ``DISTANCE`` away on +z (principal point at the image centre)."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    u = cols - (size - 1) / 2.0
+    v = (size - 1) / 2.0 - rows
+    ray = np.stack([u / FOCAL_PX, v / FOCAL_PX, -np.ones_like(u, dtype=float)], axis=-1)
+    ray /= np.linalg.norm(ray, axis=-1, keepdims=True)
+    eye = np.array([0.0, 0.0, DISTANCE])
+    b = ray @ eye
+    disc = b * b - (eye @ eye - radius * radius)
+    mask = disc > 0
+    t = -b - np.sqrt(np.maximum(disc, 0.0))
+    point = eye + t[..., None] * ray
+    normals = np.where(mask[..., None], point / radius, 0.0)
+    depth = np.where(mask, DISTANCE - point[..., 2], np.nan)
+    return normals, mask, depth
+
+
+def grooved_pillar() -> trimesh.Trimesh:
+    """An upright cylinder (radius 0.5, height 1.2) with a V groove down its front (+z): 0.4 wide
+    at the surface, its tip at z = 0.1; no silhouette shows it."""
+    angles = np.linspace(0.0, 2.0 * np.pi, 96, endpoint=False)
+    circle = np.stack([0.5 * np.sin(angles), 0.5 * np.cos(angles)], axis=1)  # (x, z), from +z
+    # From the groove's right lip round the back to its left lip, then to the tip.
+    kept = circle[(np.abs(circle[:, 0]) > 0.2) | (circle[:, 1] < 0)]
+    outline = np.vstack([kept, [[0.0, 0.1]]])
+    tip = len(outline) - 1
+    # A fan from the groove's tip, which sees every other corner.
+    fan = np.array([[tip, i, i + 1] for i in range(tip - 1)])
+    prism = trimesh.creation.extrude_triangulation(outline, fan, height=1.2)
+    vertices = prism.vertices[:, [0, 2, 1]] - np.array([0.0, 0.6, 0.0])  # (x, z) out along y
+    pillar = trimesh.Trimesh(vertices, prism.faces, process=True)
+    if pillar.volume < 0:
+        pillar.invert()
+    return pillar
+
+
+def test_integrated_sphere_depth_matches_the_true_depth_up_to_a_constant():
+    normals, mask, depth = sphere_view(0.8)
+    log_depth, pieces = integrate_log_depth(normals, mask, FOCAL_PX)
+    inner = mask & (normals[..., 2] > 0.5)
+    gap = np.log(depth[inner]) - log_depth[inner]
+    assert pieces.max() == 1
+    assert np.ptp(gap) < 0.004  # about 0.015 bundle units at this distance
+
+
+def test_anchoring_on_a_hull_that_touches_the_sphere_recovers_its_depth():
+    normals, mask, depth = sphere_view(0.8)
+    log_depth, pieces = integrate_log_depth(normals, mask, FOCAL_PX)
+    # A hull that touches the sphere's front over the middle and stands off it elsewhere.
+    rows, cols = np.mgrid[0:96, 0:96]
+    middle = (rows - 47.5) ** 2 + (cols - 47.5) ** 2 < 30.0**2
+    hull_front = np.where(middle, depth, depth - 0.2)
+    estimate = anchor_depth(log_depth, pieces, hull_front, tolerance=0.005, min_support=0.2,
+                            min_pixels=50)
+    inner = mask & (normals[..., 2] > 0.5)
+    assert np.nanmax(np.abs(estimate[inner] - depth[inner])) < 0.02
+
+
+def test_a_piece_that_never_touches_the_hull_is_left_unestimated():
+    normals, mask, depth = sphere_view(0.8)
+    log_depth, pieces = integrate_log_depth(normals, mask, FOCAL_PX)
+    rows, cols = np.mgrid[0:96, 0:96]
+    # A hull front standing off by a different amount at every pixel agrees nowhere.
+    hull_front = depth - 0.05 - 0.3 * (rows + cols) / 190.0
+    estimate = anchor_depth(log_depth, pieces, hull_front, tolerance=0.005, min_support=0.2,
+                            min_pixels=50)
+    assert np.isnan(estimate).all()
+
+
+def carve_pillar(depth: DepthCarveParams | None) -> tuple[np.ndarray, np.ndarray]:
+    """The grooved pillar's rounded hull occupancy on the default 96 grid (with or without depth
+    carving) and its voxel centres ``(96, 96, 96, 3)`` in the pillar's own frame."""
+    pillar = grooved_pillar()
+    bundle = render_bundle(pillar, tile=128)
+    grid = 96
+    occupancy = carve_occupancy(bundle, grid, round_corners=True, depth=depth)
+    axis = -HULL_BOX + (np.arange(grid) + 0.5) * 2 * HULL_BOX / grid
+    _, scale, offset = normalise_mesh(pillar)
+    centres = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    return occupancy, centres / scale + np.asarray(offset)
+
+
+def in_groove(centres: np.ndarray, widen: float) -> np.ndarray:
+    """Whether voxel centres lie in the groove's V (|x| < 0.2 (z - 0.1) / 0.36 above its tip),
+    widened by ``widen`` on every side."""
+    x, z = centres[..., 0], centres[..., 2]
+    return (z > 0.1 - widen) & (np.abs(x) < 0.2 * (z - 0.1) / 0.36 + 1.5 * widen)
+
+
+def test_a_groove_no_silhouette_shows_is_open_after_depth_carving():
+    plain, centres = carve_pillar(None)
+    carved, _ = carve_pillar(DepthCarveParams())
+    # Inside the groove and clear of its walls, in the pillar's middle third.
+    groove = in_groove(centres, -0.03) & (np.abs(centres[..., 1]) < 0.2) & (centres[..., 2] < 0.4)
+    assert groove.sum() > 20
+    assert (plain[groove] > 0.5).all()
+    # Pixels next to the groove's crease are not trusted, so a strip above its tip stays.
+    assert (carved[groove] < 0.5).mean() > 0.4
+
+
+def test_depth_carving_keeps_the_voxels_inside_the_pillar():
+    carved, centres = carve_pillar(DepthCarveParams())
+    x, y, z = centres[..., 0], centres[..., 1], centres[..., 2]
+    inset = 0.05
+    inside = (np.hypot(x, z) < 0.5 - inset) & (np.abs(y) < 0.6 - inset) & ~in_groove(centres, inset)
+    assert inside.sum() > 2000
+    assert (carved[inside] >= 0.5).all()
