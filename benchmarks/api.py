@@ -114,15 +114,19 @@ def api_server(database_url: str, workdir: Path, library: Path) -> Iterator[str]
                 raise SystemExit(f"the API server did not start; see {log_file.name}")
             time.sleep(0.5)
         log(f"API server up in {time.perf_counter() - started:.1f} s at {url}")
-        while True:  # the index loaded and its common words read ahead, as in steady state
+        # Steady state: the index loaded and its common words read ahead, and the job runner's
+        # warm-up (Prefect and the pipeline imported in the background) done, so that neither
+        # competes for the cores while searches are timed.
+        while True:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             connection.request("GET", "/v1/health")
-            if json.loads(connection.getresponse().read()).get("search_ready"):
+            health = json.loads(connection.getresponse().read())
+            if health.get("search_ready") and health.get("workers_ready"):
                 break
             if time.perf_counter() - started > START_TIMEOUT_S:
-                raise SystemExit(f"the search index did not load; see {log_file.name}")
+                raise SystemExit(f"the server did not get ready; see {log_file.name}")
             time.sleep(0.5)
-        log(f"search index ready in {time.perf_counter() - started:.1f} s")
+        log(f"search index and workers ready in {time.perf_counter() - started:.1f} s")
         yield url
     finally:
         process.terminate()
