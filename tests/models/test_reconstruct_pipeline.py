@@ -134,22 +134,17 @@ def test_mug_keeps_its_handle_hole_after_refinement_at_256_px_tiles():
 
 
 def test_reconstruct_cli_writes_a_glb_from_a_bundle(tmp_path):
-    from typer.testing import CliRunner
-
-    from foundry3d.cli.app import app
-
-    trimesh.creation.box(extents=(1.0, 0.6, 0.8)).export(tmp_path / "box.stl")
-    bundle = tmp_path / "bundle.png"
-    runner = CliRunner()
-    made = runner.invoke(app, ["render-bundle", str(tmp_path / "box.stl"), "-o", str(bundle),
-                               "--tile", "64"])
-    assert made.exit_code == 0, made.output
-    out = tmp_path / "box.glb"
-    result = runner.invoke(app, ["reconstruct", str(bundle), "-o", str(out),
-                                 "--coarse-steps", "3", "--fine-steps", "3"])
-    assert result.exit_code == 0, result.output
+    out, output = _reconstructed(tmp_path)
     assert out.stat().st_size > 0
-    assert "unseen_area_fraction" in result.output
+    assert "unseen_area_fraction" in output
+
+
+def test_reconstruct_report_splits_the_seconds_of_refinement(tmp_path):
+    _, output = _reconstructed(tmp_path, "--no-texture")
+    # "refine: fine 0.31 s, coarse 0.12 s, ..." (rich may wrap it over lines)
+    split = " ".join(output.split("refine:", 1)[1].split())
+    for part in ("coarse", "fine", "remesh", "guard"):
+        assert re.search(rf"{part} \d+\.\d\d s", split), part
 
 
 def _reconstructed(tmp_path, *options: str):

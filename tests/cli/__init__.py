@@ -1,1 +1,0 @@
-"""Tests of the command line (foundry3d/cli)."""
