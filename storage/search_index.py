@@ -290,8 +290,8 @@ class SearchIndex:
         entries = self._current(session)
         if entries.count < APPROXIMATE_MIN_ENTRIES:
             return None
-        rerank = max(4 * max(4 * 20, 50), RERANK_MIN)  # a search for a page of 20
-        size = max(SIGN_SHORTLIST, 8 * rerank)
+        # The shortlist of a search for a page of 20 (and one more, to know there is a next).
+        size = _shortlist_size(_rerank_size(_pool_size(21)))
         self._sign_holds(self._quantised(entries), entries.count, size)
         return self._sign_checked[1] if self._sign_checked else None
 
@@ -343,7 +343,7 @@ class SearchIndex:
         if limit <= 0:
             return []
         clock = _PartClock(profile)
-        pool = candidates or max(4 * limit, 50)
+        pool = candidates or _pool_size(limit)
         entries = self._current(session)
         clock.lap("fresh")
         details: dict[str, _Detail | None] = {}  # fetched once per search
@@ -351,7 +351,7 @@ class SearchIndex:
         n = entries.count
         approximate = method == "approximate" or (
             method == "auto" and n >= APPROXIMATE_MIN_ENTRIES)
-        rerank = max(4 * pool, RERANK_MIN)
+        rerank = _rerank_size(pool)
         late = None
         if callable(embedding):
             # The query is embedded and scored on the other core while this one ranks the
@@ -432,7 +432,7 @@ class SearchIndex:
         quantised = self._quantised(entries) if approximate else None
         shortlist = 0
         if quantised is not None and not filtered:
-            size = max(SIGN_SHORTLIST, 8 * rerank)
+            size = _shortlist_size(rerank)
             if self._sign_holds(quantised, n, size):
                 shortlist = size
         scores, reranked = semantic_scores(
@@ -673,6 +673,21 @@ class _Filter:
                 .join(Asset, Asset.id == PromptIndex.asset_id)
                 .where(*search._filters(self.session, self.state, self.tag))
             ))
+
+
+def _pool_size(limit: int) -> int:
+    """Candidates a search for ``limit`` hits proposes from each of its two parts."""
+    return max(4 * limit, 50)
+
+
+def _rerank_size(pool: int) -> int:
+    """Rows of an approximate pass ranked again in float32 for a pool of candidates."""
+    return max(4 * pool, RERANK_MIN)
+
+
+def _shortlist_size(rerank: int) -> int:
+    """Rows nearest by sign that get the int8 pass when ``rerank`` are ranked in float32."""
+    return max(SIGN_SHORTLIST, 8 * rerank)
 
 
 def semantic_scores(unit: np.ndarray, embedded: np.ndarray, ids: np.ndarray,
