@@ -105,8 +105,15 @@ async def _serve_until_signalled(runner) -> None:
     # Prefect's control channel logs each connection it cancels as an asyncio ERROR traceback.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
-        await asyncio.wait_for(runner.astop(), SHUTDOWN_TIMEOUT_S)
-        await asyncio.wait_for(serving, SHUTDOWN_TIMEOUT_S)
+        if runner.started:
+            await asyncio.wait_for(runner.astop(), SHUTDOWN_TIMEOUT_S)
+            await asyncio.wait_for(serving, SHUTDOWN_TIMEOUT_S)
+        else:
+            # Signalled while the runner was still starting (its deployment is registered
+            # before it counts as started, and astop() refuses it then): nothing polls yet,
+            # so its start is cancelled, which leaves its context and pauses the schedule.
+            serving.cancel()
+            await asyncio.wait_for(serving, SHUTDOWN_TIMEOUT_S)
     except (TimeoutError, asyncio.CancelledError):
         serving.cancel()
 
