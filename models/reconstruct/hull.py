@@ -67,7 +67,8 @@ class HullParams:
     depth_carve: bool = False
     """Also carve the voxels that lie clearly in front of the surface each view's normal map
     integrates to (:mod:`models.reconstruct.depth`): concavities a view sees into (gaps
-    between parts, a recess) are open from the start."""
+    between parts, a recess, a box turned between two views) are open from the start. Costs
+    about 0.3 s at 512-px tiles; bundles with tiles under 256 px are not carved."""
     depth_margin: float = 0.02
     """Bundle units a voxel must lie in front of a view's integrated surface to be carved
     (about one voxel of the default grid)."""
@@ -98,7 +99,18 @@ class HullParams:
 def carve_occupancy(
     bundle: Bundle, grid: int, round_corners: bool = False, depth: DepthCarveParams | None = None
 ) -> np.ndarray:
-    """Occupancy ``(grid, grid, grid)`` float32 in [0, 1], indexed ``[x, y, z]`` (bundle frame).
+    """The first of :func:`carve_occupancies`: the hull's occupancy."""
+    return carve_occupancies(bundle, grid, round_corners, depth)[0]
+
+
+def carve_occupancies(
+    bundle: Bundle, grid: int, round_corners: bool = False, depth: DepthCarveParams | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(occupancy, bound)``, both ``(grid, grid, grid)`` float32: the hull's occupancy as
+    described below, and the masks' own hull (``bound``: no rounded corners, no depth carving),
+    the only true outer bound of the object.
+
+    Occupancy ``(grid, grid, grid)`` float32 in [0, 1], indexed ``[x, y, z]`` (bundle frame).
 
     Voxel ``i`` along an axis has its centre at ``-HULL_BOX + (i + 0.5) * 2 HULL_BOX / grid``.
     A voxel's value is the minimum over views of the mask sampled bilinearly at its projection
@@ -106,7 +118,7 @@ def carve_occupancy(
     adjacent views whose normal maps show a turning surface are carved to an ellipse
     (:func:`_row_offsets`). With ``depth`` the voxels in front of the surface each view's
     normal map integrates to are carved last (:func:`models.reconstruct.depth.carve_with_depth`,
-    anchored on the hull carved so far).
+    anchored on the masks' hull before any rounding).
     """
     masks = bundle.masks().astype(np.float32)  # (4, T, T), row 0 at the top
     normals = bundle.normals() if round_corners else None  # (4, T, T, 3) camera space
@@ -139,6 +151,18 @@ def carve_occupancy(
             scale = float(bundle.spec.distance / cams.projection[0, 0]) * 2.0 / tile
             rows = silhouette_rows(masks[view] > 0.5, normals[view])
             offsets.append(_row_offsets(rows, lateral, py, scale))
+    # The spec centres the object's bounding box and scales its longest side to 1.8, so
+    # nothing lies beyond 0.9 on any axis. The masks alone leave a tent above an open top or a
+    # flat lid and below the bottom (at 5 degrees elevation a point a little above a lid's
+    # centre projects inside the lid's thin ellipse in every view): about 0.06 on a cup.
+    # The occupancy falls to 0.5 at the box's faces, so the surface lands on them.
+    half = NORMALISED_EXTENT / 2.0
+    inside_box = np.clip((half - np.abs(axis)) / step + 0.5, 0.0, 1.0).astype(np.float32)
+    np.minimum(occupancy, inside_box[:, None, None], out=occupancy)
+    np.minimum(occupancy, inside_box[None, :, None], out=occupancy)
+    np.minimum(occupancy, inside_box[None, None, :], out=occupancy)
+    # The masks' own hull: what depth carving anchors on (rounding cuts into a box's edges).
+    bound = occupancy.copy()
     if round_corners:
         # Adjacent views look along perpendicular axes: a voxel at normalised offsets (uA, uB)
         # from the two silhouettes' centres is inside the inscribed ellipse when
@@ -150,21 +174,11 @@ def carve_occupancy(
             inside = 0.5 + (1.0 - radius) * np.minimum(half_a, half_b)
             rounded = np.where(round_a & round_b, np.clip(inside, 0.0, 1.0), 1.0)
             np.minimum(occupancy, rounded.astype(np.float32), out=occupancy)
-    # The spec centres the object's bounding box and scales its longest side to 1.8, so
-    # nothing lies beyond 0.9 on any axis. The masks alone leave a tent above an open top or a
-    # flat lid and below the bottom (at 5 degrees elevation a point a little above a lid's
-    # centre projects inside the lid's thin ellipse in every view): about 0.06 on a cup.
-    # The occupancy falls to 0.5 at the box's faces, so the surface lands on them.
-    half = NORMALISED_EXTENT / 2.0
-    inside_box = np.clip((half - np.abs(axis)) / step + 0.5, 0.0, 1.0).astype(np.float32)
-    np.minimum(occupancy, inside_box[:, None, None], out=occupancy)
-    np.minimum(occupancy, inside_box[None, :, None], out=occupancy)
-    np.minimum(occupancy, inside_box[None, None, :], out=occupancy)
     if depth is not None:
         normals = normals if normals is not None else bundle.normals()
-        occupancy = carve_with_depth(occupancy, axis, normals, masks > 0.5, cams.world_to_cam,
-                                     cams.mvp, cams.focal_px, depth)
-    return occupancy.reshape(grid, grid, grid)
+        occupancy = carve_with_depth(occupancy, bound, axis, normals, masks > 0.5,
+                                     cams.world_to_cam, cams.mvp, cams.focal_px, depth)
+    return occupancy.reshape(grid, grid, grid), bound.reshape(grid, grid, grid)
 
 
 def visual_hull(bundle: Bundle, params: HullParams | None = None) -> trimesh.Trimesh:
@@ -174,11 +188,31 @@ def visual_hull(bundle: Bundle, params: HullParams | None = None) -> trimesh.Tri
     front +Z), faces wound outward; one component per separate part the views show. Raises
     :class:`HullParamsError` when the masks leave nothing (an empty bundle).
     """
+    params = params or HullParams()
+    occupancy, _ = carve_occupancies(bundle, params.grid, params.round_corners,
+                                     _depth_params(params))
+    return _surface(occupancy, params)
+
+
+def visual_hull_with_bound(
+    bundle: Bundle, params: HullParams | None = None
+) -> tuple[trimesh.Trimesh, trimesh.Trimesh]:
+    """``(hull, bound)`` from one carving: :func:`visual_hull`'s mesh and the masks' own hull
+    (no rounded corners, no depth carving) as a mesh, the bound the hull prior pulls into."""
+    params = params or HullParams()
+    occupancy, bound = carve_occupancies(bundle, params.grid, params.round_corners,
+                                         _depth_params(params))
+    return _surface(occupancy, params), _surface(bound, params)
+
+
+def _depth_params(params: HullParams) -> DepthCarveParams | None:
+    return DepthCarveParams(margin=params.depth_margin) if params.depth_carve else None
+
+
+def _surface(occupancy: np.ndarray, params: HullParams) -> trimesh.Trimesh:
+    """The closed surface at :data:`HULL_LEVEL` of ``occupancy`` (see :func:`visual_hull`)."""
     from skimage.measure import marching_cubes
 
-    params = params or HullParams()
-    depth = DepthCarveParams(margin=params.depth_margin) if params.depth_carve else None
-    occupancy = carve_occupancy(bundle, params.grid, params.round_corners, depth)
     if occupancy.max() <= HULL_LEVEL:
         raise HullParamsError("the bundle's masks carve the whole volume away: nothing to mesh")
     if params.smooth_voxels > 0:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import trimesh
 
 from models.bundle.spec import Bundle
-from models.reconstruct.hull import HullParams, visual_hull
+from models.reconstruct.hull import HullParams, visual_hull, visual_hull_with_bound
 from models.reconstruct.hull_prior import HullPriorParams, hull_prior
 from models.reconstruct.init import InitContext, fit_in_box, initial_mesh
 from models.reconstruct.init_params import INIT_SCHEDULES
@@ -170,9 +170,13 @@ def reconstruct_bundle(
         context = context or InitContext()
         if name == "sphere":
             context = InitContext(**{**context.__dict__, "sphere_radius": params.sphere_radius})
-        start_mesh = initial_mesh(init, bundle, context)
         if name == "hull" and prior is not None:
-            prior_args = hull_prior_inputs(bundle, start_mesh, context.hull, prior)
+            # The hull prior's bound comes from the same carving as the hull.
+            hull, bound = visual_hull_with_bound(bundle, context.hull)
+            start_mesh = fit_in_box(hull)
+            prior_args = {"hull": start_mesh, "bound": bound, "prior": prior}
+        else:
+            start_mesh = initial_mesh(init, bundle, context)
     else:
         start_mesh = fit_in_box(init)
     timings["init"] = time.perf_counter() - start

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
+from models.bundle.spec import Bundle, encode_normals
 from models.geometry.mesh import normalise_mesh
 from models.reconstruct.depth import (
     DepthCarveParams,
     anchor_depth,
     integrate_log_depth,
+    trusted_pixels,
 )
 from models.reconstruct.hull import HULL_BOX, carve_occupancy
 from models.render.views import render_bundle
@@ -72,20 +74,33 @@ def test_anchoring_on_a_hull_that_touches_the_sphere_recovers_its_depth():
     rows, cols = np.mgrid[0:96, 0:96]
     middle = (rows - 47.5) ** 2 + (cols - 47.5) ** 2 < 30.0**2
     hull_front = np.where(middle, depth, depth - 0.2)
-    estimate = anchor_depth(log_depth, pieces, hull_front, tolerance=0.005, min_support=0.2,
+    trusted = trusted_pixels(normals, mask, 2)
+    estimate = anchor_depth(log_depth, pieces, hull_front, trusted, quantile=0.99,
                             min_pixels=50)
     inner = mask & (normals[..., 2] > 0.5)
     assert np.nanmax(np.abs(estimate[inner] - depth[inner])) < 0.02
 
 
-def test_a_piece_that_never_touches_the_hull_is_left_unestimated():
+def test_a_surface_touching_its_hull_along_a_line_is_anchored_on_that_line():
     normals, mask, depth = sphere_view(0.8)
     log_depth, pieces = integrate_log_depth(normals, mask, FOCAL_PX)
     rows, cols = np.mgrid[0:96, 0:96]
-    # A hull front standing off by a different amount at every pixel agrees nowhere.
-    hull_front = depth - 0.05 - 0.3 * (rows + cols) / 190.0
-    estimate = anchor_depth(log_depth, pieces, hull_front, tolerance=0.005, min_support=0.2,
+    # The hull meets the sphere on one column only and stands further off the further a pixel
+    # is from it (a box's near edge in front of a face turned away from the camera).
+    hull_front = depth - 0.004 * np.abs(cols - 47.5)
+    trusted = trusted_pixels(normals, mask, 2)
+    estimate = anchor_depth(log_depth, pieces, hull_front, trusted, quantile=0.99,
                             min_pixels=50)
+    inner = trusted & (normals[..., 2] > 0.5)
+    assert np.nanmax(np.abs(estimate[inner] - depth[inner])) < 0.03
+
+
+def test_a_piece_with_too_few_trusted_pixels_is_left_unestimated():
+    normals, mask, depth = sphere_view(0.8)
+    log_depth, pieces = integrate_log_depth(normals, mask, FOCAL_PX)
+    trusted = np.zeros_like(mask)
+    trusted[40:45, 40:45] = True
+    estimate = anchor_depth(log_depth, pieces, depth, trusted, quantile=0.99, min_pixels=50)
     assert np.isnan(estimate).all()
 
 
@@ -93,7 +108,7 @@ def carve_pillar(depth: DepthCarveParams | None) -> tuple[np.ndarray, np.ndarray
     """The grooved pillar's rounded hull occupancy on the default 96 grid (with or without depth
     carving) and its voxel centres ``(96, 96, 96, 3)`` in the pillar's own frame."""
     pillar = grooved_pillar()
-    bundle = render_bundle(pillar, tile=128)
+    bundle = render_bundle(pillar, tile=256)
     grid = 96
     occupancy = carve_occupancy(bundle, grid, round_corners=True, depth=depth)
     axis = -HULL_BOX + (np.arange(grid) + 0.5) * 2 * HULL_BOX / grid
@@ -127,3 +142,63 @@ def test_depth_carving_keeps_the_voxels_inside_the_pillar():
     inside = (np.hypot(x, z) < 0.5 - inset) & (np.abs(y) < 0.6 - inset) & ~in_groove(centres, inset)
     assert inside.sum() > 2000
     assert (carved[inside] >= 0.5).all()
+
+
+def turned_box_occupancy(depth: DepthCarveParams | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rounded hull occupancy (96 grid) of a box turned 30 degrees about +Y between the views,
+    and the voxel centres ``(96, 96, 96, 3)`` in the box's own (unturned) frame."""
+    box = trimesh.creation.box(extents=(1.0, 0.8, 0.6))
+    turn = trimesh.transformations.rotation_matrix(np.radians(30.0), [0.0, 1.0, 0.0])
+    box.apply_transform(turn)
+    bundle = render_bundle(box, tile=256)
+    grid = 96
+    occupancy = carve_occupancy(bundle, grid, round_corners=True, depth=depth)
+    axis = -HULL_BOX + (np.arange(grid) + 0.5) * 2 * HULL_BOX / grid
+    _, scale, offset = normalise_mesh(box)
+    centres = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    source = centres / scale + np.asarray(offset)
+    return occupancy, source @ turn[:3, :3]  # rows times R = R^T applied: back to the box frame
+
+
+def in_box(points: np.ndarray, pad: float) -> np.ndarray:
+    return np.all(np.abs(points) < np.array([0.5, 0.4, 0.3]) + pad, axis=-1)
+
+
+def test_a_box_turned_between_the_views_is_carved_down_to_its_faces():
+    plain, points = turned_box_occupancy(None)
+    carved, _ = turned_box_occupancy(DepthCarveParams())
+    outside = ~in_box(points, 0.06) & (np.abs(points[..., 1]) < 0.3)
+    hull_only = outside & (plain > 0.5)
+    assert hull_only.sum() > 2000  # the hull's corners beyond the turned faces
+    assert (carved[hull_only] < 0.5).mean() > 0.8
+    # Rounding the hull's corners cuts into a turned box's edges; depth carving adds no loss.
+    inside = in_box(points, -0.05) & (plain >= 0.5)
+    assert (carved[inside] >= 0.5).all()
+
+
+def test_a_view_whose_carving_would_uncover_a_silhouette_keeps_its_voxels():
+    pillar = grooved_pillar()
+    bundle = render_bundle(pillar, tile=256)
+    tiles = bundle.normal_tiles().copy()
+    # View 0's normals all tilted 40 degrees sideways: the plane they integrate to, anchored
+    # on the hull at one side, runs through the object on the other.
+    tilt = np.array([np.sin(np.radians(40.0)), 0.0, np.cos(np.radians(40.0))])
+    tiles[0][bundle.masks()[0] > 0.5] = encode_normals(tilt[None, :])[0]
+    tampered = Bundle.from_tiles(bundle.colour_tiles(), tiles, bundle.spec)
+    grid = 96
+    honest = carve_occupancy(tampered, grid, round_corners=True,
+                             depth=DepthCarveParams(silhouette_tolerance=0.01))
+    reckless = carve_occupancy(tampered, grid, round_corners=True,
+                               depth=DepthCarveParams(silhouette_tolerance=1.0))
+    plain = carve_occupancy(tampered, grid, round_corners=True, depth=None)
+    # Without the check the tilted view carves away a large part of the pillar.
+    assert (reckless > 0.5).sum() < 0.8 * (plain > 0.5).sum()
+    assert (honest > 0.5).sum() > 0.95 * (plain > 0.5).sum()
+
+
+def test_bundles_with_small_tiles_are_not_depth_carved():
+    pillar = grooved_pillar()
+    bundle = render_bundle(pillar, tile=128)
+    plain = carve_occupancy(bundle, 48, round_corners=True, depth=None)
+    carved = carve_occupancy(bundle, 48, round_corners=True, depth=DepthCarveParams())
+    np.testing.assert_array_equal(carved, plain)
