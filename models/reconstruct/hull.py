@@ -64,7 +64,7 @@ class HullParams:
     min_component_fraction: float = 0.002
     """Components whose area is below this fraction of the largest one are dropped (specks
     from single anti-aliased pixels)."""
-    depth_carve: bool = False
+    depth_carve: bool = True
     """Also carve the voxels that lie clearly in front of the surface each view's normal map
     integrates to (:mod:`models.reconstruct.depth`): concavities a view sees into (gaps
     between parts, a recess, a box turned between two views) are open from the start. Costs
