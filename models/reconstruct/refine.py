@@ -42,6 +42,7 @@ from models.geometry.decimate import decimate_to_edge
 from models.geometry.frames import to_source_frame
 from models.geometry.normals_torch import face_normals_t, vertex_normals_t
 from models.reconstruct.optimise import OptimiserConfig, VertexOptimiser
+from models.reconstruct.refine_kernels import hidden_from_clip, relax_hidden_into
 
 #: An init mesh must lie within this box (bundle frame) to be accepted without normalisation.
 INIT_BOX = 1.0
@@ -394,6 +395,13 @@ def hidden_vertices(
     ``(B, R, R)`` (a vertex is seen when it is not behind the depth at its pixel)."""
     res = depth.shape[-1]
     clip = _clip(vertices, mvp)
+    if clip.device.type == "cpu" and clip.dtype == depth.dtype == torch.float32:
+        # One compiled pass instead of a dozen torch operations per step; same float32
+        # operations, so the same vertices.
+        hidden = np.empty(vertices.shape[0], np.bool_)
+        hidden_from_clip(np.ascontiguousarray(clip.numpy()), np.ascontiguousarray(depth.numpy()),
+                         np.float32(tol), hidden)
+        return torch.from_numpy(hidden)
     ndc = clip[..., :3] / clip[..., 3:4]
     px = ((ndc[..., 0] + 1) * res / 2 - 0.5).round().long().clamp(0, res - 1)
     py = ((1 - ndc[..., 1]) * res / 2 - 0.5).round().long().clamp(0, res - 1)
@@ -406,7 +414,20 @@ def hidden_vertices(
 def relax_hidden(
     vertices: torch.Tensor, edges: torch.Tensor, hidden: torch.Tensor, iterations: int
 ) -> torch.Tensor:
-    """Move ``hidden`` vertices to the mean of their neighbours (Jacobi), others fixed."""
+    """Move ``hidden`` vertices to the mean of their neighbours (Jacobi), others fixed.
+
+    ``vertices``: ``(V, 3)``; ``edges``: ``(E, 2)`` int64; ``hidden``: ``(V,)`` bool. Returns a
+    new ``(V, 3)`` tensor.
+    """
+    if (vertices.device.type == "cpu" and vertices.dtype == torch.float32
+            and edges.shape[0] and iterations > 0):
+        # Compiled: the torch loop costs about 2 ms a step on every vertex; same float32
+        # operations in the same order, so the same values to the bit.
+        out = np.empty(tuple(vertices.shape), np.float32)
+        relax_hidden_into(np.ascontiguousarray(vertices.numpy()),
+                          np.ascontiguousarray(edges.numpy(), dtype=np.int64),
+                          np.ascontiguousarray(hidden.numpy()), int(iterations), out)
+        return torch.from_numpy(out)
     v = vertices
     for _ in range(iterations):
         mean = v - uniform_laplacian(v, edges)
