@@ -82,3 +82,27 @@ def relax_hidden_into(vertices, edges, hidden, iterations, out):  # pragma: no c
                 for c in range(3):
                     p = out[v, c]
                     out[v, c] = p - (p - acc[v, c] / degree[v])
+
+
+@numba.njit(cache=True, nogil=True)
+def face_pixel_sums(tri_id, full_index, full_view, full_world, full_square, num_faces,
+                    count, summed, squares):  # pragma: no cover - compiled
+    """Per (view, face) pixel counts and target sums of the flat-shaded normal loss.
+
+    ``tri_id``: ``(B * R * R,)`` int64 rendered face per pixel (``-1``: none);
+    ``full_index`` ``(N,)``, ``full_view`` ``(N,)``, ``full_world`` ``(N, 3)`` float32 and
+    ``full_square`` ``(N,)`` float32: the trusted target pixels' flat indices, views, world-frame
+    normals and squared norms. Adds, over the trusted pixels a face covers in pixel order, into
+    ``count`` ``(B * F,)`` float32 (pixels), ``summed`` ``(B * F, 3)`` float32 (target normals)
+    and ``squares`` ``(B,)`` float32 (squared norms); all three must start at zero.
+    """
+    for i in range(full_index.shape[0]):
+        face = tri_id[full_index[i]]
+        if face < 0:
+            continue
+        view = full_view[i]
+        slot = view * num_faces + face
+        count[slot] += np.float32(1.0)
+        for c in range(3):
+            summed[slot, c] += full_world[i, c]
+        squares[view] += full_square[i]

@@ -91,3 +91,36 @@ def test_relaxing_moves_only_the_hidden_vertices():
     result = relax_hidden(vertices, edges, hidden, 3)
     assert torch.equal(result[~hidden], vertices[~hidden])
     assert bool((result[hidden] != vertices[hidden]).any(dim=1).all())
+
+
+@pytest.fixture(scope="module")
+def flat_render():
+    """A bumpy sphere's flat render at 64 px and the targets of a box's bundle at 64 px."""
+    from models.reconstruct.refine import _downsample_targets, _render
+    from models.render.views import render_bundle
+
+    bundle = render_bundle(trimesh.creation.box((1.0, 0.6, 0.8)), tile=128)
+    targets = _downsample_targets(bundle, 64, torch.device("cpu"))
+    vertices, faces, _ = _noisy_sphere(seed=5)
+    mvp = torch.from_numpy(BundleCameras.from_spec(bundle.spec).mvp.astype(np.float32))
+    normals, _, raster = _render(get_rasteriser("cpu"), vertices, faces, mvp, 64, True)
+    return normals, raster, targets
+
+
+def test_flat_normal_loss_from_compiled_sums_equals_the_torch_scatter_to_the_bit(flat_render):
+    from models.reconstruct.refine import _compiled_sums, _face_normal_loss, _normal_loss
+
+    normals, raster, targets = flat_render
+    assert _compiled_sums(normals, raster.tri_id, targets)
+    tri = raster.tri_id.reshape(-1)[targets.full_index]
+    keep = (tri >= 0).nonzero(as_tuple=True)[0]
+    assert 0 < len(keep) < len(tri)
+    leaf = normals.detach().clone().requires_grad_(True)
+    expected = _face_normal_loss(leaf, tri[keep], targets.full_view[keep],
+                                 targets.full_world[keep], 4)
+    expected.sum().backward()
+    compiled_leaf = normals.detach().clone().requires_grad_(True)
+    result = _normal_loss(compiled_leaf, raster, targets)
+    result.sum().backward()
+    assert torch.equal(result, expected)
+    assert torch.equal(compiled_leaf.grad, leaf.grad)
