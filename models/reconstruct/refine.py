@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -484,9 +485,18 @@ def view_error(
     Renders at ``params.resolution`` with the fine phase's shading and returns
     ``{"normal", "mask", "total"}``: the normal and silhouette losses of the fine phase and
     their weighted sum (lower is better). Used to keep the better of an init and its refinement
-    without any reference mesh.
+    without any reference mesh. Runs on ``params.torch_threads`` torch threads, as refinement
+    does: on two loaded cores two threads cost several times the CPU seconds of one (mug, 12k
+    faces: 0.17 s against 0.02 s). The losses do not depend on it: torch splits a per-view
+    reduction across threads by view, never within one.
     """
     params = params or RefineParams()
+    with _torch_threads(params.torch_threads):
+        return _view_error(bundle, mesh, params, rasteriser)
+
+
+def _view_error(bundle: Bundle, mesh: trimesh.Trimesh, params: RefineParams,
+                rasteriser) -> dict[str, float]:
     if rasteriser is None:
         from models.raster import get_rasteriser
 
@@ -599,12 +609,19 @@ def refine_mesh(
         # Nothing to fit: the initial mesh is the result, untouched (a retexture keeps its
         # input geometry; remeshing it without fitting would only lose detail).
         return init_mesh.copy()
-    threads = torch.get_num_threads()
-    if params.torch_threads is not None:
-        torch.set_num_threads(params.torch_threads)
-    try:
+    with _torch_threads(params.torch_threads):
         return _refine(bundle, init_mesh, params, rasteriser, progress,
                        timings if timings is not None else {})
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (``None``: unchanged), then restore."""
+    threads = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 
