@@ -331,7 +331,7 @@ def _normal_loss(normals, raster, targets):
         count = np.zeros(views * nf, np.float32)
         summed = np.zeros((views * nf, 3), np.float32)
         squares = np.zeros(views, np.float32)
-        face_pixel_sums(raster.tri_id.reshape(-1).numpy(), targets.full_index.numpy(),
+        face_pixel_sums(raster.tri_id.reshape(-1).detach().numpy(), targets.full_index.numpy(),
                         targets.full_view.numpy(), targets.full_world.numpy(),
                         targets.full_square.numpy(), nf, count, summed, squares)
         return _face_loss_from_sums(normals, torch.from_numpy(count).view(views, nf),
@@ -436,7 +436,8 @@ def hidden_vertices(
         # One compiled pass instead of a dozen torch operations per step; same float32
         # operations, so the same vertices.
         hidden = np.empty(vertices.shape[0], np.bool_)
-        hidden_from_clip(np.ascontiguousarray(clip.numpy()), np.ascontiguousarray(depth.numpy()),
+        hidden_from_clip(np.ascontiguousarray(clip.numpy()),
+                         np.ascontiguousarray(depth.detach().numpy()),
                          np.float32(tol), hidden)
         return torch.from_numpy(hidden)
     ndc = clip[..., :3] / clip[..., 3:4]
@@ -461,7 +462,7 @@ def relax_hidden(
         # Compiled: the torch loop costs about 2 ms a step on every vertex; same float32
         # operations in the same order, so the same values to the bit.
         out = np.empty(tuple(vertices.shape), np.float32)
-        relax_hidden_into(np.ascontiguousarray(vertices.numpy()),
+        relax_hidden_into(np.ascontiguousarray(vertices.detach().numpy()),
                           np.ascontiguousarray(edges.numpy(), dtype=np.int64),
                           np.ascontiguousarray(hidden.numpy()), int(iterations), out)
         return torch.from_numpy(out)
