@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -42,6 +43,11 @@ from models.geometry.decimate import decimate_to_edge
 from models.geometry.frames import to_source_frame
 from models.geometry.normals_torch import face_normals_t, vertex_normals_t
 from models.reconstruct.optimise import OptimiserConfig, VertexOptimiser
+from models.reconstruct.refine_kernels import (
+    face_pixel_sums,
+    hidden_from_clip,
+    relax_hidden_into,
+)
 
 #: An init mesh must lie within this box (bundle frame) to be accepted without normalisation.
 INIT_BOX = 1.0
@@ -193,7 +199,8 @@ class _Targets:
     """Targets at one resolution: normals ``(4, R, R, 3)`` camera space, masks ``(4, R, R)``,
     ``full`` ``(4, R, R)`` bool (pixels the normal loss trusts) and, for those pixels only,
     their flat indices into a ``(4, R, R)`` image ``full_index`` ``(N,)``, their views
-    ``full_view`` ``(N,)`` and world-frame normals ``full_world`` ``(N, 3)``."""
+    ``full_view`` ``(N,)``, world-frame normals ``full_world`` ``(N, 3)`` and their squared
+    norms ``full_square`` ``(N,)``."""
 
     normals: torch.Tensor
     masks: torch.Tensor
@@ -201,6 +208,7 @@ class _Targets:
     full_index: torch.Tensor
     full_view: torch.Tensor
     full_world: torch.Tensor
+    full_square: torch.Tensor
 
 
 class _TargetCache:
@@ -275,7 +283,7 @@ def _downsample_targets(
     world = (rotations[view] * normals[view, row, col][:, :, None]).sum(1)  # R^T n
     return _Targets(normals=normals, masks=masks, full=full,
                     full_index=full.reshape(-1).nonzero(as_tuple=True)[0], full_view=view,
-                    full_world=world)
+                    full_world=world, full_square=world.square().sum(-1))
 
 
 # --------------------------------------------------------------------------------- rendering
@@ -315,13 +323,26 @@ def _normal_loss(normals, raster, targets):
     Only the target's trusted pixels are gathered, so the forward and backward passes cost
     per covered pixel rather than per pixel of 4 full images.
     """
+    views = raster.tri_id.shape[0]
+    if normals.dim() == 2 and _compiled_sums(normals, raster.tri_id, targets):
+        # Flat shading on the CPU: one compiled pass over the trusted pixels instead of
+        # gathering them with torch (same sums in the same order, so the same values).
+        nf = normals.shape[0]
+        count = np.zeros(views * nf, np.float32)
+        summed = np.zeros((views * nf, 3), np.float32)
+        squares = np.zeros(views, np.float32)
+        face_pixel_sums(raster.tri_id.reshape(-1).detach().numpy(), targets.full_index.numpy(),
+                        targets.full_view.numpy(), targets.full_world.numpy(),
+                        targets.full_square.numpy(), nf, count, summed, squares)
+        return _face_loss_from_sums(normals, torch.from_numpy(count).view(views, nf),
+                                    torch.from_numpy(summed).view(views, nf, 3),
+                                    torch.from_numpy(squares))
     # Flat indices: one gather instead of indexing by (view, row, column) tensors.
     tri = raster.tri_id.reshape(-1)[targets.full_index]
     keep = (tri >= 0).nonzero(as_tuple=True)[0]
     view = targets.full_view[keep]
     if normals.dim() == 2:  # per face, already unit length
-        return _face_normal_loss(normals, tri[keep], view, targets.full_world[keep],
-                                 raster.tri_id.shape[0])
+        return _face_normal_loss(normals, tri[keep], view, targets.full_world[keep], views)
     pixels = normals.reshape(-1, 3)[targets.full_index[keep]]
     n_world = F.normalize(pixels, dim=-1, eps=1e-12)
     diff = (n_world - targets.full_world[keep]).square().sum(-1)
@@ -344,10 +365,27 @@ def _face_normal_loss(face_normals, face, view, target, views):
         count = torch.bincount(slot, minlength=views * nf).to(target.dtype).view(views, nf)
         summed = torch.zeros(views * nf, 3, dtype=target.dtype, device=target.device)
         summed = summed.index_add_(0, slot, target).view(views, nf, 3)
-        mean = summed / count.clamp_min(1.0)[..., None]
-        # sum |t - m|^2 per view = sum |t|^2 - sum c |m|^2 (the part no vertex can change)
         squares = torch.zeros(views, dtype=target.dtype, device=target.device)
         squares = squares.index_add_(0, view, target.square().sum(-1))
+    return _face_loss_from_sums(face_normals, count, summed, squares)
+
+
+def _compiled_sums(face_normals, tri_id, targets) -> bool:
+    """Whether :func:`face_pixel_sums` can take the flat loss's pixel sums (CPU tensors of the
+    dtypes it is compiled for)."""
+    return (face_normals.device.type == "cpu" and tri_id.dtype == torch.int64
+            and targets.full_world.dtype == targets.full_square.dtype == torch.float32
+            and targets.full_index.dtype == targets.full_view.dtype == torch.int64
+            and tri_id.is_contiguous())
+
+
+def _face_loss_from_sums(face_normals, count, summed, squares):
+    """:func:`_face_normal_loss` from its pixel sums: per (view, face) pixel counts ``count``
+    ``(B, F)`` and summed target normals ``summed`` ``(B, F, 3)``, per view summed squared
+    target norms ``squares`` ``(B,)``; returns the per-view loss ``(B,)``."""
+    with torch.no_grad():
+        mean = summed / count.clamp_min(1.0)[..., None]
+        # sum |t - m|^2 per view = sum |t|^2 - sum c |m|^2 (the part no vertex can change)
         spread = squares - (count * mean.square().sum(-1)).sum(1)
         pixels = count.sum(1)
     error = (count * (face_normals[None] - mean).square().sum(-1)).sum(1)
@@ -394,6 +432,14 @@ def hidden_vertices(
     ``(B, R, R)`` (a vertex is seen when it is not behind the depth at its pixel)."""
     res = depth.shape[-1]
     clip = _clip(vertices, mvp)
+    if clip.device.type == "cpu" and clip.dtype == depth.dtype == torch.float32:
+        # One compiled pass instead of a dozen torch operations per step; same float32
+        # operations, so the same vertices.
+        hidden = np.empty(vertices.shape[0], np.bool_)
+        hidden_from_clip(np.ascontiguousarray(clip.numpy()),
+                         np.ascontiguousarray(depth.detach().numpy()),
+                         np.float32(tol), hidden)
+        return torch.from_numpy(hidden)
     ndc = clip[..., :3] / clip[..., 3:4]
     px = ((ndc[..., 0] + 1) * res / 2 - 0.5).round().long().clamp(0, res - 1)
     py = ((1 - ndc[..., 1]) * res / 2 - 0.5).round().long().clamp(0, res - 1)
@@ -406,7 +452,20 @@ def hidden_vertices(
 def relax_hidden(
     vertices: torch.Tensor, edges: torch.Tensor, hidden: torch.Tensor, iterations: int
 ) -> torch.Tensor:
-    """Move ``hidden`` vertices to the mean of their neighbours (Jacobi), others fixed."""
+    """Move ``hidden`` vertices to the mean of their neighbours (Jacobi), others fixed.
+
+    ``vertices``: ``(V, 3)``; ``edges``: ``(E, 2)`` int64; ``hidden``: ``(V,)`` bool. Returns a
+    new ``(V, 3)`` tensor.
+    """
+    if (vertices.device.type == "cpu" and vertices.dtype == torch.float32
+            and edges.shape[0] and iterations > 0):
+        # Compiled: the torch loop costs about 2 ms a step on every vertex; same float32
+        # operations in the same order, so the same values to the bit.
+        out = np.empty(tuple(vertices.shape), np.float32)
+        relax_hidden_into(np.ascontiguousarray(vertices.detach().numpy()),
+                          np.ascontiguousarray(edges.numpy(), dtype=np.int64),
+                          np.ascontiguousarray(hidden.numpy()), int(iterations), out)
+        return torch.from_numpy(out)
     v = vertices
     for _ in range(iterations):
         mean = v - uniform_laplacian(v, edges)
@@ -427,9 +486,18 @@ def view_error(
     Renders at ``params.resolution`` with the fine phase's shading and returns
     ``{"normal", "mask", "total"}``: the normal and silhouette losses of the fine phase and
     their weighted sum (lower is better). Used to keep the better of an init and its refinement
-    without any reference mesh.
+    without any reference mesh. Runs on ``params.torch_threads`` torch threads, as refinement
+    does: on two loaded cores two threads cost several times the CPU seconds of one (mug, 12k
+    faces: 0.17 s against 0.02 s). The losses do not depend on it: torch splits a per-view
+    reduction across threads by view, never within one.
     """
     params = params or RefineParams()
+    with _torch_threads(params.torch_threads):
+        return _view_error(bundle, mesh, params, rasteriser)
+
+
+def _view_error(bundle: Bundle, mesh: trimesh.Trimesh, params: RefineParams,
+                rasteriser) -> dict[str, float]:
     if rasteriser is None:
         from models.raster import get_rasteriser
 
@@ -542,12 +610,19 @@ def refine_mesh(
         # Nothing to fit: the initial mesh is the result, untouched (a retexture keeps its
         # input geometry; remeshing it without fitting would only lose detail).
         return init_mesh.copy()
-    threads = torch.get_num_threads()
-    if params.torch_threads is not None:
-        torch.set_num_threads(params.torch_threads)
-    try:
+    with _torch_threads(params.torch_threads):
         return _refine(bundle, init_mesh, params, rasteriser, progress,
                        timings if timings is not None else {})
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (``None``: unchanged), then restore."""
+    threads = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 
