@@ -15,15 +15,41 @@ of the same maths is :mod:`models.raster.reference`):
   faces face opposite ways on screen), the pair's colours blend by where the edge crosses
   the segment between the two pixel centres, so image losses reach vertex positions.
 
-Kernels run single-threaded (the machine is shared); compiled code is cached on disk by numba.
+The per-view kernels (coverage, barycentrics and their gradient, interpolation) split the
+views over two threads: each view writes only its own slice of the outputs, so the result is
+the same as on one thread, and the machine's second core is otherwise idle while one asset
+is refined (torch runs on one thread). Compiled code is cached on disk by numba.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from models.raster.base import Rasterisation, RasteriserUnavailable
+
+#: Threads the per-view kernels split the views over.
+VIEW_THREADS = 2
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def over_views(run: Callable[[int, int], None], views: int) -> None:
+    """Call ``run(lo, hi)`` on the views ``[0, views)``: the second half on a helper thread
+    (numba kernels release the GIL) while this thread does the first. ``run`` must write
+    only the outputs of its own views."""
+    if views < 2 or VIEW_THREADS < 2:
+        run(0, views)
+        return
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="raster-views"))
+    mid = (views + 1) // 2
+    second = _POOL[0].submit(run, mid, views)
+    run(0, mid)
+    second.result()
 
 # Coverage (no gradients)
 
@@ -49,14 +75,10 @@ def coverage_numba(clip: np.ndarray, faces: np.ndarray, resolution: tuple[int, i
     b = clip.shape[0]
     tri = np.full((b, h, w), -1, dtype=np.int32)
     zbuf = np.full((b, h, w), np.inf, dtype=np.float32)
-    _kernels().cover(
-        np.ascontiguousarray(clip, dtype=np.float32),
-        np.ascontiguousarray(faces, dtype=np.int32),
-        h,
-        w,
-        tri,
-        zbuf,
-    )
+    clip = np.ascontiguousarray(clip, dtype=np.float32)
+    faces = np.ascontiguousarray(faces, dtype=np.int32)
+    cover = _kernels().cover
+    over_views(lambda lo, hi: cover(clip[lo:hi], faces, h, w, tri[lo:hi], zbuf[lo:hi]), b)
     return tri.astype(np.int64)
 
 
@@ -166,7 +188,8 @@ class _BaryFn(torch.autograd.Function):
         bsz, h, w = tri_np.shape
         bary = np.zeros((bsz, h, w, 3), np.float32)
         depth = np.ones((bsz, h, w), np.float32)
-        k.bary_forward(clip_np, faces_np, tri_np, bary, depth)
+        over_views(lambda lo, hi: k.bary_forward(clip_np[lo:hi], faces_np, tri_np[lo:hi],
+                                                 bary[lo:hi], depth[lo:hi]), bsz)
         ctx.arrays = (clip_np, faces_np, tri_np, bary, depth)
         ctx.clip_meta = (clip.dtype, clip.device)
         return _torch(bary, clip.device, clip.dtype), _torch(depth, clip.device, clip.dtype)
@@ -178,7 +201,10 @@ class _BaryFn(torch.autograd.Function):
         gb = _np32(g_bary, bary.shape)
         gd = _np32(g_depth, depth.shape)
         g_clip = np.zeros(clip_np.shape, np.float64)
-        _kernels().bary_backward(clip_np, faces_np, tri_np, bary, depth, gb, gd, g_clip)
+        backward = _kernels().bary_backward
+        over_views(lambda lo, hi: backward(clip_np[lo:hi], faces_np, tri_np[lo:hi], bary[lo:hi],
+                                           depth[lo:hi], gb[lo:hi], gd[lo:hi], g_clip[lo:hi]),
+                   len(tri_np))
         return _torch(g_clip, device, dtype), None, None
 
 
@@ -191,7 +217,13 @@ class _InterpolateFn(torch.autograd.Function):
         bary_np = np.ascontiguousarray(bary.detach().cpu().numpy(), dtype=np.float32)
         bsz, h, w = tri_np.shape
         out = np.zeros((bsz, h, w, attr_np.shape[2]), np.float32)
-        _kernels().interp_forward(attr_np, faces_np, tri_np, bary_np, out)
+        forward = _kernels().interp_forward
+
+        def run(lo: int, hi: int) -> None:
+            own = attr_np if len(attr_np) == 1 else attr_np[lo:hi]
+            forward(own, faces_np, tri_np[lo:hi], bary_np[lo:hi], out[lo:hi])
+
+        over_views(run, bsz)
         ctx.arrays = (attr_np, bary_np, faces_np, tri_np)
         ctx.meta = (attr.dtype, attr.device, bary.dtype, bary.device)
         return _torch(out, attr.device, attr.dtype)
