@@ -23,6 +23,7 @@ is refined (torch runs on one thread). Compiled code is cached on disk by numba.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,18 +36,22 @@ from models.raster.base import Rasterisation, RasteriserUnavailable
 VIEW_THREADS = 2
 
 _POOL: list[ThreadPoolExecutor] = []
+# A forked child has the pool object but not its thread: it starts a pool of its own.
+os.register_at_fork(after_in_child=_POOL.clear)
 
 
-def over_views(run: Callable[[int, int], None], views: int) -> None:
-    """Call ``run(lo, hi)`` on the views ``[0, views)``: the second half on a helper thread
-    (numba kernels release the GIL) while this thread does the first. ``run`` must write
-    only the outputs of its own views."""
-    if views < 2 or VIEW_THREADS < 2:
+def over_views(run: Callable[[int, int], None], views: int, mid: int | None = None) -> None:
+    """Call ``run(lo, hi)`` on the views ``[0, views)``: the views from ``mid`` (default:
+    the second half, or none when :data:`VIEW_THREADS` is 1) on a helper thread (numba
+    kernels release the GIL) while this thread does the others. ``run`` must write only the
+    outputs of its own views."""
+    if mid is None:
+        mid = (views + 1) // 2 if views >= 2 and VIEW_THREADS >= 2 else views
+    if mid <= 0 or mid >= views:
         run(0, views)
         return
     if not _POOL:
         _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="raster-views"))
-    mid = (views + 1) // 2
     second = _POOL[0].submit(run, mid, views)
     run(0, mid)
     second.result()
@@ -245,54 +250,74 @@ class _InterpolateFn(torch.autograd.Function):
 
 
 class _AntialiasFn(torch.autograd.Function):
-    """(image ``(B, H, W, C)``, clip ``(B, V, 4)``) -> anti-aliased image."""
+    """(image ``(B, H, W, C)``, clip ``(B, V, 4)``) -> anti-aliased image.
+
+    Each half of the views finds and blends its own silhouette pairs (pixel indices local to
+    the half), in the same order as over the whole batch."""
 
     @staticmethod
     def forward(ctx, image, clip, faces_np, neigh_np, tri_np, depth_np):  # type: ignore[override]
         k = _kernels()
         clip_np = np.ascontiguousarray(clip.detach().cpu().numpy(), dtype=np.float32)
-        cap = int(
-            np.count_nonzero(tri_np[:, :, 1:] != tri_np[:, :, :-1])
-            + np.count_nonzero(tri_np[:, 1:] != tri_np[:, :-1])
-        )
-        front, back, face, edge, t = k.silhouette_pairs(
-            clip_np, faces_np, neigh_np, tri_np, depth_np, cap
-        )
         shape = image.shape
+        bsz = shape[0]
         img = np.ascontiguousarray(image.detach().cpu().numpy(), dtype=np.float32).reshape(
-            -1, shape[-1]
+            bsz, -1, shape[-1]
         )
         out = img.copy()
-        k.aa_forward(img, front, back, t, out)
-        ctx.arrays = (img, clip_np, faces_np, front, back, face, edge, t, tri_np.shape)
+        halves: dict[int, tuple] = {}
+
+        def run(lo: int, hi: int) -> None:
+            tri = tri_np[lo:hi]
+            cap = int(
+                np.count_nonzero(tri[:, :, 1:] != tri[:, :, :-1])
+                + np.count_nonzero(tri[:, 1:] != tri[:, :-1])
+            )
+            pairs = k.silhouette_pairs(clip_np[lo:hi], faces_np, neigh_np, tri,
+                                       depth_np[lo:hi], cap)
+            front, back, _, _, t = pairs
+            k.aa_forward(img[lo:hi].reshape(-1, shape[-1]), front, back, t,
+                         out[lo:hi].reshape(-1, shape[-1]))
+            halves[lo] = (hi, pairs)
+
+        over_views(run, bsz)
+        ctx.arrays = (img, clip_np, faces_np, halves, tri_np.shape)
         ctx.meta = (image.dtype, image.device, clip.dtype, clip.device)
         return _torch(out.reshape(shape), image.device, image.dtype)
 
     @staticmethod
     def backward(ctx, g_out):  # type: ignore[override]
-        img, clip_np, faces_np, front, back, face, edge, t, (bsz, h, w) = ctx.arrays
+        img, clip_np, faces_np, halves, (bsz, h, w) = ctx.arrays
         idt, idev, cdt, cdev = ctx.meta
         need_clip = ctx.needs_input_grad[1]
         go = _np32(g_out, None).reshape(img.shape)
         g_img = go.copy()
         g_clip = np.zeros(clip_np.shape if need_clip else (1, 1, 4), np.float64)
-        _kernels().aa_backward(
-            img,
-            clip_np,
-            faces_np,
-            front,
-            back,
-            face,
-            edge,
-            t,
-            h * w,
-            w,
-            h,
-            go,
-            g_img,
-            g_clip,
-            need_clip,
-        )
+        backward = _kernels().aa_backward
+        channels = img.shape[-1]
+
+        def run(lo: int, hi: int) -> None:
+            _, (front, back, face, edge, t) = halves[lo]
+            backward(
+                img[lo:hi].reshape(-1, channels),
+                clip_np[lo:hi],
+                faces_np,
+                front,
+                back,
+                face,
+                edge,
+                t,
+                h * w,
+                w,
+                h,
+                go[lo:hi].reshape(-1, channels),
+                g_img[lo:hi].reshape(-1, channels),
+                g_clip[lo:hi] if need_clip else g_clip,
+                need_clip,
+            )
+
+        # The same split as the forward pass: its pairs were found per half.
+        over_views(run, bsz, mid=max(halves))
         gi = _torch(g_img.reshape(bsz, h, w, -1), idev, idt)
         gc = _torch(g_clip, cdev, cdt) if need_clip else None
         return gi, gc, None, None, None, None

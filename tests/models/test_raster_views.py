@@ -15,7 +15,7 @@ from models.raster import cpu as raster_cpu
 
 
 def _render(views_threads: int, monkeypatch) -> dict[str, np.ndarray]:
-    """Coverage, barycentrics, depth, interpolated normals and the clip gradient of a bumpy
+    """Coverage, barycentrics, depth, anti-aliased normals and the clip gradient of a bumpy
     sphere's 4 bundle views at 96 px, with the views split over ``views_threads`` threads."""
     monkeypatch.setattr(raster_cpu, "VIEW_THREADS", views_threads)
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
@@ -29,7 +29,7 @@ def _render(views_threads: int, monkeypatch) -> dict[str, np.ndarray]:
     rasteriser = CpuRasteriser()
     raster = rasteriser.rasterise(clip, faces, (96, 96))
     normals = torch.tensor(mesh.vertex_normals, dtype=torch.float32)[None]
-    image = rasteriser.interpolate(normals, raster)
+    image = rasteriser.antialias(rasteriser.interpolate(normals, raster), raster)
     (image.square().sum() + raster.depth.sum()).backward()
     return {"tri_id": raster.tri_id.numpy(), "bary": raster.bary.detach().numpy(),
             "depth": raster.depth.detach().numpy(), "image": image.detach().numpy(),
@@ -54,3 +54,23 @@ def test_the_second_half_of_the_views_runs_on_another_thread(monkeypatch):
     assert set(seen) == {(0, 2), (2, 4)}
     assert seen[(0, 2)] == threading.current_thread().name
     assert seen[(2, 4)] != seen[(0, 2)]
+
+
+def test_a_forked_child_splits_views_on_a_pool_of_its_own(monkeypatch):
+    import os
+    import signal
+
+    monkeypatch.setattr(raster_cpu, "VIEW_THREADS", 2)
+    raster_cpu.over_views(lambda lo, hi: None, 4)  # the parent's pool exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        signal.alarm(20)  # a child waiting on its parent's thread would hang: end it instead
+        halves = []
+        raster_cpu.over_views(lambda lo, hi: halves.append((lo, hi)), 4)
+        os.write(write, b"ok" if sorted(halves) == [(0, 2), (2, 4)] else b"no")
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 2) == b"ok"
+    assert status == 0
