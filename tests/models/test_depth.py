@@ -104,17 +104,23 @@ def test_a_piece_with_too_few_trusted_pixels_is_left_unestimated():
     assert np.isnan(estimate).all()
 
 
-def carve_pillar(depth: DepthCarveParams | None) -> tuple[np.ndarray, np.ndarray]:
-    """The grooved pillar's rounded hull occupancy on the default 96 grid (with or without depth
-    carving) and its voxel centres ``(96, 96, 96, 3)`` in the pillar's own frame."""
-    pillar = grooved_pillar()
-    bundle = render_bundle(pillar, tile=256)
+def hull_in_source_frame(
+    mesh: trimesh.Trimesh, depth: DepthCarveParams | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``mesh``'s rounded hull occupancy (256-px bundle, the default 96 grid, with or without
+    depth carving) and its voxel centres ``(96, 96, 96, 3)`` in ``mesh``'s own frame."""
+    bundle = render_bundle(mesh, tile=256)
     grid = 96
     occupancy = carve_occupancy(bundle, grid, round_corners=True, depth=depth)
     axis = -HULL_BOX + (np.arange(grid) + 0.5) * 2 * HULL_BOX / grid
-    _, scale, offset = normalise_mesh(pillar)
+    _, scale, offset = normalise_mesh(mesh)
     centres = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
     return occupancy, centres / scale + np.asarray(offset)
+
+
+def carve_pillar(depth: DepthCarveParams | None) -> tuple[np.ndarray, np.ndarray]:
+    """The grooved pillar's hull occupancy and voxel centres (:func:`hull_in_source_frame`)."""
+    return hull_in_source_frame(grooved_pillar(), depth)
 
 
 def in_groove(centres: np.ndarray, widen: float) -> np.ndarray:
@@ -150,13 +156,7 @@ def turned_box_occupancy(depth: DepthCarveParams | None) -> tuple[np.ndarray, np
     box = trimesh.creation.box(extents=(1.0, 0.8, 0.6))
     turn = trimesh.transformations.rotation_matrix(np.radians(30.0), [0.0, 1.0, 0.0])
     box.apply_transform(turn)
-    bundle = render_bundle(box, tile=256)
-    grid = 96
-    occupancy = carve_occupancy(bundle, grid, round_corners=True, depth=depth)
-    axis = -HULL_BOX + (np.arange(grid) + 0.5) * 2 * HULL_BOX / grid
-    _, scale, offset = normalise_mesh(box)
-    centres = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
-    source = centres / scale + np.asarray(offset)
+    occupancy, source = hull_in_source_frame(box, depth)
     return occupancy, source @ turn[:3, :3]  # rows times R = R^T applied: back to the box frame
 
 
