@@ -291,10 +291,11 @@ def carve_with_depth(
     views = range(len(masks))
     projected = [point_pixels(points, world_to_cam[v], mvp[v], low) for v in views]
     counts = [np.bincount(p[occupied & (p >= 0)], minlength=low * low) for _, p, _ in projected]
-    inner = [binary_erosion(downsample_view(normals[v], masks[v], factor)[1],
-                            iterations=params.erode_px, border_value=0).ravel() for v in views]
+    low_views = [downsample_view(normals[v], masks[v], factor) for v in views]
+    inner = [binary_erosion(m_low, iterations=params.erode_px, border_value=0).ravel()
+             for _, m_low in low_views]
     for view in views:
-        n_low, m_low = downsample_view(normals[view], masks[view], factor)
+        n_low, m_low = low_views[view]
         log_depth, pieces = integrate_log_depth(n_low, m_low, focal_px / factor)
         depth, pixel, clamped = projected[view]
         front = hull_front_depth(depth[in_bound], pixel[in_bound], low)

@@ -67,30 +67,31 @@ def test_integrated_sphere_depth_matches_the_true_depth_up_to_a_constant():
     assert np.ptp(gap) < 0.004  # about 0.015 bundle units at this distance
 
 
-def test_anchoring_on_a_hull_that_touches_the_sphere_recovers_its_depth():
+def anchored_sphere(stand_off) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 0.8 sphere's integrated depth anchored on a hull front ``depth - stand_off(rows,
+    cols)``; returns ``(estimate, true depth, normals, trusted pixels)``."""
     normals, mask, depth = sphere_view(0.8)
     log_depth, pieces = integrate_log_depth(normals, mask, FOCAL_PX)
-    # A hull that touches the sphere's front over the middle and stands off it elsewhere.
     rows, cols = np.mgrid[0:96, 0:96]
-    middle = (rows - 47.5) ** 2 + (cols - 47.5) ** 2 < 30.0**2
-    hull_front = np.where(middle, depth, depth - 0.2)
     trusted = trusted_pixels(normals, mask, 2)
-    estimate = anchor_depth(log_depth, pieces, hull_front, trusted, quantile=0.99,
-                            min_pixels=50)
-    inner = mask & (normals[..., 2] > 0.5)
+    estimate = anchor_depth(log_depth, pieces, depth - stand_off(rows, cols), trusted,
+                            quantile=0.99, min_pixels=50)
+    return estimate, depth, normals, trusted
+
+
+def test_anchoring_on_a_hull_that_touches_the_sphere_recovers_its_depth():
+    # A hull that touches the sphere's front over the middle and stands off it elsewhere.
+    estimate, depth, normals, _ = anchored_sphere(
+        lambda rows, cols: np.where((rows - 47.5) ** 2 + (cols - 47.5) ** 2 < 30.0**2, 0.0, 0.2))
+    inner = np.isfinite(depth) & (normals[..., 2] > 0.5)
     assert np.nanmax(np.abs(estimate[inner] - depth[inner])) < 0.02
 
 
 def test_a_surface_touching_its_hull_along_a_line_is_anchored_on_that_line():
-    normals, mask, depth = sphere_view(0.8)
-    log_depth, pieces = integrate_log_depth(normals, mask, FOCAL_PX)
-    rows, cols = np.mgrid[0:96, 0:96]
     # The hull meets the sphere on one column only and stands further off the further a pixel
     # is from it (a box's near edge in front of a face turned away from the camera).
-    hull_front = depth - 0.004 * np.abs(cols - 47.5)
-    trusted = trusted_pixels(normals, mask, 2)
-    estimate = anchor_depth(log_depth, pieces, hull_front, trusted, quantile=0.99,
-                            min_pixels=50)
+    estimate, depth, normals, trusted = anchored_sphere(
+        lambda rows, cols: 0.004 * np.abs(cols - 47.5))
     inner = trusted & (normals[..., 2] > 0.5)
     assert np.nanmax(np.abs(estimate[inner] - depth[inner])) < 0.03
 
