@@ -192,6 +192,15 @@ class VertexOptimiser:
         self.remesh_seconds += time.perf_counter() - start
 
     @torch.no_grad()
+    def restart(self, vertices: torch.Tensor, faces: torch.Tensor) -> None:
+        """Start over from the mesh ``(V, 3)`` float32, ``(F, 3)`` int64 with fresh moments
+        (an earlier state of this optimisation: its moments no longer apply)."""
+        self._set_mesh(vertices.to(self.device, torch.float32), faces.to(self.device))
+        self.m1 = torch.zeros_like(self.vertices)
+        self.m2 = torch.zeros(self.vertices.shape[0], 1, device=self.device)
+        self.steps = 0
+
+    @torch.no_grad()
     def set_vertices(self, vertices: torch.Tensor) -> None:
         """Replace the positions ``(V, 3)`` (same topology); the moments are kept."""
         if vertices.shape != self.vertices.shape:

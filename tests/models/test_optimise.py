@@ -8,7 +8,7 @@ import torch
 import trimesh
 
 from models.geometry import remesh as rm
-from models.reconstruct.optimise import smooth_update
+from models.reconstruct.optimise import VertexOptimiser, smooth_update
 
 
 def _jacobi_in_torch(update, edges, lam, iterations):
@@ -39,3 +39,19 @@ def test_update_smoothing_keeps_gradients_flowing():
     update = torch.ones(len(mesh.vertices), 3, requires_grad=True)
     smooth_update(update, edges, 2.0, 3).sum().backward()
     assert update.grad is not None and torch.isfinite(update.grad).all()
+
+
+def test_restarting_takes_the_given_mesh_with_fresh_moments():
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    opt = VertexOptimiser(mesh.vertices, mesh.faces, 0.2)
+    for _ in range(3):
+        opt.vertices.square().sum().backward()
+        opt.step()
+    earlier = torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32))
+    faces = torch.from_numpy(np.asarray(mesh.faces, dtype=np.int64))
+    opt.restart(earlier, faces)
+    assert torch.equal(opt.vertices.detach(), earlier) and torch.equal(opt.faces, faces)
+    assert opt.steps == 0 and not opt.m1.any() and not opt.m2.any()
+    opt.vertices.square().sum().backward()
+    opt.step()
+    assert opt.steps == 1

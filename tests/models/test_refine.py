@@ -3,6 +3,8 @@ close to the object that was rendered (small resolutions and step counts, sized 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,28 @@ def test_refining_from_a_given_mesh_pulls_a_shrunken_start_onto_the_object(box_c
     after = chamfer_fscore(mesh, reference, samples=4096)
     assert after["chamfer"] < 0.6 * before["chamfer"]
     assert after["fscore@0.05"] >= max(0.65, before["fscore@0.05"] + 0.3)
+
+
+def test_a_phase_whose_normal_loss_diverges_ends_on_its_best_mesh(box_case):
+    _, bundle, reference = box_case
+    # Steps five edge lengths long throw a perfect start off the box for good.
+    params = RefineParams(coarse_edge=0.14, fine_edge=0.14, coarse_steps=12, fine_steps=0,
+                          coarse_resolution=64, resolution=128, lr=5.0)
+    normals = []
+    mesh = refine_mesh(bundle, reference, params,
+                       progress=lambda s, t, d: normals.append(d["normal"]))
+    assert normals[-1] > 2.0 * normals[0]
+    assert chamfer_fscore(mesh, reference, samples=4096)["fscore@0.05"] >= 0.9
+    wrecked = refine_mesh(bundle, reference, replace(params, diverged_ratio=0.0))
+    assert chamfer_fscore(wrecked, reference, samples=4096)["fscore@0.05"] < 0.5
+
+
+def test_a_phase_that_does_not_diverge_ends_on_its_last_mesh(box_case, box_result):
+    _, bundle, _ = box_case
+    mesh, _ = box_result
+    last = refine_mesh(bundle, None, replace(FAST, diverged_ratio=0.0))
+    assert np.array_equal(mesh.vertices, last.vertices)
+    assert np.array_equal(mesh.faces, last.faces)
 
 
 def _resampled(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
