@@ -98,6 +98,7 @@ REFINE_RANGES: dict[str, Range] = {
     "torch_threads": Range(1, 256),
     "plateau_steps": Range(0, 5000),
     "plateau_tolerance": Range(0.0, 1.0),
+    "diverged_ratio": Range(0.0, 100.0),
 }
 """Accepted values of :class:`models.reconstruct.refine.RefineParams` (steps 0..5000; render
 resolutions up to 2048: four 2048^2 views with gradients are the most a worker's memory holds)."""
