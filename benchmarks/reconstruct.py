@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hull", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a HullParams field of the hull init, e.g. "
                              "--hull depth_carve=True")
+    parser.add_argument("--prior", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a HullPriorParams field, e.g. --prior leaves_beyond=0.01")
     parser.add_argument("--backend", default="auto", help="rasteriser: auto, cpu, nvdiffrast")
     parser.add_argument("--device", default="cpu", help="torch device of the optimisation")
     parser.add_argument("--no-guard", action="store_true",
@@ -104,9 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         context = InitContext(hull=HullParams.from_mapping(hull_changes))
     except HullParamsError as exc:
         parser.error(f"--hull: {exc}")
+    prior_changes = {}
+    for item in args.prior:
+        key, _, value = item.partition("=")
+        if key not in {f.name for f in dataclasses.fields(HullPriorParams)}:
+            parser.error(f"--prior: HullPriorParams has no field {key!r}")
+        prior_changes[key] = ast.literal_eval(value)
+    prior = None if args.no_hull_prior else HullPriorParams(**prior_changes)
     rasteriser = get_rasteriser(args.backend, device=args.device)
     print(f"rasteriser {rasteriser.name}, tile {args.tile}, init {args.init}, params {params}, "
-          f"hull {context.hull}")
+          f"hull {context.hull}, prior {prior}")
     header = (f"{'mesh':28s} {'iF@.05':>6s} {'iCD':>7s} {'hF@.05':>6s} {'F@0.05':>7s} "
               f"{'CD':>7s} {'F@0.1':>6s} {'nerr°':>6s} {'IoU':>6s} {'PSNR':>6s} {'unseen':>6s} "
               f"{'kept':>7s} {'faces':>6s} {'sec':>6s} {'cpu s':>6s} {'MiB':>6s}")
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         result = reconstruct_bundle(bundle, args.init, params, context=context,
                                     rasteriser=rasteriser,
                                     keep_better=not args.no_guard,
-                                    prior=None if args.no_hull_prior else HullPriorParams())
+                                    prior=prior)
         seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
         scores = chamfer_fscore(result.mesh, reference)
