@@ -57,6 +57,20 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _field_values(parser: argparse.ArgumentParser, option: str, items: list[str],
+                  cls: type) -> dict:
+    """``FIELD=VALUE`` items (values as Python literals) of ``option`` as a dict; a field that
+    dataclass ``cls`` lacks ends the program with a usage error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in known:
+            parser.error(f"{option}: {cls.__name__} has no field {key!r}")
+        values[key] = ast.literal_eval(value)
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("meshes", nargs="*", type=Path, help="mesh files (default: YCB objects)")
@@ -91,27 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         fragments = [f for f in args.only.split(",") if f]
         paths = [p for p in paths if any(f in p.stem for f in fragments)]
     up = args.up or ("y" if args.meshes else "z")
-    changes: dict = {"device": args.device}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in {f.name for f in dataclasses.fields(RefineParams)}:
-            parser.error(f"--set: RefineParams has no field {key!r}")
-        changes[key] = ast.literal_eval(value)
+    changes = {"device": args.device,
+               **_field_values(parser, "--set", args.set, RefineParams)}
     params = schedule_for(args.init, changes)
-    hull_changes = {}
-    for item in args.hull:
-        key, _, value = item.partition("=")
-        hull_changes[key] = ast.literal_eval(value)
     try:
-        context = InitContext(hull=HullParams.from_mapping(hull_changes))
+        context = InitContext(hull=HullParams.from_mapping(
+            _field_values(parser, "--hull", args.hull, HullParams)))
     except HullParamsError as exc:
         parser.error(f"--hull: {exc}")
-    prior_changes = {}
-    for item in args.prior:
-        key, _, value = item.partition("=")
-        if key not in {f.name for f in dataclasses.fields(HullPriorParams)}:
-            parser.error(f"--prior: HullPriorParams has no field {key!r}")
-        prior_changes[key] = ast.literal_eval(value)
+    prior_changes = _field_values(parser, "--prior", args.prior, HullPriorParams)
     prior = None if args.no_hull_prior else HullPriorParams(**prior_changes)
     rasteriser = get_rasteriser(args.backend, device=args.device)
     print(f"rasteriser {rasteriser.name}, tile {args.tile}, init {args.init}, params {params}, "

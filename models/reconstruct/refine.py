@@ -723,8 +723,8 @@ def _refine(
             ramp_done = ramp_done or settled
             value = float(loss.detach())
             if params.diverged_ratio > 0 and ramp_done and (best is None or value < best.loss):
-                best = _BestMesh(value, parts["normal"], opt.vertices.detach().clone(),
-                                 opt.faces)
+                # No copy: the optimiser replaces its vertex tensor at each step, never edits it.
+                best = _BestMesh(value, parts["normal"], opt.vertices.detach(), opt.faces)
             loss.backward()
             opt.step()
             # A surface seen only at grazing angles (an open top, a lid) tilts toward the
