@@ -13,7 +13,8 @@ Steps:
    already close, so it gets a short coarse phase and stops when the losses stop improving);
 3. the hull as a prior (hull init only, :mod:`models.reconstruct.hull_prior`): vertices that
    left the masks' hull are pulled back onto it, and unseen regions whose seen surroundings lie
-   on the hull take the hull's shape instead of a flat membrane (a ball's poles);
+   on the hull take the hull's shape instead of a flat membrane (a ball's poles), rounded ends
+   (a fruit's bottom) at least half of it;
 4. the guard: the refined mesh is kept unless it matches the views worse than its init did
    (judged by refinement's own view losses, never by a reference mesh);
 5. colours projected from the 4 views;

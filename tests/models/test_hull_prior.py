@@ -64,10 +64,12 @@ def test_an_unseen_cap_stays_a_membrane_where_the_seen_surface_left_the_hull(
         ball_bundle, ball_hull):
     # The whole surface sits 0.05 inside the hull: the hull does not fit this object near the
     # cap either, so the cap is left as refinement made it.
+    # With the rounded-end rule off: that rule alone would raise this cap halfway (below).
     shrunk = ball_hull.copy()
     shrunk.apply_scale(0.95)
     capped = flattened_top(shrunk, 0.6)
-    result, report = hull_prior(ball_bundle, capped, ball_hull)
+    params = HullPriorParams(rounded_facing=2.0)
+    result, report = hull_prior(ball_bundle, capped, ball_hull, params=params)
     assert report.regions and all(weight == 0.0 for _, _, weight in report.regions)
     assert result.vertices[:, 1].max() == pytest.approx(0.6)
 
@@ -81,3 +83,37 @@ def test_hull_prior_pulls_a_bulge_back_within_the_bound(ball_bundle, ball_hull):
     result, report = hull_prior(ball_bundle, bulged, ball_hull, bound=ball_hull, params=params)
     assert report.pulled > 0
     assert np.abs(result.vertices[:, 0]).max() < 0.92
+
+
+def test_a_rounded_end_goes_halfway_to_the_hull_even_where_its_band_left_the_hull(
+        ball_bundle, ball_hull):
+    # A ball 0.045 inside its hull: by distance alone its unseen bottom stays as it is, but the
+    # seen surface beside the bottom already faces down (a rounded end), so the bottom goes
+    # halfway down to the hull's.
+    shrunk = ball_hull.copy()
+    shrunk.apply_scale(0.95)
+    bottom = float(shrunk.vertices[:, 1].min())
+    hull_bottom = float(ball_hull.vertices[:, 1].min())
+    off, _ = hull_prior(ball_bundle, shrunk, ball_hull, params=HullPriorParams(rounded_facing=2.0))
+    on, report = hull_prior(ball_bundle, shrunk, ball_hull,
+                            params=HullPriorParams(rounded_facing=0.75, rounded_weight=0.5))
+    assert float(off.vertices[:, 1].min()) == pytest.approx(bottom)
+    assert 0.5 in [weight for _, _, weight in report.regions]
+    assert float(on.vertices[:, 1].min()) == pytest.approx((bottom + hull_bottom) / 2, abs=0.005)
+
+
+def test_a_flat_end_beside_upright_walls_stays_a_membrane():
+    # A can: its walls meet the unseen lid at a right angle, so the lid is not a rounded end
+    # and, with the walls inside the hull, keeps the height refinement gave it.
+    can = trimesh.creation.cylinder(radius=0.6, height=1.8, sections=64)
+    can = trimesh.Trimesh(*trimesh.remesh.subdivide_to_size(can.vertices, can.faces, 0.04))
+    can.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    bundle = render_bundle(can, tile=128)
+    hull = visual_hull(bundle, HullParams(grid=64))
+    shrunk = can.copy()
+    shrunk.apply_scale(0.95)
+    lid = float(shrunk.vertices[:, 1].max())
+    params = HullPriorParams(rounded_facing=0.75, rounded_weight=0.5)
+    result, report = hull_prior(bundle, shrunk, hull, params=params)
+    assert report.regions and all(weight == 0.0 for _, _, weight in report.regions)
+    assert result.vertices[:, 1].max() == pytest.approx(lid)
