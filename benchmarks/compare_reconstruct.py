@@ -20,12 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.reconstruct import print_summary  # noqa: E402
-
-#: Keys a row needs here (the benchmark's rows hold more).
-ROW_KEYS = ("name", "init_f05", "hull_f05", "f05", "kept")
+from reconstruct_summary import ROW_KEYS, print_summary
 
 
 def read_rows(paths: list[Path]) -> dict[str, dict]:

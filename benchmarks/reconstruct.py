@@ -30,12 +30,12 @@ import ast
 import dataclasses
 import json
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import trimesh
+from reconstruct_summary import format_row, print_summary
 
 from models.evaluate.metrics import chamfer_fscore, render_metrics
 from models.geometry.mesh import load_mesh, normalise_mesh
@@ -48,8 +48,6 @@ from models.reconstruct.refine import RefineParams
 from models.render.views import render_bundle
 
 DEFAULT_COUNT = 20
-#: The F@0.05 every object should reach (issue #12's median target).
-TARGET_F05 = 0.96
 
 
 def ycb_paths(count: int) -> list[Path]:
@@ -180,39 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             args.save.mkdir(parents=True, exist_ok=True)
             result.mesh.export(args.save / f"{path.stem}.ply")
         timing = " ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
-        print(_format(row) + f"   [{timing}]", flush=True)
+        print(format_row(row) + f"   [{timing}]", flush=True)
     if rows_file:
         rows_file.close()
     if rows:
         print_summary(rows)
     return 0
-
-
-def print_summary(rows: list[dict]) -> None:
-    """Print the medians of ``rows`` (as :func:`main` makes them), the count at or above
-    :data:`TARGET_F05`, and the objects below their init and below the hull without depth
-    carving (when the rows have that hull's score)."""
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]
-           if k not in ("name", "kept")}
-    med["name"] = f"MEDIAN of {len(rows)}"
-    med["kept"] = f"{sum(r['kept'] == 'init' for r in rows)} init"
-    print(_format(med))
-    reached = sum(r["f05"] >= TARGET_F05 for r in rows)
-    print(f"objects at F@0.05 >= {TARGET_F05}: {reached} of {len(rows)}")
-    worse = [r["name"] for r in rows if r["f05"] < r["init_f05"]]
-    print(f"objects below their init's F@0.05: {len(worse)} {worse}")
-    # NaN (no hull score: another init) compares False, so such rows never count.
-    if any(r["hull_f05"] == r["hull_f05"] for r in rows):
-        worse = [r["name"] for r in rows if r["f05"] < r["hull_f05"]]
-        print(f"objects below the hull's F@0.05 without depth carving: {len(worse)} {worse}")
-
-
-def _format(row: dict) -> str:
-    return (f"{row['name'][:28]:28s} {row['init_f05']:6.3f} {row['init_cd']:7.4f} "
-            f"{row['hull_f05']:6.3f} "
-            f"{row['f05']:7.3f} {row['cd']:7.4f} {row['f10']:6.3f} {row['nerr']:6.2f} "
-            f"{row['iou']:6.3f} {row['psnr']:6.2f} {row['unseen']:6.3f} {row['kept']:>7s} "
-            f"{int(row['faces']):6d} {row['seconds']:6.1f} {row['cpu']:6.1f} {row['mib']:6.0f}")
 
 
 if __name__ == "__main__":

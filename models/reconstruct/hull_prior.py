@@ -136,6 +136,21 @@ def _facing(face_normals: np.ndarray, region_faces: np.ndarray, band_faces: np.n
     return float(np.median(face_normals[band_faces] @ (facing / length)))
 
 
+def _is_rounded_end(face_normals: np.ndarray, faces: np.ndarray, seen_face: np.ndarray,
+                    num_vertices: int, region: np.ndarray, band: np.ndarray,
+                    threshold: float) -> bool:
+    """Whether the unseen ``region`` (vertex indices) is a rounded end: the seen faces
+    (``seen_face`` ``(F,)``) with every corner in ``band`` face its way by ``threshold``
+    (:func:`_facing`)."""
+    in_region = np.zeros(num_vertices, dtype=bool)
+    in_region[region] = True
+    in_band = np.zeros_like(in_region)
+    in_band[band] = True
+    facing = _facing(face_normals, in_region[faces].all(axis=1),
+                     seen_face & in_band[faces].all(axis=1))
+    return facing >= threshold
+
+
 @dataclass
 class HullPriorReport:
     """What :func:`hull_prior` did."""
@@ -198,14 +213,9 @@ def hull_prior(
             continue
         off = float(np.median(np.abs(signed[band])))
         weight = float(np.clip((params.leaves_beyond - off) / span, 0.0, 1.0))
-        in_region = np.zeros(len(vertices), dtype=bool)
-        in_region[region] = True
-        in_band = np.zeros(len(vertices), dtype=bool)
-        in_band[band] = True
-        facing = _facing(face_normals, in_region[faces].all(axis=1),
-                         seen_face & in_band[faces].all(axis=1))
-        rounded = facing >= params.rounded_facing
-        if rounded and weight < params.rounded_weight:
+        if weight < params.rounded_weight and _is_rounded_end(
+                face_normals, faces, seen_face, len(vertices), region, band,
+                params.rounded_facing):
             weight = params.rounded_weight
         report.regions.append((len(region), off, weight))
         if weight > 0:
