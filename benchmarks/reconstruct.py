@@ -5,14 +5,17 @@ render its bundle with :func:`models.render.views.render_bundle`, reconstruct it
 :func:`models.reconstruct.pipeline.reconstruct_bundle` (the same pipeline as ``foundry3d
 reconstruct``), and print one row per mesh: F-score at 0.05 and Chamfer distance of the initial
 mesh (the visual hull by default) and of the result, the F@0.05 of the hull without depth
-carving (hull init only: ``hF@.05``, what depth carving is judged against), the result's
-F@0.1, mean normal angle error and mask IoU of a re-render, colour PSNR, the share of surface no
-view sees, which mesh the guard kept, wall-clock and CPU seconds of the pipeline (CPU seconds
-say what it costs on a loaded machine) and peak memory, then the seconds of each part (init,
-refinement's setup, coarse and fine phases with the remeshing inside them, the guard, colours,
-metrics); then the medians, how many objects reach the 0.96 F@0.05 target, and the objects
-that end below their init (and below the hull without depth carving). Distances are in
-bundle-frame units (the object spans 1.8).
+carving (hull init only: ``hF@.05``, what depth carving is judged against), the result's F@0.05
+over the surface the views see (``sF@.05``: the reference's and the result's faces that cover a
+pixel of some view; what is left of the gap to ``F@0.05`` is surface no view shows, a cup's
+inside or a fruit's dimple, which only a prior can guess), F@0.1, mean normal angle error and
+mask IoU of a re-render, colour PSNR, the share of surface no view sees, which mesh the guard
+kept, wall-clock and CPU seconds of the pipeline (CPU seconds say what it costs on a loaded
+machine) and peak memory, then the seconds of each part (init, refinement's setup, coarse and
+fine phases with the remeshing inside them, the guard, colours, metrics); then the medians, how
+many objects reach the 0.96 F@0.05 target (over all the surface and over the seen surface), and
+the objects that end below their init (and below the hull without depth carving). Distances are
+in bundle-frame units (the object spans 1.8).
 
 ``--rows FILE`` also writes each row as a JSON line as soon as it is scored, so two shards
 run side by side (``--count 39`` and ``--skip 39 --count 39``) can be summed up together, and
@@ -37,7 +40,7 @@ from pathlib import Path
 import trimesh
 from reconstruct_summary import format_row, print_summary
 
-from models.evaluate.metrics import chamfer_fscore, render_metrics
+from models.evaluate.metrics import chamfer_fscore, render_metrics, seen_fscore
 from models.geometry.mesh import load_mesh, normalise_mesh
 from models.raster import get_rasteriser
 from models.reconstruct.hull import HullParams, HullParamsError, visual_hull
@@ -45,6 +48,7 @@ from models.reconstruct.hull_prior import HullPriorParams
 from models.reconstruct.init import INITIALISERS, InitContext
 from models.reconstruct.pipeline import reconstruct_bundle, schedule_for
 from models.reconstruct.refine import RefineParams
+from models.reconstruct.visibility import seen_faces
 from models.render.views import render_bundle
 
 DEFAULT_COUNT = 20
@@ -128,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rasteriser {rasteriser.name}, tile {args.tile}, init {args.init}, params {params}, "
           f"hull {context.hull}, prior {prior}")
     header = (f"{'mesh':28s} {'iF@.05':>6s} {'iCD':>7s} {'hF@.05':>6s} {'F@0.05':>7s} "
-              f"{'CD':>7s} {'F@0.1':>6s} {'nerr°':>6s} {'IoU':>6s} {'PSNR':>6s} {'unseen':>6s} "
-              f"{'kept':>7s} {'faces':>6s} {'sec':>6s} {'cpu s':>6s} {'MiB':>6s}")
+              f"{'sF@.05':>6s} {'CD':>7s} {'F@0.1':>6s} {'nerr°':>6s} {'IoU':>6s} {'PSNR':>6s} "
+              f"{'unseen':>6s} {'kept':>7s} {'faces':>6s} {'sec':>6s} {'cpu s':>6s} {'MiB':>6s}")
     print(header)
     rows = []
     rows_file = args.rows.open("w") if args.rows else None
@@ -151,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.init == "hull":
             plain = visual_hull(bundle, dataclasses.replace(context.hull, depth_carve=False))
             plain_f05 = chamfer_fscore(plain, reference)["fscore@0.05"]
+        seen = seen_fscore(result.mesh, reference,
+                           seen_faces(bundle.spec, result.mesh, rasteriser=rasteriser),
+                           seen_faces(bundle.spec, reference, rasteriser=rasteriser))
         rerender = render_metrics(bundle, result.coloured, rasteriser=rasteriser)
         row = {
             "name": path.stem,
@@ -158,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "init_cd": init_scores["chamfer"],
             "hull_f05": plain_f05,
             "f05": scores["fscore@0.05"],
+            "seen_f05": seen["fscore"],
             "cd": scores["chamfer"],
             "f10": scores["fscore@0.1"],
             "nerr": float(rerender["normal_angle_deg"]),

@@ -1,7 +1,8 @@
 """Quality metrics of a reconstructed mesh: against a reference mesh, against its bundle, alone.
 
 * Geometry against a reference (both in the bundle frame): :func:`chamfer_fscore` and
-  :func:`normal_consistency` on area-weighted surface samples.
+  :func:`normal_consistency` on area-weighted surface samples; :func:`seen_fscore`, the F-score
+  over the surface the bundle's views see.
 * A re-render against the bundle it was reconstructed from: :func:`render_metrics` (mask IoU,
   normal angle error, colour PSNR and SSIM).
 * The mesh alone: :func:`mesh_health` (counts, components, watertightness, non-manifold edges).
@@ -47,10 +48,16 @@ def sample_surface(
     Returns points ``(count, 3)`` float64 and the unit normals ``(count, 3)`` float64 of the
     faces they lie on, in the mesh's frame. The same mesh and seed give the same samples.
     """
+    points, face_index = _sample_faces(mesh, count, seed)
+    return points, np.asarray(mesh.face_normals[face_index])
+
+
+def _sample_faces(mesh: trimesh.Trimesh, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sample_surface`'s points ``(count, 3)`` and the faces they lie on ``(count,)``."""
     if len(mesh.faces) == 0 or mesh.area <= 0:
         raise ValueError("cannot sample a mesh with no surface area")
     points, face_index = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    return np.asarray(points, dtype=np.float64), np.asarray(mesh.face_normals[face_index])
+    return np.asarray(points, dtype=np.float64), np.asarray(face_index)
 
 
 def chamfer_fscore(
@@ -91,6 +98,42 @@ def chamfer_fscore(
         out[f"precision@{key}"] = precision
         out[f"recall@{key}"] = recall
     return out
+
+
+def seen_fscore(
+    prediction: trimesh.Trimesh,
+    reference: trimesh.Trimesh,
+    seen_prediction: np.ndarray,
+    seen_reference: np.ndarray,
+    *,
+    tau: float = 0.05,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+) -> dict:
+    """F-score at ``tau`` over the surface the views see (both meshes in the bundle frame).
+
+    As in :func:`chamfer_fscore`, but precision counts only the prediction's samples on its
+    seen faces (``seen_prediction``, ``(F_pred,)`` bool) and recall only the reference's on
+    its seen faces (``seen_reference``, ``(F_ref,)`` bool, e.g. from
+    :func:`models.reconstruct.visibility.seen_faces`); each is measured against all of the
+    other mesh's samples. It tells what the views pin down (and refinement can get right) from
+    what no view shows (a bowl's inside, a can's bottom), which only a prior can guess.
+
+    Returns ``{"fscore", "precision", "recall", "reference_seen_share"}`` (the last: the share
+    of the reference's area on seen faces). A side with no seen samples scores 0.
+    """
+    pa, fa = _sample_faces(prediction, samples, seed)
+    pb, fb = _sample_faces(reference, samples, seed)
+    keep_a = np.asarray(seen_prediction, dtype=bool)[fa]
+    keep_b = np.asarray(seen_reference, dtype=bool)[fb]
+    d_ab, _ = cKDTree(pb).query(pa[keep_a], k=1)
+    d_ba, _ = cKDTree(pa).query(pb[keep_b], k=1)
+    precision = float(np.mean(d_ab < tau)) if len(d_ab) else 0.0
+    recall = float(np.mean(d_ba < tau)) if len(d_ba) else 0.0
+    total = precision + recall
+    return {"fscore": 2.0 * precision * recall / total if total > 0 else 0.0,
+            "precision": precision, "recall": recall,
+            "reference_seen_share": float(keep_b.mean())}
 
 
 def normal_consistency(

@@ -14,6 +14,7 @@ from models.evaluate.metrics import (
     normal_consistency,
     psnr,
     sample_surface,
+    seen_fscore,
     ssim,
 )
 
@@ -90,6 +91,55 @@ def test_precision_and_recall_follow_prediction_and_reference():
     # Sampled surfaces: a few points fall between the reference's samples.
     assert m["precision@0.05"] > 0.99
     assert m["recall@0.05"] < 0.3
+
+
+def _dented(mesh: trimesh.Trimesh, below: float, depth: float) -> trimesh.Trimesh:
+    """``mesh`` with every vertex under height ``below`` moved ``depth`` toward the axis."""
+    vertices = np.array(mesh.vertices)
+    low = vertices[:, 1] < below
+    vertices[low, ::2] *= 1.0 - depth
+    return trimesh.Trimesh(vertices, mesh.faces, process=False)
+
+
+def test_seen_fscore_ignores_errors_on_surface_no_view_sees():
+    reference = _sphere(0.9)
+    prediction = _dented(reference, -0.5, 0.3)
+    # Faces above -0.4 never touch a moved vertex (the edges are about 0.06 long).
+    seen_ref = reference.triangles_center[:, 1] > -0.4
+    seen_pred = prediction.triangles_center[:, 1] > -0.4
+    # The default sample count: with 4096, two samplings of one surface lie about tau apart.
+    seen = seen_fscore(prediction, reference, seen_pred, seen_ref)
+    assert chamfer_fscore(prediction, reference)["fscore@0.05"] < 0.95
+    assert seen["fscore"] > 0.99
+    assert seen["reference_seen_share"] == pytest.approx(0.72, abs=0.02)
+
+
+def test_seen_fscore_counts_a_dent_on_seen_surface():
+    reference = _sphere(0.9)
+    prediction = _dented(reference, -0.5, 0.3)
+    everything = np.ones(len(reference.faces), dtype=bool)
+    seen = seen_fscore(prediction, reference, everything, everything)
+    full = chamfer_fscore(prediction, reference)
+    assert seen["fscore"] == pytest.approx(full["fscore@0.05"], abs=0.02)
+    assert seen["fscore"] < 0.95
+
+
+def test_seen_fscore_recall_counts_only_the_seen_reference():
+    # The prediction is the reference's upper half: it misses only what no view sees.
+    reference = _sphere(0.9)
+    upper = reference.triangles_center[:, 1] > 0.0
+    prediction = reference.submesh([np.flatnonzero(upper)], append=True)
+    seen = seen_fscore(prediction, reference, np.ones(len(prediction.faces), dtype=bool), upper)
+    assert seen["recall"] > 0.99
+    assert chamfer_fscore(prediction, reference)["recall@0.05"] < 0.6
+
+
+def test_seen_fscore_is_zero_when_no_view_sees_the_prediction():
+    reference = _sphere(0.9)
+    seen = seen_fscore(reference, reference, np.zeros(len(reference.faces), dtype=bool),
+                       np.ones(len(reference.faces), dtype=bool), samples=SAMPLES)
+    assert seen["precision"] == 0.0
+    assert seen["fscore"] == 0.0
 
 
 # --------------------------------------------------------------------------- normal consistency
