@@ -20,12 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-from reconstruct_summary import ROW_KEYS, print_summary
+from reconstruct_summary import LATER_KEYS, ROW_KEYS, print_summary
 
 
 def read_rows(paths: list[Path]) -> dict[str, dict]:
     """The rows of ``paths`` (JSON lines) by object name; an object in two files ends the
-    program with an error (overlapping shards would count it twice)."""
+    program with an error (overlapping shards would count it twice). A row from before a key
+    of :data:`LATER_KEYS` existed gets that key's stand-in value."""
     rows: dict[str, dict] = {}
     for path in paths:
         for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -36,6 +37,8 @@ def read_rows(paths: list[Path]) -> dict[str, dict]:
             except json.JSONDecodeError as exc:
                 raise SystemExit(f"{path}:{number}: not a JSON row ({exc.msg}); row files come "
                                  "from benchmarks/reconstruct.py --rows") from None
+            if isinstance(row, dict):
+                row = {**LATER_KEYS, **row}
             missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
             if missing:
                 raise SystemExit(f"{path}:{number}: the row lacks {missing}")

@@ -14,6 +14,9 @@ TARGET_F05 = 0.96
 #: The keys of a benchmark row.
 ROW_KEYS = ("name", "init_f05", "init_cd", "hull_f05", "f05", "seen_f05", "cd", "f10", "nerr",
             "iou", "psnr", "unseen", "kept", "faces", "seconds", "cpu", "mib")
+#: Keys added after row files were first written, with the value a row from an older run gets
+#: (NaN: not measured; left out of medians and counts).
+LATER_KEYS = {"seen_f05": float("nan")}
 
 
 def print_summary(rows: list[dict]) -> None:
@@ -21,21 +24,28 @@ def print_summary(rows: list[dict]) -> None:
     :data:`ROW_KEYS`), the count at or above :data:`TARGET_F05` (F@0.05 over all the surface
     and over the seen surface), and the objects below their init and below the hull without
     depth carving (when the rows have that hull's score)."""
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]
-           if k not in ("name", "kept")}
+    med = {k: _median([r[k] for r in rows]) for k in rows[0] if k not in ("name", "kept")}
     med["name"] = f"MEDIAN of {len(rows)}"
     med["kept"] = f"{sum(r['kept'] == 'init' for r in rows)} init"
     print(format_row(med))
     reached = sum(r["f05"] >= TARGET_F05 for r in rows)
+    # NaN compares False: rows of an older run never count.
     seen = sum(r["seen_f05"] >= TARGET_F05 for r in rows)
-    print(f"objects at F@0.05 >= {TARGET_F05}: {reached} of {len(rows)} "
-          f"(over the surface the views see: {seen})")
+    scored = sum(r["seen_f05"] == r["seen_f05"] for r in rows)
+    print(f"objects at F@0.05 >= {TARGET_F05}: {reached} of {len(rows)}"
+          + (f" (over the surface the views see: {seen} of {scored})" if scored else ""))
     worse = [r["name"] for r in rows if r["f05"] < r["init_f05"]]
     print(f"objects below their init's F@0.05: {len(worse)} {worse}")
     # NaN (no hull score: another init) compares False, so such rows never count.
     if any(r["hull_f05"] == r["hull_f05"] for r in rows):
         worse = [r["name"] for r in rows if r["f05"] < r["hull_f05"]]
         print(f"objects below the hull's F@0.05 without depth carving: {len(worse)} {worse}")
+
+
+def _median(values: list[float]) -> float:
+    """The median of ``values`` without their NaNs (NaN when nothing is left)."""
+    kept = [v for v in values if v == v]
+    return statistics.median(kept) if kept else float("nan")
 
 
 def format_row(row: dict) -> str:
