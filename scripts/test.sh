@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q "$@"
+# The slowest tests are listed at the end: CI must stay under 40 minutes.
+.venv/bin/python -m pytest -q --durations=30 "$@"
