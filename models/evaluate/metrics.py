@@ -92,9 +92,8 @@ def chamfer_fscore(
     for tau in taus:
         precision = float(np.mean(d_ab < tau))
         recall = float(np.mean(d_ba < tau))
-        total = precision + recall
         key = format(tau, "g")
-        out[f"fscore@{key}"] = 2.0 * precision * recall / total if total > 0 else 0.0
+        out[f"fscore@{key}"] = _fscore(precision, recall)
         out[f"precision@{key}"] = precision
         out[f"recall@{key}"] = recall
     return out
@@ -130,10 +129,15 @@ def seen_fscore(
     d_ba, _ = cKDTree(pa).query(pb[keep_b], k=1)
     precision = float(np.mean(d_ab < tau)) if len(d_ab) else 0.0
     recall = float(np.mean(d_ba < tau)) if len(d_ba) else 0.0
-    total = precision + recall
-    return {"fscore": 2.0 * precision * recall / total if total > 0 else 0.0,
+    return {"fscore": _fscore(precision, recall),
             "precision": precision, "recall": recall,
             "reference_seen_share": float(keep_b.mean())}
+
+
+def _fscore(precision: float, recall: float) -> float:
+    """``2PR / (P + R)``, 0 when both are 0."""
+    total = precision + recall
+    return 2.0 * precision * recall / total if total > 0 else 0.0
 
 
 def normal_consistency(
