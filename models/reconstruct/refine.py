@@ -42,6 +42,7 @@ from models.geometry import remesh as rm
 from models.geometry.decimate import decimate_to_edge
 from models.geometry.frames import to_source_frame
 from models.geometry.normals_torch import face_normals_t, vertex_normals_t
+from models.reconstruct.depth_target import depth_loss, depth_targets, integrate_views
 from models.reconstruct.optimise import OptimiserConfig, VertexOptimiser
 from models.reconstruct.refine_kernels import (
     face_pixel_sums,
@@ -100,6 +101,19 @@ class RefineParams:
     """Weight of the silhouette loss (squared difference of anti-aliased masks), coarse phase."""
     fine_mask_weight: float = 0.5
     """Weight of the silhouette loss in the fine phase."""
+    depth_weight: float = 0.0
+    """Weight of the depth term in the coarse phase: the rendered log depth against the shape
+    each view's normal map integrates to (:mod:`models.reconstruct.depth_target`); 0 turns
+    it off. Off: with 0.3 in both phases the 14 objects tried fared worse than with the fine
+    phase's term alone."""
+    fine_depth_weight: float = 1.0
+    """Weight of the depth term in the fine phase; 0 turns it off. It pins the walls no
+    silhouette bounds (a cup's diagonals; over the 78 YCB objects at 512-px tiles median
+    F@0.05 0.935 -> 0.949, 30 up, 9 down)."""
+    depth_scale: float = 0.01
+    """Log-depth residual at which the depth term's bounded penalty reaches half its maximum
+    (0.01: about 0.045 bundle units at the cameras' distance; 0.005 and 0.0025 measured
+    worse on a toy airplane, a foam brick and a clamp)."""
     box_weight: float = 10.0
     """Weight of the penalty on vertices outside the unit box."""
     coarse_flat: bool = False
@@ -691,19 +705,23 @@ def _refine(
     opt = VertexOptimiser(v0, f0, params.coarse_edge, config, device=device)
     phases = [
         (params.coarse_steps, params.coarse_resolution, params.coarse_edge, params.coarse_edge,
-         params.lr, params.mask_weight, params.coarse_flat),
+         params.lr, params.mask_weight, params.coarse_flat, params.depth_weight),
         (params.fine_steps, params.resolution, params.coarse_edge, params.fine_edge,
-         params.fine_lr, params.fine_mask_weight, params.fine_flat),
+         params.fine_lr, params.fine_mask_weight, params.fine_flat, params.fine_depth_weight),
     ]
+    integrated = None
     step = 0
     start = time.perf_counter()
     timings["setup"] = start - mark
-    for name, (steps, resolution, edge_from, edge_to, lr, mask_weight, flat) in zip(
+    for name, (steps, resolution, edge_from, edge_to, lr, mask_weight, flat, depth_w) in zip(
             ("coarse", "fine"), phases, strict=True):
         mark = time.perf_counter()
         if steps <= 0:
             continue
         targets = _TARGETS.get(bundle, resolution, device)
+        if depth_w > 0:
+            integrated = integrated or integrate_views(bundle)
+            depth_target = depth_targets(integrated, resolution, device)
         opt.config.lr = lr
         plateau = Plateau(params.plateau_steps, params.plateau_tolerance)
         best: _BestMesh | None = None
@@ -719,6 +737,12 @@ def _refine(
             rendered = _render(rasteriser, opt.vertices, opt.faces, mvp, resolution, flat)
             loss, parts = _losses(params, mask_weight, rendered, targets, view_w, opt.vertices,
                                   opt.edges, opt.edge_length)
+            if depth_w > 0:
+                raster = rendered[2]
+                depth = depth_loss(raster.clip, opt.faces, raster.tri_id, raster.bary,
+                                   depth_target, params.depth_scale)
+                loss = loss + depth_w * depth
+                parts["depth"] = float(depth.detach())
             # The loss only means "converged" once the edge length has stopped ramping down.
             ramp_done = ramp_done or settled
             value = float(loss.detach())

@@ -93,6 +93,7 @@ def test_an_integer_is_accepted_for_a_number():
         ("refine_coarse_steps", 50_000, "'coarse_steps' must be within 0..5000"),
         ("refine_fine_ramp", 1.5, "'fine_ramp' must be within 0"),
         ("refine_diverged_ratio", -1.0, "'diverged_ratio' must be within 0"),
+        ("refine_depth_scale", 0.0, "'depth_scale' must be within 0.0001"),
         ("evaluate_samples", 10_000_000, "'samples' must be within 1000..1000000"),
         ("texture_erosion_px", -1, "'erosion_px' must be within 0..64"),
     ],
