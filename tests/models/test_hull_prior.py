@@ -117,3 +117,18 @@ def test_a_flat_end_beside_upright_walls_stays_a_membrane():
     result, report = hull_prior(bundle, shrunk, hull, params=params)
     assert report.regions and all(weight == 0.0 for _, _, weight in report.regions)
     assert result.vertices[:, 1].max() == pytest.approx(lid)
+
+
+def test_a_flat_lid_between_walls_that_lie_on_the_hull_stays_flat():
+    # A low box: refinement leaves its walls on the hull, as closely as a ball's band, but
+    # they meet the unseen lid at a right angle, so the lid keeps the height refinement gave
+    # it instead of taking the hull's (the hull's top is a tent the views cannot rule out).
+    box = trimesh.creation.box((1.8, 0.9, 1.4))  # already in the bundle frame
+    bundle = render_bundle(box, tile=128)
+    hull = visual_hull(bundle, HullParams(grid=64))
+    refined = flattened_top(hull, 0.42)  # the cameras sit about 0.39 up: the lid is unseen
+    kept, _ = hull_prior(bundle, refined, hull)
+    by_distance, _ = hull_prior(bundle, refined, hull,
+                                params=HullPriorParams(fits_min_facing=-2.0))
+    assert float(kept.vertices[:, 1].max()) == pytest.approx(0.42)
+    assert float(by_distance.vertices[:, 1].max()) > 0.44
