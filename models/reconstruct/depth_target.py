@@ -22,13 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.bundle.cameras import BundleCameras
 from models.bundle.spec import Bundle
-from models.reconstruct.depth import downsample_view, integrate_log_depth, trusted_pixels
+from models.reconstruct.depth import bundle_integrals, trusted_pixels
 
 #: Pixels per side the normal maps are integrated at: 0.35 s for a 512-px bundle's 4 views
-#: (2.5 s at 256); the integrated log depth is smooth and is read at finer pixels by
-#: nearest lookup.
+#: (2.5 s at 256); the integral is smooth, and finer render pixels read it by nearest lookup.
 INTEGRATE_RESOLUTION = 128
 #: Pixels (at the integration resolution) trusted depth keeps from a suspected jump, a grazing
 #: surface or the silhouette.
@@ -62,44 +60,28 @@ class DepthTargets:
     pieces: int
 
 
-@dataclass
-class IntegratedView:
-    """One view's normal map integrated at its own resolution ``L``: ``log_depth`` ``(L, L)``
-    float64 (NaN outside the mask), ``pieces`` ``(L, L)`` int (0 outside), ``trusted``
-    ``(L, L)`` bool."""
+def depth_targets(bundle: Bundle, resolution: int, device: torch.device) -> DepthTargets:
+    """``bundle``'s integrated log depth at ``resolution`` pixels per side.
 
-    log_depth: np.ndarray
-    pieces: np.ndarray
-    trusted: np.ndarray
+    The normal maps are integrated at :data:`INTEGRATE_RESOLUTION` pixels (or the tile's, if
+    smaller; the integration is shared with the hull's depth carving,
+    :func:`models.reconstruct.depth.bundle_integrals`).
 
-
-def integrate_views(bundle: Bundle) -> list[IntegratedView]:
-    """Integrate each of ``bundle``'s normal maps at :data:`INTEGRATE_RESOLUTION` pixels (or
-    the tile, if smaller)."""
-    normals, masks = bundle.normals(), bundle.masks()
-    cams = BundleCameras.from_spec(bundle.spec)
-    factor = max(1, masks.shape[1] // INTEGRATE_RESOLUTION)
-    views = []
-    for view in range(len(masks)):
-        n_low, m_low = downsample_view(normals[view], masks[view], factor)
-        log_depth, pieces = integrate_log_depth(n_low, m_low, cams.focal_px / factor)
-        trusted = trusted_pixels(n_low, m_low, TRUST_ERODE_PX) & (n_low[..., 2] > MIN_FACING)
-        views.append(IntegratedView(log_depth, pieces, trusted))
-    return views
-
-
-def depth_targets(
-    integrated: list[IntegratedView], resolution: int, device: torch.device
-) -> DepthTargets:
-    """The integrated log depth at ``resolution`` pixels per side: each pixel reads the
-    integration pixel it falls in (both grids span the same image)."""
+    Each render pixel reads the integration pixel its centre falls in (both grids span the
+    same image). Taking only one render pixel per integration pixel would cost a quarter of
+    the term's time, but lost 0.011 of median F@0.05 over the 78 YCB objects (plate -0.033,
+    toy airplane 072-b -0.015, hammer -0.012).
+    """
+    factor = max(1, bundle.tile // INTEGRATE_RESOLUTION)
     index, values, piece_ids = [], [], []
     next_piece = 0
-    for view, item in enumerate(integrated):
+    for view, item in enumerate(bundle_integrals(bundle, factor)):
         low = item.log_depth.shape[0]
+        trusted = (trusted_pixels(item.normals, item.mask, TRUST_ERODE_PX)
+                   & (item.normals[..., 2] > MIN_FACING))
         lookup = np.minimum((np.arange(resolution) + 0.5) * low / resolution,
                             low - 1).astype(int)
-        rows, cols = np.nonzero(item.trusted[lookup][:, lookup])
+        rows, cols = np.nonzero(trusted[lookup][:, lookup])
         low_rows, low_cols = lookup[rows], lookup[cols]
         labels = item.pieces[low_rows, low_cols]
         keep = np.zeros(len(labels), dtype=bool)

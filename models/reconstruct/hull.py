@@ -24,7 +24,13 @@ from scipy.ndimage import gaussian_filter, median_filter
 from models.bundle.cameras import BundleCameras
 from models.bundle.spec import Bundle
 from models.geometry.mesh import NORMALISED_EXTENT
-from models.reconstruct.depth import DepthCarveParams, carve_with_depth
+from models.reconstruct.depth import (
+    MIN_TILE,
+    DepthCarveParams,
+    bundle_integrals,
+    carve_factor,
+    carve_with_depth,
+)
 
 #: Half side of the carved cube (bundle frame); the normalised object lies within 0.9,
 #: and refinement accepts an init within 1 without rescaling it.
@@ -176,8 +182,11 @@ def carve_occupancies(
             np.minimum(occupancy, rounded.astype(np.float32), out=occupancy)
     if depth is not None:
         normals = normals if normals is not None else bundle.normals()
+        integrals = (bundle_integrals(bundle, carve_factor(tile, depth))
+                     if tile >= MIN_TILE else None)
         occupancy = carve_with_depth(occupancy, bound, axis, normals, masks > 0.5,
-                                     cams.world_to_cam, cams.mvp, cams.focal_px, depth)
+                                     cams.world_to_cam, cams.mvp, cams.focal_px, depth,
+                                     integrals)
     return occupancy.reshape(grid, grid, grid), bound.reshape(grid, grid, grid)
 
 

@@ -42,7 +42,7 @@ from models.geometry import remesh as rm
 from models.geometry.decimate import decimate_to_edge
 from models.geometry.frames import to_source_frame
 from models.geometry.normals_torch import face_normals_t, vertex_normals_t
-from models.reconstruct.depth_target import depth_loss, depth_targets, integrate_views
+from models.reconstruct.depth_target import depth_loss, depth_targets
 from models.reconstruct.optimise import OptimiserConfig, VertexOptimiser
 from models.reconstruct.refine_kernels import (
     face_pixel_sums,
@@ -709,7 +709,6 @@ def _refine(
         (params.fine_steps, params.resolution, params.coarse_edge, params.fine_edge,
          params.fine_lr, params.fine_mask_weight, params.fine_flat, params.fine_depth_weight),
     ]
-    integrated = None
     step = 0
     start = time.perf_counter()
     timings["setup"] = start - mark
@@ -720,8 +719,7 @@ def _refine(
             continue
         targets = _TARGETS.get(bundle, resolution, device)
         if depth_w > 0:
-            integrated = integrated or integrate_views(bundle)
-            depth_target = depth_targets(integrated, resolution, device)
+            depth_target = depth_targets(bundle, resolution, device)
         opt.config.lr = lr
         plateau = Plateau(params.plateau_steps, params.plateau_tolerance)
         best: _BestMesh | None = None

@@ -10,7 +10,7 @@ import trimesh
 from models.bundle.cameras import BundleCameras
 from models.geometry.mesh import normalise_mesh
 from models.raster import get_rasteriser
-from models.reconstruct.depth_target import depth_loss, depth_targets, integrate_views
+from models.reconstruct.depth_target import depth_loss, depth_targets
 from models.reconstruct.hull import visual_hull
 from models.reconstruct.refine import RefineParams, refine_mesh
 from models.render.views import render_bundle
@@ -24,7 +24,7 @@ def sphere_case():
     source = trimesh.creation.icosphere(subdivisions=4, radius=0.7)
     bundle = render_bundle(source, tile=256)
     mesh, _, _ = normalise_mesh(source)
-    targets = depth_targets(integrate_views(bundle), RESOLUTION, torch.device("cpu"))
+    targets = depth_targets(bundle, RESOLUTION, torch.device("cpu"))
     return bundle, mesh, targets
 
 
@@ -133,3 +133,17 @@ def test_with_the_depth_term_a_cylinder_keeps_its_diagonals_on_its_wall():
     mesh = refine_mesh(bundle, visual_hull(bundle), params)
     # Without the term the diagonals end 0.016 out (0.766 against 0.75); with it 0.002.
     assert diagonal_radius(mesh, 0.0) < true_radius + 0.008
+
+
+def test_the_hulls_depth_carving_and_the_depth_term_integrate_each_view_once(monkeypatch):
+    from models.reconstruct import depth
+
+    bundle = render_bundle(trimesh.creation.icosphere(subdivisions=3, radius=0.7), tile=256)
+    calls = []
+    original = depth.integrate_log_depth
+    monkeypatch.setattr(depth, "integrate_log_depth",
+                        lambda *args: calls.append(1) or original(*args))
+    visual_hull(bundle)  # carves with depth at 256-px tiles
+    depth_targets(bundle, RESOLUTION, torch.device("cpu"))
+    depth_targets(bundle, 2 * RESOLUTION, torch.device("cpu"))
+    assert len(calls) == 4
