@@ -7,6 +7,8 @@ length. Each step renders the mesh from the bundle's 4 cameras (:mod:`models.ras
 
 - camera-space normals with the decoded normal maps inside the target masks,
 - anti-aliased silhouettes with the target masks,
+- in the fine phase, log depth with the shape each normal map integrates to
+  (:mod:`models.reconstruct.depth_target`: it pins walls no silhouette bounds),
 
 and adds a penalty on vertices that leave the unit box ``[-1, 1]^3``. A coarse phase at a long
 edge length and a low resolution finds the shape (smooth vertex normals); a fine phase at a
