@@ -29,7 +29,6 @@ carves through the object shows as mask pixels no voxel covers any more.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +38,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import spsolve
 
 from models.bundle.cameras import BundleCameras
+from models.bundle.memo import BundleMemo
 from models.bundle.spec import Bundle
 
 #: Neighbouring normals further apart than this (cosine) mark a crease or a depth jump: the
@@ -283,42 +283,20 @@ def integrate_views(
     return integrals
 
 
-class _IntegralCache:
-    """The view integrals of the last bundle asked for, per block size: the hull's depth
-    carving and refinement's depth term integrate the same maps (0.35 s for a 512-px bundle),
-    and in one process (``foundry3d reconstruct``) they share one integration. The bundle is
-    recognised by identity (same object, same image array); its entries go with it."""
-
-    def __init__(self) -> None:
-        self._bundle: weakref.ref | None = None
-        self._image: weakref.ref | None = None
-        self._entries: dict[int, list[ViewIntegral]] = {}
-
-    def get(self, bundle: Bundle, factor: int) -> list[ViewIntegral]:
-        same = (self._bundle is not None and self._bundle() is bundle
-                and self._image is not None and self._image() is bundle.image)
-        if not same:
-            self._bundle = weakref.ref(bundle, self._forget)
-            self._image = weakref.ref(bundle.image)
-            self._entries = {}
-        if factor not in self._entries:
-            focal_px = BundleCameras.from_spec(bundle.spec).focal_px
-            self._entries[factor] = integrate_views(bundle.normals(), bundle.masks(), focal_px,
-                                                    factor)
-        return self._entries[factor]
-
-    def _forget(self, ref: weakref.ref) -> None:
-        if ref is self._bundle:
-            self._entries = {}
-
-
-_INTEGRALS = _IntegralCache()
+#: The view integrals of the last bundle asked for, per block size: the hull's depth carving
+#: and refinement's depth term integrate the same maps (0.35 s for a 512-px bundle), and in
+#: one process (``foundry3d reconstruct``) they share one integration.
+_INTEGRALS = BundleMemo()
 
 
 def bundle_integrals(bundle: Bundle, factor: int) -> list[ViewIntegral]:
     """:func:`integrate_views` of ``bundle``'s normal maps and masks (kept for the next call
     with the same bundle). The lists are shared: do not modify them."""
-    return _INTEGRALS.get(bundle, factor)
+    kept = _INTEGRALS.values(bundle)
+    if factor not in kept:
+        focal_px = BundleCameras.from_spec(bundle.spec).focal_px
+        kept[factor] = integrate_views(bundle.normals(), bundle.masks(), focal_px, factor)
+    return kept[factor]
 
 
 def carve_factor(tile: int, params: DepthCarveParams) -> int:

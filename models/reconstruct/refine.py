@@ -28,7 +28,6 @@ Everything is in the bundle frame: +Y up, front facing +Z, object within ``[-0.9
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 import trimesh
 
 from models.bundle.cameras import BundleCameras
+from models.bundle.memo import BundleMemo
 from models.bundle.spec import NORMALISED_EXTENT, Bundle
 from models.geometry import remesh as rm
 from models.geometry.decimate import decimate_to_edge
@@ -250,36 +250,20 @@ class _TargetCache:
     """The targets of the last bundle refined, per ``(resolution, device)``.
 
     Decoding a 512-px bundle's normal maps costs about 0.2 s, and one reconstruction needs its
-    targets four times (coarse and fine phases, the guard's two :func:`view_error` calls); the
-    bundle is recognised by identity (same object, same image array), and its entries are
-    dropped when it is garbage-collected (a worker does not keep its last bundle's targets).
+    targets four times (coarse and fine phases, the guard's two :func:`view_error` calls).
     """
 
     def __init__(self) -> None:
-        self._bundle: weakref.ref | None = None
-        self._image: weakref.ref | None = None
-        self._entries: dict[tuple[int, str], _Targets] = {}
-        self._decoded: tuple[np.ndarray, np.ndarray] | None = None
+        self.memo = BundleMemo()
 
     def get(self, bundle: Bundle, resolution: int, device: torch.device) -> _Targets:
-        same = (self._bundle is not None and self._bundle() is bundle
-                and self._image is not None and self._image() is bundle.image)
-        if not same:
-            self._bundle = weakref.ref(bundle, self._forget)
-            self._image = weakref.ref(bundle.image)
-            self._entries = {}
-            self._decoded = None
+        values = self.memo.values(bundle)
         key = (int(resolution), str(device))
-        if key not in self._entries:
-            if self._decoded is None:
-                self._decoded = (bundle.normals(), bundle.masks())
-            self._entries[key] = _downsample_targets(bundle, resolution, device, self._decoded)
-        return self._entries[key]
-
-    def _forget(self, ref: weakref.ref) -> None:
-        if ref is self._bundle:
-            self._entries = {}
-            self._decoded = None
+        if key not in values:
+            if "decoded" not in values:
+                values["decoded"] = (bundle.normals(), bundle.masks())
+            values[key] = _downsample_targets(bundle, resolution, device, values["decoded"])
+        return values[key]
 
 
 _TARGETS = _TargetCache()

@@ -208,4 +208,4 @@ def test_cached_targets_are_dropped_with_their_bundle(box_case):
     cache = refine._TargetCache()
     cache.get(copy, 64, torch.device("cpu"))
     del copy
-    assert cache._entries == {} and cache._decoded is None
+    assert len(cache.memo) == 0

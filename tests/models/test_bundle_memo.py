@@ -1,0 +1,39 @@
+"""Values kept per bundle: reused for the same bundle, replaced for another, dropped with it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.bundle.memo import BundleMemo
+from models.bundle.spec import Bundle, BundleSpec
+
+
+def blank_bundle() -> Bundle:
+    return Bundle(image=np.full((64, 128, 3), 255, dtype=np.uint8), spec=BundleSpec(tile=32))
+
+
+def test_the_same_bundle_gets_the_values_kept_for_it():
+    memo, bundle = BundleMemo(), blank_bundle()
+    memo.values(bundle)["x"] = 1
+    assert memo.values(bundle) == {"x": 1}
+
+
+def test_another_bundle_replaces_the_kept_values():
+    memo, first, second = BundleMemo(), blank_bundle(), blank_bundle()
+    memo.values(first)["x"] = 1
+    assert memo.values(second) == {}
+    assert memo.values(first) == {}
+
+
+def test_a_bundle_whose_image_was_replaced_counts_as_another():
+    memo, bundle = BundleMemo(), blank_bundle()
+    memo.values(bundle)["x"] = 1
+    bundle.image = bundle.image.copy()
+    assert memo.values(bundle) == {}
+
+
+def test_the_values_go_when_their_bundle_is_collected():
+    memo, bundle = BundleMemo(), blank_bundle()
+    memo.values(bundle)["x"] = np.zeros(10)
+    del bundle
+    assert len(memo) == 0
