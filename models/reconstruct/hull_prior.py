@@ -13,7 +13,9 @@ seen surface next to the region already lies on the hull (the hull fits the obje
 hull's shape is taken for the region; where the seen surface left the hull, the membrane stays;
 in between, the two are blended. A region beside which the seen surface already curves round
 toward it (a fruit's bottom, unlike a can's lid) goes at least halfway to the hull even where the
-seen surface left it. No reference mesh is involved.
+seen surface left it, and a region whose band meets it at a right angle (a box's or a can's lid)
+never takes the hull's shape by distance alone: once refinement pins such walls down they lie
+on the hull as closely as a ball's band. No reference mesh is involved.
 
 Measured over the YCB objects (512-px tiles): balls and marbles 0.977-0.985 -> 1.000 F@0.05,
 lemon 0.976 -> 1.000, strawberry 0.962 -> 0.999; cans, cups, the bowl and the mug keep their
