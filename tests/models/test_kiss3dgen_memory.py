@@ -101,7 +101,11 @@ def test_offload_gives_the_same_bundle_as_full(flux_dir):
     full = generate_bundles(["a red mug"], [0], params)[0].raw_image
     kpipe.clear_cache()
     offload = generate_bundles(["a red mug"], [0], replace(params, memory_mode="offload"))[0]
-    np.testing.assert_array_equal(offload.raw_image, full)
+    # The same arithmetic; only rounding may differ (on some CPUs the moved weights take
+    # another vector path): 2 of 24,576 values one level apart was seen.
+    difference = np.abs(offload.raw_image.astype(int) - full.astype(int))
+    assert difference.max() <= 1
+    assert (difference > 0).mean() < 0.001
 
 
 def test_nf4_on_this_cpu_fails_before_loading_with_a_clear_error(flux_dir):
