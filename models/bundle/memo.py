@@ -13,6 +13,8 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import numpy as np
+
 from models.bundle.spec import Bundle
 
 
@@ -41,3 +43,23 @@ class BundleMemo:
     def _forget(self, ref: weakref.ref) -> None:
         if ref is self._bundle:
             self._values = {}
+
+
+_DECODED = BundleMemo()
+
+
+def decoded_views(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """``bundle``'s decoded normal maps ``(N, T, T, 3)`` float32 (camera frame, 0 on the
+    background) and masks ``(N, T, T)`` bool, decoded once per bundle.
+
+    The hull, the depth integration and refinement's targets all read them; decoding a 512-px
+    bundle takes about 0.2 s. The arrays are shared, so they are read-only: a caller that
+    needs to change them copies first.
+    """
+    values = _DECODED.values(bundle)
+    if "views" not in values:
+        normals, masks = bundle.normals(), bundle.masks()
+        normals.flags.writeable = False
+        masks.flags.writeable = False
+        values["views"] = (normals, masks)
+    return values["views"]

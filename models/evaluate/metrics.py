@@ -349,11 +349,11 @@ def render_metrics(
       InstantMesh's protocol); ``colour_psnr_fg``: the same on the union of both masks only.
     * ``colour_ssim``: mean SSIM of the colour tiles.
     """
+    from models.bundle.memo import decoded_views
     from models.render.views import render_views
 
     render = render_views(mesh, bundle.spec, rasteriser=rasteriser)
-    ref_masks = bundle.masks()
-    ref_normals = bundle.normals()
+    ref_normals, ref_masks = decoded_views(bundle)
     ref_colours = bundle.colours()
     got_masks = render.masks()
     got_normals = render.normals()

@@ -38,7 +38,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import spsolve
 
 from models.bundle.cameras import BundleCameras
-from models.bundle.memo import BundleMemo
+from models.bundle.memo import BundleMemo, decoded_views
 from models.bundle.spec import Bundle
 
 #: Neighbouring normals further apart than this (cosine) mark a crease or a depth jump: the
@@ -295,7 +295,7 @@ def bundle_integrals(bundle: Bundle, factor: int) -> list[ViewIntegral]:
     kept = _INTEGRALS.values(bundle)
     if factor not in kept:
         focal_px = BundleCameras.from_spec(bundle.spec).focal_px
-        kept[factor] = integrate_views(bundle.normals(), bundle.masks(), focal_px, factor)
+        kept[factor] = integrate_views(*decoded_views(bundle), focal_px, factor)
     return kept[factor]
 
 

@@ -22,6 +22,7 @@ import trimesh
 from scipy.ndimage import gaussian_filter, median_filter
 
 from models.bundle.cameras import BundleCameras
+from models.bundle.memo import decoded_views
 from models.bundle.spec import Bundle
 from models.geometry.mesh import NORMALISED_EXTENT
 from models.reconstruct.depth import (
@@ -126,8 +127,9 @@ def carve_occupancies(
     normal map integrates to are carved last (:func:`models.reconstruct.depth.carve_with_depth`,
     anchored on the masks' hull before any rounding).
     """
-    masks = bundle.masks().astype(np.float32)  # (4, T, T), row 0 at the top
-    normals = bundle.normals() if round_corners else None  # (4, T, T, 3) camera space
+    decoded_normals, masks = decoded_views(bundle)  # (4, T, T, 3) camera space, (4, T, T)
+    masks = masks.astype(np.float32)  # row 0 at the top
+    normals = decoded_normals if round_corners else None
     cams = BundleCameras.from_spec(bundle.spec)
     tile = masks.shape[1]
     step = 2.0 * HULL_BOX / grid
@@ -181,7 +183,7 @@ def carve_occupancies(
             rounded = np.where(round_a & round_b, np.clip(inside, 0.0, 1.0), 1.0)
             np.minimum(occupancy, rounded.astype(np.float32), out=occupancy)
     if depth is not None:
-        normals = normals if normals is not None else bundle.normals()
+        normals = decoded_normals
         integrals = (bundle_integrals(bundle, carve_factor(tile, depth))
                      if tile >= MIN_TILE else None)
         occupancy = carve_with_depth(occupancy, bound, axis, normals, masks > 0.5,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import trimesh
 
+from models.bundle.memo import decoded_views
 from models.bundle.spec import Bundle
 from models.reconstruct.hull import HullParams, visual_hull, visual_hull_with_bound
 from models.reconstruct.hull_prior import HullPriorParams, hull_prior
@@ -199,7 +200,7 @@ def reconstruct_bundle(
     metrics = dict(losses)
     metrics["unseen_area_fraction"] = unseen_area_fraction(bundle.spec, mesh,
                                                            rasteriser=rasteriser)
-    metrics["outside_mask_area_fraction"] = outside_mask_area_fraction(bundle.masks(),
+    metrics["outside_mask_area_fraction"] = outside_mask_area_fraction(decoded_views(bundle)[1],
                                                                        bundle.spec, mesh)
     metrics["mesh_faces"] = float(len(mesh.faces))
     metrics["mesh_components"] = float(len(mesh.split(only_watertight=False)))

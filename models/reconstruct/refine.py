@@ -38,7 +38,7 @@ import torch.nn.functional as F
 import trimesh
 
 from models.bundle.cameras import BundleCameras
-from models.bundle.memo import BundleMemo
+from models.bundle.memo import BundleMemo, decoded_views
 from models.bundle.spec import NORMALISED_EXTENT, Bundle
 from models.geometry import remesh as rm
 from models.geometry.decimate import decimate_to_edge
@@ -260,9 +260,7 @@ class _TargetCache:
         values = self.memo.values(bundle)
         key = (int(resolution), str(device))
         if key not in values:
-            if "decoded" not in values:
-                values["decoded"] = (bundle.normals(), bundle.masks())
-            values[key] = _downsample_targets(bundle, resolution, device, values["decoded"])
+            values[key] = _downsample_targets(bundle, resolution, device)
         return values[key]
 
 
@@ -273,14 +271,11 @@ def _downsample_targets(
     bundle: Bundle,
     resolution: int,
     device: torch.device,
-    decoded: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> _Targets:
-    """Area-average the bundle's normals and masks to ``resolution`` pixels per side.
-
-    ``decoded``: the bundle's ``(normals(), masks())`` when already decoded.
-    """
-    normals_np, masks_np = decoded if decoded is not None else (bundle.normals(), bundle.masks())
-    normals = torch.from_numpy(normals_np).to(device)  # (4, T, T, 3), 0 on background
+    """Area-average the bundle's normals and masks to ``resolution`` pixels per side."""
+    normals_np, masks_np = decoded_views(bundle)
+    # A copy: the decoded views are shared and read-only, and torch tensors are writable.
+    normals = torch.tensor(normals_np, device=device)  # (4, T, T, 3), 0 on background
     masks = torch.from_numpy(masks_np.astype(np.float32)).to(device)
     # Silhouette pixels of a bundle blend the normal with the white background, which decodes
     # to a tilted normal: the normal loss only trusts pixels whose 3x3 neighbourhood is inside.

@@ -25,6 +25,7 @@ import trimesh
 from scipy import ndimage, sparse
 
 from models.bundle.cameras import BundleCameras
+from models.bundle.memo import decoded_views
 from models.bundle.spec import Bundle
 
 if TYPE_CHECKING:
@@ -136,9 +137,11 @@ class ViewImages:
             raise ValueError(f"view_weights must be >= 0, got {list(view_weights)}")
         self.tile = bundle.tile
         self.erosion = default_erosion_px(self.tile) if erosion_px is None else int(erosion_px)
-        masks = bundle.masks()
+        masks = decoded_views(bundle)[1]
         if self.erosion > 0:
             masks = np.stack([ndimage.binary_erosion(m, iterations=self.erosion) for m in masks])
+        else:
+            masks = masks.copy()  # the decoded views are shared; occlusion edges come off below
         #: ``(N, T, T)`` bool, eroded at the outer silhouette (not yet at occlusion edges)
         self.masks = masks
         #: ``(N, T, T, 3)`` float64 sRGB
@@ -149,7 +152,7 @@ class ViewImages:
         """The bundle's normal maps turned into the bundle frame: ``(N, T, T, 3)`` float64
         (``n_cam = R n_world``; 0 on background)."""
         if self._world_normals is None:
-            cam = self.bundle.normals().astype(np.float64)
+            cam = decoded_views(self.bundle)[0].astype(np.float64)
             self._world_normals = np.einsum("nhwc,ncd->nhwd", cam, self.cameras.rotations)
         return self._world_normals
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from models.bundle.memo import BundleMemo
+from models.bundle.memo import BundleMemo, decoded_views
 from models.bundle.spec import Bundle, BundleSpec
 
 
@@ -37,3 +38,16 @@ def test_the_values_go_when_their_bundle_is_collected():
     memo.values(bundle)["x"] = np.zeros(10)
     del bundle
     assert len(memo) == 0
+
+
+def test_decoded_views_are_decoded_once_per_bundle_and_read_only(monkeypatch):
+    bundle = blank_bundle()
+    calls = []
+    original = Bundle.normals
+    monkeypatch.setattr(Bundle, "normals", lambda self: calls.append(1) or original(self))
+    normals, masks = decoded_views(bundle)
+    assert decoded_views(bundle)[0] is normals
+    assert len(calls) == 1
+    assert normals.shape == (4, 32, 32, 3) and masks.shape == (4, 32, 32)
+    with pytest.raises(ValueError, match="read-only"):
+        normals[0, 0, 0, 0] = 1.0

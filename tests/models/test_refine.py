@@ -184,9 +184,11 @@ def test_flat_normal_loss_equals_the_mean_squared_error_over_the_covered_pixels(
 
 
 def test_targets_are_decoded_once_per_bundle_for_every_resolution(box_case, monkeypatch):
+    from models.bundle.spec import Bundle
     from models.reconstruct import refine
 
-    _, bundle, _ = box_case
+    # A bundle no earlier test has decoded (the decoded views are kept per bundle).
+    bundle = Bundle(image=box_case[1].image.copy(), spec=box_case[1].spec)
     decoded = []
     original = type(bundle).normals
     monkeypatch.setattr(type(bundle), "normals",
@@ -209,3 +211,20 @@ def test_cached_targets_are_dropped_with_their_bundle(box_case):
     cache.get(copy, 64, torch.device("cpu"))
     del copy
     assert len(cache.memo) == 0
+
+
+def test_the_hull_the_depth_integration_and_the_targets_share_one_decoding(box_case, monkeypatch):
+    from models.bundle.spec import Bundle
+    from models.reconstruct import refine
+    from models.reconstruct.depth import bundle_integrals
+    from models.reconstruct.hull import HullParams, visual_hull
+
+    bundle = Bundle(image=box_case[1].image.copy(), spec=box_case[1].spec)
+    decoded = []
+    original = type(bundle).normals
+    monkeypatch.setattr(type(bundle), "normals",
+                        lambda self: decoded.append(1) or original(self))
+    visual_hull(bundle, HullParams(grid=32))
+    bundle_integrals(bundle, 2)
+    refine._TargetCache().get(bundle, 64, torch.device("cpu"))
+    assert len(decoded) == 1
