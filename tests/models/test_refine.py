@@ -183,16 +183,22 @@ def test_flat_normal_loss_equals_the_mean_squared_error_over_the_covered_pixels(
     assert torch.allclose(leaf.grad, reference_leaf.grad, atol=1e-5)
 
 
-def test_targets_are_decoded_once_per_bundle_for_every_resolution(box_case, monkeypatch):
+def _counted_fresh_bundle(box_case, monkeypatch):
+    """A copy of the box's bundle that no earlier test has decoded (decoded views are kept per
+    bundle), and the list that grows by one at each decoding of its normal maps."""
     from models.bundle.spec import Bundle
-    from models.reconstruct import refine
 
-    # A bundle no earlier test has decoded (the decoded views are kept per bundle).
     bundle = Bundle(image=box_case[1].image.copy(), spec=box_case[1].spec)
     decoded = []
-    original = type(bundle).normals
-    monkeypatch.setattr(type(bundle), "normals",
-                        lambda self: decoded.append(1) or original(self))
+    original = Bundle.normals
+    monkeypatch.setattr(Bundle, "normals", lambda self: decoded.append(1) or original(self))
+    return bundle, decoded
+
+
+def test_targets_are_decoded_once_per_bundle_for_every_resolution(box_case, monkeypatch):
+    from models.reconstruct import refine
+
+    bundle, decoded = _counted_fresh_bundle(box_case, monkeypatch)
     cache = refine._TargetCache()
     low = cache.get(bundle, 64, torch.device("cpu"))
     high = cache.get(bundle, 128, torch.device("cpu"))
@@ -214,16 +220,11 @@ def test_cached_targets_are_dropped_with_their_bundle(box_case):
 
 
 def test_the_hull_the_depth_integration_and_the_targets_share_one_decoding(box_case, monkeypatch):
-    from models.bundle.spec import Bundle
     from models.reconstruct import refine
     from models.reconstruct.depth import bundle_integrals
     from models.reconstruct.hull import HullParams, visual_hull
 
-    bundle = Bundle(image=box_case[1].image.copy(), spec=box_case[1].spec)
-    decoded = []
-    original = type(bundle).normals
-    monkeypatch.setattr(type(bundle), "normals",
-                        lambda self: decoded.append(1) or original(self))
+    bundle, decoded = _counted_fresh_bundle(box_case, monkeypatch)
     visual_hull(bundle, HullParams(grid=32))
     bundle_integrals(bundle, 2)
     refine._TargetCache().get(bundle, 64, torch.device("cpu"))
