@@ -24,6 +24,7 @@ import torch
 
 from models.bundle.spec import Bundle
 from models.reconstruct.depth import bundle_integrals, trusted_pixels
+from models.reconstruct.refine_kernels import piece_centre_weights
 
 #: Pixels per side the normal maps are integrated at: 0.35 s for a 512-px bundle's 4 views
 #: (2.5 s at 256); the integral is smooth, and finer render pixels read it by nearest lookup.
@@ -148,16 +149,37 @@ def _piece_constants(
     back in 40 steps). Through the weighted mean the gradients of a piece sum to zero along
     that shift.
     """
-    with torch.no_grad():
-        values = difference.detach()
-        # Every few pixels is enough to place a piece's median; sorting all of them would
-        # cost as much as the rest of the term.
-        constant = _piece_medians(values[::MEDIAN_STRIDE], piece[::MEDIAN_STRIDE], pieces)
-        for _ in range(CENTRE_ROUNDS):
-            weight = _centre_weights(values - constant[piece], scale)
-            constant = _piece_mean(values, weight, piece, pieces)
-        weight = _centre_weights(values - constant[piece], scale)
+    weight = _final_weights(difference.detach(), piece, pieces, scale)
     return _piece_mean(difference, weight, piece, pieces)
+
+
+@torch.no_grad()
+def _final_weights(
+    values: torch.Tensor, piece: torch.Tensor, pieces: int, scale: float
+) -> torch.Tensor:
+    """``(N,)``: the penalty's weights around each piece's robust centre of ``values``."""
+    if values.device.type == "cpu" and values.dtype == torch.float32:
+        # One compiled pass per round instead of a dozen torch operations (the costliest part
+        # of the term on the CPU); the same float32 operations, so the same weights.
+        weight = np.empty(values.shape[0], np.float32)
+        piece_centre_weights(np.ascontiguousarray(values.numpy()),
+                             np.ascontiguousarray(piece.numpy(), dtype=np.int64), int(pieces),
+                             np.float32(scale * scale), MEDIAN_STRIDE, CENTRE_ROUNDS, weight)
+        return torch.from_numpy(weight)
+    return _final_weights_torch(values, piece, pieces, scale)
+
+
+def _final_weights_torch(
+    values: torch.Tensor, piece: torch.Tensor, pieces: int, scale: float
+) -> torch.Tensor:
+    """:func:`_final_weights` in torch, on any device."""
+    # Every few pixels is enough to place a piece's median; sorting all of them would cost as
+    # much as the rest of the term.
+    constant = _piece_medians(values[::MEDIAN_STRIDE], piece[::MEDIAN_STRIDE], pieces)
+    for _ in range(CENTRE_ROUNDS):
+        weight = _centre_weights(values - constant[piece], scale)
+        constant = _piece_mean(values, weight, piece, pieces)
+    return _centre_weights(values - constant[piece], scale)
 
 
 def _centre_weights(residual: torch.Tensor, scale: float) -> torch.Tensor:

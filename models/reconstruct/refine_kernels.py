@@ -1,4 +1,4 @@
-"""Compiled CPU kernels of refinement's per-step, gradient-free vertex work.
+"""Compiled CPU kernels of refinement's per-step, gradient-free work.
 
 Each kernel repeats the float32 operations of the torch formula it replaces in
 :mod:`models.reconstruct.refine`, in the same order (neighbour sums accumulate in edge order,
@@ -106,3 +106,57 @@ def face_pixel_sums(tri_id, full_index, full_view, full_world, full_square, num_
         for c in range(3):
             summed[slot, c] += full_world[i, c]
         squares[view] += full_square[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def piece_centre_weights(values, piece, pieces, scale_sq, stride, rounds,
+                         out):  # pragma: no cover - compiled
+    """The final weights of :func:`models.reconstruct.depth_target._piece_constants`.
+
+    ``values``: ``(N,)`` float32 log-depth differences; ``piece``: ``(N,)`` int64 piece ids below
+    ``pieces``; ``scale_sq``: float32 squared penalty scale. Each piece's constant starts at
+    the median of every ``stride``-th value (the lower middle of its sorted values, 0 for an
+    empty piece), then ``rounds`` times becomes the mean weighted by
+    ``1 / ((v - c)^2 + s^2)^2``; ``out`` ``(N,)`` float32 receives the weights around the last
+    constant. The float32 operations and the sums' order (index order, as ``index_add``) are
+    the torch formula's.
+    """
+    n = values.shape[0]
+    sampled = (n + stride - 1) // stride
+    counts = np.zeros(pieces, np.int64)
+    for j in range(sampled):
+        counts[piece[j * stride]] += 1
+    starts = np.zeros(pieces, np.int64)
+    total = 0
+    for p in range(pieces):
+        starts[p] = total
+        total += counts[p]
+    grouped = np.empty(sampled, np.float32)
+    fill = starts.copy()
+    for j in range(sampled):
+        p = piece[j * stride]
+        grouped[fill[p]] = values[j * stride]
+        fill[p] += 1
+    constant = np.zeros(pieces, np.float32)
+    for p in range(pieces):
+        if counts[p] > 0:
+            ordered = np.sort(grouped[starts[p]:starts[p] + counts[p]])
+            constant[p] = ordered[(counts[p] - 1) // 2]
+    one = np.float32(1.0)
+    tiny = np.float32(1e-30)
+    summed = np.zeros(pieces, np.float32)
+    mass = np.zeros(pieces, np.float32)
+    for r in range(rounds + 1):
+        summed[:] = 0
+        mass[:] = 0
+        for i in range(n):
+            p = piece[i]
+            e = values[i] - constant[p]
+            d = e * e + scale_sq
+            w = one / (d * d)
+            out[i] = w
+            summed[p] += w * values[i]
+            mass[p] += w
+        if r < rounds:
+            for p in range(pieces):
+                constant[p] = summed[p] / max(mass[p], tiny)

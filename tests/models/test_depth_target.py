@@ -147,3 +147,18 @@ def test_the_hulls_depth_carving_and_the_depth_term_integrate_each_view_once(mon
     depth_targets(bundle, RESOLUTION, torch.device("cpu"))
     depth_targets(bundle, 2 * RESOLUTION, torch.device("cpu"))
     assert len(calls) == 4
+
+
+def test_the_compiled_centre_weights_equal_the_torch_formula_to_the_bit():
+    from models.reconstruct.depth_target import _final_weights, _final_weights_torch
+
+    generator = torch.Generator().manual_seed(3)
+    pieces = 6  # piece 4 stays empty
+    piece = torch.randint(0, 4, (5000,), generator=generator)
+    piece[torch.rand(5000, generator=generator) < 0.1] = 5
+    values = 0.02 * torch.randn(5000, generator=generator) + 0.1 * piece.float()
+    values[::97] += 0.5  # outliers the bounded penalty lets go of
+    compiled = _final_weights(values, piece, pieces, 0.01)
+    reference = _final_weights_torch(values, piece, pieces, 0.01)
+    assert compiled.dtype == reference.dtype == torch.float32
+    assert torch.equal(compiled, reference)
