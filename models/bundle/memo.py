@@ -52,9 +52,9 @@ def decoded_views(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     """``bundle``'s decoded normal maps ``(N, T, T, 3)`` float32 (camera frame, 0 on the
     background) and masks ``(N, T, T)`` bool, decoded once per bundle.
 
-    The hull, the depth integration and refinement's targets all read them; decoding a 512-px
-    bundle takes about 0.2 s. The arrays are shared, so they are read-only: a caller that
-    needs to change them copies first.
+    The hull, the depth integration, refinement's targets, the colours and the metrics all read
+    them; decoding a 512-px bundle takes about 0.2 s. The arrays are shared, so they are
+    read-only: a caller that needs to change them copies first.
     """
     values = _DECODED.values(bundle)
     if "views" not in values:

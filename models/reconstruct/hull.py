@@ -183,10 +183,9 @@ def carve_occupancies(
             rounded = np.where(round_a & round_b, np.clip(inside, 0.0, 1.0), 1.0)
             np.minimum(occupancy, rounded.astype(np.float32), out=occupancy)
     if depth is not None:
-        normals = decoded_normals
         integrals = (bundle_integrals(bundle, carve_factor(tile, depth))
                      if tile >= MIN_TILE else None)
-        occupancy = carve_with_depth(occupancy, bound, axis, normals, masks > 0.5,
+        occupancy = carve_with_depth(occupancy, bound, axis, decoded_normals, masks > 0.5,
                                      cams.world_to_cam, cams.mvp, cams.focal_px, depth,
                                      integrals)
     return occupancy.reshape(grid, grid, grid), bound.reshape(grid, grid, grid)

@@ -249,8 +249,9 @@ class _Targets:
 class _TargetCache:
     """The targets of the last bundle refined, per ``(resolution, device)``.
 
-    Decoding a 512-px bundle's normal maps costs about 0.2 s, and one reconstruction needs its
-    targets four times (coarse and fine phases, the guard's two :func:`view_error` calls).
+    One reconstruction needs its targets four times (coarse and fine phases, the guard's two
+    :func:`view_error` calls); the decoded maps they are averaged from are shared with the
+    other stages (:func:`models.bundle.memo.decoded_views`).
     """
 
     def __init__(self) -> None:

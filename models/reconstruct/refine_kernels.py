@@ -155,8 +155,9 @@ def piece_centre_weights(values, piece, pieces, scale_sq, stride, rounds,
             d = e * e + scale_sq
             w = one / (d * d)
             out[i] = w
-            summed[p] += w * values[i]
-            mass[p] += w
+            if r < rounds:  # the last round's weights are the result: no constant to place
+                summed[p] += w * values[i]
+                mass[p] += w
         if r < rounds:
             for p in range(pieces):
                 constant[p] = summed[p] / max(mass[p], tiny)
