@@ -26,6 +26,7 @@ from foundry3d.cli import (  # noqa: E402,F401
     verify,
 )
 from foundry3d.cli.app import UserError, app, err_console  # noqa: E402
+from foundry3d.cli.startup import skip_collection_at_exit  # noqa: E402
 from storage.redact import redact_text  # noqa: E402
 
 
@@ -38,3 +39,5 @@ def main() -> None:
         message = redact_text(str(exc))  # a URL in a message never shows its password
         err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
         sys.exit(2)
+    finally:
+        skip_collection_at_exit()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from foundry3d.cli.app import UserError, app, console
+from foundry3d.cli.startup import imports_without_collection
 
 # -- render-bundle -----------------------------------------------------------------------------
 
@@ -27,10 +28,11 @@ def render_bundle_command(
     """
     import time
 
-    from foundry3d.settings import get_settings
-    from models.geometry.mesh import MeshLoadError, load_mesh
-    from models.raster import RasteriserUnavailable, get_rasteriser
-    from models.render.views import render_bundle
+    with imports_without_collection():
+        from foundry3d.settings import get_settings
+        from models.geometry.mesh import MeshLoadError, load_mesh
+        from models.raster import RasteriserUnavailable, get_rasteriser
+        from models.render.views import render_bundle
 
     if up not in ("y", "z"):
         raise UserError(f"--up must be y or z, got {up!r}")
@@ -109,22 +111,23 @@ def reconstruct_command(
     """
     import time
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    with imports_without_collection():
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.table import Table
 
-    from foundry3d.settings import get_settings
-    from models.bundle.spec import Bundle, BundleError
-    from models.evaluate.asset import evaluate_asset
-    from models.evaluate.metrics import chamfer_fscore
-    from models.export.params import ExportParams, ExportParamsError
-    from models.geometry.frames import to_bundle_frame
-    from models.geometry.glb import export_glb
-    from models.geometry.mesh import MeshLoadError, load_mesh
-    from models.raster import RasteriserUnavailable, get_rasteriser
-    from models.reconstruct.hull import HullParamsError
-    from models.reconstruct.init import INITIALISERS, InitContext, InitInputError
-    from models.reconstruct.pipeline import reconstruct_bundle, schedule_for
-    from models.render.preview import preview_sheet
+        from foundry3d.settings import get_settings
+        from models.bundle.spec import Bundle, BundleError
+        from models.evaluate.asset import evaluate_asset
+        from models.evaluate.metrics import chamfer_fscore
+        from models.export.params import ExportParams, ExportParamsError
+        from models.geometry.frames import to_bundle_frame
+        from models.geometry.glb import export_glb
+        from models.geometry.mesh import MeshLoadError, load_mesh
+        from models.raster import RasteriserUnavailable, get_rasteriser
+        from models.reconstruct.hull import HullParamsError
+        from models.reconstruct.init import INITIALISERS, InitContext, InitInputError
+        from models.reconstruct.pipeline import reconstruct_bundle, schedule_for
+        from models.render.preview import preview_sheet
 
     start = time.perf_counter()
     if not bundle_path.exists():
