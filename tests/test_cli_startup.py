@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import subprocess
 import sys
 
@@ -30,11 +31,20 @@ def test_collection_is_paused_inside_the_imports_block(restored_gc):
     assert gc.isenabled()
 
 
-def test_objects_made_by_the_imports_are_frozen_afterwards(restored_gc):
+def test_objects_made_by_the_imports_are_frozen_afterwards(restored_gc, tmp_path, monkeypatch):
+    (tmp_path / "startup_probe_module.py").write_text("MADE = [[] for _ in range(1000)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     gc.unfreeze()
     with imports_without_collection():
-        made = [[] for _ in range(1000)]
-    assert gc.get_freeze_count() >= len(made)
+        module = importlib.import_module("startup_probe_module")
+    assert gc.get_freeze_count() >= len(module.MADE)
+
+
+def test_nothing_is_frozen_when_the_block_imports_nothing_new(restored_gc):
+    gc.unfreeze()
+    with imports_without_collection():
+        import foundry3d.cli.startup  # noqa: F401  (loaded already)
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_disabled_collector_stays_disabled(restored_gc):

@@ -11,21 +11,29 @@ frees everything as usual; only the search for cycles among these objects is ski
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 @contextmanager
 def imports_without_collection() -> Iterator[None]:
-    """Run the ``with`` block (a command's heavy imports) with the cyclic collector paused,
-    then move every object alive at that point to the collector's permanent generation, so
-    later collections during the command do not walk the imported modules either."""
+    """Run the ``with`` block (a command's heavy imports) with the cyclic collector paused.
+
+    When the block imported modules, every object alive at its end moves to the collector's
+    permanent generation, so later collections during the command do not walk the imported
+    modules either. When it imported nothing (the modules were loaded already, as in a test
+    process that runs commands in-process) nothing is frozen: a process that keeps running
+    would keep whatever garbage was alive at that moment.
+    """
     was_enabled = gc.isenabled()
+    loaded = len(sys.modules)
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if len(sys.modules) > loaded:
+            gc.freeze()
         if was_enabled:
             gc.enable()
 
