@@ -27,6 +27,7 @@ Everything is in the bundle frame: +Y up, front facing +Z, object within ``[-0.9
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -79,6 +80,12 @@ class RefineParams:
     """Reference edge length of the coarse phase (bundle-frame units; the object spans 1.8)."""
     fine_edge: float = 0.04
     """Reference edge length at the end of the fine phase."""
+    fine_faces: int = 0
+    """Faces the fine phase aims at, at least: where ``fine_edge`` would tile the surface (its
+    area at the end of the coarse phase) with fewer, the fine edge length shrinks to reach
+    about this many, down to a quarter of ``fine_edge``. A thin part needs edges shorter than
+    its thickness to keep its sides apart, and a small thin object (a wrench, a knife) has few
+    faces at a length that suits a mug. 0 keeps ``fine_edge``."""
     coarse_steps: int = 120
     """Optimisation steps of the coarse phase."""
     fine_steps: int = 120
@@ -642,6 +649,20 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def fine_edge_for(vertices: torch.Tensor, faces: torch.Tensor, params: RefineParams) -> float:
+    """The fine phase's edge length for the mesh ``(V, 3)``, ``(F, 3)`` (bundle frame): the
+    length at which equilateral triangles would tile its area with ``params.fine_faces`` faces
+    when that is shorter than ``params.fine_edge``, but no shorter than a quarter of it."""
+    if params.fine_faces <= 0 or faces.shape[0] == 0:
+        return params.fine_edge
+    corners = vertices[faces]
+    area = float(torch.linalg.cross(corners[:, 1] - corners[:, 0],
+                                    corners[:, 2] - corners[:, 0]).norm(dim=1).sum()) / 2
+    # An equilateral triangle of side L has area sqrt(3) / 4 * L^2.
+    budget = math.sqrt(4.0 * area / (math.sqrt(3.0) * params.fine_faces))
+    return max(min(params.fine_edge, budget), params.fine_edge / 4)
+
+
 def _refine(
     bundle: Bundle,
     init_mesh: trimesh.Trimesh | None,
@@ -657,6 +678,8 @@ def _refine(
         )
     if params.fine_edge <= 0 or params.coarse_edge <= 0:
         raise ValueError("edge lengths must be positive")
+    if params.fine_faces < 0:
+        raise ValueError(f"fine_faces must be 0 or more, got {params.fine_faces}")
     if rasteriser is None:
         from models.raster import get_rasteriser
 
@@ -699,6 +722,8 @@ def _refine(
         mark = time.perf_counter()
         if steps <= 0:
             continue
+        if name == "fine":
+            edge_to = fine_edge_for(opt.vertices.detach(), opt.faces, params)
         targets = _TARGETS.get(bundle, resolution, device)
         if depth_w > 0:
             depth_target = depth_targets(bundle, resolution, device)
@@ -797,6 +822,7 @@ __all__ = [
     "Plateau",
     "RefineParams",
     "RefineParamsError",
+    "fine_edge_for",
     "refine_mesh",
     "sphere_init",
     "to_source_frame",

@@ -13,7 +13,13 @@ import trimesh
 from models.bundle.spec import BundleSpec
 from models.evaluate.metrics import chamfer_fscore
 from models.geometry.mesh import normalise_mesh
-from models.reconstruct.refine import RefineParams, refine_mesh, sphere_init, to_source_frame
+from models.reconstruct.refine import (
+    RefineParams,
+    fine_edge_for,
+    refine_mesh,
+    sphere_init,
+    to_source_frame,
+)
 from models.render.views import render_bundle
 
 #: Small, fast settings: 128-pixel tiles optimised at 64 then 128 pixels.
@@ -229,3 +235,41 @@ def test_the_hull_the_depth_integration_and_the_targets_share_one_decoding(box_c
     bundle_integrals(bundle, 2)
     refine._TargetCache().get(bundle, 64, torch.device("cpu"))
     assert len(decoded) == 1
+
+
+def _mesh_tensors(mesh: trimesh.Trimesh) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32)),
+            torch.from_numpy(np.asarray(mesh.faces, dtype=np.int64)))
+
+
+def test_a_small_thin_object_gets_a_shorter_fine_edge_for_its_face_budget():
+    blade = trimesh.creation.box((1.6, 0.3, 0.04))  # area about 1.1
+    params = RefineParams(fine_edge=0.04, fine_faces=10000)
+    edge = fine_edge_for(*_mesh_tensors(blade), params)
+    area = blade.area
+    assert edge < 0.04
+    # Equilateral triangles of that side tile the area with the budget's faces.
+    assert area / (np.sqrt(3) / 4 * edge**2) == pytest.approx(10000, rel=1e-3)
+
+
+def test_a_large_object_keeps_the_fine_edge():
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.9)  # area about 10
+    params = RefineParams(fine_edge=0.04, fine_faces=10000)
+    assert fine_edge_for(*_mesh_tensors(ball), params) == 0.04
+
+
+def test_the_fine_edge_shrinks_to_a_quarter_at_most():
+    speck = trimesh.creation.box((0.05, 0.05, 0.05))
+    params = RefineParams(fine_edge=0.04, fine_faces=10000)
+    assert fine_edge_for(*_mesh_tensors(speck), params) == pytest.approx(0.01)
+
+
+def test_no_face_budget_keeps_the_fine_edge():
+    blade = trimesh.creation.box((1.6, 0.3, 0.04))
+    assert fine_edge_for(*_mesh_tensors(blade), RefineParams(fine_edge=0.04)) == 0.04
+
+
+def test_a_negative_face_budget_is_refused(box_case):
+    _, bundle, _ = box_case
+    with pytest.raises(ValueError, match="fine_faces"):
+        refine_mesh(bundle, None, replace(FAST, fine_faces=-1))
