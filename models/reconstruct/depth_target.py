@@ -132,18 +132,6 @@ def depth_loss(
         # Compiled forward and backward passes: the torch formula below is about 15 operations
         # a step over every covered pixel, forward and back (0.4 s of a 512-px mug's fine phase).
         return _CompiledDepthLoss.apply(clip[..., 3], faces, tri_id, bary, targets, scale)
-    return _depth_loss_torch(clip, faces, tri_id, bary, targets, scale)
-
-
-def _depth_loss_torch(
-    clip: torch.Tensor,
-    faces: torch.Tensor,
-    tri_id: torch.Tensor,
-    bary: torch.Tensor,
-    targets: DepthTargets,
-    scale: float,
-) -> torch.Tensor:
-    """:func:`depth_loss` in torch, on any device."""
     tri = tri_id.reshape(-1)[targets.index]
     covered = (tri >= 0).nonzero(as_tuple=True)[0]
     if covered.numel() == 0:
@@ -161,8 +149,9 @@ def _depth_loss_torch(
 
 
 class _CompiledDepthLoss(torch.autograd.Function):
-    """:func:`depth_loss` on the CPU in compiled passes (:mod:`refine_kernels`): the same
-    formula and gradient as the torch one, up to float32 rounding of its sums."""
+    """:func:`depth_loss` of float32 CPU tensors in compiled passes (:mod:`refine_kernels`):
+    the same formula and gradient as its torch code (other devices and dtypes), up to float32
+    rounding of the sums."""
 
     @staticmethod
     def forward(ctx, clip_w, faces, tri_id, bary, targets, scale):  # noqa: D102
