@@ -46,7 +46,7 @@ def evaluate_asset(
 
     Keys: ``mask_iou``, ``normal_angle_deg``, ``colour_psnr``, ``colour_psnr_fg``, ``colour_ssim``,
     ``mesh_<health key>`` and, with a reference, ``chamfer``, ``fscore@0.05``, ``fscore@0.1``,
-    ``normal_consistency``.
+    ``normal_consistency``. A mesh that carries no colour gets no colour figures.
     """
     metrics: dict[str, float] = {}
     rendered = render_metrics(bundle, mesh)

@@ -348,16 +348,22 @@ def render_metrics(
     * ``colour_psnr``: PSNR (dB) of the colour rows, whole tiles (white background included,
       InstantMesh's protocol); ``colour_psnr_fg``: the same on the union of both masks only.
     * ``colour_ssim``: mean SSIM of the colour tiles.
+
+    The three colour figures are NaN for a mesh that carries no colour (no vertex, face or
+    texture colours, e.g. ``foundry3d reconstruct --no-texture``): it renders in the
+    renderer's default grey, and comparing that with the views would judge the paint, not
+    the asset.
     """
     from models.bundle.memo import decoded_views
     from models.render.views import render_views
 
     render = render_views(mesh, bundle.spec, rasteriser=rasteriser)
     ref_normals, ref_masks = decoded_views(bundle)
-    ref_colours = bundle.colours()
     got_masks = render.masks()
     got_normals = render.normals()
-    got_colours = render.colours()
+    coloured = mesh.visual.kind is not None  # "vertex", "face" or "texture"
+    ref_colours = bundle.colours() if coloured else None
+    got_colours = render.colours() if coloured else None
 
     per_view = []
     for v in range(len(ref_masks)):
@@ -367,17 +373,18 @@ def render_metrics(
                 got_masks[v],
                 ref_normals[v],
                 got_normals[v],
-                ref_colours[v],
-                got_colours[v],
+                None if ref_colours is None else ref_colours[v],
+                None if got_colours is None else got_colours[v],
             )
         )
     inter = np.logical_and(ref_masks, got_masks)
     union = np.logical_or(ref_masks, got_masks)
+    nan = float("nan")
     return {
-        "mask_iou": float(inter.sum() / union.sum()) if union.any() else float("nan"),
+        "mask_iou": float(inter.sum() / union.sum()) if union.any() else nan,
         "normal_angle_deg": _mean_angle_deg(ref_normals[inter], got_normals[inter]),
-        "colour_psnr": psnr(ref_colours, got_colours),
-        "colour_psnr_fg": psnr(ref_colours, got_colours, union),
+        "colour_psnr": psnr(ref_colours, got_colours) if coloured else nan,
+        "colour_psnr_fg": psnr(ref_colours, got_colours, union) if coloured else nan,
         # Every view has the same size, so the pooled mean is the mean of the views' means.
         "colour_ssim": float(np.mean([p["colour_ssim"] for p in per_view])),
         "per_view": per_view,
@@ -396,15 +403,17 @@ def _compare_view(
     got_mask: np.ndarray,
     ref_normal: np.ndarray,
     got_normal: np.ndarray,
-    ref_colour: np.ndarray,
-    got_colour: np.ndarray,
+    ref_colour: np.ndarray | None,
+    got_colour: np.ndarray | None,
 ) -> dict:
     inter = ref_mask & got_mask
     union = ref_mask | got_mask
+    coloured = ref_colour is not None and got_colour is not None
+    nan = float("nan")
     return {
-        "mask_iou": float(inter.sum() / union.sum()) if union.any() else float("nan"),
+        "mask_iou": float(inter.sum() / union.sum()) if union.any() else nan,
         "normal_angle_deg": _mean_angle_deg(ref_normal[inter], got_normal[inter]),
-        "colour_psnr": psnr(ref_colour, got_colour),
-        "colour_psnr_fg": psnr(ref_colour, got_colour, union),
-        "colour_ssim": ssim(ref_colour, got_colour),
+        "colour_psnr": psnr(ref_colour, got_colour) if coloured else nan,
+        "colour_psnr_fg": psnr(ref_colour, got_colour, union) if coloured else nan,
+        "colour_ssim": ssim(ref_colour, got_colour) if coloured else nan,
     }

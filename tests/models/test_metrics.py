@@ -375,3 +375,26 @@ def test_render_metrics_normal_error_of_a_turned_plate_is_the_turn_angle():
     # outline pixels (normals blended with white) add a little on top.
     assert 10.0 - 0.5 < m["normal_angle_deg"] < 10.0 + 2.0
     assert 0.8 < m["mask_iou"] < 1.0
+
+
+def test_render_metrics_leave_colour_out_for_a_mesh_without_colour(sphere_bundle):
+    from models.evaluate.metrics import render_metrics
+
+    mesh, bundle = sphere_bundle
+    plain = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False)
+    assert plain.visual.kind is None
+    m = render_metrics(bundle, plain)
+    assert m["mask_iou"] == 1.0  # the geometry is still judged
+    for key in ("colour_psnr", "colour_psnr_fg", "colour_ssim"):
+        assert math.isnan(m[key]), key
+        assert all(math.isnan(view[key]) for view in m["per_view"]), key
+
+
+def test_evaluate_asset_reports_no_colour_figures_for_a_mesh_without_colour(sphere_bundle):
+    from models.evaluate.asset import evaluate_asset
+
+    mesh, bundle = sphere_bundle
+    plain = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False)
+    metrics = evaluate_asset(bundle, plain)
+    assert "mask_iou" in metrics
+    assert not {"colour_psnr", "colour_psnr_fg", "colour_ssim"} & metrics.keys()
