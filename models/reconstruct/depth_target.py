@@ -24,12 +24,12 @@ import torch
 
 from models.bundle.spec import Bundle
 from models.reconstruct.depth import bundle_integrals, trusted_pixels
-from models.reconstruct.refine_kernels import (
+from models.reconstruct.depth_loss_kernels import (
     bounded_penalty,
     depth_differences,
-    piece_centre_weights,
     scatter_depth_slope,
 )
+from models.reconstruct.refine_kernels import piece_centre_weights
 
 #: Pixels per side the normal maps are integrated at: 0.35 s for a 512-px bundle's 4 views
 #: (2.5 s at 256); the integral is smooth, and finer render pixels read it by nearest lookup.
@@ -149,7 +149,7 @@ def depth_loss(
 
 
 class _CompiledDepthLoss(torch.autograd.Function):
-    """:func:`depth_loss` of float32 CPU tensors in compiled passes (:mod:`refine_kernels`):
+    """:func:`depth_loss` of float32 CPU tensors in compiled passes (:mod:`depth_loss_kernels`):
     the same formula and gradient as its torch code (other devices and dtypes), up to float32
     rounding of the sums."""
 
@@ -174,9 +174,7 @@ class _CompiledDepthLoss(torch.autograd.Function):
             ctx.shape = (tiles, w.shape[1])
             return clip_w.new_zeros(())
         difference, piece = difference[:n], piece[:n]
-        weight = np.empty(n, np.float32)
-        piece_centre_weights(difference, piece, int(targets.pieces), np.float32(scale * scale),
-                             MEDIAN_STRIDE, CENTRE_ROUNDS, weight)
+        weight = _compiled_centre_weights(difference, piece, int(targets.pieces), scale)
         slope = np.empty(n, np.float32)
         value = bounded_penalty(difference, weight, piece, int(targets.pieces),
                                 np.float32(scale * scale), slope)
@@ -219,12 +217,21 @@ def _final_weights(
     if values.device.type == "cpu" and values.dtype == torch.float32:
         # One compiled pass per round instead of a dozen torch operations (the costliest part
         # of the term on the CPU); the same float32 operations, so the same weights.
-        weight = np.empty(values.shape[0], np.float32)
-        piece_centre_weights(np.ascontiguousarray(values.numpy()),
-                             np.ascontiguousarray(piece.numpy(), dtype=np.int64), int(pieces),
-                             np.float32(scale * scale), MEDIAN_STRIDE, CENTRE_ROUNDS, weight)
-        return torch.from_numpy(weight)
+        return torch.from_numpy(_compiled_centre_weights(
+            np.ascontiguousarray(values.numpy()),
+            np.ascontiguousarray(piece.numpy(), dtype=np.int64), int(pieces), scale))
     return _final_weights_torch(values, piece, pieces, scale)
+
+
+def _compiled_centre_weights(
+    values: np.ndarray, piece: np.ndarray, pieces: int, scale: float
+) -> np.ndarray:
+    """:func:`_final_weights` of contiguous float32 ``values`` and int64 ``piece`` ``(N,)``,
+    by :func:`refine_kernels.piece_centre_weights`."""
+    weight = np.empty(values.shape[0], np.float32)
+    piece_centre_weights(values, piece, pieces, np.float32(scale * scale), MEDIAN_STRIDE,
+                         CENTRE_ROUNDS, weight)
+    return weight
 
 
 def _final_weights_torch(
