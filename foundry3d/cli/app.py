@@ -11,6 +11,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Typer keeps a docstring's single line breaks in its other markup modes, so 95-column
+    # docstrings printed ragged on an 80-column terminal; Markdown flows each paragraph.
+    rich_markup_mode="markdown",
 )
 console = Console()
 err_console = Console(stderr=True)
