@@ -6,10 +6,16 @@ downsampled targets, integrated depth), from stages that do not pass them to eac
 identity (the same object holding the same image array), a different bundle replaces them,
 and they are dropped when the bundle is garbage-collected (a worker does not keep its last
 asset's arrays).
+
+Each thread has its own last bundle: a catalog runs two assets at once in worker threads, and
+with one shared slot a thread could be handed the dictionary another thread's bundle had just
+put in its place (the check and the read are two steps), then fill or read it with the wrong
+asset's arrays.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -18,31 +24,48 @@ import numpy as np
 from models.bundle.spec import Bundle
 
 
-class BundleMemo:
-    """A dictionary of values derived from one bundle at a time (see the module docstring)."""
+class _Slot:
+    """One thread's last bundle and its values."""
 
     def __init__(self) -> None:
-        self._bundle: weakref.ref | None = None
-        self._image: weakref.ref | None = None
-        self._values: dict[Any, Any] = {}
+        self.bundle: weakref.ref | None = None
+        self.image: weakref.ref | None = None
+        self.values: dict[Any, Any] = {}
+
+    def forget(self, ref: weakref.ref) -> None:
+        # Called by the garbage collector, possibly in another thread: one assignment.
+        if ref is self.bundle:
+            self.values = {}
+
+
+class BundleMemo:
+    """A dictionary of values derived from one bundle at a time per thread (see the module
+    docstring)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _slot(self) -> _Slot:
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = _Slot()
+        return slot
 
     def values(self, bundle: Bundle) -> dict[Any, Any]:
-        """The values kept for ``bundle``: an empty dictionary (now kept) when another bundle
-        was asked about last. Callers fill it themselves."""
-        same = (self._bundle is not None and self._bundle() is bundle
-                and self._image is not None and self._image() is bundle.image)
+        """The values kept for ``bundle``: an empty dictionary (now kept) when this thread
+        asked about another bundle last. Callers fill it themselves."""
+        slot = self._slot()
+        same = (slot.bundle is not None and slot.bundle() is bundle
+                and slot.image is not None and slot.image() is bundle.image)
         if not same:
-            self._bundle = weakref.ref(bundle, self._forget)
-            self._image = weakref.ref(bundle.image)
-            self._values = {}
-        return self._values
+            slot.bundle = weakref.ref(bundle, slot.forget)
+            slot.image = weakref.ref(bundle.image)
+            slot.values = {}
+        return slot.values
 
     def __len__(self) -> int:
-        return len(self._values)
-
-    def _forget(self, ref: weakref.ref) -> None:
-        if ref is self._bundle:
-            self._values = {}
+        """How many values this thread keeps."""
+        return len(self._slot().values)
 
 
 _DECODED = BundleMemo()

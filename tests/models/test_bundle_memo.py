@@ -1,6 +1,10 @@
-"""Values kept per bundle: reused for the same bundle, replaced for another, dropped with it."""
+"""Values kept per bundle: reused for the same bundle, replaced for another, dropped with it,
+and one last bundle per thread."""
 
 from __future__ import annotations
+
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -38,6 +42,40 @@ def test_the_values_go_when_their_bundle_is_collected():
     memo.values(bundle)["x"] = np.zeros(10)
     del bundle
     assert len(memo) == 0
+
+
+def test_another_threads_bundle_leaves_this_threads_values_in_place():
+    memo, mine, theirs = BundleMemo(), blank_bundle(), blank_bundle()
+    memo.values(mine)["x"] = 1
+    other = threading.Thread(target=lambda: memo.values(theirs).update(y=2))
+    other.start()
+    other.join()
+    assert memo.values(mine) == {"x": 1}
+
+
+def test_two_threads_asking_at_once_are_never_handed_each_others_values():
+    # Two assets refined at once in a catalog's worker threads. Switching threads as often as
+    # possible puts a switch between a shared slot's check and its read within a few thousand
+    # calls.
+    interval = sys.getswitchinterval()
+    memo, wrong = BundleMemo(), []
+
+    def ask(bundle: Bundle, tag: str) -> None:
+        for _ in range(100_000):
+            if memo.values(bundle).setdefault("tag", tag) != tag:
+                wrong.append(tag)
+                return
+
+    threads = [threading.Thread(target=ask, args=(blank_bundle(), tag)) for tag in "ab"]
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
 
 
 def test_decoded_views_are_decoded_once_per_bundle_and_read_only(monkeypatch):
