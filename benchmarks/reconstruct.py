@@ -70,14 +70,19 @@ def peak_rss_mib() -> float:
 def _field_values(parser: argparse.ArgumentParser, option: str, items: list[str],
                   cls: type) -> dict:
     """``FIELD=VALUE`` items (values as Python literals) of ``option`` as a dict; a field that
-    dataclass ``cls`` lacks ends the program with a usage error."""
+    dataclass ``cls`` lacks, or a value that is no literal, ends the program with a usage
+    error."""
     known = {f.name for f in dataclasses.fields(cls)}
     values = {}
     for item in items:
         key, _, value = item.partition("=")
         if key not in known:
             parser.error(f"{option}: {cls.__name__} has no field {key!r}")
-        values[key] = ast.literal_eval(value)
+        try:
+            values[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser.error(f"{option} {item}: {value!r} is not a Python literal "
+                         "(a number, True or False, or a string in quotes)")
     return values
 
 
