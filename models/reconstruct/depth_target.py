@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from models.bundle.spec import Bundle
-from models.reconstruct.depth import bundle_integrals, trusted_pixels
+from models.reconstruct.depth import trusted_pixels
 from models.reconstruct.depth_loss_kernels import (
     bounded_penalty,
     depth_differences,
     scatter_depth_slope,
 )
+from models.reconstruct.hull import bundle_integrals
 from models.reconstruct.refine_kernels import piece_centre_weights
 
 #: Pixels per side the normal maps are integrated at: 0.35 s for a 512-px bundle's 4 views
@@ -71,7 +72,7 @@ def depth_targets(bundle: Bundle, resolution: int, device: torch.device) -> Dept
 
     The normal maps are integrated at :data:`INTEGRATE_RESOLUTION` pixels (or the tile's, if
     smaller; the integration is shared with the hull's depth carving,
-    :func:`models.reconstruct.depth.bundle_integrals`).
+    :func:`models.reconstruct.hull.bundle_integrals`).
 
     Each render pixel reads the integration pixel its centre falls in (both grids span the
     same image). Taking only one render pixel per integration pixel would cost a quarter of

@@ -67,6 +67,23 @@ def test_integrated_sphere_depth_matches_the_true_depth_up_to_a_constant():
     assert np.ptp(gap) < 0.004  # about 0.015 bundle units at this distance
 
 
+def test_a_step_the_hull_shows_cuts_the_integration_where_the_normals_hide_it():
+    # Two flat halves facing the camera, their normals alike; the masks' hull puts the right
+    # half 0.2 further back (a nut over its narrower shaft).
+    size = 48
+    normals = np.zeros((size, size, 3))
+    normals[..., 2] = 1.0
+    mask = np.zeros((size, size), dtype=bool)
+    mask[8:40, 8:40] = True
+    front = np.where(mask, DISTANCE, np.nan)
+    front[:, 24:] += 0.2
+    assert integrate_log_depth(normals, mask, FOCAL_PX)[1].max() == 1
+    _, pieces = integrate_log_depth(normals, mask, FOCAL_PX, front)
+    assert pieces.max() == 2
+    left = pieces[8, 8]
+    assert (pieces[8:40, 8:24] == left).all() and (pieces[8:40, 24:40] != left).all()
+
+
 def anchored_sphere(stand_off) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The 0.8 sphere's integrated depth anchored on a hull front ``depth - stand_off(rows,
     cols)``; returns ``(estimate, true depth, normals, trusted pixels)``."""

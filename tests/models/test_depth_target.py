@@ -142,7 +142,7 @@ def test_the_hulls_depth_carving_and_the_depth_term_integrate_each_view_once(mon
     calls = []
     original = depth.integrate_log_depth
     monkeypatch.setattr(depth, "integrate_log_depth",
-                        lambda *args: calls.append(1) or original(*args))
+                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     visual_hull(bundle)  # carves with depth at 256-px tiles
     depth_targets(bundle, RESOLUTION, torch.device("cpu"))
     depth_targets(bundle, 2 * RESOLUTION, torch.device("cpu"))
@@ -187,7 +187,8 @@ def test_the_compiled_depth_loss_matches_the_torch_formula_and_its_gradient(sphe
     reference = depth_loss(clip64, faces, raster.tri_id, raster.bary.double(), targets64, 0.005)
     reference.backward()
     assert float(reference) > 0.05  # not a trivially small loss
-    assert float(compiled.detach()) == pytest.approx(float(reference), rel=1e-5)
+    # The loss sums every covered pixel in float32: its relative error reaches a few 1e-5.
+    assert float(compiled.detach()) == pytest.approx(float(reference), rel=5e-5)
     error = (vertices.grad.double() - exact.grad).norm(dim=1).max()
     assert float(error) < 0.005 * float(exact.grad.norm(dim=1).max())
 

@@ -227,8 +227,7 @@ def test_cached_targets_are_dropped_with_their_bundle(box_case):
 
 def test_the_hull_the_depth_integration_and_the_targets_share_one_decoding(box_case, monkeypatch):
     from models.reconstruct import refine
-    from models.reconstruct.depth import bundle_integrals
-    from models.reconstruct.hull import HullParams, visual_hull
+    from models.reconstruct.hull import HullParams, bundle_integrals, visual_hull
 
     bundle, decoded = _counted_fresh_bundle(box_case, monkeypatch)
     visual_hull(bundle, HullParams(grid=32))
