@@ -135,6 +135,23 @@ def test_with_the_depth_term_a_cylinder_keeps_its_diagonals_on_its_wall():
     assert diagonal_radius(mesh, 0.0) < true_radius + 0.008
 
 
+def test_a_refine_stage_without_the_hull_init_integrates_as_after_it():
+    # The pipeline may run init and refinement in two processes: refinement's own integration
+    # must be cut at the same steps as the one the hull init left behind.
+    from models.reconstruct.hull import bundle_integrals
+
+    nut = trimesh.creation.cylinder(radius=0.5, height=0.5)
+    nut.apply_translation([0.0, 0.0, 0.35])
+    shaft = trimesh.creation.cylinder(radius=0.25, height=1.2)
+    mesh = trimesh.util.concatenate([nut, shaft])
+    after_hull = render_bundle(mesh, tile=256, up="z")
+    visual_hull(after_hull)  # carves with depth: integrates with its own fronts
+    alone = render_bundle(mesh, tile=256, up="z")
+    for one, other in zip(bundle_integrals(after_hull, 2), bundle_integrals(alone, 2), strict=True):
+        assert np.array_equal(one.pieces, other.pieces)
+        np.testing.assert_allclose(one.log_depth, other.log_depth, equal_nan=True)
+
+
 def test_the_hulls_depth_carving_and_the_depth_term_integrate_each_view_once(monkeypatch):
     from models.reconstruct import depth
 
