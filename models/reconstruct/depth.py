@@ -135,9 +135,9 @@ def integrate_log_depth(
         keep = ok[a_sl] & ok[b_sl]
         if front is not None:
             # A step the silhouettes show (a nut over its narrower shaft) between faces whose
-            # normals look alike: joined, the two sides would share one constant.
-            # Only a step of the front the normals do not explain: near a silhouette the
-            # surface turns away and the front falls steeply from pixel to pixel.
+            # normals look alike: joined, the two sides would share one constant. Only the
+            # part the normals' slopes do not explain counts: near a silhouette the surface
+            # turns away and the front falls steeply from pixel to pixel.
             step = front[b_sl] - front[a_sl]
             slope = front[a_sl] * np.expm1(0.5 * (grad[a_sl] + grad[b_sl]))
             cut = (np.abs(step) > FRONT_STEP) & (np.abs(step - slope) > FRONT_STEP)
