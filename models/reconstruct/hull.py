@@ -112,6 +112,13 @@ def carve_occupancy(
     return carve_occupancies(bundle, grid, round_corners, depth)[0]
 
 
+def voxel_centres(grid: int) -> np.ndarray:
+    """``(grid,)`` float32: the voxel centres along each axis of the carved cube (bundle frame),
+    ``-HULL_BOX + (i + 0.5) * 2 HULL_BOX / grid``."""
+    step = 2.0 * HULL_BOX / grid
+    return (-HULL_BOX + (np.arange(grid) + 0.5) * step).astype(np.float32)
+
+
 def carve_occupancies(
     bundle: Bundle, grid: int, round_corners: bool = False, depth: DepthCarveParams | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +142,7 @@ def carve_occupancies(
     cams = BundleCameras.from_spec(bundle.spec)
     tile = masks.shape[1]
     step = 2.0 * HULL_BOX / grid
-    axis = -HULL_BOX + (np.arange(grid) + 0.5) * step
-    axis = axis.astype(np.float32)
+    axis = voxel_centres(grid)
     occupancy = np.ones((grid, grid, grid), dtype=np.float32)
     offsets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for view in range(len(cams)):
@@ -223,9 +229,8 @@ def bundle_integrals(
         low = masks.shape[1] // factor
         if fronts is None:
             _, bound = carve_occupancies(bundle, FRONT_GRID)
-            step = 2.0 * HULL_BOX / FRONT_GRID
-            axis = (-HULL_BOX + (np.arange(FRONT_GRID) + 0.5) * step).astype(np.float32)
-            fronts = mask_hull_fronts(bound, axis, cams.world_to_cam, cams.mvp, low)
+            fronts = mask_hull_fronts(bound, voxel_centres(FRONT_GRID), cams.world_to_cam,
+                                      cams.mvp, low)
         kept[factor] = integrate_views(normals, masks, cams.focal_px, factor, fronts)
     return kept[factor]
 
