@@ -50,6 +50,12 @@ class HullPriorParams:
     band_radius: float = 0.1
     """Bundle units around an unseen region: the seen vertices within this distance of it form
     the band whose distance to the hull decides the region."""
+    band_edges: float = 2.0
+    """The band reaches at least this many of the mesh's mean edge lengths from the region: on
+    a coarse mesh a band of ``band_radius`` holds no seen face whose corners all lie in it, and
+    its region then never takes the hull's shape (a ball refined with edges of 0.08 at
+    128-px tiles kept a flat bottom 0.05 above its pole). Meshes refined at 512-px tiles have
+    edges under 0.05, so ``band_radius`` decides there."""
     fits_within: float = 0.004
     """A region whose band lies within this median distance of the hull (bundle units) takes
     the hull's shape in full (a ball's band: 0.003)."""
@@ -211,8 +217,9 @@ def hull_prior(
     seen_face = ~hidden[faces].any(axis=1)
     moved = vertices.copy()
     span = max(params.leaves_beyond - params.fits_within, 1e-9)
+    radius = max(params.band_radius, params.band_edges * float(current.edges_unique_length.mean()))
     for region in regions:
-        near = tree.query_ball_point(vertices[region], params.band_radius, return_sorted=False)
+        near = tree.query_ball_point(vertices[region], radius, return_sorted=False)
         band = np.unique(np.concatenate([np.asarray(b, dtype=np.int64) for b in near]))
         band = band[~hidden[band]]
         if len(band) == 0:

@@ -60,6 +60,20 @@ def test_an_unseen_flat_cap_on_a_ball_takes_the_hulls_round_shape(ball_bundle, b
     assert result.vertices[:, 1].max() > 0.85
 
 
+def test_an_unseen_cap_on_a_coarse_mesh_takes_the_hulls_shape(ball_bundle):
+    # Edges of about 0.15: within 0.1 of the cap no seen face has all its corners, and the
+    # band must reach further to tell how the seen surface lies on the hull.
+    coarse = trimesh.creation.icosphere(subdivisions=3, radius=0.9)
+    hull = visual_hull(ball_bundle, HullParams(grid=64))
+    capped = flattened_top(coarse, 0.6)
+    narrow = HullPriorParams(band_edges=0.0)
+    _, report = hull_prior(ball_bundle, capped, hull, params=narrow)
+    assert report.regions and all(weight == 0.0 for _, _, weight in report.regions)
+    result, report = hull_prior(ball_bundle, capped, hull)
+    assert any(weight > 0.0 for _, _, weight in report.regions)
+    assert result.vertices[:, 1].max() > 0.7
+
+
 def test_an_unseen_cap_stays_a_membrane_where_the_seen_surface_left_the_hull(
         ball_bundle, ball_hull):
     # The whole surface sits 0.05 inside the hull: the hull does not fit this object near the
