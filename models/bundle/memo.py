@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from models.bundle.coverage import tile_coverages
 from models.bundle.spec import Bundle
 
 
@@ -86,3 +87,15 @@ def decoded_views(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
         masks.flags.writeable = False
         values["views"] = (normals, masks)
     return values["views"]
+
+
+def decoded_coverage(bundle: Bundle) -> np.ndarray:
+    """``bundle``'s per-pixel coverage ``(N, T, T)`` float32 in [0, 1]
+    (:func:`models.bundle.coverage.tile_coverages`), computed once per bundle and read-only:
+    refinement's silhouette targets."""
+    values = _DECODED.values(bundle)
+    if "coverage" not in values:
+        coverage = tile_coverages(bundle.normal_tiles())
+        coverage.flags.writeable = False
+        values["coverage"] = coverage
+    return values["coverage"]
