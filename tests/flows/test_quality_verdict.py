@@ -13,9 +13,11 @@ from storage import queries
 from tasks.resources import engine_for
 from tests.flows.conftest import FAST_PARAMS, cli_env, foundry3d_cmd, write_manifest
 
-STRICT = {"id": "ball", "prompt": "a round rubber ball", "init": "library",
+STRICT = {"id": "ball", "prompt": "a round rubber ball", "init": "sphere",
           "params": {**FAST_PARAMS, "evaluate_max_normal_angle_deg": 1.0}}
-"""A good asset (about 4 degrees of normal error at 64-px tiles) judged by a 1-degree limit."""
+"""A good asset (several degrees of normal error, refined from a sphere at 64-px tiles) judged
+by a 1-degree limit. Not the library init: the library's own mesh, which drew the bundle,
+matches it exactly and is kept."""
 
 
 def _asset(config, asset_id: str):
