@@ -111,10 +111,10 @@ class RefineParams:
     fine_mask_weight: float = 0.5
     """Weight of the silhouette loss in the fine phase."""
     mask_coverage: bool = True
-    """Fit the fine phase's silhouettes to each pixel's coverage read from the bundle's blended
-    edge pixels (:mod:`models.bundle.coverage`) rather than to the spec's binary masks, which
-    are a quarter of a 512-px pixel wider than the object (an apple's refined wall lay 0.0016
-    bundle units outside it, a padlock's 0.008)."""
+    """Fit the fine phase's silhouettes (and the guard's, :func:`view_error`) to each pixel's
+    coverage read from the bundle's blended edge pixels (:mod:`models.bundle.coverage`) rather
+    than to the spec's binary masks, which are a quarter of a 512-px pixel wider than the
+    object (an apple's refined wall lay 0.0016 bundle units outside it, a padlock's 0.008)."""
     coarse_mask_coverage: bool = False
     """The same for the coarse phase. Off: the binary masks there keep concave and thin shapes
     better (a banana's inner curve, a drill's handle, toy airplane 072-b: 0.03-0.05 of F@0.05
@@ -248,7 +248,8 @@ class _BestMesh:
 @dataclass
 class _Targets:
     """Targets at one resolution: normals ``(4, R, R, 3)`` camera space, masks ``(4, R, R)``
-    (the bundle's coverage in [0, 1], :func:`models.bundle.memo.decoded_coverage`),
+    (the bundle's coverage in [0, 1], :func:`models.bundle.memo.decoded_coverage`, or its
+    binary masks),
     ``full`` ``(4, R, R)`` bool (pixels the normal loss trusts) and, for those pixels only,
     their flat indices into a ``(4, R, R)`` image ``full_index`` ``(N,)``, their views
     ``full_view`` ``(N,)``, world-frame normals ``full_world`` ``(N, 3)`` and their squared
@@ -264,7 +265,7 @@ class _Targets:
 
 
 class _TargetCache:
-    """The targets of the last bundle refined, per ``(resolution, device)``.
+    """The targets of the last bundle refined, per ``(resolution, device, coverage)``.
 
     One reconstruction needs its targets four times (coarse and fine phases, the guard's two
     :func:`view_error` calls); the decoded maps they are averaged from are shared with the
