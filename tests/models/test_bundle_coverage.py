@@ -62,6 +62,15 @@ def test_an_edge_pixel_blended_with_white_has_the_blends_coverage(normal, share)
     assert np.allclose(coverage[20:44, 40], share, atol=0.02)
 
 
+def test_a_tile_drawn_without_blending_keeps_the_spec_mask():
+    # A generator that draws hard edges leaves nothing to read: coverage is the mask itself.
+    tile = np.full((64, 64, 3), 255, dtype=np.uint8)
+    rows, cols = np.mgrid[0:64, 0:64]
+    disc = (rows - 31.5) ** 2 + (cols - 31.5) ** 2 < 20.0**2
+    tile[disc] = encode_normals(np.array([0.3, -0.2, 0.933]))
+    assert np.allclose(edge_coverage(tile), disc.astype(np.float32), atol=0.01)
+
+
 def test_a_part_one_pixel_thin_keeps_the_spec_mask():
     tile = np.full((32, 32, 3), 255, dtype=np.uint8)
     tile[4:28, 16] = encode_normals(np.array([0.0, 0.0, 1.0]))
