@@ -118,7 +118,10 @@ class RefineParams:
     coarse_mask_coverage: bool = False
     """The same for the coarse phase. Off: the binary masks there keep concave and thin shapes
     better (a banana's inner curve, a drill's handle, toy airplane 072-b: 0.03-0.05 of F@0.05
-    lost with coverage in both phases, none with it in the fine phase alone)."""
+    lost with coverage in both phases, none with it in the fine phase alone). The rasteriser's
+    anti-aliased silhouette of a part one to three pixels wide is not its coverage (a rod 1.6
+    pixels wide renders 10 % wider, one 3 pixels wide 3 % narrower, one under half a pixel not
+    at all), and at the coarse phase's resolution more of an object is that thin."""
     depth_weight: float = 0.0
     """Weight of the depth term in the coarse phase: the rendered log depth against the shape
     each view's normal map integrates to (:mod:`models.reconstruct.depth_target`); 0 turns
