@@ -10,7 +10,7 @@ import torch
 import trimesh
 
 from models.bundle.coverage import edge_coverage, tile_coverages
-from models.bundle.spec import encode_normals, foreground_mask
+from models.bundle.spec import Bundle, encode_normals, foreground_mask
 from models.render.views import render_bundle
 
 TILE = 512
@@ -39,6 +39,14 @@ def _square_tile(normal, coverage_of_edge_column: float) -> np.ndarray:
 def test_a_spheres_coverage_sums_to_its_silhouette_area(sphere_tiles):
     for area in tile_coverages(sphere_tiles).sum(axis=(1, 2)):
         assert abs(area - SPHERE_AREA) < 0.0005 * SPHERE_AREA
+
+
+def test_the_golden_spheres_coverage_sums_to_its_silhouette_area(reference_data_dir):
+    # Drawn by an independent implementation of the spec at 256-px tiles: radius 97.5 px.
+    golden = Bundle.load(reference_data_dir / "golden" / "sphere_r0.9.png")
+    area = math.pi * 97.5**2
+    for covered in tile_coverages(golden.normal_tiles()).sum(axis=(1, 2)):
+        assert abs(covered - area) < 0.001 * area
 
 
 def test_the_spec_mask_is_wider_than_the_object_it_shows(sphere_tiles):
