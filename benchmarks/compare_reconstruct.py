@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for delta, name in changes:
         if abs(delta) > args.min_change:
             print(f"  {name[:28]:28s} {first[name]['f05']:.3f} -> {second[name]['f05']:.3f} "
-                  f"({delta:+.3f})   hull {first[name]['hull_f05']:.3f}")
+                  f"({delta:+.3f})   hull {first[name]['hull_f05']:.3f}   to the surface "
+                  f"{first[name]['f05_surface']:.3f} -> {second[name]['f05_surface']:.3f}, hull "
+                  f"{first[name]['hull_f05_surface']:.3f}")
     up = sum(d > args.min_change for d, _ in changes)
     down = sum(d < -args.min_change for d, _ in changes)
     print(f"  {up} up, {down} down, {len(common) - up - down} within {args.min_change}")

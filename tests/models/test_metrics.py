@@ -71,6 +71,30 @@ def test_fscore_counts_points_within_tau_of_a_translated_plane():
     assert m["chamfer"] == pytest.approx(0.07, rel=0.05)
 
 
+def test_fscore_to_the_surface_counts_a_plane_just_within_tau_that_samples_miss():
+    plane = trimesh.Trimesh(
+        vertices=[[-0.9, -0.9, 0], [0.9, -0.9, 0], [0.9, 0.9, 0], [-0.9, 0.9, 0]],
+        faces=[[0, 1, 2], [0, 2, 3]],
+    )
+    # The other diagonal, so that the two planes' samples do not lie over each other.
+    shifted = trimesh.Trimesh(vertices=plane.vertices + [0.0, 0.0, 0.045],
+                              faces=[[0, 1, 3], [1, 2, 3]])
+    # 4096 samples over 3.24 square units lie about 0.03 apart: the nearest sample of the
+    # other plane is often farther than 0.05 although every point of it is 0.045 away.
+    sampled = chamfer_fscore(plane, shifted, samples=SAMPLES)
+    exact = chamfer_fscore(plane, shifted, samples=SAMPLES, to_surface=True)
+    assert sampled["fscore@0.05"] < 0.9
+    assert exact["fscore@0.05"] == 1.0
+    assert exact["chamfer"] == pytest.approx(0.045, abs=1e-9)
+
+
+def test_mesh_against_itself_scores_zero_to_the_surface():
+    mesh = trimesh.creation.box(extents=(1.2, 0.6, 1.8))
+    m = chamfer_fscore(mesh, mesh, samples=SAMPLES, to_surface=True)
+    assert m["chamfer"] < 1e-12
+    assert m["fscore@0.05"] == 1.0
+
+
 def test_fscore_of_a_translated_sphere_follows_the_analytic_share():
     # A sphere moved by d lies within tau of the original where d*|cos(theta)| < tau, and
     # |cos(theta)| is uniform on a sphere, so P = R = F = min(1, tau / d) (d << radius).
@@ -398,3 +422,15 @@ def test_evaluate_asset_reports_no_colour_figures_for_a_mesh_without_colour(sphe
     metrics = evaluate_asset(bundle, plain)
     assert "mask_iou" in metrics
     assert not {"colour_psnr", "colour_psnr_fg", "colour_ssim"} & metrics.keys()
+
+
+def test_seen_fscore_to_the_surface_counts_a_shell_just_within_tau():
+    # Another tessellation, so that the two spheres' samples do not lie over each other.
+    reference = _sphere(0.9)
+    prediction = trimesh.creation.uv_sphere(radius=0.86, count=[64, 64])
+    seen_ref = np.ones(len(reference.faces), dtype=bool)
+    seen_pred = np.ones(len(prediction.faces), dtype=bool)
+    assert seen_fscore(prediction, reference, seen_pred, seen_ref, samples=SAMPLES,
+                       to_surface=True)["fscore"] == 1.0
+    assert seen_fscore(prediction, reference, seen_pred, seen_ref,
+                       samples=SAMPLES)["fscore"] < 0.9
