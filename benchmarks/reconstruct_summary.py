@@ -37,22 +37,27 @@ def print_summary(rows: list[dict]) -> None:
     scored = sum(r["seen_f05"] == r["seen_f05"] for r in rows)
     print(f"objects at F@0.05 >= {TARGET_F05}: {reached} of {len(rows)}"
           + (f" (over the surface the views see: {seen} of {scored})" if scored else ""))
-    worse = [r["name"] for r in rows if r["f05"] < r["init_f05"]]
+    worse = _below(rows, "f05", "init_f05")
     print(f"objects below their init's F@0.05: {len(worse)} {worse}")
     # NaN (no hull score: another init) compares False, so such rows never count.
     if any(r["hull_f05"] == r["hull_f05"] for r in rows):
-        worse = [r["name"] for r in rows if r["f05"] < r["hull_f05"]]
+        worse = _below(rows, "f05", "hull_f05")
         print(f"objects below the hull's F@0.05 without depth carving: {len(worse)} {worse}")
     surface = [r for r in rows if r["f05_surface"] == r["f05_surface"]]
     if surface:
         reached = sum(r["f05_surface"] >= TARGET_F05 for r in surface)
         print(f"F@0.05 to the surface: median {_median([r['f05_surface'] for r in surface]):.3f}"
               f", {reached} of {len(surface)} at {TARGET_F05}")
-        worse = [r["name"] for r in surface if r["f05_surface"] < r["init_f05_surface"]]
+        worse = _below(surface, "f05_surface", "init_f05_surface")
         print(f"  below their init's: {len(worse)} {worse}")
         if any(r["hull_f05_surface"] == r["hull_f05_surface"] for r in surface):
-            worse = [r["name"] for r in surface if r["f05_surface"] < r["hull_f05_surface"]]
+            worse = _below(surface, "f05_surface", "hull_f05_surface")
             print(f"  below the hull's without depth carving: {len(worse)} {worse}")
+
+
+def _below(rows: list[dict], score: str, bound: str) -> list[str]:
+    """Names of the ``rows`` whose ``score`` is under their ``bound`` (a NaN never is)."""
+    return [r["name"] for r in rows if r[score] < r[bound]]
 
 
 def _median(values: list[float]) -> float:
