@@ -79,6 +79,7 @@ REFINE_RANGES: dict[str, Range] = {
     "coarse_edge": Range(0.005, 0.5),
     "fine_edge": Range(0.005, 0.5),
     "fine_faces": Range(0, 100000),
+    "coarse_thickness": Range(0.0, 100.0),
     "coarse_steps": Range(0, 5000),
     "fine_steps": Range(0, 5000),
     "explicit_steps": Range(0, 5000),

@@ -86,6 +86,13 @@ class RefineParams:
     about this many, down to a quarter of ``fine_edge``. A thin part needs edges shorter than
     its thickness to keep its sides apart, and a small thin object (a wrench, a knife) has few
     faces at a length that suits a mug. 0 keeps ``fine_edge``."""
+    coarse_thickness: float = 0.0
+    """The coarse phase's edge length is at most this multiple of a watertight init's mean
+    thickness (twice its volume over its area: a plate's thickness, a rod's radius), down to
+    half of ``coarse_edge``; the fine phase's ramp then starts from it. Edges longer than a
+    thin part's thickness cannot hold its two sides apart: a wrench's flat handle (0.04
+    thick) became a lens at the 0.08 edge, and the normal loss squeezed it to half its width.
+    0 keeps ``coarse_edge``."""
     coarse_steps: int = 120
     """Optimisation steps of the coarse phase."""
     fine_steps: int = 120
@@ -157,8 +164,8 @@ class RefineParams:
     ``remesh_interval``."""
     fine_ramp: float = 0.5
     """Share of the fine phase's steps over which the reference edge length ramps
-    (geometrically) from ``coarse_edge`` down to ``fine_edge``; the plateau stop only starts
-    after the ramp."""
+    (geometrically) from the coarse phase's edge length down to ``fine_edge``; the plateau
+    stop only starts after the ramp."""
     view_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     """Weight of each of the 4 views in every image loss."""
     sphere_radius: float = 0.85
@@ -670,6 +677,21 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def coarse_edge_for(vertices: np.ndarray, faces: np.ndarray, params: RefineParams) -> float:
+    """The coarse phase's edge length for the init mesh ``(V, 3)``, ``(F, 3)`` (bundle frame):
+    ``params.coarse_edge``, or ``params.coarse_thickness`` times the init's mean thickness
+    when that is shorter, but no shorter than half of ``params.coarse_edge``. An init that is
+    not watertight has no volume to measure and keeps ``params.coarse_edge``."""
+    if params.coarse_thickness <= 0 or len(faces) == 0:
+        return params.coarse_edge
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    if not mesh.is_watertight or mesh.area <= 0:
+        return params.coarse_edge
+    thickness = 2.0 * abs(float(mesh.volume)) / float(mesh.area)
+    edge = params.coarse_thickness * thickness
+    return max(min(params.coarse_edge, edge), params.coarse_edge / 2)
+
+
 def fine_edge_for(vertices: torch.Tensor, faces: torch.Tensor, params: RefineParams) -> float:
     """The fine phase's edge length for the mesh ``(V, 3)``, ``(F, 3)`` (bundle frame): the
     length at which equilateral triangles would tile its area with ``params.fine_faces`` faces
@@ -719,21 +741,23 @@ def _refine(
         v0, f0 = np.asarray(sphere.vertices), np.asarray(sphere.faces, dtype=np.int64)
     else:
         v0, f0 = _check_init(init_mesh)
+    coarse_edge = coarse_edge_for(v0, f0, params)
+    if init_mesh is not None:
         # A dense init (a marching-cubes hull) reaches the coarse edge length in one decimation;
         # remeshing alone would spend the first steps collapsing edges.
-        v0, f0 = decimate_to_edge(v0, f0, params.coarse_edge)
-    v0, f0 = rm.remesh_to(v0, f0, params.coarse_edge, iterations=5)
+        v0, f0 = decimate_to_edge(v0, f0, coarse_edge)
+    v0, f0 = rm.remesh_to(v0, f0, coarse_edge, iterations=5)
 
     # 3. Phases: coarse (low resolution, long edges), fine (edge length ramps down).
     total = params.coarse_steps + params.fine_steps + params.explicit_steps
     config = OptimiserConfig(lr=params.lr, smooth_lambda=params.smooth_lambda,
                              remesh_interval=params.remesh_interval)
-    opt = VertexOptimiser(v0, f0, params.coarse_edge, config, device=device)
+    opt = VertexOptimiser(v0, f0, coarse_edge, config, device=device)
     phases = [
-        (params.coarse_steps, params.coarse_resolution, params.coarse_edge, params.coarse_edge,
+        (params.coarse_steps, params.coarse_resolution, coarse_edge, coarse_edge,
          params.lr, params.mask_weight, params.coarse_flat, params.depth_weight,
          params.coarse_mask_coverage),
-        (params.fine_steps, params.resolution, params.coarse_edge, params.fine_edge,
+        (params.fine_steps, params.resolution, coarse_edge, params.fine_edge,
          params.fine_lr, params.fine_mask_weight, params.fine_flat, params.fine_depth_weight,
          params.mask_coverage),
     ]
@@ -845,6 +869,7 @@ __all__ = [
     "Plateau",
     "RefineParams",
     "RefineParamsError",
+    "coarse_edge_for",
     "fine_edge_for",
     "refine_mesh",
     "sphere_init",

@@ -15,6 +15,7 @@ from models.evaluate.metrics import chamfer_fscore
 from models.geometry.mesh import normalise_mesh
 from models.reconstruct.refine import (
     RefineParams,
+    coarse_edge_for,
     fine_edge_for,
     refine_mesh,
     sphere_init,
@@ -266,6 +267,42 @@ def test_the_fine_edge_shrinks_to_a_quarter_at_most():
 def test_no_face_budget_keeps_the_fine_edge():
     blade = trimesh.creation.box((1.6, 0.3, 0.04))
     assert fine_edge_for(*_mesh_tensors(blade), RefineParams(fine_edge=0.04)) == 0.04
+
+
+def _thickness(mesh: trimesh.Trimesh) -> float:
+    return 2.0 * mesh.volume / mesh.area
+
+
+def test_a_thin_plates_coarse_edge_is_its_thickness():
+    plate = trimesh.creation.box((1.6, 0.06, 0.3))  # mean thickness about 0.048
+    params = RefineParams(coarse_edge=0.08, coarse_thickness=1.0)
+    edge = coarse_edge_for(plate.vertices, plate.faces, params)
+    assert edge == pytest.approx(_thickness(plate))
+    assert edge < 0.06
+
+
+def test_a_thick_object_keeps_the_coarse_edge():
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.9)
+    params = RefineParams(coarse_edge=0.08, coarse_thickness=1.0)
+    assert coarse_edge_for(ball.vertices, ball.faces, params) == 0.08
+
+
+def test_the_coarse_edge_shrinks_to_half_at_most():
+    foil = trimesh.creation.box((1.6, 0.01, 0.3))
+    params = RefineParams(coarse_edge=0.08, coarse_thickness=1.0)
+    assert coarse_edge_for(foil.vertices, foil.faces, params) == pytest.approx(0.04)
+
+
+def test_an_open_init_has_no_thickness_and_keeps_the_coarse_edge():
+    plate = trimesh.creation.box((1.6, 0.06, 0.3))
+    open_faces = plate.faces[1:]
+    params = RefineParams(coarse_edge=0.08, coarse_thickness=1.0)
+    assert coarse_edge_for(plate.vertices, open_faces, params) == 0.08
+
+
+def test_without_a_thickness_factor_the_coarse_edge_is_kept():
+    plate = trimesh.creation.box((1.6, 0.06, 0.3))
+    assert coarse_edge_for(plate.vertices, plate.faces, RefineParams(coarse_edge=0.08)) == 0.08
 
 
 def test_a_negative_face_budget_is_refused(box_case):
