@@ -11,6 +11,12 @@ first, with both scores and the hull's.
     PYTHONPATH=. .venv/bin/python benchmarks/compare_reconstruct.py a1.jsonl a2.jsonl
     PYTHONPATH=. .venv/bin/python benchmarks/compare_reconstruct.py a1.jsonl a2.jsonl \\
         --against b1.jsonl b2.jsonl
+
+Single objects move by up to 0.05 of F@0.05 when the step size moves by 0.1 %, so one run per
+side cannot tell such a change from noise. With ``--repeated`` the row files of each side may
+hold the same object more than once (runs with ``--set lr=0.2997``, ``0.3003``, ...): its rows
+are averaged, the summary is over the averages, and each listed change shows both sides'
+range and whether the ranges overlap.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from pathlib import Path
 from reconstruct_summary import LATER_KEYS, ROW_KEYS, print_summary
 
 
-def read_rows(paths: list[Path]) -> dict[str, dict]:
-    """The rows of ``paths`` (JSON lines) by object name; an object in two files ends the
-    program with an error (overlapping shards would count it twice). A row from before a key
-    of :data:`LATER_KEYS` existed gets that key's stand-in value."""
-    rows: dict[str, dict] = {}
+def read_rows(paths: list[Path], repeated: bool = False) -> dict[str, list[dict]]:
+    """The rows of ``paths`` (JSON lines) by object name, each object's rows in file order.
+    Unless ``repeated``, an object in two files ends the program with an error (overlapping
+    shards would count it twice). A row from before a key of :data:`LATER_KEYS` existed gets
+    that key's stand-in value."""
+    rows: dict[str, list[dict]] = {}
     for path in paths:
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
@@ -42,11 +49,33 @@ def read_rows(paths: list[Path]) -> dict[str, dict]:
             missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
             if missing:
                 raise SystemExit(f"{path}:{number}: the row lacks {missing}")
-            if row["name"] in rows:
+            if row["name"] in rows and not repeated:
                 raise SystemExit(f"{path}:{number}: {row['name']} is already in an earlier "
-                                 "file; are two shards overlapping?")
-            rows[row["name"]] = row
+                                 "file; are two shards overlapping? (--repeated averages "
+                                 "repeated runs)")
+            rows.setdefault(row["name"], []).append(row)
     return rows
+
+
+def mean_row(rows: list[dict]) -> dict:
+    """One row from an object's repeated rows: the mean of each number, the first row's text
+    (``name``, ``kept``)."""
+    merged = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = sum(r[key] for r in rows) / len(rows)
+    return merged
+
+
+def _spread(rows: list[dict], key: str) -> str:
+    values = [r[key] for r in rows]
+    return f" [{min(values):.3f}..{max(values):.3f}]" if len(values) > 1 else ""
+
+
+def _overlap(a: list[dict], b: list[dict]) -> bool:
+    a_f = [r["f05"] for r in a]
+    b_f = [r["f05"] for r in b]
+    return min(a_f) <= max(b_f) and min(b_f) <= max(a_f)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,19 +85,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="row files of a second run to compare with the first")
     parser.add_argument("--min-change", type=float, default=0.004,
                         help="smallest F@0.05 change listed per object (default 0.004)")
+    parser.add_argument("--repeated", action="store_true",
+                        help="the files of a side may hold an object more than once (repeated "
+                             "runs, e.g. with --set lr=0.3003): average its rows and show "
+                             "their range")
     args = parser.parse_args(argv)
     for path in args.rows + args.against:
         if not path.is_file():
             parser.error(f"no such row file: {path}")
-    first = read_rows(args.rows)
-    if not first:
+    first_runs = read_rows(args.rows, args.repeated)
+    if not first_runs:
         parser.error("the row files hold no rows")
-    print(f"run A: {len(first)} objects from {', '.join(map(str, args.rows))}")
+    first = {name: mean_row(rows) for name, rows in first_runs.items()}
+    print(f"run A: {len(first)} objects from {', '.join(map(str, args.rows))}"
+          + _runs_per_object(first_runs))
     print_summary(list(first.values()))
     if not args.against:
         return 0
-    second = read_rows(args.against)
-    print(f"\nrun B: {len(second)} objects from {', '.join(map(str, args.against))}")
+    second_runs = read_rows(args.against, args.repeated)
+    second = {name: mean_row(rows) for name, rows in second_runs.items()}
+    print(f"\nrun B: {len(second)} objects from {', '.join(map(str, args.against))}"
+          + _runs_per_object(second_runs))
     print_summary(list(second.values()))
     common = sorted(first.keys() & second.keys())
     only = sorted(first.keys() ^ second.keys())
@@ -78,14 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nF@0.05 changes larger than {args.min_change} (B - A), hull beside:")
     for delta, name in changes:
         if abs(delta) > args.min_change:
+            a, b = first_runs[name], second_runs[name]
+            spread = ""
+            if len(a) > 1 or len(b) > 1:
+                spread = (f"{_spread(a, 'f05')} ->{_spread(b, 'f05')} "
+                          + ("ranges overlap" if _overlap(a, b) else "apart") + "  ")
             print(f"  {name[:28]:28s} {first[name]['f05']:.3f} -> {second[name]['f05']:.3f} "
-                  f"({delta:+.3f})   hull {first[name]['hull_f05']:.3f}   to the surface "
-                  f"{first[name]['f05_surface']:.3f} -> {second[name]['f05_surface']:.3f}, hull "
+                  f"({delta:+.3f}) {spread}  hull {first[name]['hull_f05']:.3f}   to the "
+                  f"surface {first[name]['f05_surface']:.3f} -> "
+                  f"{second[name]['f05_surface']:.3f}, hull "
                   f"{first[name]['hull_f05_surface']:.3f}")
     up = sum(d > args.min_change for d, _ in changes)
     down = sum(d < -args.min_change for d, _ in changes)
     print(f"  {up} up, {down} down, {len(common) - up - down} within {args.min_change}")
     return 0
+
+
+def _runs_per_object(runs: dict[str, list[dict]]) -> str:
+    counts = sorted({len(rows) for rows in runs.values()})
+    if counts == [1]:
+        return ""
+    return f" ({'-'.join(map(str, (counts[0], counts[-1])))} runs per object, averaged)"
 
 
 if __name__ == "__main__":
