@@ -67,8 +67,8 @@ def mean_row(rows: list[dict]) -> dict:
     return merged
 
 
-def _spread(rows: list[dict], key: str) -> str:
-    values = [r[key] for r in rows]
+def _spread(rows: list[dict]) -> str:
+    values = [r["f05"] for r in rows]
     return f" [{min(values):.3f}..{max(values):.3f}]" if len(values) > 1 else ""
 
 
@@ -76,6 +76,13 @@ def _overlap(a: list[dict], b: list[dict]) -> bool:
     a_f = [r["f05"] for r in a]
     b_f = [r["f05"] for r in b]
     return min(a_f) <= max(b_f) and min(b_f) <= max(a_f)
+
+
+def _runs_per_object(runs: dict[str, list[dict]]) -> str:
+    counts = [len(rows) for rows in runs.values()]
+    if max(counts) == 1:
+        return ""
+    return f" ({min(counts)}-{max(counts)} runs per object, averaged)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             a, b = first_runs[name], second_runs[name]
             spread = ""
             if len(a) > 1 or len(b) > 1:
-                spread = (f"{_spread(a, 'f05')} ->{_spread(b, 'f05')} "
+                spread = (f"{_spread(a)} ->{_spread(b)} "
                           + ("ranges overlap" if _overlap(a, b) else "apart") + "  ")
             print(f"  {name[:28]:28s} {first[name]['f05']:.3f} -> {second[name]['f05']:.3f} "
                   f"({delta:+.3f}) {spread}  hull {first[name]['hull_f05']:.3f}   to the "
@@ -129,13 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     down = sum(d < -args.min_change for d, _ in changes)
     print(f"  {up} up, {down} down, {len(common) - up - down} within {args.min_change}")
     return 0
-
-
-def _runs_per_object(runs: dict[str, list[dict]]) -> str:
-    counts = sorted({len(rows) for rows in runs.values()})
-    if counts == [1]:
-        return ""
-    return f" ({'-'.join(map(str, (counts[0], counts[-1])))} runs per object, averaged)"
 
 
 if __name__ == "__main__":

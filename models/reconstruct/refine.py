@@ -739,10 +739,10 @@ def _refine(
     if init_mesh is None:
         sphere = sphere_init(params.sphere_radius, 3)
         v0, f0 = np.asarray(sphere.vertices), np.asarray(sphere.faces, dtype=np.int64)
+        coarse_edge = coarse_edge_for(v0, f0, params)
     else:
         v0, f0 = _check_init(init_mesh)
-    coarse_edge = coarse_edge_for(v0, f0, params)
-    if init_mesh is not None:
+        coarse_edge = coarse_edge_for(v0, f0, params)
         # A dense init (a marching-cubes hull) reaches the coarse edge length in one decimation;
         # remeshing alone would spend the first steps collapsing edges.
         v0, f0 = decimate_to_edge(v0, f0, coarse_edge)
