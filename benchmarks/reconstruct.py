@@ -25,6 +25,10 @@ row also gives F@0.05 with distances to the other mesh's *surface* for the hull 
 carving and for the result (``hFsurf``, ``Fsurf``; the init's is in the row file), and the
 summary counts, by those, the objects at 0.96 and those below their init and the hull.
 
+``--depth-oracle`` integrates the reference's exact depth instead of the normal maps (see
+``benchmarks/depth_oracle.py``): what refinement would reach if normal integration were
+exact, a ceiling rather than a result.
+
 ``--rows FILE`` also writes each row as a JSON line as soon as it is scored, so two shards
 run side by side (``--count 39`` and ``--skip 39 --count 39``) can be summed up together, and
 two runs compared object by object, with ``benchmarks/compare_reconstruct.py``.
@@ -46,6 +50,7 @@ import time
 from pathlib import Path
 
 import trimesh
+from depth_oracle import use_reference_depth
 from reconstruct_summary import format_row, print_summary
 
 from models.evaluate.metrics import chamfer_fscore, render_metrics, seen_fscore
@@ -126,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-hull-prior", action="store_true",
                         help="skip the hull prior after refinement (pull into the hull, hull "
                              "shape for unseen regions whose surroundings lie on it)")
+    parser.add_argument("--depth-oracle", action="store_true",
+                        help="integrate the reference mesh's exact depth instead of the normal "
+                             "maps (depth term and depth carving): a ceiling for better normal "
+                             "integration, not a reconstruction (benchmarks/depth_oracle.py)")
     parser.add_argument("--save", type=Path, default=None, help="folder for reconstructions")
     parser.add_argument("--rows", type=Path, default=None, metavar="FILE",
                         help="also write each row as a JSON line to FILE (overwritten), for "
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         source = load_mesh(path) if args.meshes else trimesh.load_mesh(path)
         bundle = render_bundle(source, tile=args.tile, up=up, rasteriser=rasteriser)
         reference, _, _ = normalise_mesh(source, up=up)
+        if args.depth_oracle:
+            use_reference_depth(bundle, reference, rasteriser)
         start = time.perf_counter()
         cpu_start = time.process_time()
         result = reconstruct_bundle(bundle, args.init, params, context=context,

@@ -235,6 +235,13 @@ def bundle_integrals(
     return kept[factor]
 
 
+def keep_bundle_integrals(bundle: Bundle, factor: int, integrals: list[ViewIntegral]) -> None:
+    """Make ``integrals`` what :func:`bundle_integrals` gives for ``bundle`` at ``factor``
+    from now on (the reconstruction benchmark's exact-depth ceiling,
+    ``benchmarks/depth_oracle.py``)."""
+    _INTEGRALS.values(bundle)[factor] = integrals
+
+
 def visual_hull(bundle: Bundle, params: HullParams | None = None) -> trimesh.Trimesh:
     """The visual hull of ``bundle``'s masks as a closed mesh.
 
