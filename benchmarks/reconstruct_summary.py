@@ -14,19 +14,20 @@ TARGET_F05 = 0.96
 #: The keys of a benchmark row.
 ROW_KEYS = ("name", "init_f05", "init_cd", "hull_f05", "f05", "seen_f05", "f05_surface",
             "init_f05_surface", "hull_f05_surface", "cd", "f10", "nerr", "iou", "psnr",
-            "unseen", "kept", "faces", "seconds", "cpu", "mib")
+            "unseen", "kept", "faces", "seconds", "cpu", "mib", "init_seen_f05", "hull_seen_f05")
 #: Keys added after row files were first written, with the value a row from an older run gets
 #: (NaN: not measured; left out of medians and counts).
 LATER_KEYS = {"seen_f05": float("nan"), "f05_surface": float("nan"),
-              "init_f05_surface": float("nan"), "hull_f05_surface": float("nan")}
+              "init_f05_surface": float("nan"), "hull_f05_surface": float("nan"),
+              "init_seen_f05": float("nan"), "hull_seen_f05": float("nan")}
 
 
 def print_summary(rows: list[dict]) -> None:
     """Print the medians of ``rows`` (as ``benchmarks/reconstruct.py`` makes them, keys
     :data:`ROW_KEYS`), the count at or above :data:`TARGET_F05` (F@0.05 over all the surface
     and over the seen surface), and the objects below their init and below the hull without
-    depth carving (when the rows have that hull's score); then the same by F@0.05 to the
-    surface (when the rows have it)."""
+    depth carving (when the rows have that hull's score); then the same by F@0.05 over the
+    surface the views see and by F@0.05 to the surface (when the rows have them)."""
     med = {k: _median([r[k] for r in rows]) for k in rows[0] if k not in ("name", "kept")}
     med["name"] = f"MEDIAN of {len(rows)}"
     med["kept"] = f"{sum(r['kept'] == 'init' for r in rows)} init"
@@ -43,6 +44,14 @@ def print_summary(rows: list[dict]) -> None:
     if any(r["hull_f05"] == r["hull_f05"] for r in rows):
         worse = _below(rows, "f05", "hull_f05")
         print(f"objects below the hull's F@0.05 without depth carving: {len(worse)} {worse}")
+    seen_rows = [r for r in rows if r["init_seen_f05"] == r["init_seen_f05"]]
+    if seen_rows:
+        # What refinement answers for: the surface the views show.
+        worse = _below(seen_rows, "seen_f05", "init_seen_f05")
+        print(f"over the surface the views see: below their init's: {len(worse)} {worse}")
+        if any(r["hull_seen_f05"] == r["hull_seen_f05"] for r in seen_rows):
+            worse = _below(seen_rows, "seen_f05", "hull_seen_f05")
+            print(f"  below the hull's without depth carving: {len(worse)} {worse}")
     surface = [r for r in rows if r["f05_surface"] == r["f05_surface"]]
     if surface:
         reached = sum(r["f05_surface"] >= TARGET_F05 for r in surface)

@@ -65,3 +65,22 @@ def test_overlapping_ranges_are_called_so(tmp_path):
            for i, f in enumerate((0.78, 0.79))]
     result = compare("--repeated", *old, "--against", *new)
     assert "[0.750..0.800] -> [0.780..0.790] ranges overlap" in result.stdout
+
+
+def test_the_summary_tells_a_loss_on_unseen_surface_from_one_on_seen_surface(tmp_path):
+    # Both cups end below their init's 0.9 overall; only cup-b also over the surface it shows.
+    cup_a = {**_row("cup-a", 0.64), "seen_f05": 0.97, "init_seen_f05": 0.95,
+             "hull_seen_f05": 0.94}
+    cup_b = {**_row("cup-b", 0.64), "seen_f05": 0.93, "init_seen_f05": 0.95,
+             "hull_seen_f05": 0.94}
+    result = compare(_write(tmp_path / "rows.jsonl", [cup_a, cup_b]))
+    assert result.returncode == 0, result.stderr
+    assert "objects below their init's F@0.05: 2 ['cup-a', 'cup-b']" in result.stdout
+    assert "over the surface the views see: below their init's: 1 ['cup-b']" in result.stdout
+    assert "  below the hull's without depth carving: 1 ['cup-b']" in result.stdout
+
+
+def test_rows_from_before_the_seen_scores_of_init_and_hull_leave_their_lines_out(tmp_path):
+    result = compare(_write(tmp_path / "rows.jsonl", [_row("wrench", 0.97)]))
+    assert result.returncode == 0, result.stderr
+    assert "over the surface the views see: below" not in result.stdout
