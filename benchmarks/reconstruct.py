@@ -57,6 +57,7 @@ import trimesh
 from depth_oracle import use_reference_depth
 from reconstruct_summary import format_row, print_summary
 
+from models.bundle.spec import Bundle
 from models.evaluate.metrics import chamfer_fscore, render_metrics, seen_fscore
 from models.geometry.mesh import load_mesh, normalise_mesh
 from models.raster import get_rasteriser
@@ -86,7 +87,7 @@ def _surface_f05(mesh: trimesh.Trimesh, reference: trimesh.Trimesh) -> float:
 
 
 def _seen_f05(mesh: trimesh.Trimesh, reference: trimesh.Trimesh, seen_reference: np.ndarray,
-              bundle, rasteriser) -> float:
+              bundle: Bundle, rasteriser) -> float:
     """F@0.05 of ``mesh`` over its faces that cover a pixel of some view of ``bundle``, against
     the reference's seen faces ``seen_reference`` (:func:`models.evaluate.metrics.seen_fscore`)."""
     faces = seen_faces(bundle.spec, mesh, rasteriser=rasteriser)
@@ -202,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             plain_f05 = chamfer_fscore(plain, reference)["fscore@0.05"]
             plain_surface_f05 = _surface_f05(plain, reference)
         seen_reference = seen_faces(bundle.spec, reference, rasteriser=rasteriser)
-        seen, init_seen = (_seen_f05(mesh, reference, seen_reference, bundle, rasteriser)
-                           for mesh in (result.mesh, result.init_mesh))
+        seen = _seen_f05(result.mesh, reference, seen_reference, bundle, rasteriser)
+        init_seen = _seen_f05(result.init_mesh, reference, seen_reference, bundle, rasteriser)
         plain_seen = (_seen_f05(plain, reference, seen_reference, bundle, rasteriser)
                       if args.init == "hull" else float("nan"))
         rerender = render_metrics(bundle, result.coloured, rasteriser=rasteriser)
