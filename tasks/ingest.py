@@ -6,7 +6,6 @@ Rejected rows are recorded with their line and reason; valid rows always go on.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from storage.redact import redact_text
 from storage.schema import new_id
 from tasks.config import PipelineConfig
 from tasks.resources import get_engine, store_for
+from tasks.scratch import scratch_folder
 
 
 @dataclass
@@ -198,8 +198,8 @@ def ingest_manifest(
     bytes parsing checked are the bytes stored under ``inputs/``.
     """
     fetcher = fetcher or default_fetcher(config.url_hosts, store_url=config.store_url)
-    with tempfile.TemporaryDirectory(prefix="foundry3d-fetched-") as scratch:
-        fetched = FetchedOnce(fetcher, Path(scratch))
+    with scratch_folder("fetched") as scratch:
+        fetched = FetchedOnce(fetcher, scratch)
         parsed = parse_manifest(
             path,
             image_roots=[Path(p) for p in config.image_roots],

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from tasks.config import PipelineConfig
 from tasks.errors import LeaseLost, error_class
 from tasks.lease import Hold, hold_of
 from tasks.resources import engine_for, store_for, torch_device, worker_name
+from tasks.scratch import scratch_folder
 
 STAGES = ("bundle", "init", "refine", "texture", "export", "evaluate", "publish")
 
@@ -168,8 +168,8 @@ def run_stage(
             queries.set_metrics(session, asset_id, metrics)
 
     try:
-        with tempfile.TemporaryDirectory(prefix=f"foundry3d-{stage}-") as scratch:
-            io = StageIO(store, asset_id, stage, Path(scratch), {}, hold=hold)
+        with scratch_folder(stage) as scratch:
+            io = StageIO(store, asset_id, stage, scratch, {}, hold=hold)
             metrics = work(io) or {}
             in_transaction(engine, succeeded, retry_seconds=config.db_retry_seconds)
     except (LeaseLost, DatabaseUnavailable):

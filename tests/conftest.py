@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 from foundry3d.prefect_defaults import apply_prefect_defaults
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="foundry3d-tests-"))
+# Runs after pytest's session teardown has stopped the servers that use it.
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
 # Set before anything imports Prefect or reads settings.
 os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -43,6 +44,14 @@ def _wait_for_running_stage(config, stage: str, process: subprocess.Popen, timeo
     pytest.fail(f"no {stage} stage started within {timeout_s} s")
 
 
+def _wait_for(condition, what: str, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s} s")
+        time.sleep(0.1)
+
+
 def _recorded_keys_exist_and_nothing_else(config, asset_id: str) -> None:
     store = open_store(config.store_url)
     with Session(_engine(config)) as session:
@@ -53,19 +62,24 @@ def _recorded_keys_exist_and_nothing_else(config, asset_id: str) -> None:
 
 
 def test_a_worker_killed_mid_stage_is_completed_by_retry_after_its_lease_expires(
-    pipeline_config, tmp_path
+    pipeline_config, tmp_path, monkeypatch
 ):
     from flows.retry import retry_flow
 
+    scratch_root = tmp_path / "tmp"  # the killed worker's and the retry's temporary folder
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
     slow_refine = {**FAST_PARAMS, "refine_coarse_steps": 600, "refine_coarse_resolution": 96}
     manifest = write_manifest(tmp_path, [{"prompt": "a round ball", "params": slow_refine}])
     worker = subprocess.Popen(
         foundry3d_cmd("run", str(manifest)),
-        env=cli_env(pipeline_config, tmp_path, FOUNDRY_LEASE_SECONDS=str(LEASE_S)),
+        env=cli_env(pipeline_config, tmp_path, FOUNDRY_LEASE_SECONDS=str(LEASE_S),
+                    TMPDIR=str(scratch_root)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
         asset_id = _wait_for_running_stage(pipeline_config, "refine", worker)
+        _wait_for(lambda: list(scratch_root.glob("foundry3d-refine-*")), "refine's scratch")
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
@@ -84,6 +98,7 @@ def test_a_worker_killed_mid_stage_is_completed_by_retry_after_its_lease_expires
     assert refine_runs == [("failed", "retryable:LostWorker"), ("succeeded", None)]
     assert [r.status for r in runs if r.stage == "bundle"] == ["succeeded"]  # not redone
     _recorded_keys_exist_and_nothing_else(config, asset_id)
+    assert not list(scratch_root.glob("foundry3d-*")), "the retry removed the dead worker's scratch"
 
 
 def test_two_catalog_runs_at_once_over_overlapping_manifests_make_each_asset_once(
