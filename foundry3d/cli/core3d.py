@@ -245,11 +245,11 @@ def _export_deliverables(
     ``chair_thumbnail.png``, ...). Returns the files written and the export's wall seconds
     per step (:attr:`models.export.asset.ExportResult.timings`)."""
     import shutil
-    import tempfile
 
     from models.export.asset import export_asset
+    from tasks.scratch import scratch_folder
 
-    with tempfile.TemporaryDirectory(prefix="foundry3d-export-") as scratch:
+    with scratch_folder("export") as scratch:
         result = export_asset(
             mesh, bundle, scratch, params, provenance={"bundle": source,
                                                        "generator": "foundry3d reconstruct"},
