@@ -29,8 +29,8 @@ OWNER_FILE = ".foundry3d-owner"
 def scratch_folder(label: str) -> Iterator[Path]:
     """A new empty folder ``<tmp>/foundry3d-<label>-XXXX`` (``label``: the stage's name, say),
     removed with everything in it when the block ends, however it ends. Folders the same host's
-    dead workers left first go (:func:`remove_orphaned_scratch`). The owner file lives beside
-    the work, so callers keep to their own subfolders."""
+    dead workers left first go (:func:`remove_orphaned_scratch`). The folder also holds
+    :data:`OWNER_FILE`, so callers name the files they wrote rather than list the folder."""
     remove_orphaned_scratch()
     folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{label}-"))
     try:
